@@ -1,0 +1,1 @@
+//! The banger guest agent (filled in by its own change): health and exec over vsock.

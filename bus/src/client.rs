@@ -1,0 +1,293 @@
+//! The caller's side of the bus: typed requests with deadlines, scatter-gather, events and
+//! service discovery.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message};
+use banger_proto::error::ErrorReply;
+use banger_proto::event::VmEvent;
+use banger_proto::{ApiError, ErrorCode, HostId, Subjects};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::error::{BusError, RequestError};
+use crate::propagation;
+
+/// Header carrying the stable error code of a failed request.
+pub const ERROR_CODE_HEADER: &str = "Banger-Error-Code";
+/// The service API's error message header.
+pub const NATS_SERVICE_ERROR: &str = "Nats-Service-Error";
+/// The service API's numeric error code header.
+pub const NATS_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// Default deadline of a request: long enough for a VM create on a slow host.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connection to the bus under one subject prefix.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    subjects: Subjects,
+}
+
+/// One service instance, as `$SRV.PING` / `$SRV.INFO` / `$SRV.STATS` describe it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct ServiceInstance {
+    /// Service name.
+    pub name: String,
+    /// Instance id.
+    pub id: String,
+    /// Version.
+    pub version: String,
+    /// Metadata (host, contract, ...).
+    #[serde(default)]
+    pub metadata: HashMap<String, String>,
+}
+
+impl ServiceInstance {
+    /// The host this instance runs on, from its metadata.
+    pub fn host(&self) -> Option<&str> {
+        self.metadata
+            .get(banger_proto::service::META_HOST)
+            .map(String::as_str)
+    }
+}
+
+impl Bus {
+    /// Wraps a connected client.
+    pub fn new(client: async_nats::Client, subjects: Subjects) -> Self {
+        Self { client, subjects }
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The subject builder.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// Sends `req` to `subject` and decodes the reply, within `timeout`.
+    pub async fn request<Req, Resp>(
+        &self,
+        subject: String,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RequestError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format!("send {subject}"),
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+        );
+        async {
+            let payload = serde_json::to_vec(req).map_err(|source| RequestError::Encode {
+                subject: subject.clone(),
+                source,
+            })?;
+            let mut headers = HeaderMap::new();
+            propagation::inject_current(&mut headers);
+            let request = async_nats::Request::new()
+                .payload(payload.into())
+                .headers(headers)
+                .timeout(Some(timeout));
+            let msg = self
+                .client
+                .send_request(subject.clone(), request)
+                .await
+                .map_err(|e| {
+                    use async_nats::client::RequestErrorKind as K;
+                    match e.kind() {
+                        K::NoResponders => RequestError::NoResponders {
+                            subject: subject.clone(),
+                        },
+                        K::TimedOut => RequestError::Timeout {
+                            subject: subject.clone(),
+                            timeout_ms: timeout.as_millis(),
+                        },
+                        K::InvalidSubject | K::MaxPayloadExceeded | K::Other => {
+                            RequestError::Transport {
+                                subject: subject.clone(),
+                                message: e.to_string(),
+                            }
+                        }
+                    }
+                })?;
+            decode_reply(&subject, &msg)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends `req` to `subject` and gathers every answer that arrives until `expect` answers
+    /// came (when given) or `deadline` passed. Used by `vm.list`, which every controller
+    /// answers. Each answer is decoded on its own: one bad answer does not hide the others.
+    pub async fn gather<Req, Resp>(
+        &self,
+        subject: String,
+        req: &Req,
+        expect: Option<usize>,
+        deadline: Duration,
+    ) -> Result<Vec<Result<Resp, RequestError>>, BusError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let span = tracing::info_span!(
+            "gather",
+            otel.name = %format!("send {subject}"),
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.destination.name = %subject,
+        );
+        async {
+            let payload = serde_json::to_vec(req).map_err(|source| BusError::Encode {
+                subject: subject.clone(),
+                source,
+            })?;
+            let inbox = self.client.new_inbox();
+            let mut sub = self
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|source| BusError::Subscribe {
+                    subject: inbox.clone(),
+                    source,
+                })?;
+            let mut headers = HeaderMap::new();
+            propagation::inject_current(&mut headers);
+            self.client
+                .publish_with_reply_and_headers(subject.clone(), inbox, headers, payload.into())
+                .await
+                .map_err(|source| BusError::Publish {
+                    subject: subject.clone(),
+                    source,
+                })?;
+            let mut out = Vec::new();
+            let end = tokio::time::Instant::now() + deadline;
+            while expect.is_none_or(|n| out.len() < n) {
+                match tokio::time::timeout_at(end, sub.next()).await {
+                    Ok(Some(msg)) => {
+                        // A no-responders status arrives as an empty message with a status.
+                        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                            break;
+                        }
+                        out.push(decode_reply(&subject, &msg));
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Publishes a lifecycle event on its subject, carrying the current trace context.
+    pub async fn publish_event(&self, host: &HostId, event: &VmEvent) -> Result<(), BusError> {
+        let subject = self.subjects.event(host, &event.vm.id, event.kind);
+        let payload = serde_json::to_vec(event).map_err(|source| BusError::Encode {
+            subject: subject.clone(),
+            source,
+        })?;
+        let mut headers = HeaderMap::new();
+        propagation::inject_current(&mut headers);
+        self.client
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|source| BusError::Publish { subject, source })
+    }
+
+    /// Finds service instances through `$SRV.PING` (all services, or those named `name`),
+    /// collecting answers for `wait`.
+    pub async fn ping(
+        &self,
+        name: Option<&str>,
+        wait: Duration,
+    ) -> Result<Vec<ServiceInstance>, BusError> {
+        let subject = match name {
+            Some(n) => format!("{}.{n}", banger_proto::service::SRV_PING),
+            None => banger_proto::service::SRV_PING.to_owned(),
+        };
+        self.discover(subject, wait).await
+    }
+
+    /// Collects raw JSON answers of a service-API verb (`$SRV.INFO`, `$SRV.STATS`, ...).
+    pub async fn service_verb(
+        &self,
+        subject: String,
+        wait: Duration,
+    ) -> Result<Vec<serde_json::Value>, BusError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|source| BusError::Subscribe {
+                subject: inbox.clone(),
+                source,
+            })?;
+        self.client
+            .publish_with_reply(subject.clone(), inbox, bytes::Bytes::new())
+            .await
+            .map_err(|source| BusError::Publish { subject, source })?;
+        let mut out = Vec::new();
+        let end = tokio::time::Instant::now() + wait;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(end, sub.next()).await {
+            if let Ok(v) = serde_json::from_slice(&msg.payload) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn discover(
+        &self,
+        subject: String,
+        wait: Duration,
+    ) -> Result<Vec<ServiceInstance>, BusError> {
+        let values = self.service_verb(subject, wait).await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect())
+    }
+}
+
+/// Decodes a reply: an error (service-API error headers, body `{"error": ...}`) or the result.
+pub fn decode_reply<Resp: DeserializeOwned>(
+    subject: &str,
+    msg: &Message,
+) -> Result<Resp, RequestError> {
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    if let Some(message) = header(NATS_SERVICE_ERROR) {
+        // Prefer the body's error object; fall back to the headers (a reply from a peer that
+        // only set the service-API headers).
+        if let Ok(reply) = serde_json::from_slice::<ErrorReply>(&msg.payload) {
+            return Err(RequestError::Remote(reply.error));
+        }
+        let code =
+            header(ERROR_CODE_HEADER).map_or(ErrorCode::Internal, |c| ErrorCode::from_wire(&c));
+        return Err(RequestError::Remote(ApiError::new(code, message)));
+    }
+    serde_json::from_slice(&msg.payload).map_err(|source| RequestError::Decode {
+        subject: subject.to_owned(),
+        source,
+    })
+}

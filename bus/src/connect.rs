@@ -1,0 +1,95 @@
+//! Connecting to NATS.
+//!
+//! The connection retries the initial connect and reconnects forever: a service outlives a NATS
+//! restart and resubscribes by itself (async-nats replays subscriptions on reconnect), so an
+//! operator can restart or upgrade nats-server under a running stack.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+
+use crate::config::{NatsAuth, NatsOptions};
+use crate::error::BusError;
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest wait between reconnect attempts: short, so a restarted server is found quickly.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// Connects with `opts`. With `wait_for_server`, the first connection is retried in the
+/// background and this returns at once (services); without it, an unreachable server is an
+/// immediate error (the CLI wants to say so rather than hang).
+pub async fn connect(
+    opts: &NatsOptions,
+    wait_for_server: bool,
+) -> Result<async_nats::Client, BusError> {
+    if opts.require_auth && opts.auth == NatsAuth::None {
+        return Err(BusError::Config(
+            "this installation requires NATS credentials (nats.require_auth), but none were \
+             given: set --nats-creds, --nats-nkey, --nats-user/--nats-password or --nats-token"
+                .into(),
+        ));
+    }
+    let mut o = match &opts.auth {
+        NatsAuth::None => ConnectOptions::new(),
+        NatsAuth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(t) => ConnectOptions::with_token(t.clone()),
+        NatsAuth::NkeyFile(path) => {
+            let seed = std::fs::read_to_string(path).map_err(|source| BusError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?;
+            ConnectOptions::with_nkey(seed.trim().to_owned())
+        }
+        NatsAuth::CredsFile(path) => {
+            ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|source| BusError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+    };
+    if let Some(ca) = &opts.tls_ca {
+        o = o.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &opts.tls_client {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    if opts.require_tls {
+        o = o.require_tls(true);
+    }
+    o = o
+        .name(&opts.name)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let ms = 100u64.saturating_mul(1 << attempts.min(5));
+            Duration::from_millis(ms).min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => tracing::info!("connected to NATS"),
+                Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
+                Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+                Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        });
+    if wait_for_server {
+        o = o.retry_on_initial_connect();
+    }
+    let urls = opts.urls.join(",");
+    let addrs: Vec<async_nats::ServerAddr> = opts
+        .urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| BusError::Config(format!("invalid NATS URL in {urls:?}: {e}")))?;
+    o.connect(addrs)
+        .await
+        .map_err(|source| BusError::Connect { urls, source })
+}

@@ -1,0 +1,91 @@
+//! The common `main` of a banger service: runtime, telemetry, config, connection, signals.
+//!
+//! A service binary is a page: parse its flags, then call [`service_main`] with its library's
+//! `run`. Integration tests call the same `run` with a [`Context`] they build themselves.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Bus;
+use crate::config::{CommonArgs, CommonConfig};
+use crate::{connect, shutdown, telemetry};
+
+/// What every service's `run` receives.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The bus connection.
+    pub bus: Bus,
+    /// Shared configuration (and access to the service's own config table).
+    pub config: CommonConfig,
+}
+
+impl Context {
+    /// Connects to NATS as configured (retrying in the background until the server answers).
+    pub async fn connect(config: CommonConfig) -> Result<Self, crate::BusError> {
+        let client = connect::connect(&config.nats, true).await?;
+        Ok(Self {
+            bus: Bus::new(client, config.subjects.clone()),
+            config,
+        })
+    }
+}
+
+/// Runs service `name`: sets up logging and tracing, resolves its config, connects, and runs
+/// `run` until SIGTERM or SIGINT. Errors are printed with their whole cause chain.
+pub fn service_main<F, Fut, E>(name: &'static str, common: &CommonArgs, run: F) -> ExitCode
+where
+    F: FnOnce(Context, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::error::Error,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let _telemetry = telemetry::init(name, common.log_format);
+        let result = async {
+            let config = CommonConfig::resolve(common, name).map_err(|e| chain(&e))?;
+            tracing::info!(
+                host = %config.host,
+                nats = %config.nats.urls.join(","),
+                prefix = %config.subjects.prefix(),
+                version = env!("CARGO_PKG_VERSION"),
+                "{name} starting"
+            );
+            let shutdown =
+                shutdown::on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
+            let ctx = Context::connect(config).await.map_err(|e| chain(&e))?;
+            run(ctx, shutdown).await.map_err(|e| chain(&e))
+        }
+        .await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                tracing::error!("{msg}");
+                eprintln!("{name}: error: {msg}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Formats an error and its sources as `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,107 @@
+//! The `banger` command: parses flags, connects to the bus, runs one command, maps the outcome
+//! to an exit code.
+//!
+//! Exit codes (stable, for scripts):
+//! 0 success · 1 failure · 2 usage error · 3 partial failure of a batch · 4 not found or
+//! unavailable.
+
+pub mod commands;
+pub mod exit;
+pub mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use banger_bus::Bus;
+use banger_bus::config::{CommonArgs, CommonConfig};
+
+/// banger runs Firecracker microVMs: one per project, test run or lab exercise, each with a
+/// name (`web.vm`), a network, a persistent home disk and a guest agent.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "banger",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (contract ", "1", ")"),
+    about = "Run Firecracker microVMs with a name, a network and a persistent home disk",
+    long_about = "banger runs Firecracker microVMs on Linux hosts: one per project, test run or \
+                  lab exercise. Each VM has a name (<name>.vm), a network, a persistent work \
+                  disk mounted at /root and a guest agent. The CLI talks to banger's services \
+                  over NATS; see `banger status` for what is running."
+)]
+pub struct Cli {
+    /// Shared flags: NATS connection, prefix.
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// How long to wait for replies, in seconds
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: commands::Command,
+}
+
+/// What every command receives.
+pub struct App {
+    /// The bus.
+    pub bus: Bus,
+    /// Resolved configuration.
+    pub config: CommonConfig,
+    /// JSON output.
+    pub json: bool,
+    /// Reply deadline.
+    pub timeout: Duration,
+}
+
+/// Runs the CLI and returns its exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let _telemetry = rt.block_on(async {
+        banger_bus::telemetry::init_with_default_level("banger", cli.common.log_format, "warn")
+    });
+    let code = rt.block_on(async {
+        let span = tracing::info_span!(
+            "banger",
+            otel.kind = "client",
+            trace_id = tracing::field::Empty
+        );
+        let _enter = span.enter();
+        match run(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {}", banger_bus::runtime::chain(e.as_ref()));
+                exit::code_of(&e)
+            }
+        }
+    });
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = CommonConfig::resolve(&cli.common, "banger-cli")?;
+    let client = banger_bus::connect::connect(&config.nats, false).await?;
+    let app = App {
+        bus: Bus::new(client, config.subjects.clone()),
+        config,
+        json: cli.json,
+        timeout: Duration::from_secs(cli.timeout),
+    };
+    let code = commands::dispatch(&app, cli.command).await?;
+    if let Err(e) = app.bus.client().flush().await {
+        tracing::debug!(error = %e, "flushing");
+    }
+    Ok(code)
+}

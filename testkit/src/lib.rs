@@ -1,0 +1,283 @@
+//! Test fixtures that build real things and tear them down in `Drop`.
+//!
+//! - [`NatsServer`]: a real `nats-server` on a free loopback port with its own store dir, one
+//!   per test, killed when dropped (also when the test panics).
+//! - [`Process`]: a child process (a service binary) killed and reaped on drop.
+//! - [`wait_until`]: poll a condition with a deadline instead of sleeping.
+//! - [`bin_path`]: where cargo put a workspace binary.
+//! - [`require_root`] / [`skip`]: announce, never hide, a test that cannot run here.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment variable naming the file where skips are recorded; `scripts/test` sets it
+/// and counts the lines, because cargo hides the output of tests that pass.
+pub const SKIP_LOG_ENV: &str = "BANGER_SKIP_LOG";
+
+/// Announces that `test` cannot run here and why: printed, and appended to the skip log so the
+/// test command's summary counts it as skipped. Return right after calling it.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
+/// Whether we run as root; tests that need namespaces, taps or nftables call this first and
+/// [`skip`] when it is false.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `program` is on PATH.
+pub fn have_program(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Returns true when the test may run; otherwise prints a skip line and returns false.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        true
+    } else {
+        skip(test, "needs root (network namespaces, taps, nftables)");
+        false
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller to use).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    l.local_addr().expect("local address").port()
+}
+
+/// Polls `cond` every 20 ms until it returns true or `timeout` passes; panics with `what` on
+/// timeout. This is the only way tests wait: never a bare sleep.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() >= end {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Blocking variant of [`wait_until`] for synchronous tests.
+pub fn wait_until_blocking(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= end {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The path of workspace binary `name` (cargo puts binaries next to the test's `deps` dir).
+/// Run `cargo build --workspace --bins` first; the README test command does.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "binary {} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) and reaped on drop.
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Process {
+    /// Spawns `cmd`, with stdout and stderr inherited so test output shows the service's logs.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Self {
+            child: Some(child),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                eprintln!(
+                    "{} did not exit within {timeout:?} of SIGTERM; killing",
+                    self.name
+                );
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGKILL and reaps it (a crash, for fault tests).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Whether `GET path` on `addr` answers 200 (a tiny HTTP/1.0 client, for readiness probes).
+pub fn http_get_ok(addr: &str, path: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200")
+}
+
+/// A real `nats-server` on a free loopback port, with JetStream and its own store dir.
+pub struct NatsServer {
+    port: u16,
+    monitor_port: u16,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+    extra_args: Vec<String>,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server with extra command-line arguments (auth, cluster, ...).
+    pub fn start_with_args(extra: &[&str]) -> Self {
+        assert!(
+            have_program("nats-server"),
+            "nats-server is not installed: run ./scripts/setup (apt-get install nats-server)"
+        );
+        let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        let mut s = Self {
+            port: free_port(),
+            monitor_port: free_port(),
+            dir,
+            process: None,
+            extra_args: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("nats-server");
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.dir.path())
+        .args(&self.extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.process = Some(Process::spawn("nats-server", cmd));
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_until_blocking(
+            "nats-server to accept connections",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(&addr).is_ok(),
+        );
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL, like a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
