@@ -230,25 +230,21 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        let (port, monitor) = (self.port.to_string(), self.monitor_port.to_string());
         let mut cmd = Command::new("nats-server");
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(self.dir.path())
-        .args(&self.extra_args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.args(["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd"])
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         self.process = Some(Process::spawn("nats-server", cmd));
-        let addr = format!("127.0.0.1:{}", self.port);
+        // A TCP accept is not readiness; the monitoring endpoint's /healthz answers 200 once
+        // the server (and JetStream) is ready for clients.
+        let monitor = format!("127.0.0.1:{}", self.monitor_port);
         wait_until_blocking(
-            "nats-server to accept connections",
-            Duration::from_secs(10),
-            || std::net::TcpStream::connect(&addr).is_ok(),
+            "nats-server /healthz to answer ok",
+            Duration::from_secs(15),
+            || http_get_ok(&monitor, "/healthz"),
         );
     }
 
