@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod image;
 pub mod status;
 pub mod vm;
 
@@ -13,6 +14,9 @@ pub enum Command {
     /// Create, run and inspect VMs
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Register and inspect the images VMs boot from
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Runs `cmd` and returns the exit code.
@@ -20,5 +24,6 @@ pub async fn dispatch(app: &App, cmd: Command) -> anyhow::Result<u8> {
     match cmd {
         Command::Status(a) => status::run(app, a).await,
         Command::Vm(c) => vm::run(app, c).await,
+        Command::Image(c) => image::run(app, c).await,
     }
 }
