@@ -1,8 +1,10 @@
 //! Configuration shared by every banger process.
 //!
 //! Each value comes from, in order of precedence: a command-line flag, an environment variable
-//! (`BANGER_*`), the TOML config file (`--config`, default `/etc/banger/banger.toml` when it
-//! exists), and finally the built-in default. The file has top-level keys for what every service
+//! (`BANGER_*`), the TOML config file, and finally the built-in default. The config file is
+//! `--config` when given, else `/etc/banger/banger.toml` when it exists, else the stack file
+//! that `banger up` writes (`<state_dir>/stack.toml`, readable by root only: it holds the local
+//! bus credentials) when it exists. The file has top-level keys for what every service
 //! shares and one table per service:
 //!
 //! ```toml
@@ -31,6 +33,10 @@ use crate::error::BusError;
 
 /// The config file read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/banger/banger.toml";
+/// The file `banger up` writes under the state dir: the local stack's bus credentials, VMM
+/// choice and which processes it manages.
+pub const STACK_FILE: &str = "stack.toml";
+
 /// Default NATS URL: a local nats-server on its standard port.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default persistent state directory.
@@ -40,6 +46,7 @@ pub const DEFAULT_RUNTIME_DIR: &str = "/run/banger";
 
 /// Flags every banger binary accepts. Flatten into the binary's clap parser.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Bus and host options")]
 pub struct CommonArgs {
     /// TOML config file [default: /etc/banger/banger.toml if it exists]
     #[arg(long, env = "BANGER_CONFIG", global = true)]
@@ -235,9 +242,15 @@ pub struct CommonConfig {
 impl CommonConfig {
     /// Resolves the shared configuration of process `name` from its flags.
     pub fn resolve(args: &CommonArgs, name: &str) -> Result<Self, BusError> {
+        let stack_file = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into())
+            .join(STACK_FILE);
         let file_path = match &args.config {
             Some(p) => Some(p.clone()),
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => Some(DEFAULT_CONFIG_FILE.into()),
+            None if stack_file.exists() => Some(stack_file),
             None => None,
         };
         let file: toml::Table = match &file_path {
@@ -368,6 +381,11 @@ impl CommonConfig {
                 .try_into()
                 .map_err(|e| BusError::Config(format!("config file table [{name}]: {e}"))),
         }
+    }
+
+    /// The raw config file, for tools that read tables of their own (`banger up`'s `[stack]`).
+    pub fn file_table(&self) -> &toml::Table {
+        &self.file
     }
 
     /// The service's own state directory: `<state_dir>/<service>`.

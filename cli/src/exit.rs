@@ -33,7 +33,12 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
     if let Some(a) = e.downcast_ref::<banger_proto::ApiError>() {
         return for_code(a.code);
     }
-    if let Some(banger_bus::BusError::Connect { .. }) = e.downcast_ref::<banger_bus::BusError>() {
+    if e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<banger_bus::BusError>(),
+            Some(banger_bus::BusError::Connect { .. })
+        )
+    }) {
         return NOT_FOUND_OR_UNAVAILABLE;
     }
     FAILURE

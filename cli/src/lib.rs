@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod exit;
 pub mod output;
+pub mod stack;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,7 +21,12 @@ use banger_bus::config::{CommonArgs, CommonConfig};
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "banger",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (contract ", "1", ")"),
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (bus contract ",
+        banger_proto::contract_version!(),
+        ")"
+    ),
     about = "Run Firecracker microVMs with a name, a network and a persistent home disk",
     long_about = "banger runs Firecracker microVMs on Linux hosts: one per project, test run or \
                   lab exercise. Each VM has a name (<name>.vm), a network, a persistent work \
@@ -55,6 +61,35 @@ pub struct App {
     pub json: bool,
     /// Reply deadline.
     pub timeout: Duration,
+}
+
+/// The line that tells the user VMs are simulated. Bold on a terminal, plain otherwise or with
+/// `NO_COLOR`.
+pub fn simulator_banner() -> String {
+    let text = "SIMULATED HYPERVISOR: VMs run under banger-fcsim (real taps, bridge, NAT, disks \
+                and agent; no real guest kernel)";
+    if styled(&std::io::stderr()) {
+        format!("\x1b[1m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Whether to use terminal styling on `stream`.
+pub fn styled(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Prints the simulator banner on stderr when the local stack runs the simulator.
+fn announce_simulator(config: &CommonConfig) {
+    let vmm = config
+        .file_table()
+        .get("stack")
+        .and_then(|t| t.get("vmm"))
+        .and_then(toml::Value::as_str);
+    if vmm == Some("sim") {
+        eprintln!("{}", simulator_banner());
+    }
 }
 
 /// Runs the CLI and returns its exit code.
@@ -92,7 +127,19 @@ pub fn main(cli: Cli) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = CommonConfig::resolve(&cli.common, "banger-cli")?;
-    let client = banger_bus::connect::connect(&config.nats, false).await?;
+    announce_simulator(&config);
+    match cli.command {
+        commands::Command::Up(args) => return commands::up::run(&config, args).await,
+        commands::Command::Down(args) => return commands::down::run(&config, args).await,
+        _ => {}
+    }
+    let client = banger_bus::connect::connect(&config.nats, false)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(e).context(
+                "cannot reach the banger bus: is the stack running? start it with `banger up`",
+            )
+        })?;
     let app = App {
         bus: Bus::new(client, config.subjects.clone()),
         config,

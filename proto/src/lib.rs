@@ -25,6 +25,14 @@ pub use error::{ApiError, ErrorCode};
 pub use names::{CpuCount, HostId, ImageName, MemMib, NameError, VmId, VmName};
 pub use subject::Subjects;
 
+/// Expands to the contract version as a string literal, for `concat!` (clap's `--version`).
+#[macro_export]
+macro_rules! contract_version {
+    () => {
+        "1"
+    };
+}
+
 /// Version of the bus contract. Shown by `banger --version` and in every service's metadata so
 /// mismatched deployments are easy to spot.
-pub const CONTRACT_VERSION: &str = "1";
+pub const CONTRACT_VERSION: &str = contract_version!();

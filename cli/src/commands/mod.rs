@@ -1,7 +1,10 @@
 //! One module per command group.
 
+pub mod down;
+pub mod events;
 pub mod image;
 pub mod status;
+pub mod up;
 pub mod vm;
 
 use crate::App;
@@ -9,11 +12,17 @@ use crate::App;
 /// The commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Start the local banger stack on this machine (NATS and every service)
+    Up(up::UpArgs),
+    /// Stop the local banger stack (VMs, services and the NATS it started)
+    Down(down::DownArgs),
     /// Show every banger service on every host, as the NATS service API reports them
     Status(status::StatusArgs),
     /// Create, run and inspect VMs
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Watch VM lifecycle events as they happen
+    Events(events::EventsArgs),
     /// Register and inspect the images VMs boot from
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -25,5 +34,8 @@ pub async fn dispatch(app: &App, cmd: Command) -> anyhow::Result<u8> {
         Command::Status(a) => status::run(app, a).await,
         Command::Vm(c) => vm::run(app, c).await,
         Command::Image(c) => image::run(app, c).await,
+        Command::Events(a) => events::run(app, a).await,
+        // Handled before connecting (see `crate::run`): they manage the bus itself.
+        Command::Up(_) | Command::Down(_) => Ok(crate::exit::USAGE),
     }
 }

@@ -1,0 +1,118 @@
+//! `banger down`: stop what `banger up` started, in reverse order, leaving no process behind.
+//!
+//! Running VMs of this host are stopped first (through the controller, so their taps, rules
+//! and DNS records follow), then the services newest first, then the nats-server if `up`
+//! started it. The stack file is kept, so the next `up` reuses the same credentials.
+
+use std::time::Duration;
+
+use banger_bus::Bus;
+use banger_bus::config::CommonConfig;
+use banger_proto::subject::VmOp;
+use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmOpReply, VmRefRequest, VmState};
+
+use crate::exit;
+use crate::stack::{self, NATS, SERVICES, StackPaths};
+
+/// How long a service may take to drain after SIGTERM before it is killed.
+const SERVICE_GRACE: Duration = Duration::from_secs(20);
+
+/// Flags of `banger down`.
+#[derive(Debug, clap::Args)]
+pub struct DownArgs {
+    /// Leave running VMs alone (their processes keep running; a later `up` re-adopts them)
+    #[arg(long)]
+    pub keep_vms: bool,
+}
+
+/// Runs `banger down`.
+pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
+    let paths = StackPaths {
+        state: config.state_dir.clone(),
+        runtime: config.runtime_dir.clone(),
+    };
+    let mut stopped_any = false;
+
+    if !args.keep_vms
+        && stack::running_pid(&paths, "vm-controller", "banger-vm-controller").is_some()
+    {
+        stop_vms(config).await;
+    }
+    for svc in SERVICES.iter().rev() {
+        if let Some(pid) = stack::running_pid(&paths, svc, &format!("banger-{svc}")) {
+            let killed = stack::stop_pid(pid, SERVICE_GRACE);
+            println!(
+                "stopped {svc}{}",
+                if killed {
+                    " (killed after the grace period)"
+                } else {
+                    ""
+                }
+            );
+            stopped_any = true;
+        }
+        let _ = std::fs::remove_file(paths.pid_file(svc));
+    }
+    if let Some(pid) = stack::running_pid(&paths, NATS, NATS) {
+        stack::stop_pid(pid, SERVICE_GRACE);
+        println!("stopped nats-server");
+        stopped_any = true;
+    }
+    let _ = std::fs::remove_file(paths.pid_file(NATS));
+    let _ = std::fs::remove_dir(paths.pid_dir());
+    if !stopped_any {
+        println!("banger is not running");
+    }
+    Ok(exit::OK)
+}
+
+/// Stops every running VM of this host; failures are reported, not fatal (the services are
+/// stopped regardless).
+async fn stop_vms(config: &CommonConfig) {
+    let Ok(Ok(client)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        banger_bus::connect::connect(&config.nats, false),
+    )
+    .await
+    else {
+        eprintln!("warning: cannot reach the bus; VMs were not stopped");
+        return;
+    };
+    let bus = Bus::new(client, config.subjects.clone());
+    let subject = bus.subjects().vm_list();
+    let replies = match bus
+        .gather::<_, ListVmsReply>(
+            subject,
+            &ListVmsRequest::default(),
+            None,
+            Duration::from_secs(1),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warning: listing VMs: {e}");
+            return;
+        }
+    };
+    let mine: Vec<_> = replies
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|r| r.host == config.host)
+        .flat_map(|r| r.vms)
+        .filter(|v| matches!(v.state, VmState::Running | VmState::Starting))
+        .collect();
+    let stops = mine.iter().map(|vm| {
+        let bus = bus.clone();
+        let subject = bus.subjects().host_vm(&config.host, VmOp::Stop);
+        async move {
+            let req = VmRefRequest { id: vm.id.clone() };
+            let r: Result<VmOpReply, _> = bus.request(subject, &req, Duration::from_secs(60)).await;
+            match r {
+                Ok(_) => println!("stopped VM {}", vm.name),
+                Err(e) => eprintln!("warning: stopping VM {}: {e}", vm.name),
+            }
+        }
+    });
+    futures::future::join_all(stops).await;
+}

@@ -1,0 +1,180 @@
+//! `banger events`: a live, human-readable stream of lifecycle events — what
+//! `nats sub 'banger.events.>'` shows, rendered — with optional replay from JetStream.
+
+use banger_proto::event::{EventKind, VmEvent};
+use banger_proto::{HostId, VmId};
+use futures::StreamExt;
+
+use crate::{App, exit};
+
+/// Flags of `banger events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only events of this VM (name, id or id prefix)
+    #[arg(long, value_name = "REF")]
+    pub vm: Option<String>,
+    /// Only events from this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<HostId>,
+    /// Only events of this kind (created, starting, started, stopping, stopped, deleted,
+    /// failed, health)
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Option<EventKind>,
+    /// Stop after this many events (default: run until Ctrl-C)
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+}
+
+fn parse_kind(s: &str) -> Result<EventKind, String> {
+    EventKind::from_wire(s).ok_or_else(|| {
+        let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("unknown event kind {s:?}; use one of: {}", all.join(", "))
+    })
+}
+
+/// Whether `event` matches a VM reference: its name, full id or an id prefix.
+fn matches_ref(event: &VmEvent, vm_ref: &str) -> bool {
+    event.vm.name.as_str() == vm_ref || event.vm.id.as_str().starts_with(vm_ref)
+}
+
+/// One line per event for people.
+pub fn render(event: &VmEvent) -> String {
+    let ip = event.vm.network.as_ref().map_or("-", |n| n.ip.as_str());
+    let mut line = format!(
+        "{} {:<9} {:<20} host={} state={} ip={} id={}",
+        format_time(event.at_ms),
+        event.kind.as_str(),
+        event.vm.name.as_str(),
+        event.vm.host,
+        event.vm.state,
+        ip,
+        event.vm.id.short(),
+    );
+    if let Some(reason) = &event.vm.reason {
+        line.push_str(&format!(" reason={reason:?}"));
+    }
+    line
+}
+
+/// `HH:MM:SS.mmm` UTC of a millisecond timestamp.
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ms % 1000
+    )
+}
+
+/// Runs `banger events`.
+pub async fn run(app: &App, args: EventsArgs) -> anyhow::Result<u8> {
+    // A full id narrows the subscription itself; names and prefixes are filtered here.
+    let vm_id = args.vm.as_deref().and_then(|r| VmId::new(r).ok());
+    let filter = app
+        .bus
+        .subjects()
+        .events_filter(args.host.as_ref(), vm_id.as_ref(), args.kind);
+    let mut sub = app.bus.client().subscribe(filter.clone()).await?;
+    // The subscription is registered once the server has seen it: flush so an event published
+    // right after this command prints its first line is not missed.
+    app.bus.client().flush().await?;
+    if !app.json {
+        eprintln!("watching {filter} (Ctrl-C to stop)");
+    }
+    let mut seen = 0usize;
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(msg) = msg else { break };
+        let event: VmEvent = match serde_json::from_slice(&msg.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!(
+                    "warning: ignoring a malformed event on {}: {e}",
+                    msg.subject
+                );
+                continue;
+            }
+        };
+        if let Some(r) = &args.vm
+            && !matches_ref(&event, r)
+        {
+            continue;
+        }
+        if app.json {
+            println!("{}", serde_json::to_string(&event)?);
+        } else {
+            println!("{}", render(&event));
+        }
+        seen += 1;
+        if args.count.is_some_and(|n| seen >= n) {
+            break;
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use banger_proto::vm::{VmInfo, VmNetwork, VmState};
+    use banger_proto::{CpuCount, ImageName, MemMib, VmName};
+
+    use super::*;
+
+    fn event() -> VmEvent {
+        VmEvent {
+            kind: EventKind::Started,
+            at_ms: 3_723_004,
+            seq: 7,
+            vm: VmInfo {
+                id: VmId::new("0123456789abcdef0123456789abcdef").unwrap(),
+                name: VmName::new("web").unwrap(),
+                host: HostId::new("h1").unwrap(),
+                state: VmState::Running,
+                image: ImageName::new("debian").unwrap(),
+                cpus: CpuCount::new(1).unwrap(),
+                memory_mib: MemMib::new(512).unwrap(),
+                disk_mib: MemMib::new(1024).unwrap(),
+                network: Some(VmNetwork {
+                    ip: "172.16.0.2".into(),
+                    mac: "06:00:00:00:00:02".into(),
+                    tap: "bgr0123456789ab".into(),
+                }),
+                port_forwards: vec![],
+                reason: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                started_at_ms: None,
+                touched_at_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn events_render_as_one_readable_line() {
+        assert_eq!(
+            render(&event()),
+            "01:02:03.004 started   web                  host=h1 state=running \
+             ip=172.16.0.2 id=0123456789ab"
+        );
+    }
+
+    #[test]
+    fn vm_refs_match_by_name_or_id_prefix() {
+        let e = event();
+        assert!(matches_ref(&e, "web"));
+        assert!(matches_ref(&e, "0123"));
+        assert!(!matches_ref(&e, "db"));
+        assert!(!matches_ref(&e, "1234"));
+    }
+
+    #[test]
+    fn unknown_kinds_are_a_usage_error() {
+        assert_eq!(parse_kind("stopped"), Ok(EventKind::Stopped));
+        assert!(parse_kind("exploded").unwrap_err().contains("use one of"));
+    }
+}

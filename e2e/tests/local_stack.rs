@@ -1,0 +1,181 @@
+//! `banger up` / `banger down` as a user runs them: from nothing to every service answering,
+//! on a bus closed to clients without the generated credentials, and back to nothing.
+//! Runs inside a private network namespace so the host's network is never touched.
+
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use banger_testkit::netns::NetNs;
+use banger_testkit::{bin_path, free_port, require_root};
+
+struct Stack {
+    ns: NetNs,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Stack {
+    fn new() -> Self {
+        let ns = NetNs::create("up");
+        let dir = std::env::temp_dir().join(format!("banger-up-{}", ns.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            ns,
+            dir,
+            port: free_port(),
+        }
+    }
+
+    fn banger(&self, args: &[&str]) -> Output {
+        let mut cmd = self.ns.command(bin_path("banger").to_str().unwrap());
+        cmd.arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--runtime-dir")
+            .arg(self.dir.join("run"))
+            .args(["--nats-url", &format!("nats://127.0.0.1:{}", self.port)])
+            .args(["--host-id", "uphost"])
+            .args(args)
+            .env("NO_COLOR", "1");
+        cmd.output().unwrap()
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let dir = self.dir.join("run/stack");
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .filter_map(|s| s.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Stop whatever a failed test left running, then remove the files.
+        let _ = self.banger(&["down"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has exited; only a running process counts.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
+    if !require_root("up_starts_every_service_on_a_private_bus_and_down_leaves_no_process") {
+        return;
+    }
+    let stack = Stack::new();
+
+    let up = stack.banger(&["up", "--vmm", "sim"]);
+    assert!(up.status.success(), "banger up failed:\n{}", text(&up));
+    assert!(
+        text(&up).contains("banger is up on host uphost"),
+        "{}",
+        text(&up)
+    );
+    assert!(
+        text(&up).contains("SIMULATED HYPERVISOR"),
+        "the simulator must be announced"
+    );
+
+    let stack_file = stack.dir.join("state/stack.toml");
+    assert_eq!(
+        mode(&stack_file),
+        0o600,
+        "the credentials file must be root-only"
+    );
+    assert!(
+        std::fs::read_to_string(&stack_file)
+            .unwrap()
+            .contains("password")
+    );
+
+    let status = stack.banger(&["status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut names: Vec<&str> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["metadata"]["host"] == "uphost")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["dnsd", "netd", "stord", "vm-controller"]);
+
+    // The bus is not open to every local user: no credentials, no connection.
+    let url = format!("nats://127.0.0.1:{}", stack.port);
+    let anonymous = stack
+        .ns
+        .block_on(move || async move { async_nats::connect(url).await });
+    assert!(
+        anonymous.is_err(),
+        "an anonymous client was let onto the stack's bus"
+    );
+
+    // A second `up` is a no-op that says so.
+    let again = stack.banger(&["up", "--vmm", "sim"]);
+    assert!(
+        again.status.success() && text(&again).contains("already up"),
+        "{}",
+        text(&again)
+    );
+
+    let pids = stack.pids();
+    assert_eq!(
+        pids.len(),
+        5,
+        "four services and nats-server have pid files"
+    );
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    let down = stack.banger(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left after down: {left:?}");
+    assert!(stack.pids().is_empty(), "pid files left after down");
+
+    let after = stack.banger(&["status"]);
+    assert_eq!(
+        after.status.code(),
+        Some(4),
+        "status after down: {}",
+        text(&after)
+    );
+    assert!(
+        text(&after).contains("banger up"),
+        "the error should say how to start the stack"
+    );
+}
