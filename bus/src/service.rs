@@ -11,7 +11,8 @@
 //! `Nats-Service-Error` / `Nats-Service-Error-Code` plus `Banger-Error-Code` are set, so both
 //! `nats req` users and header-only clients see the error. async-nats only counts errors in
 //! `$SRV.STATS` when it also empties the body, so banger keeps its own per-endpoint error count
-//! and publishes it in each endpoint's stats `data` (`{"errors": n, "last_error": "..."}`).
+//! and publishes it in each endpoint's stats `data` (`{"errors": n, "last_error": "...",
+//! "now_ms": ...}`; `now_ms` is the host's clock when it answered, for skew checks).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -115,7 +116,12 @@ impl ServiceHost {
                     .lock()
                     .map(|m| m.get(&endpoint).cloned().unwrap_or_default())
                     .unwrap_or_default();
-                serde_json::json!({ "errors": counts.errors, "last_error": counts.last_error })
+                // `now_ms` lets `banger doctor` measure clock skew between hosts.
+                serde_json::json!({
+                    "errors": counts.errors,
+                    "last_error": counts.last_error,
+                    "now_ms": crate::now_ms(),
+                })
             })
             .start(&spec.name, &spec.version)
             .await

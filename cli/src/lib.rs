@@ -131,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         commands::Command::Up(args) => return commands::up::run(&config, args).await,
         commands::Command::Down(args) => return commands::down::run(&config, args).await,
+        commands::Command::Doctor(_) => return commands::doctor::run(&config, cli.json).await,
         _ => {}
     }
     let client = banger_bus::connect::connect(&config.nats, false)

@@ -145,6 +145,39 @@ fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
         "an anonymous client was let onto the stack's bus"
     );
 
+    // doctor reports what this machine really has, and exits accordingly.
+    let doctor = stack.banger(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let level = |name: &str| -> Vec<String> {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == name)
+            .map(|c| c["level"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let have_fc = banger_testkit::have_program("firecracker");
+    let have_kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    assert_eq!(level("firecracker"), [if have_fc { "ok" } else { "fail" }]);
+    assert_eq!(level("kvm"), [if have_kvm { "ok" } else { "fail" }]);
+    let have_dm = Path::new("/dev/mapper/control").exists();
+    assert_eq!(
+        level("device-mapper"),
+        [if have_dm { "ok" } else { "warn" }]
+    );
+    assert_eq!(level("nats"), ["ok"]);
+    assert_eq!(level("service"), ["ok", "ok", "ok", "ok"], "{report}");
+    assert_eq!(report["ready"], have_fc && have_kvm);
+    assert_eq!(
+        doctor.status.code(),
+        Some(if have_fc && have_kvm { 0 } else { 1 })
+    );
+
     // A second `up` is a no-op that says so.
     let again = stack.banger(&["up", "--vmm", "sim"]);
     assert!(
