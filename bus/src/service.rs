@@ -12,7 +12,8 @@
 //! `nats req` users and header-only clients see the error. async-nats only counts errors in
 //! `$SRV.STATS` when it also empties the body, so banger keeps its own per-endpoint error count
 //! and publishes it in each endpoint's stats `data` (`{"errors": n, "last_error": "...",
-//! "now_ms": ...}`; `now_ms` is the host's clock when it answered, for skew checks).
+//! "now_ms": ..., "started_ms": ...}`; `now_ms` is the host's clock when it answered, for skew
+//! checks; `started_ms` gives uptime without parsing the API's RFC 3339 `started`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -106,6 +107,7 @@ impl ServiceHost {
     pub async fn start(bus: &Bus, spec: ServiceSpec) -> Result<Self, BusError> {
         let errors: ErrorCounts = Arc::default();
         let stats_errors = errors.clone();
+        let started_ms = crate::now_ms();
         let service = bus
             .client()
             .service_builder()
@@ -121,6 +123,7 @@ impl ServiceHost {
                     "errors": counts.errors,
                     "last_error": counts.last_error,
                     "now_ms": crate::now_ms(),
+                    "started_ms": started_ms,
                 })
             })
             .start(&spec.name, &spec.version)

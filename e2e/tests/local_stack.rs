@@ -129,7 +129,7 @@ fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["metadata"]["host"] == "uphost")
+        .filter(|s| s["host"] == "uphost")
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     names.sort_unstable();
