@@ -126,6 +126,12 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Offline commands: no config, no bus.
+    match &cli.command {
+        commands::Command::Completions(a) => return Ok(commands::completions::completions(a)),
+        commands::Command::Man(a) => return commands::completions::man(a),
+        _ => {}
+    }
     let config = CommonConfig::resolve(&cli.common, "banger-cli")?;
     announce_simulator(&config);
     match cli.command {

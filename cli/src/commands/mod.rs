@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod completions;
 pub mod doctor;
 pub mod down;
 pub mod events;
@@ -17,6 +18,10 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop the local banger stack (VMs, services and the NATS it started)
     Down(down::DownArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...)
+    Completions(completions::CompletionsArgs),
+    /// Write man pages into a directory
+    Man(completions::ManArgs),
     /// Check whether this host is ready to run VMs, with a fix for each problem
     Doctor(doctor::DoctorArgs),
     /// Show every banger service on every host, as the NATS service API reports them
@@ -39,6 +44,10 @@ pub async fn dispatch(app: &App, cmd: Command) -> anyhow::Result<u8> {
         Command::Image(c) => image::run(app, c).await,
         Command::Events(a) => events::run(app, a).await,
         // Handled before connecting (see `crate::run`): they manage the bus itself.
-        Command::Up(_) | Command::Down(_) | Command::Doctor(_) => Ok(crate::exit::USAGE),
+        Command::Up(_)
+        | Command::Down(_)
+        | Command::Doctor(_)
+        | Command::Completions(_)
+        | Command::Man(_) => Ok(crate::exit::USAGE),
     }
 }
