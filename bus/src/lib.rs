@@ -12,6 +12,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod propagation;
 pub mod runtime;
 pub mod service;

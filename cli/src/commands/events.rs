@@ -23,6 +23,26 @@ pub struct EventsArgs {
     /// Stop after this many events (default: run until Ctrl-C)
     #[arg(long, value_name = "N")]
     pub count: Option<usize>,
+    /// First replay the events of this past period (e.g. 30s, 10m, 2h, 1d) from JetStream,
+    /// then keep watching
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub since: Option<std::time::Duration>,
+}
+
+/// Parses `30s`, `10m`, `2h`, `1d`.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age like 30s, 10m, 2h or 1d"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit in {s:?}: use s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn parse_kind(s: &str) -> Result<EventKind, String> {
@@ -30,6 +50,53 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
         let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         format!("unknown event kind {s:?}; use one of: {}", all.join(", "))
     })
+}
+
+/// Event subjects and payloads, from a live subscription or a replay.
+type Messages = futures::stream::BoxStream<'static, (String, bytes::Bytes)>;
+
+async fn live(app: &App, filter: &str) -> anyhow::Result<Messages> {
+    let sub = app.bus.client().subscribe(filter.to_owned()).await?;
+    // The subscription is registered once the server has seen it: flush so an event published
+    // right after this command prints its first line is not missed.
+    app.bus.client().flush().await?;
+    Ok(sub.map(|m| (m.subject.to_string(), m.payload)).boxed())
+}
+
+/// Replays from the event stream (an ordered consumer starting at now - `age`), then follows
+/// new events through the same consumer.
+async fn replay(app: &App, filter: &str, age: std::time::Duration) -> anyhow::Result<Messages> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let js = async_nats::jetstream::new(app.bus.client().clone());
+    let name = banger_bus::history::stream_name(app.bus.subjects().prefix());
+    let stream = js.get_stream(&name).await.map_err(|e| {
+        anyhow::anyhow!(
+            "event history is not available ({e}): the JetStream stream {name} is created by \
+             `banger up`; events since then can be replayed"
+        )
+    })?;
+    let start_ms =
+        banger_bus::now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+    let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+            ..Default::default()
+        })
+        .await?;
+    let messages = consumer.messages().await?;
+    Ok(messages
+        .filter_map(|m| async move {
+            match m {
+                Ok(m) => Some((m.subject.to_string(), m.payload.clone())),
+                Err(e) => {
+                    eprintln!("warning: reading event history: {e}");
+                    None
+                }
+            }
+        })
+        .boxed())
 }
 
 /// Whether `event` matches a VM reference: its name, full id or an id prefix.
@@ -76,27 +143,24 @@ pub async fn run(app: &App, args: EventsArgs) -> anyhow::Result<u8> {
         .bus
         .subjects()
         .events_filter(args.host.as_ref(), vm_id.as_ref(), args.kind);
-    let mut sub = app.bus.client().subscribe(filter.clone()).await?;
-    // The subscription is registered once the server has seen it: flush so an event published
-    // right after this command prints its first line is not missed.
-    app.bus.client().flush().await?;
-    if !app.json {
-        eprintln!("watching {filter} (Ctrl-C to stop)");
-    }
+    let mut messages = match args.since {
+        None => live(app, &filter).await?,
+        Some(age) => replay(app, &filter, age).await?,
+    };
+    // On stderr even with --json: stdout carries only events, and a script can wait for this
+    // line to know the subscription is in place.
+    eprintln!("watching {filter} (Ctrl-C to stop)");
     let mut seen = 0usize;
     loop {
         let msg = tokio::select! {
-            m = sub.next() => m,
+            m = messages.next() => m,
             _ = tokio::signal::ctrl_c() => break,
         };
-        let Some(msg) = msg else { break };
-        let event: VmEvent = match serde_json::from_slice(&msg.payload) {
+        let Some((subject, payload)) = msg else { break };
+        let event: VmEvent = match serde_json::from_slice(&payload) {
             Ok(e) => e,
             Err(e) => {
-                eprintln!(
-                    "warning: ignoring a malformed event on {}: {e}",
-                    msg.subject
-                );
+                eprintln!("warning: ignoring a malformed event on {subject}: {e}");
                 continue;
             }
         };
@@ -170,6 +234,16 @@ mod tests {
         assert!(matches_ref(&e, "0123"));
         assert!(!matches_ref(&e, "db"));
         assert!(!matches_ref(&e, "1234"));
+    }
+
+    #[test]
+    fn ages_parse_with_units() {
+        assert_eq!(parse_age("30s").unwrap().as_secs(), 30);
+        assert_eq!(parse_age("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse_age("2h").unwrap().as_secs(), 7200);
+        assert_eq!(parse_age("1d").unwrap().as_secs(), 86_400);
+        assert!(parse_age("ten minutes").is_err());
+        assert!(parse_age("5w").is_err());
     }
 
     #[test]

@@ -120,7 +120,12 @@ async fn bring_up(
     )
     .with_context(|| format!("writing {}", stack_file.display()))?;
 
-    let bus = wait_for_bus(&nats).await?;
+    let bus = wait_for_bus(&nats, config).await?;
+    // Keep lifecycle events for `banger events --since`. A NATS without JetStream still runs
+    // banger, so this is a warning, not a failure.
+    if let Err(e) = banger_bus::history::ensure_event_stream(&bus).await {
+        eprintln!("warning: event history unavailable: {e}");
+    }
     for svc in SERVICES {
         let program = format!("banger-{svc}");
         let bin = stack::sibling_binary(&program);
@@ -296,13 +301,12 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-async fn wait_for_bus(nats: &NatsOptions) -> anyhow::Result<Bus> {
+async fn wait_for_bus(nats: &NatsOptions, config: &CommonConfig) -> anyhow::Result<Bus> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match tokio::time::timeout(PROBE_TIMEOUT, banger_bus::connect::connect(nats, false)).await {
             Ok(Ok(client)) => {
-                let subjects = banger_proto::Subjects::default();
-                return Ok(Bus::new(client, subjects));
+                return Ok(Bus::new(client, config.subjects.clone()));
             }
             _ if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
