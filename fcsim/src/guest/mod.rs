@@ -1,0 +1,291 @@
+//! The simulated guest: what `InstanceStart` boots and `SendCtrlAltDel` shuts down.
+//!
+//! No kernel runs. "Booting" means, for real, on the host:
+//! - a guest network namespace is made, with its own tap `eth0` carrying the guest MAC and the
+//!   `ip=` address and gateway ([`netns`]); frames are copied between it and the host tap the
+//!   network interface names (opened at `PUT /network-interfaces`, as Firecracker does), so the
+//!   namespace's kernel network stack answers ARP, ping and TCP ([`net`]);
+//! - the real `banger-agent` starts in that namespace, with the work disk loop-mounted at
+//!   `/root` in a private mount namespace when possible ([`agent`]);
+//! - the agent's Unix socket is registered as guest vsock port 52, so hybrid vsock
+//!   `CONNECT 52` reaches it ([`vsock`]);
+//! - the serial console (stdout) shows boot lines, each marked `[SIMULATED GUEST]`.
+
+pub(crate) mod agent;
+pub(crate) mod net;
+pub(crate) mod netns;
+pub(crate) mod vsock;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use crate::log;
+use agent::Agent;
+use net::{GuestIface, NetCounters, Tap, mac_string};
+use netns::{GUEST_IFACE, GuestNetns};
+use vsock::GuestPorts;
+
+/// The vsock port the agent listens on (banger's default agent port).
+pub(crate) const AGENT_PORT: u32 = banger_proto::agent::DEFAULT_AGENT_PORT;
+
+/// How long the agent may take to create its socket after it was spawned.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the guest boots with.
+#[derive(Debug)]
+pub(crate) struct BootPlan {
+    pub(crate) hostname: String,
+    pub(crate) cmdline: String,
+    pub(crate) net: Option<(Tap, GuestIface)>,
+    pub(crate) work_disk: Option<PathBuf>,
+    pub(crate) agent_bin: PathBuf,
+    /// Where the guest's Unix sockets go (created here, removed at shutdown).
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) slow_boot: Option<Duration>,
+}
+
+/// A booted (or booting) guest.
+#[derive(Debug)]
+pub(crate) struct Guest {
+    /// The two frame-copy loops (host tap ⇄ eth0); they own both taps.
+    net_tasks: Vec<JoinHandle<()>>,
+    /// The guest thread; dropped last, after the agent stopped.
+    netns: Arc<GuestNetns>,
+    boot_task: JoinHandle<()>,
+    agent: Arc<Mutex<Option<Agent>>>,
+    paused: Arc<AtomicBool>,
+    runtime_dir: PathBuf,
+}
+
+impl Guest {
+    /// Boots: makes the guest network namespace (with eth0 when the VM has a network
+    /// interface) and starts copying frames now; starts the agent in the background (after the
+    /// slow-boot delay, if any). Fails when the namespace or eth0 cannot be made.
+    pub(crate) async fn boot(
+        plan: BootPlan,
+        ports: Arc<GuestPorts>,
+        counters: Arc<NetCounters>,
+    ) -> Result<Self, String> {
+        let (host_tap, iface) = match plan.net {
+            Some((tap, iface)) => (Some(tap), Some(iface)),
+            None => (None, None),
+        };
+        let (netns, eth0) = GuestNetns::create(iface).await.map_err(|e| e.to_string())?;
+        let netns = Arc::new(netns);
+        let paused = Arc::new(AtomicBool::new(false));
+        let net_tasks = match (host_tap, eth0, iface) {
+            (Some(host), Some(eth0), Some(i)) => {
+                let host_name = host.name().to_owned();
+                let tasks = net::connect(host, eth0, &paused, &counters)
+                    .map_err(|e| format!("polling the taps: {e}"))?;
+                log::serial(
+                    "banger-fcsim SIMULATOR: no guest kernel runs; this console is simulated",
+                );
+                log::serial(&format!("Kernel command line: {}", plan.cmdline));
+                log::serial(&format!(
+                    "{GUEST_IFACE}: {}/{} (mac {}) in the guest network namespace, frames copied \
+                     to and from host tap {host_name}",
+                    i.ip,
+                    i.prefix_len,
+                    mac_string(i.mac),
+                ));
+                tasks.into()
+            }
+            _ => {
+                log::serial(
+                    "banger-fcsim SIMULATOR: no guest kernel runs; this console is simulated",
+                );
+                log::serial(&format!("Kernel command line: {}", plan.cmdline));
+                log::serial(&format!(
+                    "{GUEST_IFACE}: not configured (no network interface or no ip= boot argument){}",
+                    if netns.isolated() { "; lo only" } else { "" }
+                ));
+                Vec::new()
+            }
+        };
+        let agent = Arc::new(Mutex::new(None));
+        let userspace = Userspace {
+            bin: plan.agent_bin,
+            dir: plan.runtime_dir.clone(),
+            work_disk: plan.work_disk,
+            slow_boot: plan.slow_boot,
+            hostname: plan.hostname,
+        };
+        let boot_task = tokio::spawn(start_agent(
+            userspace,
+            Arc::clone(&netns),
+            Arc::clone(&agent),
+            ports,
+        ));
+        Ok(Self {
+            net_tasks,
+            netns,
+            boot_task,
+            agent,
+            paused,
+            runtime_dir: plan.runtime_dir,
+        })
+    }
+
+    /// Pauses (`true`) or resumes the guest: the agent is stopped/continued and frames are
+    /// dropped both ways.
+    pub(crate) async fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        if let Some(a) = self.agent.lock().await.as_ref() {
+            a.signal(if paused {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            });
+        }
+    }
+
+    /// Shuts the guest down: agent stopped (and with it the work-disk mount and its loop
+    /// device), both taps closed and the guest thread ended (so the kernel removes the
+    /// namespace and eth0), guest sockets removed.
+    pub(crate) async fn shutdown(self, ports: &GuestPorts) {
+        log::serial("reboot: Restarting system (simulated shutdown)");
+        self.boot_task.abort();
+        let _ = self.boot_task.await;
+        ports.clear();
+        if let Some(agent) = self.agent.lock().await.take() {
+            agent.stop().await;
+        }
+        for t in self.net_tasks {
+            t.abort();
+            // Dropping both tasks drops both taps' files: the fds are closed.
+            let _ = t.await;
+        }
+        // The last reference: the guest thread ends, nothing holds the namespace any more.
+        drop(self.netns);
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+        log::info("guest shut down");
+    }
+}
+
+/// Prefix of the simulator's private guest directories in the temp dir.
+const RUNTIME_PREFIX: &str = "banger-fcsim-";
+
+/// This process's private guest directory (the agent's Unix socket lives there): short, so
+/// socket paths stay far below the 108-byte limit, and outside `/root`, which the agent's mount
+/// namespace hides.
+pub(crate) fn runtime_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{RUNTIME_PREFIX}{}", std::process::id()))
+}
+
+/// Removes the guest directories of simulator processes that no longer exist (killed with
+/// SIGKILL, which nothing can clean up after).
+pub(crate) fn sweep_stale_runtime_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUNTIME_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            log::debug(&format!("removing stale {}", e.path().display()));
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// What the guest's "init" starts the agent with.
+struct Userspace {
+    bin: PathBuf,
+    /// The runtime directory (the agent's socket goes there).
+    dir: PathBuf,
+    work_disk: Option<PathBuf>,
+    slow_boot: Option<Duration>,
+    hostname: String,
+}
+
+async fn start_agent(
+    userspace: Userspace,
+    netns: Arc<GuestNetns>,
+    slot: Arc<Mutex<Option<Agent>>>,
+    ports: Arc<GuestPorts>,
+) {
+    let Userspace {
+        bin,
+        dir,
+        work_disk,
+        slow_boot,
+        hostname,
+    } = userspace;
+    if let Some(delay) = slow_boot {
+        log::info(&format!("fault slow-boot: the agent starts in {delay:?}"));
+        log::serial(&format!(
+            "(fault slow-boot: userspace starts in {} ms)",
+            delay.as_millis()
+        ));
+        tokio::time::sleep(delay).await;
+    }
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        log::error(&format!("creating {}: {e}", dir.display()));
+        return;
+    }
+    let socket = dir.join(format!("agent-{AGENT_PORT}.sock"));
+    log::serial(&format!(
+        "Welcome to {hostname} (simulated). Starting banger-agent..."
+    ));
+    let spawn_socket = socket.clone();
+    // Spawned by the guest thread: in the guest network namespace, with that thread as its
+    // PR_SET_PDEATHSIG parent.
+    let spawned = netns
+        .run(move || agent::spawn(&bin, &spawn_socket, work_disk.as_deref()))
+        .await
+        .and_then(|r| r);
+    let agent = match spawned {
+        Ok(a) => a,
+        Err(e) => {
+            log::error(&format!("starting the agent: {e}"));
+            log::serial(&format!("banger-agent failed to start: {e}"));
+            return;
+        }
+    };
+    *slot.lock().await = Some(agent);
+    let deadline = tokio::time::Instant::now() + AGENT_READY_TIMEOUT;
+    loop {
+        if is_listening(&socket) {
+            ports.listen(AGENT_PORT, socket);
+            log::serial(&format!(
+                "banger-agent listening on vsock port {AGENT_PORT}"
+            ));
+            log::info("guest userspace up: agent listening");
+            return;
+        }
+        if let Some(a) = slot.lock().await.as_mut()
+            && let Some(status) = a.try_exit()
+        {
+            let why = if status.code() == Some(agent::MOUNT_FAILED_EXIT) {
+                "mounting the work disk at /root failed".to_owned()
+            } else {
+                format!("it exited: {status}")
+            };
+            log::error(&format!("the agent did not come up: {why}"));
+            log::serial(&format!("banger-agent failed: {why}"));
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            log::error("the agent did not create its socket in time");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn is_listening(socket: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
+}

@@ -1,0 +1,887 @@
+//! The simulator as banger uses it: a real process on a real API socket, configured only
+//! through `banger_firecracker::FirecrackerClient`, reached through hybrid vsock with
+//! `banger_agent_client::AgentClient`, and (as root) on a real tap in a private network
+//! namespace and with a real loop-mounted ext4 work disk.
+
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use banger_agent_client::{AgentClient, ExecRequest};
+use banger_firecracker::FirecrackerClient;
+use banger_firecracker::calls::ApiCall;
+use banger_firecracker::models::{
+    BootSource, Drive, InstanceState, MachineConfiguration, Metrics, NetworkInterface, Vsock,
+};
+use banger_testkit::netns::NetNs;
+use banger_testkit::{Process, bin_path, have_program, require_root, skip, wait_until};
+use serde_json::json;
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One simulator process with its own directory.
+struct Sim {
+    proc: Process,
+    dir: PathBuf,
+    api: PathBuf,
+    vsock: PathBuf,
+    fc: FirecrackerClient,
+}
+
+struct Opts<'a> {
+    id: &'a str,
+    faults: &'a [&'a str],
+    env: Option<&'a str>,
+    ns: Option<&'a NetNs>,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Self {
+            id: "sim",
+            faults: &[],
+            env: None,
+            ns: None,
+        }
+    }
+}
+
+fn kernel(dir: &Path) -> PathBuf {
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, b"not a kernel: the simulator only opens it").unwrap();
+    k
+}
+
+/// A small real ext4 image (the simulator refuses a root drive that is not ext4); `None`
+/// without `mkfs.ext4`.
+fn ext4_image(dir: &Path, name: &str) -> Option<PathBuf> {
+    if !have_program("mkfs.ext4") {
+        return None;
+    }
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().set_len(4 << 20).unwrap();
+    banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&p));
+    Some(p)
+}
+
+fn plain_file(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(4 << 20).unwrap();
+    p
+}
+
+async fn spawn(dir: &Path, o: Opts<'_>) -> Sim {
+    let bin = bin_path("banger-fcsim");
+    let api = dir.join("api.sock");
+    let mut cmd = match o.ns {
+        Some(ns) => ns.command(bin.to_str().unwrap()),
+        None => Command::new(&bin),
+    };
+    cmd.arg("--api-sock")
+        .arg(&api)
+        .args(["--id", o.id, "--level", "Debug", "--show-level"])
+        .arg("--log-path")
+        .arg(dir.join("vmm.log"))
+        .arg("--agent-bin")
+        .arg(bin_path("banger-agent"))
+        .env_remove("BANGER_FCSIM_FAULTS");
+    for f in o.faults {
+        cmd.args(["--fault", f]);
+    }
+    if let Some(env) = o.env {
+        cmd.env("BANGER_FCSIM_FAULTS", env);
+    }
+    let proc = Process::spawn("banger-fcsim", cmd);
+    let probe = api.clone();
+    wait_until("the api socket", WAIT, || {
+        let p = probe.clone();
+        async move { tokio::net::UnixStream::connect(&p).await.is_ok() }
+    })
+    .await;
+    Sim {
+        proc,
+        dir: dir.to_owned(),
+        vsock: dir.join("vsock.sock"),
+        fc: FirecrackerClient::new(&api),
+        api,
+    }
+}
+
+impl Sim {
+    /// What vm-controller sends, less the network interface.
+    async fn configure(&self, boot_args: &str, root: &Path, work: &Path) {
+        self.fc
+            .put_machine_config(&MachineConfiguration::new(2, 256))
+            .await
+            .unwrap();
+        self.fc
+            .put_boot_source(&BootSource {
+                kernel_image_path: kernel(&self.dir),
+                boot_args: Some(boot_args.to_owned()),
+                initrd_path: None,
+            })
+            .await
+            .unwrap();
+        self.fc
+            .put_drive(&Drive::new("rootfs", root, true, false))
+            .await
+            .unwrap();
+        self.fc
+            .put_drive(&Drive::new("work", work, false, false))
+            .await
+            .unwrap();
+        self.fc
+            .put_vsock(&Vsock::new(3, &self.vsock))
+            .await
+            .unwrap();
+    }
+
+    /// Configures an ext4 root and a plain work disk; `false` (the test is skipped) without
+    /// `mkfs.ext4`.
+    async fn configure_plain(&self, test: &str) -> bool {
+        let Some(root) = ext4_image(&self.dir, "root.img") else {
+            skip(test, "no mkfs.ext4 (apt-get install e2fsprogs)");
+            return false;
+        };
+        let work = plain_file(&self.dir, "work.img");
+        self.configure("console=ttyS0 reboot=k panic=1", &root, &work)
+            .await;
+        true
+    }
+
+    fn agent(&self) -> AgentClient {
+        AgentClient::new(self.vsock.clone(), 52).with_timeout(Duration::from_secs(2))
+    }
+
+    async fn wait_healthy(&self) {
+        let agent = self.agent();
+        wait_until("the agent's /healthz through hybrid vsock", WAIT, || {
+            let a = agent.clone();
+            async move { a.health().await.is_ok_and(|h| h.status == "ok") }
+        })
+        .await;
+    }
+
+    /// Waits for the process to exit on its own; returns its status (already reaped, so
+    /// `terminate` only collects it).
+    async fn wait_exit(&mut self) -> ExitStatus {
+        wait_until("the simulator to exit", WAIT, || {
+            let running = self.proc.is_running();
+            async move { !running }
+        })
+        .await;
+        self.proc
+            .terminate(Duration::from_secs(1))
+            .expect("an exit status")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vmm.log")).unwrap_or_default()
+    }
+}
+
+/// The banger-agent processes serving sockets under `/tmp/banger-fcsim-<pid>/`.
+fn agents_of(sim_pid: u32) -> Vec<u32> {
+    let needle = format!("banger-fcsim-{sim_pid}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn configured_through_the_client_it_boots_serves_the_agent_and_exits_on_ctrl_alt_del() {
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(tmp.path(), Opts::default()).await;
+    let info = sim.fc.describe_instance().await.unwrap();
+    assert_eq!(info.state, InstanceState::NotStarted);
+    assert_eq!(info.app_name, "Firecracker");
+    assert!(info.vmm_version.contains("SIMULATOR"), "{info:?}");
+    assert!(
+        sim.fc
+            .version()
+            .await
+            .unwrap()
+            .firecracker_version
+            .contains("SIMULATOR")
+    );
+    // Ctrl+Alt+Del before a boot is a wrong-state action.
+    let err = sim.fc.send_ctrl_alt_del().await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    assert!(
+        err.fault_message().unwrap().contains("before starting"),
+        "{err}"
+    );
+
+    if !sim
+        .configure_plain(
+            "configured_through_the_client_it_boots_serves_the_agent_and_exits_on_ctrl_alt_del",
+        )
+        .await
+    {
+        return;
+    }
+    let metrics = tmp.path().join("metrics.json");
+    sim.fc
+        .put_metrics(&Metrics {
+            metrics_path: metrics.clone(),
+            emit_id: Some(true),
+            properties: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(sim.fc.get_machine_config().await.unwrap().vcpu_count, 2);
+    sim.fc.instance_start().await.unwrap();
+    assert_eq!(
+        sim.fc.describe_instance().await.unwrap().state,
+        InstanceState::Running
+    );
+    sim.wait_healthy().await;
+
+    // The simulator's replies match the definition too.
+    let schema = banger_firecracker::schema::ApiSchema::firecracker().unwrap();
+    for (path, def) in [
+        ("/", "InstanceInfo"),
+        ("/version", "FirecrackerVersion"),
+        ("/machine-config", "MachineConfiguration"),
+        ("/vm/config", "FullVmConfiguration"),
+    ] {
+        let call = ApiCall {
+            name: "get",
+            method: "GET",
+            path: path.into(),
+            definition: None,
+            body: None,
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&sim.fc.execute(&call).await.unwrap()).unwrap();
+        schema
+            .validate(def, &body)
+            .unwrap_or_else(|e| panic!("GET {path}: {body} violates {def}: {e}"));
+    }
+
+    sim.fc.flush_metrics().await.unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    assert_eq!(line["instance_id"], "sim");
+    assert_eq!(line["simulator"], "banger-fcsim");
+
+    sim.fc.pause().await.unwrap();
+    assert_eq!(
+        sim.fc.describe_instance().await.unwrap().state,
+        InstanceState::Paused
+    );
+    sim.fc.resume().await.unwrap();
+    sim.wait_healthy().await;
+
+    let serial_pid = sim.proc.pid();
+    assert!(
+        !agents_of(serial_pid).is_empty(),
+        "the agent runs while the guest is up"
+    );
+    sim.fc.send_ctrl_alt_del().await.unwrap();
+    let status = sim.wait_exit().await;
+    assert!(status.success(), "{status}");
+    assert!(!sim.api.exists(), "api socket removed");
+    assert!(!sim.vsock.exists(), "vsock socket removed");
+    assert!(agents_of(serial_pid).is_empty(), "no agent left behind");
+    assert!(!Path::new(&format!("/tmp/banger-fcsim-{serial_pid}")).exists());
+    let log = sim.log();
+    assert!(log.contains("SIMULATOR"), "{log}");
+}
+
+#[tokio::test]
+async fn a_body_that_violates_the_definition_gets_a_400_with_fault_message() {
+    let tmp = TempDir::new().unwrap();
+    let sim = spawn(tmp.path(), Opts::default()).await;
+    let root = plain_file(tmp.path(), "root.img");
+    let typo = ApiCall {
+        name: "put_drive",
+        method: "PUT",
+        path: "/drives/rootfs".into(),
+        definition: Some("Drive"),
+        body: Some(json!({
+            "drive_id": "rootfs",
+            "path_on_host": root,
+            "is_root_device": true,
+            "is_readonly": false
+        })),
+    };
+    let err = sim.fc.execute(&typo).await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(
+        err.fault_message()
+            .unwrap()
+            .contains("unknown field `is_readonly`"),
+        "{err}"
+    );
+
+    let wrong_type = ApiCall {
+        name: "put_machine_config",
+        method: "PUT",
+        path: "/machine-config".into(),
+        definition: Some("MachineConfiguration"),
+        body: Some(json!({"vcpu_count": "two", "mem_size_mib": 128})),
+    };
+    let err = sim.fc.execute(&wrong_type).await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    assert!(err.fault_message().unwrap().contains("vcpu_count"), "{err}");
+
+    let no_route = ApiCall {
+        name: "nope",
+        method: "PUT",
+        path: "/no-such-thing".into(),
+        definition: None,
+        body: None,
+    };
+    let err = sim.fc.execute(&no_route).await.unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    assert!(
+        err.fault_message()
+            .unwrap()
+            .contains("Invalid request method and/or path")
+    );
+
+    // Path and body ids must agree; a missing backing file is refused at PUT.
+    let mut d = Drive::new("rootfs", &root, true, false);
+    d.drive_id = "other".into();
+    let mismatch = banger_firecracker::calls::put_drive(&d).unwrap();
+    let mismatch = ApiCall {
+        path: "/drives/rootfs".into(),
+        ..mismatch
+    };
+    assert_eq!(
+        sim.fc.execute(&mismatch).await.unwrap_err().status(),
+        Some(400)
+    );
+    let err = sim
+        .fc
+        .put_drive(&Drive::new(
+            "rootfs",
+            tmp.path().join("missing.img"),
+            true,
+            false,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.fault_message().unwrap().contains("missing.img"),
+        "{err}"
+    );
+    // InstanceStart without a boot source.
+    let err = sim.fc.instance_start().await.unwrap_err();
+    assert!(
+        err.fault_message()
+            .unwrap()
+            .contains("kernel configuration"),
+        "{err}"
+    );
+    // The process survived every bad request.
+    assert_eq!(
+        sim.fc.describe_instance().await.unwrap().state,
+        InstanceState::NotStarted
+    );
+}
+
+#[tokio::test]
+async fn pre_boot_requests_after_start_are_rejected_like_firecracker() {
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(tmp.path(), Opts::default()).await;
+    if !sim
+        .configure_plain("pre_boot_requests_after_start_are_rejected_like_firecracker")
+        .await
+    {
+        return;
+    }
+    sim.fc.instance_start().await.unwrap();
+    let msg = "The requested operation is not supported after starting the microVM.";
+    let err = sim
+        .fc
+        .put_machine_config(&MachineConfiguration::new(4, 512))
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.fault_message()), (Some(400), Some(msg)));
+    let err = sim
+        .fc
+        .put_drive(&Drive::new(
+            "extra",
+            tmp.path().join("root.img"),
+            false,
+            false,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.fault_message(), Some(msg));
+    let err = sim.fc.instance_start().await.unwrap_err();
+    assert_eq!(err.fault_message(), Some(msg));
+    assert_eq!(sim.fc.get_machine_config().await.unwrap().vcpu_count, 2);
+    sim.proc.terminate(WAIT).unwrap();
+    assert!(!sim.api.exists(), "SIGTERM removes the api socket");
+}
+
+#[tokio::test]
+async fn fault_ignore_ctrl_alt_del_keeps_the_guest_running_until_sigterm() {
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(
+        tmp.path(),
+        Opts {
+            faults: &["ignore-ctrl-alt-del"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    if !sim
+        .configure_plain("fault_ignore_ctrl_alt_del_keeps_the_guest_running_until_sigterm")
+        .await
+    {
+        return;
+    }
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    sim.fc.send_ctrl_alt_del().await.unwrap();
+    // Still answering, still running, agent still healthy.
+    assert_eq!(
+        sim.fc.describe_instance().await.unwrap().state,
+        InstanceState::Running
+    );
+    sim.agent().health().await.unwrap();
+    assert!(sim.proc.is_running());
+    assert!(sim.log().contains("ignore-ctrl-alt-del"));
+    let pid = sim.proc.pid();
+    let status = sim.proc.terminate(WAIT).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(agents_of(pid).is_empty());
+}
+
+#[tokio::test]
+async fn fault_slow_boot_delays_the_agent() {
+    let tmp = TempDir::new().unwrap();
+    let sim = spawn(
+        tmp.path(),
+        Opts {
+            faults: &["slow-boot=3000"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    if !sim
+        .configure_plain("fault_slow_boot_delays_the_agent")
+        .await
+    {
+        return;
+    }
+    sim.fc.instance_start().await.unwrap();
+    // Booted as far as the VMM is concerned, but nothing listens on the agent port yet: the
+    // hybrid vsock connection is closed without an OK line.
+    assert_eq!(
+        sim.fc.describe_instance().await.unwrap().state,
+        InstanceState::Running
+    );
+    assert!(sim.agent().health().await.is_err());
+    sim.wait_healthy().await;
+}
+
+#[tokio::test]
+async fn fault_crash_after_exits_non_zero_and_leaves_the_socket() {
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(
+        tmp.path(),
+        Opts {
+            faults: &["crash-after=200"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    if !sim
+        .configure_plain("fault_crash_after_exits_non_zero_and_leaves_the_socket")
+        .await
+    {
+        return;
+    }
+    let pid = sim.proc.pid();
+    sim.fc.instance_start().await.unwrap();
+    let status = sim.wait_exit().await;
+    assert!(!status.success(), "{status}");
+    assert!(sim.api.exists(), "a crashed VMM leaves its socket");
+    assert!(
+        sim.fc
+            .describe_instance()
+            .await
+            .unwrap_err()
+            .is_unreachable()
+    );
+    // The agent dies with it (PR_SET_PDEATHSIG).
+    wait_until("the agent to die with the VMM", WAIT, || {
+        let gone = agents_of(pid).is_empty();
+        async move { gone }
+    })
+    .await;
+    assert!(!Path::new(&format!("/tmp/banger-fcsim-{pid}")).exists());
+}
+
+#[tokio::test]
+async fn fault_leave_socket_from_the_environment_for_this_vm_only() {
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(
+        tmp.path(),
+        Opts {
+            id: "web",
+            env: Some("db=refuse-api;web=leave-socket"),
+            ..Opts::default()
+        },
+    )
+    .await;
+    if !sim
+        .configure_plain("fault_leave_socket_from_the_environment_for_this_vm_only")
+        .await
+    {
+        return;
+    }
+    sim.fc.instance_start().await.unwrap();
+    sim.fc.send_ctrl_alt_del().await.unwrap();
+    let status = sim.wait_exit().await;
+    assert!(status.success(), "{status}");
+    assert!(sim.api.exists(), "leave-socket keeps the api socket file");
+    assert!(sim.vsock.exists(), "and the vsock one");
+    assert!(
+        sim.fc
+            .describe_instance()
+            .await
+            .unwrap_err()
+            .is_unreachable()
+    );
+}
+
+#[tokio::test]
+async fn fault_refuse_api_binds_but_never_answers() {
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(
+        tmp.path(),
+        Opts {
+            faults: &["refuse-api"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let err = sim
+        .fc
+        .clone()
+        .with_timeout(Duration::from_millis(300))
+        .describe_instance()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, banger_firecracker::ClientError::Timeout { .. }),
+        "{err}"
+    );
+    let status = sim.proc.terminate(WAIT).unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// A bridge with an address and a persistent tap on it, in a private namespace: what netd
+/// builds for a VM.
+fn bridge_and_tap(ns: &NetNs) {
+    ns.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    ns.exec(&["ip", "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+    ns.exec(&["ip", "link", "set", "br0", "up"]);
+    ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+    ns.exec(&["ip", "link", "set", "tap0", "master", "br0"]);
+    ns.exec(&["ip", "link", "set", "tap0", "up"]);
+}
+
+/// The network namespace of `pid` (`net:[4026532...]`).
+fn netns_of(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+/// The threads of every process that are in network namespace `ns`.
+fn members_of_netns(ns: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(tasks) = std::fs::read_dir(proc_entry.path().join("task")) else {
+            continue;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            if std::fs::read_link(task.path().join("ns/net"))
+                .is_ok_and(|l| l.display().to_string() == ns)
+            {
+                found.push(task.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
+    let test = "the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap";
+    if !require_root(test) {
+        return;
+    }
+    for p in ["ping", "python3", "mkfs.ext4"] {
+        if !have_program(p) {
+            skip(test, &format!("no {p}"));
+            return;
+        }
+    }
+    let ns = NetNs::create("fcs");
+    bridge_and_tap(&ns);
+    let links_before = ns.exec(&["ip", "-o", "link", "show"]).lines().count();
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(
+        tmp.path(),
+        Opts {
+            ns: Some(&ns),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let root = ext4_image(tmp.path(), "root.img").unwrap();
+    let work = plain_file(tmp.path(), "work.img");
+    sim.configure(
+        "console=ttyS0 reboot=k ip=10.77.0.2::10.77.0.1:255.255.255.0:vm1:eth0:off",
+        &root,
+        &work,
+    )
+    .await;
+    // A MAC that is not one is refused.
+    let err = sim
+        .fc
+        .put_network_interface(&NetworkInterface::new("eth0", "tap0", "06:00:0a:4d:00"))
+        .await
+        .unwrap_err();
+    assert!(err.fault_message().unwrap().contains("MAC"), "{err}");
+    sim.fc
+        .put_network_interface(&NetworkInterface::new("eth0", "tap0", "06:00:0a:4d:00:02"))
+        .await
+        .unwrap();
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+
+    // The agent runs in a network namespace of its own: not the host side's, with eth0 set up
+    // from guest_mac and ip=.
+    let agents = agents_of(sim.proc.pid());
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    let guest_ns = netns_of(agents[0]).unwrap();
+    assert_ne!(Some(&guest_ns), netns_of(sim.proc.pid()).as_ref());
+    let agent = sim.agent().with_timeout(WAIT);
+    let sh = |script: &'static str| ExecRequest::new(["sh", "-c", script]);
+    let out = agent
+        .exec_collect(&sh(
+            "ip -o addr show dev eth0; ip link show dev eth0; ip route",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("inet 10.77.0.2/24"), "{out:?}");
+    assert!(
+        out.stdout.contains("link/ether 06:00:0a:4d:00:02"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("default via 10.77.0.1 dev eth0"),
+        "{out:?}"
+    );
+
+    // Ping from the host side, answered by the guest namespace's kernel.
+    assert!(
+        ns.try_exec(&["ping", "-c1", "-W2", "10.77.0.2"]),
+        "ping of the guest address across the tap and bridge"
+    );
+    let neigh = ns.exec(&["ip", "neigh", "show", "10.77.0.2", "dev", "br0"]);
+    assert!(
+        neigh.contains("06:00:0a:4d:00:02"),
+        "ARP learnt the guest MAC: {neigh}"
+    );
+    // Nobody else is answered.
+    assert!(!ns.try_exec(&["ping", "-c1", "-W1", "10.77.0.3"]));
+    // And the guest reaches the host side through its default route.
+    let out = agent
+        .exec_collect(&sh("ping -c1 -W2 10.77.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0), "guest -> gateway ping: {out:?}");
+
+    // TCP: a one-shot server in the guest (started through the agent), a client on the host
+    // side of the bridge.
+    let server = r#"import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000))
+s.listen(1)
+s.settimeout(20)
+c, peer = s.accept()
+c.sendall(b"hello from the guest\n")
+c.close()
+print(peer[0])
+"#;
+    let guest_agent = agent.clone();
+    let served = tokio::spawn(async move {
+        guest_agent
+            .exec_collect(&ExecRequest::new(["python3", "-c", server]))
+            .await
+    });
+    // Each attempt is a fresh client process on the host side (refused, by a real RST from
+    // the guest's kernel, until the server listens).
+    let client = "import socket\n\
+                  c = socket.create_connection(('10.77.0.2', 7000), timeout=2)\n\
+                  print(c.makefile().read(), end='')";
+    let reply = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    wait_until("a TCP answer from the guest's port 7000", WAIT, || {
+        let mut cmd = tokio::process::Command::from(ns.command("python3"));
+        cmd.args(["-c", client]);
+        let reply = std::sync::Arc::clone(&reply);
+        async move {
+            let Ok(out) = cmd.output().await else {
+                return false;
+            };
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            *reply.lock().unwrap() = text;
+            out.status.success()
+        }
+    })
+    .await;
+    let reply = reply.lock().unwrap().clone();
+    assert_eq!(reply, "hello from the guest\n");
+    let out = served.await.unwrap().unwrap();
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        "10.77.0.1",
+        "the guest saw the bridge address"
+    );
+
+    sim.fc.pause().await.unwrap();
+    assert!(
+        !ns.try_exec(&["ping", "-c1", "-W1", "10.77.0.2"]),
+        "a paused guest is silent"
+    );
+    sim.fc.resume().await.unwrap();
+    assert!(
+        ns.try_exec(&["ping", "-c1", "-W2", "10.77.0.2"]),
+        "a resumed guest answers again"
+    );
+    let pid = sim.proc.pid();
+    sim.fc.send_ctrl_alt_del().await.unwrap();
+    assert!(sim.wait_exit().await.success());
+    // The tap is netd's (persistent): it stays, but nothing holds it any more.
+    assert!(ns.try_exec(&["ip", "link", "show", "tap0"]));
+    assert!(!ns.try_exec(&["ping", "-c1", "-W1", "10.77.0.2"]));
+    // Nothing is left: no agent, nothing in the guest namespace (so the kernel removed it and
+    // its eth0), no new link on the host side.
+    assert!(agents_of(pid).is_empty(), "no agent left");
+    assert_eq!(members_of_netns(&guest_ns), Vec::<String>::new());
+    assert_eq!(
+        ns.exec(&["ip", "-o", "link", "show"]).lines().count(),
+        links_before
+    );
+}
+
+#[tokio::test]
+async fn a_root_drive_that_is_not_ext4_fails_instance_start() {
+    let tmp = TempDir::new().unwrap();
+    let sim = spawn(tmp.path(), Opts::default()).await;
+    let root = plain_file(tmp.path(), "root.img");
+    let work = plain_file(tmp.path(), "work.img");
+    sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+    let err = sim.fc.instance_start().await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(
+        err.fault_message().unwrap().contains("not an ext4 image"),
+        "{err}"
+    );
+    assert_eq!(
+        sim.fc.describe_instance().await.unwrap().state,
+        InstanceState::NotStarted
+    );
+    assert!(agents_of(sim.proc.pid()).is_empty(), "nothing was started");
+}
+
+fn loops_of(image: &Path) -> String {
+    let out = Command::new("losetup")
+        .arg("-j")
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_file_written_on_the_work_disk_survives_a_restart_and_no_loop_device_leaks() {
+    let test = "a_file_written_on_the_work_disk_survives_a_restart_and_no_loop_device_leaks";
+    if !require_root(test) {
+        return;
+    }
+    for p in ["mkfs.ext4", "losetup", "unshare", "mount"] {
+        if !have_program(p) {
+            skip(test, &format!("no {p}"));
+            return;
+        }
+    }
+    let tmp = TempDir::new().unwrap();
+    let work = tmp.path().join("work.ext4");
+    std::fs::File::create(&work)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
+    let root = ext4_image(tmp.path(), "root.img").unwrap();
+    let marker = format!("fcsim-test-{}", std::process::id());
+    let host_file = Path::new("/root").join(&marker);
+    assert!(!host_file.exists());
+    let before = loops_of(&work);
+    assert_eq!(before, "", "the image is not attached yet");
+
+    for round in 0..2 {
+        let dir = tmp.path().join(format!("run{round}"));
+        std::fs::create_dir(&dir).unwrap();
+        let mut sim = spawn(&dir, Opts::default()).await;
+        sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+        sim.fc.instance_start().await.unwrap();
+        sim.wait_healthy().await;
+        assert!(!loops_of(&work).is_empty(), "the work disk is loop-mounted");
+        let script = if round == 0 {
+            format!("echo hi > /root/{marker}")
+        } else {
+            format!("cat /root/{marker}")
+        };
+        let out = sim
+            .agent()
+            .exec_collect(&ExecRequest::new(["sh", "-c", script.as_str()]))
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, Some(0), "{out:?}");
+        if round == 1 {
+            assert_eq!(out.stdout, "hi\n", "the file written before the restart");
+        }
+        assert!(
+            !host_file.exists(),
+            "the mount is private to the guest's namespace"
+        );
+        let pid = sim.proc.pid();
+        sim.fc.send_ctrl_alt_del().await.unwrap();
+        assert!(sim.wait_exit().await.success());
+        assert_eq!(
+            loops_of(&work),
+            "",
+            "the loop device is released on shutdown"
+        );
+        assert!(agents_of(pid).is_empty(), "no agent left");
+    }
+}
