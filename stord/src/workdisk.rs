@@ -1,0 +1,270 @@
+//! Per-VM work disks: sparse ext4 images mounted at `/root` in the guest.
+//!
+//! - **create**: a sparse file of the requested size, formatted with `mkfs.ext4`. It is seeded
+//!   with the image's own `/root` (read out of the image with `debugfs rdump`, never by
+//!   mounting the image), so the guest keeps a normal root environment (dotfiles, SSH keys)
+//!   even though the disk shadows the image's `/root`. Written under a staging name and renamed
+//!   into place when complete.
+//! - **resize**: grow only: `e2fsck -f -p`, extend the file, `resize2fs`. A failure after the
+//!   file grew shrinks it back, leaving the old, intact file system.
+//! - **repair**: see [`crate::flatten`]. Detection is read-only (`debugfs ls`); only a disk
+//!   that has the stale layout is mounted, briefly, in a private mount namespace
+//!   ([`crate::sys::mount`]).
+//!
+//! Everything here blocks and runs external tools with deadlines.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::flatten::{self, FlattenError, FlattenReport};
+use crate::sys::mount::{self, MountError};
+use crate::sys::tool::{self, ToolError};
+
+/// The work disk's file name in a VM's volume directory.
+pub const WORK_FILE: &str = "work.ext4";
+/// The file system label of work disks (`LABEL=banger-work` in a guest's fstab).
+pub const LABEL: &str = "banger-work";
+/// Deadline of `mkfs.ext4` (lazy inode tables make it fast even for large disks).
+const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline of `e2fsck` and `resize2fs`.
+const RESIZE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Deadline of a `debugfs` read.
+const DEBUGFS_TIMEOUT: Duration = Duration::from_secs(60);
+/// One MiB.
+pub const MIB: u64 = 1 << 20;
+
+/// Why a work disk operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkDiskError {
+    /// A file operation failed.
+    #[error("{step} {path}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool failed.
+    #[error("{step} {path}")]
+    Tool {
+        /// What was being done.
+        step: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ToolError,
+    },
+    /// The requested size is smaller than the disk.
+    #[error("the work disk is {current} MiB; shrinking it to {requested} MiB is not supported")]
+    Shrink {
+        /// Current size.
+        current: u64,
+        /// Requested size.
+        requested: u64,
+    },
+    /// Mounting for the repair failed.
+    #[error("mounting the work disk to repair its nested home")]
+    Mount(#[from] MountError),
+    /// The repair itself failed.
+    #[error("repairing the nested home")]
+    Flatten(#[from] FlattenError),
+}
+
+fn io_err<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> WorkDiskError + 'a {
+    move |source| WorkDiskError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn tool_err<'a>(
+    step: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(ToolError) -> WorkDiskError + 'a {
+    move |source| WorkDiskError::Tool {
+        step,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the work disk `path` of `mib` MiB, seeded with `/root` of the ext4 image `seed`.
+/// `scratch` is a directory of stord's own for temporary files. Nothing is left behind on
+/// failure.
+pub fn create(
+    path: &Path,
+    mib: u64,
+    seed: Option<&Path>,
+    scratch: &Path,
+) -> Result<(), WorkDiskError> {
+    let staging = crate::backend::staging_path(path);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staging)
+            .map_err(io_err("creating", &staging))?;
+        file.set_len(mib.saturating_mul(MIB))
+            .map_err(io_err("sizing", &staging))?;
+        drop(file);
+        let seed_dir = tempfile::Builder::new()
+            .prefix("seed-")
+            .tempdir_in(scratch)
+            .map_err(io_err("creating a scratch directory in", scratch))?;
+        let home = match seed {
+            Some(image) => extract_home(image, seed_dir.path())?,
+            None => None,
+        };
+        let mut args: Vec<&std::ffi::OsStr> =
+            tool::args(&[&"-F", &"-q", &"-m", &"0", &"-L", &LABEL]);
+        if let Some(h) = &home {
+            args.push("-d".as_ref());
+            args.push(h.as_os_str());
+        }
+        args.push(staging.as_os_str());
+        tool::run_ok("mkfs.ext4", &args, &[0], MKFS_TIMEOUT)
+            .map_err(tool_err("formatting", &staging))?;
+        OpenOptions::new()
+            .write(true)
+            .open(&staging)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("syncing", &staging))?;
+        std::fs::rename(&staging, path).map_err(io_err("renaming into place", path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result
+}
+
+/// Copies `/root` out of the ext4 image `image` into `into/root`; `None` when the image has no
+/// `/root` directory.
+fn extract_home(image: &Path, into: &Path) -> Result<Option<PathBuf>, WorkDiskError> {
+    if !top_level_dirs(image, Path::new("/"))?
+        .iter()
+        .any(|d| d == "root")
+    {
+        return Ok(None);
+    }
+    let cmd = format!("rdump /root {}", into.display());
+    tool::run_ok(
+        "debugfs",
+        &tool::args(&[&"-R", &cmd, &image]),
+        &[0],
+        DEBUGFS_TIMEOUT,
+    )
+    .map_err(tool_err("reading /root out of", image))?;
+    let home = into.join("root");
+    Ok(home.is_dir().then_some(home))
+}
+
+/// The names of the directories directly under `dir` in the ext4 image `image`, read with
+/// `debugfs ls -p` (lines `/inode/mode/uid/gid/name/size/`), without mounting it.
+pub fn top_level_dirs(image: &Path, dir: &Path) -> Result<Vec<String>, WorkDiskError> {
+    let cmd = format!("ls -p {}", dir.display());
+    let out = tool::run_ok(
+        "debugfs",
+        &tool::args(&[&"-R", &cmd, &image]),
+        &[0],
+        DEBUGFS_TIMEOUT,
+    )
+    .map_err(tool_err("listing", image))?;
+    Ok(parse_ls_dirs(&out.stdout))
+}
+
+/// Parses `debugfs ls -p` output into directory names (without `.` and `..`).
+fn parse_ls_dirs(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|line| {
+            let mut f = line.strip_prefix('/')?.split('/');
+            let _inode = f.next()?;
+            let mode = f.next()?;
+            let _uid = f.next()?;
+            let _gid = f.next()?;
+            let name = f.next()?;
+            (mode.starts_with("04") && name != "." && name != "..").then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// Grows the work disk `path` to `mib` MiB; returns whether anything changed.
+pub fn grow(path: &Path, mib: u64) -> Result<bool, WorkDiskError> {
+    let old_len = std::fs::metadata(path)
+        .map_err(io_err("reading the size of", path))?
+        .len();
+    let new_len = mib.saturating_mul(MIB);
+    if new_len < old_len {
+        return Err(WorkDiskError::Shrink {
+            current: old_len / MIB,
+            requested: mib,
+        });
+    }
+    if new_len == old_len {
+        return Ok(false);
+    }
+    // resize2fs insists on a freshly checked file system. -p repairs only what is safe;
+    // exit 1 means "errors corrected".
+    tool::run_ok(
+        "e2fsck",
+        &tool::args(&[&"-f", &"-p", &path]),
+        &[0, 1],
+        RESIZE_TIMEOUT,
+    )
+    .map_err(tool_err("checking", path))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    file.set_len(new_len).map_err(io_err("growing", path))?;
+    if let Err(e) = tool::run_ok("resize2fs", &tool::args(&[&path]), &[0], RESIZE_TIMEOUT) {
+        // The file system was not grown: give the file its old size back.
+        if let Err(undo) = file.set_len(old_len) {
+            tracing::warn!(path = %path.display(), error = %undo, "shrinking the file back after a failed resize");
+        }
+        return Err(tool_err("growing the file system of", path)(e));
+    }
+    file.sync_all().map_err(io_err("syncing", path))?;
+    Ok(true)
+}
+
+/// Repairs a stale nested `/root/root` layout on the work disk `path` (see [`crate::flatten`]).
+/// `tag` names the loop device used while it is mounted.
+pub fn repair_nested_home(
+    path: &Path,
+    scratch: &Path,
+    tag: &str,
+) -> Result<FlattenReport, WorkDiskError> {
+    if !top_level_dirs(path, Path::new("/"))?
+        .iter()
+        .any(|d| d == flatten::NESTED)
+    {
+        return Ok(FlattenReport::default());
+    }
+    let report = mount::with_mounted_ext4(path, scratch, tag, flatten::flatten_nested_home)??;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debugfs_listings_parse_into_directories() {
+        let out = "/2/040755/0/0/.//\n/2/040755/0/0/..//\n/11/040700/0/0/lost+found//\n\
+                   /13/100644/0/0/file/2/\n/14/040700/0/0/root//\n\n";
+        assert_eq!(parse_ls_dirs(out), vec!["lost+found", "root"]);
+        assert!(parse_ls_dirs("debugfs 1.47.0\n").is_empty());
+    }
+}
