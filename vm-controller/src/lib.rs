@@ -3,13 +3,50 @@
 //! Answers `<p>.vm.create` (queue group: placement), `<p>.vm.list` (every controller answers)
 //! and `<p>.host.<host>.vm.<op>`; publishes lifecycle events on
 //! `<p>.events.<host>.vm.<id>.<kind>`.
+//!
+//! The pieces: [`store`] (SQLite records, the only writer of a VM's state), [`locks`] (one lock
+//! per VM), [`deps`] (stord, netd, the agent, the other controllers and the event sink behind
+//! small traits), [`vmm`] (the hypervisor behind the [`vmm::Vmm`] trait), [`boot`] and [`halt`]
+//! (the shared halves of the lifecycle), [`ops`] (one file per operation), [`reconcile`] and
+//! [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
+//! call [`serve`].
 
+pub mod boot;
+pub mod config;
+pub mod controller;
+pub mod deps;
+pub mod endpoints;
+pub mod halt;
+pub mod ids;
+pub mod locks;
+pub mod ops;
+pub mod reconcile;
+pub mod store;
+pub mod vmm;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use banger_bus::Bus;
 use banger_bus::config::CommonArgs;
 use banger_bus::runtime::Context;
 use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
 use banger_proto::service;
-use banger_proto::vm::{ListVmsReply, ListVmsRequest};
+
+pub use controller::{Controller, ControllerParts};
+
+use crate::config::{ControllerConfig, Dirs};
+use crate::deps::{BusEvents, BusLab, BusNet, BusStore, VsockAgent};
+use crate::store::Store;
+use crate::vmm::firecracker::ProcessVmm;
+
+/// How long the lab-wide name check waits for the other controllers' `vm.list` answers.
+const LAB_LIST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long a `$SRV.PING` for the other controllers collects answers.
+const PING_WAIT: Duration = Duration::from_millis(300);
 
 /// Command-line flags of `banger-vm-controller`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,6 +62,11 @@ pub struct Args {
     /// Shared flags: NATS connection, host id, directories.
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Hypervisor: firecracker, or sim (the Firecracker simulator) [default: the config file's
+    /// `[vm-controller] vmm`, else firecracker]
+    #[arg(long, env = "BANGER_VMM")]
+    pub vmm: Option<config::VmmKind>,
 }
 
 /// Why the controller stopped.
@@ -33,31 +75,117 @@ pub enum RunError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] banger_bus::BusError),
+    /// The VM database could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
-/// Runs the controller until `shutdown` is cancelled.
-pub async fn run(ctx: Context, _args: Args, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Runs the controller until `shutdown` is cancelled: reads `[vm-controller]`, opens the
+/// database, builds the bus peers and the hypervisor, and serves.
+pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Result<(), RunError> {
+    let mut config: ControllerConfig = ctx.config.section(service::VM_CONTROLLER)?;
+    if let Some(vmm) = args.vmm {
+        config.vmm = vmm;
+    }
+    let host = ctx.config.host.clone();
+    let dirs = Dirs {
+        state: ctx.config.service_state_dir(service::VM_CONTROLLER),
+        runtime: ctx.config.runtime_dir.join(service::VM_CONTROLLER),
+    };
+    let db = Store::open(&dirs.db(), host.clone())?;
+    let bus = ctx.bus.clone();
+    let controllers = Arc::new(AtomicUsize::new(1));
+    let vmm = ProcessVmm::new(
+        config.vmm,
+        config.vmm_bin(),
+        config.vmm_log_level.clone(),
+        Duration::from_millis(config.api_socket_timeout_ms),
+        Duration::from_millis(config.api_timeout_ms),
+    );
+    tracing::info!(vmm = %config.vmm, bin = %config.vmm_bin().display(), "hypervisor");
+    let parts = ControllerParts {
+        host: host.clone(),
+        dirs,
+        db,
+        vmm: Arc::new(vmm),
+        stord: Arc::new(BusStore {
+            bus: bus.clone(),
+            host: host.clone(),
+            timeout: config.peer_timeout(),
+        }),
+        netd: Arc::new(BusNet {
+            bus: bus.clone(),
+            host: host.clone(),
+            timeout: config.peer_timeout(),
+        }),
+        agent: Arc::new(VsockAgent),
+        lab: Arc::new(BusLab {
+            bus: bus.clone(),
+            host: host.clone(),
+            controllers: controllers.clone(),
+            deadline: LAB_LIST_DEADLINE,
+        }),
+        events: Arc::new(BusEvents {
+            bus: bus.clone(),
+            host: host.clone(),
+        }),
+        config,
+    };
+    serve(Controller::new(parts), &bus, Some(controllers), shutdown).await
+}
+
+/// Serves `ctl` on `bus` until `shutdown` is cancelled: reconciles once, registers the
+/// endpoints, then reconciles periodically (refreshing `controllers`, the number of
+/// controllers in the lab, when given).
+pub async fn serve(
+    ctl: Controller,
+    bus: &Bus,
+    controllers: Option<Arc<AtomicUsize>>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    // Before answering anything: re-adopt what still runs, mark what died.
+    let report = ctl.reconcile().await;
+    tracing::info!(?report, "start-up reconcile");
     let spec = ServiceSpec::new(
         service::VM_CONTROLLER,
         "VM records and Firecracker processes",
-        &ctx.config.host,
-    );
-    let mut host = ServiceHost::start(&ctx.bus, spec).await?;
-    let me = ctx.config.host.clone();
-    host.broadcast_endpoint(
-        "vm.list",
-        ctx.bus.subjects().vm_list(),
-        move |_: ListVmsRequest| {
-            let host = me.clone();
-            async move {
-                Ok(ListVmsReply {
-                    host,
-                    vms: Vec::new(),
-                })
-            }
-        },
+        ctl.host(),
     )
-    .await?;
+    .with_meta(service::META_VMM, ctl.config().vmm.as_str());
+    let mut host = ServiceHost::start(bus, spec).await?;
+    endpoints::register(&mut host, &ctl).await?;
+    let loop_ctl = ctl.clone();
+    let loop_bus = bus.clone();
+    let stop = shutdown.clone();
+    host.spawn(async move {
+        reconcile_loop(loop_ctl, loop_bus, controllers, stop).await;
+    });
     host.run(shutdown).await;
     Ok(())
+}
+
+/// The periodic reconcile, until `shutdown`.
+async fn reconcile_loop(
+    ctl: Controller,
+    bus: Bus,
+    controllers: Option<Arc<AtomicUsize>>,
+    shutdown: CancellationToken,
+) {
+    let interval = ctl.config().reconcile_interval();
+    loop {
+        if let Some(count) = &controllers {
+            match bus.ping(Some(service::VM_CONTROLLER), PING_WAIT).await {
+                Ok(found) => count.store(found.len().max(1), Ordering::Relaxed),
+                Err(e) => tracing::debug!(error = %e, "pinging the other controllers"),
+            }
+        }
+        let Some(interval) = interval else {
+            return;
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        ctl.reconcile().await;
+    }
 }

@@ -1,0 +1,216 @@
+//! Booting a VM: the shared second half of `create` and `start`.
+//!
+//! Volumes from stord (created, or the existing set returned), the lease and tap from netd, the
+//! hypervisor spawned and configured, `InstanceStart`. Each step that succeeded is recorded in
+//! an [`Undo`]; when a later step fails, the earlier ones are undone in reverse order and the
+//! record becomes `failed` with the reason, so a failed boot never leaves a half-built VM: no
+//! process, no socket, no tap — and, for a VM being created, no volumes and no lease either. A
+//! VM that already existed keeps its volumes (its work disk is the user's data) and its lease.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use banger_proto::event::EventKind;
+use banger_proto::net::{AttachRequest, DetachRequest};
+use banger_proto::store::VolumeCreateRequest;
+use banger_proto::vm::{VmNetwork, VmState};
+use banger_proto::{ApiError, VmId};
+
+use crate::controller::Controller;
+use crate::store::VmRecord;
+use crate::vmm::LaunchSpec;
+use crate::vmm::firecracker::remove_runtime_sockets;
+
+/// How often a wait for a process to exit checks it.
+pub(crate) const EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// What a boot has done so far, to undo on failure.
+#[derive(Debug, Default)]
+struct Undo {
+    /// stord made (or returned) the volumes.
+    volumes: bool,
+    /// netd attached a tap.
+    attached: bool,
+    /// The hypervisor was spawned with this pid.
+    pid: Option<u32>,
+}
+
+/// Whether the VM being booted is new (its volumes and lease go on failure) or existing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BootKind {
+    /// First boot, from `create`.
+    Create,
+    /// A later boot, from `start` or `restart`.
+    Start,
+}
+
+impl Controller {
+    /// Boots VM `id` (the caller holds its lock; the VM is `creating`, `stopped` or `failed`).
+    /// On failure the VM is `failed` with the reason and the error is returned.
+    pub(crate) async fn boot(&self, id: &VmId, kind: BootKind) -> Result<VmRecord, ApiError> {
+        let rec = self
+            .transition_and_emit(id, VmState::Starting, None, EventKind::Starting)
+            .await?;
+        let mut undo = Undo::default();
+        match self.boot_steps(&rec, &mut undo).await {
+            Ok(rec) => {
+                tracing::info!(vm.id = %rec.id(), vm.name = %rec.info.name, pid = ?rec.pid, "vm running");
+                self.emit(EventKind::Started, &rec.info).await;
+                Ok(rec)
+            }
+            Err(e) => {
+                tracing::warn!(vm.id = %id, vm.name = %rec.info.name, error = %e.message, "boot failed; unwinding");
+                self.unwind(&rec, kind, undo).await;
+                let reason = e.message.clone();
+                let failed = self
+                    .inner
+                    .db
+                    .modify(id, move |r| {
+                        r.info.state = VmState::Failed;
+                        r.info.reason = Some(reason);
+                        r.info.network = None;
+                        r.pid = None;
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| self.store_error(e))?;
+                self.emit(EventKind::Failed, &failed.info).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot_steps(&self, rec: &VmRecord, undo: &mut Undo) -> Result<VmRecord, ApiError> {
+        let inner = &self.inner;
+        let id = rec.id().clone();
+        let mut volumes = inner
+            .stord
+            .volume_create(VolumeCreateRequest {
+                vm_id: id.clone(),
+                image: rec.info.image.clone(),
+                disk_mib: Some(rec.info.disk_mib),
+            })
+            .await
+            .map_err(|e| step("creating the volumes", e.into()))?;
+        undo.volumes = true;
+        if volumes.disk_mib.get() < rec.info.disk_mib.get() {
+            // `vm set --disk` is applied here, on the next start.
+            volumes = inner
+                .stord
+                .volume_resize(&id, rec.info.disk_mib)
+                .await
+                .map_err(|e| step("growing the work disk", e.into()))?;
+        }
+        let lease = inner
+            .netd
+            .attach(AttachRequest {
+                vm_id: id.clone(),
+                vm_name: rec.info.name.clone(),
+                port_forwards: rec.info.port_forwards.clone(),
+            })
+            .await
+            .map_err(|e| step("attaching the network", e.into()))?;
+        undo.attached = true;
+        let network = VmNetwork {
+            ip: lease.ip.clone(),
+            mac: lease.mac.clone(),
+            tap: lease.tap.clone(),
+        };
+        inner
+            .db
+            .modify(&id, move |r| {
+                r.info.network = Some(network);
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.store_error(e))?;
+
+        let boot_args = format!("{} {}", volumes.kernel_args.trim(), lease.kernel_ip_arg)
+            .trim()
+            .to_owned();
+        let spec = LaunchSpec {
+            name: rec.info.name.to_string(),
+            cpus: rec.info.cpus.get(),
+            memory_mib: rec.info.memory_mib.get(),
+            kernel: PathBuf::from(&volumes.kernel),
+            initrd: volumes.initrd.as_ref().map(PathBuf::from),
+            boot_args,
+            root_path: PathBuf::from(&volumes.root_path),
+            work_disk_path: PathBuf::from(&volumes.work_disk_path),
+            tap: lease.tap.clone(),
+            mac: lease.mac.clone(),
+            vsock_cid: rec.vsock_cid,
+            paths: self.paths(&id),
+        };
+        let pid = inner
+            .vmm
+            .launch(&spec)
+            .await
+            .map_err(|e| step("spawning the hypervisor", vmm_error(&e)))?;
+        undo.pid = Some(pid);
+        inner
+            .db
+            .modify(&id, move |r| {
+                r.pid = Some(pid);
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.store_error(e))?;
+        inner
+            .vmm
+            .configure_and_start(&spec)
+            .await
+            .map_err(|e| step("configuring the hypervisor", vmm_error(&e)))?;
+        let now = banger_bus::now_ms();
+        inner
+            .db
+            .modify(&id, move |r| {
+                r.info.state = VmState::Running;
+                r.info.started_at_ms = Some(now);
+                r.info.reason = None;
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.store_error(e))
+    }
+
+    /// Undoes what a failed boot did, in reverse order. Failures here are logged: the reply
+    /// already carries the boot's own error, and reconcile (here and in netd) catches the rest.
+    async fn unwind(&self, rec: &VmRecord, kind: BootKind, undo: Undo) {
+        let inner = &self.inner;
+        let id = rec.id();
+        let paths = self.paths(id);
+        if let Some(pid) = undo.pid {
+            if let Err(e) = self.kill_all(&paths, Some(pid)).await {
+                tracing::warn!(vm.id = %id, error = %e.message, "unwind: killing the hypervisor");
+            }
+            let p = paths.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&p)).await;
+        }
+        if undo.attached {
+            let req = DetachRequest {
+                vm_id: id.clone(),
+                release: kind == BootKind::Create,
+            };
+            if let Err(e) = inner.netd.detach(req).await {
+                tracing::warn!(vm.id = %id, error = %e, "unwind: detaching the network");
+            }
+        }
+        if undo.volumes
+            && kind == BootKind::Create
+            && let Err(e) = inner.stord.volume_delete(id).await
+        {
+            tracing::warn!(vm.id = %id, error = %e, "unwind: deleting the volumes");
+        }
+    }
+}
+
+/// Prefixes an error's message with the step that failed, keeping its code.
+pub(crate) fn step(what: &str, e: ApiError) -> ApiError {
+    ApiError::new(e.code, format!("{what}: {}", e.message))
+}
+
+/// A hypervisor failure as a reply error.
+pub(crate) fn vmm_error(e: &crate::vmm::VmmError) -> ApiError {
+    ApiError::internal(banger_bus::runtime::chain(e))
+}

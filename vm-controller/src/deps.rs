@@ -1,0 +1,381 @@
+//! The controller's peers, behind small traits: stord (volumes), netd (leases and taps), the
+//! guest agent (health, exec), the other controllers (lab-wide name check) and the event
+//! stream. The real implementations talk over the bus or hybrid vsock; unit tests use doubles.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use banger_agent_client::AgentClient;
+use banger_bus::{Bus, RequestError};
+use banger_proto::agent::{ExecRequest, ExecResult, Health};
+use banger_proto::event::{EventKind, VmEvent};
+use banger_proto::net::{AttachRequest, DetachReply, DetachRequest, Lease};
+use banger_proto::store::{
+    ImageInfo, ImageRefRequest, VolumeCreateRequest, VolumeDeleteReply, VolumeDeleteRequest,
+    VolumeResizeRequest, VolumeSet,
+};
+use banger_proto::subject::{NetOp, StoreOp};
+use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
+use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, VmId, VmName};
+use futures::future::BoxFuture;
+
+use crate::store::Store;
+
+/// A failed request to a peer: which one, what for, and its error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{service} {op}: {message}")]
+pub struct DepError {
+    /// The peer (`stord`, `netd`, `agent`).
+    pub service: &'static str,
+    /// The operation.
+    pub op: &'static str,
+    /// The peer's error code (`unavailable` when it could not be reached).
+    pub code: ErrorCode,
+    /// What it said.
+    pub message: String,
+}
+
+impl DepError {
+    /// A new error.
+    pub fn new(
+        service: &'static str,
+        op: &'static str,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            service,
+            op,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn from_request(service: &'static str, op: &'static str, e: &RequestError) -> Self {
+        let message = match e {
+            RequestError::Remote(api) => api.message.clone(),
+            RequestError::NoResponders { .. } => format!("{service} is not running on this host"),
+            other => banger_bus::runtime::chain(other),
+        };
+        Self::new(service, op, e.code(), message)
+    }
+}
+
+/// stord, as the controller uses it.
+pub trait StoreApi: Send + Sync + 'static {
+    /// The image, or `not_found`.
+    fn image_show(&self, image: &ImageName) -> BoxFuture<'_, Result<ImageInfo, DepError>>;
+    /// Creates (or returns the existing) root and work disk of a VM.
+    fn volume_create(&self, req: VolumeCreateRequest)
+    -> BoxFuture<'_, Result<VolumeSet, DepError>>;
+    /// Removes a VM's volumes (stord retries transient busy errors).
+    fn volume_delete(&self, vm: &VmId) -> BoxFuture<'_, Result<VolumeDeleteReply, DepError>>;
+    /// Grows a VM's work disk.
+    fn volume_resize(
+        &self,
+        vm: &VmId,
+        disk_mib: MemMib,
+    ) -> BoxFuture<'_, Result<VolumeSet, DepError>>;
+}
+
+/// netd, as the controller uses it.
+pub trait NetApi: Send + Sync + 'static {
+    /// Allocates (or returns) the VM's lease and creates its tap.
+    fn attach(&self, req: AttachRequest) -> BoxFuture<'_, Result<Lease, DepError>>;
+    /// Removes the tap (and releases the lease when asked).
+    fn detach(&self, req: DetachRequest) -> BoxFuture<'_, Result<DetachReply, DepError>>;
+}
+
+/// The guest agent, reached through the VM's vsock socket.
+pub trait AgentApi: Send + Sync + 'static {
+    /// `GET /healthz`.
+    fn health(&self, vsock_uds: PathBuf, port: u32) -> BoxFuture<'_, Result<Health, DepError>>;
+    /// Runs a command to completion.
+    fn exec(
+        &self,
+        vsock_uds: PathBuf,
+        port: u32,
+        req: ExecRequest,
+    ) -> BoxFuture<'_, Result<ExecResult, DepError>>;
+}
+
+/// The other controllers of the lab.
+pub trait LabApi: Send + Sync + 'static {
+    /// A VM named `name` on another host, if any answered with one.
+    fn find_name(&self, name: &VmName) -> BoxFuture<'_, Option<(HostId, VmId)>>;
+}
+
+/// Where lifecycle events go.
+pub trait EventSink: Send + Sync + 'static {
+    /// Publishes one event.
+    fn publish(&self, event: VmEvent) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Numbers and publishes lifecycle events: one increasing sequence per host, persisted, and
+/// published in sequence order.
+#[derive(Clone)]
+pub struct Events {
+    sink: Arc<dyn EventSink>,
+    store: Store,
+    // Held across numbering and publishing, so sequence order is publication order. It guards
+    // only the event counter, never a VM mutation.
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Events {
+    /// Events numbered from `store`'s sequence, published to `sink`.
+    pub fn new(sink: Arc<dyn EventSink>, store: Store) -> Self {
+        Self {
+            sink,
+            store,
+            order: Arc::default(),
+        }
+    }
+
+    /// Publishes `kind` with snapshot `vm`. A failure is logged, never fatal: the transition
+    /// already happened, and peers reconcile.
+    pub async fn emit(&self, kind: EventKind, vm: &VmInfo) {
+        let _order = self.order.lock().await;
+        let seq = match self.store.next_event_seq().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %banger_bus::runtime::chain(&e), %kind, vm.id = %vm.id, "numbering an event failed");
+                return;
+            }
+        };
+        let event = VmEvent {
+            kind,
+            at_ms: banger_bus::now_ms(),
+            seq,
+            vm: vm.clone(),
+        };
+        tracing::debug!(%kind, seq, vm.id = %vm.id, vm.name = %vm.name, "event");
+        if let Err(e) = self.sink.publish(event).await {
+            tracing::warn!(error = %e, %kind, vm.id = %vm.id, "publishing an event failed");
+        }
+    }
+}
+
+/// stord over the bus.
+#[derive(Debug, Clone)]
+pub struct BusStore {
+    /// The bus.
+    pub bus: Bus,
+    /// This host (stord is per host).
+    pub host: HostId,
+    /// Request deadline.
+    pub timeout: Duration,
+}
+
+impl BusStore {
+    async fn call<Req: serde::Serialize + Sync, Resp: serde::de::DeserializeOwned>(
+        &self,
+        op: StoreOp,
+        op_name: &'static str,
+        req: &Req,
+    ) -> Result<Resp, DepError> {
+        let subject = self.bus.subjects().host_store(&self.host, op);
+        self.bus
+            .request(subject, req, self.timeout)
+            .await
+            .map_err(|e| DepError::from_request("stord", op_name, &e))
+    }
+}
+
+impl StoreApi for BusStore {
+    fn image_show(&self, image: &ImageName) -> BoxFuture<'_, Result<ImageInfo, DepError>> {
+        let req = ImageRefRequest {
+            name: image.clone(),
+        };
+        Box::pin(async move { self.call(StoreOp::ImageShow, "image.show", &req).await })
+    }
+
+    fn volume_create(
+        &self,
+        req: VolumeCreateRequest,
+    ) -> BoxFuture<'_, Result<VolumeSet, DepError>> {
+        Box::pin(async move {
+            self.call(StoreOp::VolumeCreate, "volume.create", &req)
+                .await
+        })
+    }
+
+    fn volume_delete(&self, vm: &VmId) -> BoxFuture<'_, Result<VolumeDeleteReply, DepError>> {
+        let req = VolumeDeleteRequest { vm_id: vm.clone() };
+        Box::pin(async move {
+            self.call(StoreOp::VolumeDelete, "volume.delete", &req)
+                .await
+        })
+    }
+
+    fn volume_resize(
+        &self,
+        vm: &VmId,
+        disk_mib: MemMib,
+    ) -> BoxFuture<'_, Result<VolumeSet, DepError>> {
+        let req = VolumeResizeRequest {
+            vm_id: vm.clone(),
+            disk_mib,
+        };
+        Box::pin(async move {
+            self.call(StoreOp::VolumeResize, "volume.resize", &req)
+                .await
+        })
+    }
+}
+
+/// netd over the bus.
+#[derive(Debug, Clone)]
+pub struct BusNet {
+    /// The bus.
+    pub bus: Bus,
+    /// This host (netd is per host).
+    pub host: HostId,
+    /// Request deadline.
+    pub timeout: Duration,
+}
+
+impl BusNet {
+    async fn call<Req: serde::Serialize + Sync, Resp: serde::de::DeserializeOwned>(
+        &self,
+        op: NetOp,
+        op_name: &'static str,
+        req: &Req,
+    ) -> Result<Resp, DepError> {
+        let subject = self.bus.subjects().host_net(&self.host, op);
+        self.bus
+            .request(subject, req, self.timeout)
+            .await
+            .map_err(|e| DepError::from_request("netd", op_name, &e))
+    }
+}
+
+impl NetApi for BusNet {
+    fn attach(&self, req: AttachRequest) -> BoxFuture<'_, Result<Lease, DepError>> {
+        Box::pin(async move { self.call(NetOp::Attach, "attach", &req).await })
+    }
+
+    fn detach(&self, req: DetachRequest) -> BoxFuture<'_, Result<DetachReply, DepError>> {
+        Box::pin(async move { self.call(NetOp::Detach, "detach", &req).await })
+    }
+}
+
+/// The guest agent over hybrid vsock.
+#[derive(Debug, Clone, Default)]
+pub struct VsockAgent;
+
+fn agent_error(op: &'static str, e: &banger_agent_client::ClientError) -> DepError {
+    use banger_agent_client::ClientError as E;
+    let code = match e {
+        E::Agent { code, .. } => match code {
+            banger_proto::agent::AgentErrorCode::InvalidArgument
+            | banger_proto::agent::AgentErrorCode::CommandNotFound
+            | banger_proto::agent::AgentErrorCode::BadWorkingDirectory
+            | banger_proto::agent::AgentErrorCode::TooLarge => ErrorCode::InvalidArgument,
+            banger_proto::agent::AgentErrorCode::ExecDisabled => ErrorCode::PermissionDenied,
+            _ => ErrorCode::Internal,
+        },
+        E::Timeout { .. } => ErrorCode::Timeout,
+        _ => ErrorCode::Unavailable,
+    };
+    DepError::new("agent", op, code, banger_bus::runtime::chain(e))
+}
+
+impl AgentApi for VsockAgent {
+    fn health(&self, vsock_uds: PathBuf, port: u32) -> BoxFuture<'_, Result<Health, DepError>> {
+        Box::pin(async move {
+            AgentClient::new(vsock_uds, port)
+                .health()
+                .await
+                .map_err(|e| agent_error("health", &e))
+        })
+    }
+
+    fn exec(
+        &self,
+        vsock_uds: PathBuf,
+        port: u32,
+        req: ExecRequest,
+    ) -> BoxFuture<'_, Result<ExecResult, DepError>> {
+        Box::pin(async move {
+            AgentClient::new(vsock_uds, port)
+                .exec_collect(&req)
+                .await
+                .map_err(|e| agent_error("exec", &e))
+        })
+    }
+}
+
+/// The other controllers, through one `vm.list` gather. It waits for as many answers as
+/// controllers were last discovered (kept fresh by the reconcile loop), so on a single host it
+/// returns as soon as this controller itself answered.
+#[derive(Debug, Clone)]
+pub struct BusLab {
+    /// The bus.
+    pub bus: Bus,
+    /// This host.
+    pub host: HostId,
+    /// How many controllers answered the last `$SRV.PING`.
+    pub controllers: Arc<AtomicUsize>,
+    /// Longest wait for the answers.
+    pub deadline: Duration,
+}
+
+impl LabApi for BusLab {
+    fn find_name(&self, name: &VmName) -> BoxFuture<'_, Option<(HostId, VmId)>> {
+        let name = name.clone();
+        Box::pin(async move {
+            let expect = self.controllers.load(Ordering::Relaxed);
+            if expect <= 1 {
+                // Only this controller is known: the local unique index is the whole check.
+                return None;
+            }
+            let replies = self
+                .bus
+                .gather::<_, ListVmsReply>(
+                    self.bus.subjects().vm_list(),
+                    &ListVmsRequest::default(),
+                    Some(expect),
+                    self.deadline,
+                )
+                .await
+                .ok()?;
+            replies
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|r| r.host != self.host)
+                .flat_map(|r| r.vms)
+                .find(|v| v.name == name)
+                .map(|v| (v.host, v.id))
+        })
+    }
+}
+
+/// Events onto the bus.
+#[derive(Debug, Clone)]
+pub struct BusEvents {
+    /// The bus.
+    pub bus: Bus,
+    /// This host.
+    pub host: HostId,
+}
+
+impl EventSink for BusEvents {
+    fn publish(&self, event: VmEvent) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.bus
+                .publish_event(&self.host, &event)
+                .await
+                .map_err(|e| banger_bus::runtime::chain(&e))
+        })
+    }
+}
+
+/// Turns a peer failure into the reply error, keeping the peer's code.
+impl From<DepError> for ApiError {
+    fn from(e: DepError) -> Self {
+        ApiError::new(e.code, e.to_string())
+    }
+}

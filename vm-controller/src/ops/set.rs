@@ -1,0 +1,56 @@
+//! `vm.set`: change cpus, memory or the work disk size; applied on the next start.
+//!
+//! Values are typed (a zero or negative value never deserialises); the work disk only grows
+//! (stord cannot shrink a filesystem safely).
+
+use banger_proto::ApiError;
+use banger_proto::vm::{SetVmRequest, VmOpReply, VmState};
+
+use super::wrong_state;
+use crate::controller::Controller;
+use crate::store::StoreError;
+
+impl Controller {
+    /// Changes a VM's settings.
+    pub async fn set(&self, req: SetVmRequest) -> Result<VmOpReply, ApiError> {
+        if req.cpus.is_none() && req.memory_mib.is_none() && req.disk_mib.is_none() {
+            return Err(ApiError::invalid(
+                "nothing to set: give cpus, memory_mib or disk_mib",
+            ));
+        }
+        let _guard = self.lock(&req.id).await;
+        let rec = self.record(&req.id).await?;
+        if matches!(rec.state(), VmState::Creating | VmState::Deleting) {
+            return Err(wrong_state(&rec, "be changed"));
+        }
+        let running = rec.state().may_have_process() && rec.state() != VmState::Failed;
+        let (cpus, memory, disk) = (req.cpus, req.memory_mib, req.disk_mib);
+        let rec = self
+            .inner
+            .db
+            .modify(&req.id, move |r| {
+                if let Some(d) = disk
+                    && d.get() < r.info.disk_mib.get()
+                {
+                    return Err(StoreError::Refused(format!(
+                        "the work disk of vm {} is {} MiB and cannot shrink to {} MiB",
+                        r.info.name, r.info.disk_mib, d
+                    )));
+                }
+                if let Some(c) = cpus {
+                    r.info.cpus = c;
+                }
+                if let Some(m) = memory {
+                    r.info.memory_mib = m;
+                }
+                if let Some(d) = disk {
+                    r.info.disk_mib = d;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let note = running.then(|| "applied on the next start (banger vm restart)".to_owned());
+        Ok(VmOpReply { vm: rec.info, note })
+    }
+}

@@ -1,0 +1,269 @@
+//! The real hypervisor: Firecracker, or the simulator (`banger-fcsim`), which takes the same
+//! flags and serves the same API.
+//!
+//! Launch runs `sh -c 'umask 000; exec "$@"' banger-vmm <bin> --api-sock ... --id <name> ...`:
+//! the wrapper sets umask 000 before exec, so the API and vsock sockets the hypervisor creates
+//! are usable by the controller and the tools of any user (the earlier Go version regressed
+//! here and timed out on a socket that existed but could not be used). The process gets its
+//! own process group, so a Ctrl-C at the controller's terminal never reaches a guest and a
+//! forced stop can take the group down at once. The guest's serial console (the hypervisor's
+//! stdout) goes to `serial.log`, its own log to `vmm.log`.
+//!
+//! The process is not kept as a child handle: it outlives a controller restart, and every
+//! later action finds it again by its API socket ([`super::process`]). Tokio reaps it if it
+//! exits while this controller is its parent.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use banger_firecracker::FirecrackerClient;
+use banger_firecracker::models::{
+    BootSource, Drive, MachineConfiguration, NetworkInterface, Vsock,
+};
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::{LaunchSpec, ProcUsage, Vmm, VmmError, process};
+use crate::config::{VmPaths, VmmKind};
+
+/// How often start-up checks whether the API socket answers yet.
+const SOCKET_POLL: Duration = Duration::from_millis(10);
+
+/// How much of the hypervisor log an early-exit error quotes.
+const LOG_TAIL_BYTES: u64 = 2048;
+
+/// The drive id of the root drive.
+pub const ROOT_DRIVE_ID: &str = "rootfs";
+/// The drive id of the work disk (mounted at `/root` by the guest).
+pub const WORK_DRIVE_ID: &str = "work";
+/// The network interface id.
+pub const IFACE_ID: &str = "eth0";
+
+/// Firecracker (or the simulator) as separate processes.
+#[derive(Debug, Clone)]
+pub struct ProcessVmm {
+    kind: VmmKind,
+    bin: PathBuf,
+    log_level: String,
+    socket_timeout: Duration,
+    api_timeout: Duration,
+}
+
+impl ProcessVmm {
+    /// A hypervisor of `kind` run from `bin`.
+    pub fn new(
+        kind: VmmKind,
+        bin: PathBuf,
+        log_level: String,
+        socket_timeout: Duration,
+        api_timeout: Duration,
+    ) -> Self {
+        Self {
+            kind,
+            bin,
+            log_level,
+            socket_timeout,
+            api_timeout,
+        }
+    }
+
+    fn client(&self, paths: &VmPaths) -> FirecrackerClient {
+        FirecrackerClient::new(&paths.api_sock).with_timeout(self.api_timeout)
+    }
+}
+
+/// Creates the VM's directories and empty log files, and removes sockets a previous run left
+/// (Firecracker refuses to bind an existing socket path).
+fn prepare(paths: &VmPaths) -> Result<(fs::File, fs::File), VmmError> {
+    let prep = |path: &Path| {
+        let path = path.to_owned();
+        move |source| VmmError::Prepare { path, source }
+    };
+    fs::create_dir_all(&paths.run_dir).map_err(prep(&paths.run_dir))?;
+    fs::create_dir_all(&paths.log_dir).map_err(prep(&paths.log_dir))?;
+    remove_runtime_sockets(paths);
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(prep(p))
+    };
+    Ok((open(&paths.serial_log)?, open(&paths.vmm_log)?))
+}
+
+/// Removes the API socket and every vsock socket (`vsock.sock`, `vsock.sock_<port>`) of a VM.
+pub fn remove_runtime_sockets(paths: &VmPaths) {
+    let _ = fs::remove_file(&paths.api_sock);
+    let vsock_name = paths
+        .vsock_uds
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Ok(entries) = fs::read_dir(&paths.run_dir) {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == vsock_name || name.starts_with(&format!("{vsock_name}_")) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The last few KiB of a log, for error messages.
+fn log_tail(path: &Path) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_owned()
+}
+
+impl Vmm for ProcessVmm {
+    fn kind(&self) -> VmmKind {
+        self.kind
+    }
+
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<u32, VmmError>> {
+        Box::pin(async move {
+            let paths = spec.paths.clone();
+            let (serial, vmm_log) = tokio::task::spawn_blocking(move || prepare(&paths))
+                .await
+                .map_err(|e| VmmError::Prepare {
+                    path: spec.paths.run_dir.clone(),
+                    source: std::io::Error::other(e),
+                })??;
+            let mut cmd = tokio::process::Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg(r#"umask 000; exec "$@""#)
+                .arg("banger-vmm")
+                .arg(&self.bin)
+                .arg("--api-sock")
+                .arg(&spec.paths.api_sock)
+                .arg("--id")
+                .arg(&spec.name)
+                .arg("--log-path")
+                .arg(&spec.paths.vmm_log)
+                .arg("--level")
+                .arg(&self.log_level)
+                .stdin(Stdio::null())
+                .stdout(serial)
+                .stderr(vmm_log)
+                .process_group(0)
+                .kill_on_drop(false);
+            let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+                bin: self.bin.clone(),
+                source,
+            })?;
+            let pid = child.id().unwrap_or(0);
+            tracing::info!(vmm = %self.kind, pid, vm.name = %spec.name, "hypervisor spawned");
+            let start = Instant::now();
+            let deadline = start + self.socket_timeout;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(VmmError::ExitedEarly {
+                        status: status.to_string(),
+                        log_tail: log_tail(&spec.paths.vmm_log),
+                    });
+                }
+                if tokio::net::UnixStream::connect(&spec.paths.api_sock)
+                    .await
+                    .is_ok()
+                {
+                    // Dropping the handle does not kill the process (kill_on_drop is off);
+                    // tokio reaps it if it exits while we are its parent.
+                    drop(child);
+                    return Ok(pid);
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                    return Err(VmmError::ApiSocket {
+                        path: spec.paths.api_sock.clone(),
+                        waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(0),
+                    });
+                }
+                tokio::time::sleep(SOCKET_POLL).await;
+            }
+        })
+    }
+
+    fn configure_and_start<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move {
+            let c = self.client(&spec.paths);
+            let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
+            c.put_machine_config(&MachineConfiguration::new(cpus, u64::from(spec.memory_mib)))
+                .await
+                .map_err(VmmError::Api)?;
+            c.put_boot_source(&BootSource {
+                kernel_image_path: spec.kernel.clone(),
+                boot_args: Some(spec.boot_args.clone()),
+                initrd_path: spec.initrd.clone(),
+            })
+            .await
+            .map_err(VmmError::Api)?;
+            c.put_drive(&Drive::new(ROOT_DRIVE_ID, &spec.root_path, true, false))
+                .await
+                .map_err(VmmError::Api)?;
+            c.put_drive(&Drive::new(
+                WORK_DRIVE_ID,
+                &spec.work_disk_path,
+                false,
+                false,
+            ))
+            .await
+            .map_err(VmmError::Api)?;
+            c.put_network_interface(&NetworkInterface::new(IFACE_ID, &spec.tap, &spec.mac))
+                .await
+                .map_err(VmmError::Api)?;
+            c.put_vsock(&Vsock::new(spec.vsock_cid, &spec.paths.vsock_uds))
+                .await
+                .map_err(VmmError::Api)?;
+            c.instance_start().await.map_err(VmmError::Api)
+        })
+    }
+
+    fn ctrl_alt_del<'a>(&'a self, paths: &'a VmPaths) -> BoxFuture<'a, Result<(), VmmError>> {
+        Box::pin(async move {
+            self.client(paths)
+                .send_ctrl_alt_del()
+                .await
+                .map_err(VmmError::Api)
+        })
+    }
+
+    fn find_process<'a>(
+        &'a self,
+        paths: &'a VmPaths,
+        hint: Option<u32>,
+    ) -> BoxFuture<'a, Option<u32>> {
+        let sock = paths.api_sock.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || process::find_by_socket(&sock, hint))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn kill(&self, pid: u32) -> Result<(), VmmError> {
+        process::kill_process(pid).map_err(|source| VmmError::Signal { pid, source })
+    }
+
+    fn is_alive(&self, pid: u32) -> bool {
+        process::is_alive(pid)
+    }
+
+    fn usage(&self, pid: u32) -> Option<ProcUsage> {
+        process::usage(pid)
+    }
+}

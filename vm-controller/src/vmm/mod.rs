@@ -1,0 +1,145 @@
+//! The hypervisor boundary: spawning, configuring, signalling and finding VMM processes.
+//!
+//! [`Vmm`] is the only way the controller touches a hypervisor process, so the lifecycle logic
+//! (state machine, unwinding, the stop fallback) is unit-tested with a double and the real
+//! implementation ([`firecracker::ProcessVmm`], for Firecracker and for the simulator, which
+//! takes the same flags and serves the same API) is tested for real.
+//!
+//! A process is always *found by its API socket* ([`Vmm::find_process`]): the stored pid is
+//! only a hint, because it may be stale (the process died and the pid was reused, or the
+//! controller restarted and re-adopted VMs).
+
+pub mod firecracker;
+pub mod process;
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+
+use crate::config::{VmPaths, VmmKind};
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// The VM's name: the hypervisor's `--id` (the simulator selects faults by it).
+    pub name: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line, including the lease's `ip=` argument.
+    pub boot_args: String,
+    /// Root drive (block device or file).
+    pub root_path: PathBuf,
+    /// Work disk (mounted at `/root` in the guest).
+    pub work_disk_path: PathBuf,
+    /// Host tap device.
+    pub tap: String,
+    /// Guest MAC.
+    pub mac: String,
+    /// Guest vsock context id.
+    pub vsock_cid: u32,
+    /// Sockets and logs.
+    pub paths: VmPaths,
+}
+
+/// Resource use of a hypervisor process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcUsage {
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// User + system CPU time, milliseconds.
+    pub cpu_ms: u64,
+}
+
+/// A hypervisor failure, naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// Preparing the VM's directories or log files failed.
+    #[error("preparing {path}")]
+    Prepare {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process could not be spawned.
+    #[error("spawning {bin}")]
+    Spawn {
+        /// The binary.
+        bin: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process exited before its API socket answered.
+    #[error("the hypervisor exited during start-up ({status}); its log says: {log_tail}")]
+    ExitedEarly {
+        /// Exit status.
+        status: String,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// The API socket did not accept connections in time.
+    #[error("the hypervisor's api socket {path} did not answer within {waited_ms} ms")]
+    ApiSocket {
+        /// The socket.
+        path: PathBuf,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// An API call failed.
+    #[error("hypervisor api")]
+    Api(#[source] banger_firecracker::ClientError),
+    /// A signal could not be sent.
+    #[error("signalling process {pid}")]
+    Signal {
+        /// The process.
+        pid: u32,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The hypervisor, as the controller drives it.
+pub trait Vmm: Send + Sync + 'static {
+    /// Which hypervisor this is.
+    fn kind(&self) -> VmmKind;
+
+    /// Spawns the hypervisor for `spec` (umask 000, own process group, logs to the VM's log
+    /// files) and waits until its API socket accepts connections. Returns its pid.
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<u32, VmmError>>;
+
+    /// Configures the machine, boot source, drives, network interface and vsock, then
+    /// `InstanceStart`.
+    fn configure_and_start<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+    ) -> BoxFuture<'a, Result<(), VmmError>>;
+
+    /// Asks the guest to shut down (`SendCtrlAltDel`).
+    fn ctrl_alt_del<'a>(&'a self, paths: &'a VmPaths) -> BoxFuture<'a, Result<(), VmmError>>;
+
+    /// The live process serving `paths.api_sock`, checking `hint` first. `None` when no process
+    /// holds the socket.
+    fn find_process<'a>(
+        &'a self,
+        paths: &'a VmPaths,
+        hint: Option<u32>,
+    ) -> BoxFuture<'a, Option<u32>>;
+
+    /// Sends SIGKILL to `pid` (its whole process group when it leads one of its own).
+    fn kill(&self, pid: u32) -> Result<(), VmmError>;
+
+    /// Whether `pid` is alive (a zombie is not).
+    fn is_alive(&self, pid: u32) -> bool;
+
+    /// Resource use of `pid`.
+    fn usage(&self, pid: u32) -> Option<ProcUsage>;
+}

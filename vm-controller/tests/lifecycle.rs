@@ -1,0 +1,585 @@
+//! The VM lifecycle over the bus, with doubles of stord, netd, the agent and the hypervisor,
+//! a real nats-server and a real SQLite database.
+
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use banger_proto::ErrorCode;
+use banger_proto::agent::{ExecRequest, ExecResult, Health};
+use banger_proto::event::EventKind;
+use banger_proto::subject::VmOp;
+use banger_proto::vm::{
+    LogsReply, LogsRequest, SetVmRequest, VmExecRequest, VmInfo, VmOpReply, VmRefRequest, VmState,
+    VmStats,
+};
+use common::{Fakes, Fault, Harness, create_request, test_config};
+
+#[tokio::test]
+async fn create_boots_a_vm_and_publishes_every_transition_with_its_snapshot() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    assert_eq!(vm.state, VmState::Running);
+    let net = vm.network.clone().expect("network attached");
+    assert!(h.fakes.netd.has_tap(&vm.id));
+    assert_eq!(h.fakes.stord.volume_count(), 1);
+    let spec = h.fakes.vmm.last_launch("web").unwrap();
+    assert!(
+        spec.boot_args.contains(&format!("ip={}", net.ip)),
+        "{}",
+        spec.boot_args
+    );
+    assert!(spec.boot_args.starts_with("console=ttyS0"));
+    assert_eq!(
+        (spec.cpus, spec.memory_mib),
+        (1, 512),
+        "controller defaults"
+    );
+    assert_eq!(spec.tap, net.tap);
+
+    h.wait_event("web", EventKind::Started).await;
+    assert_eq!(
+        h.events.kinds("web"),
+        [EventKind::Created, EventKind::Starting, EventKind::Started]
+    );
+    let started = h
+        .events
+        .snapshot()
+        .into_iter()
+        .find(|e| e.kind == EventKind::Started)
+        .unwrap();
+    assert_eq!(started.vm, vm, "the event carries the full snapshot");
+
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(got, vm);
+    assert_eq!(h.list().await, vec![vm]);
+}
+
+#[tokio::test]
+async fn create_without_a_registered_image_names_banger_image_register() {
+    let fakes = Fakes {
+        stord: common::FakeStord::default(),
+        ..Fakes::default()
+    };
+    let h = Harness::start_with(test_config(), fakes).await;
+    let err = h.create_req(&create_request("web")).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert!(
+        err.message.contains("banger image register"),
+        "{}",
+        err.message
+    );
+    assert!(h.list().await.is_empty(), "nothing persisted");
+}
+
+#[tokio::test]
+async fn zero_or_negative_cpus_or_memory_are_rejected_with_nothing_persisted() {
+    let h = Harness::start().await;
+    let subject = h.bus.subjects().vm_create();
+    for body in [
+        r#"{"name":"a","cpus":0}"#,
+        r#"{"name":"a","cpus":-1}"#,
+        r#"{"name":"a","memory_mib":0}"#,
+        r#"{"name":"a","memory_mib":-512}"#,
+    ] {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let err = h
+            .bus
+            .request::<_, VmOpReply>(subject.clone(), &v, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{body}: {err}");
+        assert!(err.to_string().contains("greater than 0"), "{err}");
+    }
+    assert!(h.list().await.is_empty(), "nothing persisted");
+    assert_eq!(h.fakes.stord.volume_count(), 0);
+
+    let vm = h.create("a").await;
+    let set_subject = h.bus.subjects().host_vm(&h.host(), VmOp::Set);
+    for body in [
+        serde_json::json!({"id": vm.id, "cpus": 0}),
+        serde_json::json!({"id": vm.id, "memory_mib": -1}),
+    ] {
+        let err = h
+            .bus
+            .request::<_, VmOpReply>(set_subject.clone(), &body, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{body}");
+    }
+    let after: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!((after.cpus, after.memory_mib), (vm.cpus, vm.memory_mib));
+}
+
+#[tokio::test]
+async fn names_are_unique_on_the_host_and_in_the_lab() {
+    let h = Harness::start().await;
+    h.create("web").await;
+    let err = h.create_req(&create_request("web")).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    let other = banger_proto::HostId::new("h2").unwrap();
+    h.fakes.lab.names.lock().unwrap().insert(
+        banger_proto::VmName::new("db").unwrap(),
+        (other, banger_vm_controller::ids::new_vm_id()),
+    );
+    let err = h.create_req(&create_request("db")).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert!(err.message.contains("host h2"), "{}", err.message);
+    assert_eq!(h.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_boot_unwinds_everything_and_leaves_a_failed_record() {
+    let h = Harness::start().await;
+    h.fakes.vmm.fault("bad", Fault::FailConfigure);
+    let err = h.create_req(&create_request("bad")).await.unwrap_err();
+    assert!(
+        err.message.contains("configuring the hypervisor"),
+        "{}",
+        err.message
+    );
+    let vms = h.list().await;
+    assert_eq!(vms.len(), 1);
+    let vm = &vms[0];
+    assert_eq!(vm.state, VmState::Failed);
+    assert!(
+        vm.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("injected configure fault")
+    );
+    assert!(h.fakes.vmm.live("bad").is_empty(), "no process left");
+    assert_eq!(h.fakes.netd.tap_count(), 0, "no tap left");
+    assert_eq!(
+        h.fakes.netd.lease_count(),
+        0,
+        "a new vm's lease is released"
+    );
+    assert_eq!(
+        h.fakes.stord.volume_count(),
+        0,
+        "a new vm's volumes are removed"
+    );
+    h.wait_event("bad", EventKind::Failed).await;
+
+    // A failed launch unwinds too, and the failed VM can be deleted cleanly.
+    h.fakes.vmm.fault("bad2", Fault::FailLaunch);
+    let err = h.create_req(&create_request("bad2")).await.unwrap_err();
+    assert!(
+        err.message.contains("spawning the hypervisor"),
+        "{}",
+        err.message
+    );
+    assert_eq!(h.fakes.netd.lease_count(), 0);
+    h.op(VmOp::Delete, &vm.id).await.unwrap();
+    assert_eq!(h.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn stop_then_start_keeps_volumes_and_lease_and_delete_removes_everything() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    let ip = vm.network.clone().unwrap().ip;
+    let stopped = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    assert_eq!(stopped.vm.state, VmState::Stopped);
+    assert_eq!(
+        stopped.note, None,
+        "a guest that honours CtrlAltDel stops quietly"
+    );
+    assert!(!h.fakes.vmm.killed("web"));
+    assert!(!h.fakes.netd.has_tap(&vm.id), "tap gone");
+    assert!(h.fakes.netd.has_lease(&vm.id), "lease kept");
+    assert_eq!(h.fakes.stord.volume_count(), 1, "volumes kept");
+
+    let started = h.op(VmOp::Start, &vm.id).await.unwrap();
+    assert_eq!(started.vm.state, VmState::Running);
+    assert_eq!(started.vm.network.unwrap().ip, ip, "same address");
+
+    let restarted = h.op(VmOp::Restart, &vm.id).await.unwrap();
+    assert_eq!(restarted.vm.state, VmState::Running);
+    assert_eq!(h.fakes.vmm.live("web").len(), 1);
+
+    let logs: LogsReply = h
+        .call(
+            VmOp::Logs,
+            &LogsRequest {
+                id: vm.id.clone(),
+                source: Default::default(),
+                offset: Some(0),
+                max_bytes: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(logs.data.contains("boot web"), "{logs:?}");
+
+    let deleted = h.op(VmOp::Delete, &vm.id).await.unwrap();
+    assert_eq!(deleted.vm.id, vm.id);
+    assert!(h.list().await.is_empty(), "record gone");
+    assert_eq!(h.fakes.vmm.live_count(), 0, "process gone");
+    assert_eq!(h.fakes.netd.lease_count(), 0, "lease released");
+    assert_eq!(h.fakes.stord.volume_count(), 0, "volumes removed");
+    assert!(!h.ctl.paths(&vm.id).log_dir.exists(), "logs removed");
+    assert!(!h.ctl.paths(&vm.id).run_dir.exists(), "runtime dir removed");
+    h.wait_event("web", EventKind::Deleted).await;
+    let err = h.op(VmOp::Get, &vm.id).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn stop_falls_back_to_kill_when_guest_ignores_ctrl_alt_del() {
+    let config = banger_vm_controller::config::ControllerConfig {
+        stop_grace_ms: 300,
+        ..test_config()
+    };
+    let h = Harness::start_with(config, Fakes::default()).await;
+    h.fakes.vmm.fault("stubborn", Fault::IgnoreCtrlAltDel);
+    let vm = h.create("stubborn").await;
+    let reply = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    assert_eq!(reply.vm.state, VmState::Stopped);
+    let note = reply.note.unwrap_or_default();
+    assert!(
+        note.contains("did not shut down within 300 ms") && note.contains("by force"),
+        "{note}"
+    );
+    assert_eq!(
+        h.fakes.vmm.state.lock().unwrap().ctrl_alt_dels,
+        ["stubborn"]
+    );
+    assert!(h.fakes.vmm.killed("stubborn"), "forced path taken");
+    assert!(h.fakes.vmm.live("stubborn").is_empty());
+    assert!(!h.fakes.netd.has_tap(&vm.id));
+    assert_eq!(
+        reply.vm.reason.as_deref(),
+        Some(note.as_str()),
+        "the note is kept"
+    );
+}
+
+#[tokio::test]
+async fn kill_is_forced_at_once_without_ctrl_alt_del() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    let reply = h.op(VmOp::Kill, &vm.id).await.unwrap();
+    assert_eq!(reply.vm.state, VmState::Stopped);
+    assert!(reply.note.unwrap_or_default().contains("SIGKILL"));
+    assert!(h.fakes.vmm.state.lock().unwrap().ctrl_alt_dels.is_empty());
+    assert!(h.fakes.vmm.killed("web"));
+}
+
+#[tokio::test]
+async fn set_is_validated_and_applied_on_the_next_start() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    let reply: VmOpReply = h
+        .call(
+            VmOp::Set,
+            &SetVmRequest {
+                id: vm.id.clone(),
+                cpus: Some(banger_proto::CpuCount::new(2).unwrap()),
+                memory_mib: Some(banger_proto::MemMib::new(1024).unwrap()),
+                disk_mib: Some(banger_proto::MemMib::new(2048).unwrap()),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(reply.note.unwrap_or_default().contains("next start"));
+    assert_eq!(
+        h.fakes.vmm.last_launch("web").unwrap().cpus,
+        1,
+        "not yet applied"
+    );
+    h.op(VmOp::Restart, &vm.id).await.unwrap();
+    let spec = h.fakes.vmm.last_launch("web").unwrap();
+    assert_eq!((spec.cpus, spec.memory_mib), (2, 1024));
+    let disk = h.fakes.stord.state.lock().unwrap().volumes[&vm.id].disk_mib;
+    assert_eq!(disk.get(), 2048, "work disk grown on start");
+
+    let err = h
+        .call::<_, VmOpReply>(
+            VmOp::Set,
+            &SetVmRequest {
+                id: vm.id.clone(),
+                cpus: None,
+                memory_mib: None,
+                disk_mib: Some(banger_proto::MemMib::new(100).unwrap()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("cannot shrink"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn health_exec_stats_and_touch_answer_for_a_running_vm() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    let health: Health = h
+        .call(VmOp::Health, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(health.status, "ok");
+    h.wait_event("web", EventKind::Health).await;
+    let out: ExecResult = h
+        .call(
+            VmOp::Exec,
+            &VmExecRequest {
+                id: vm.id.clone(),
+                exec: ExecRequest::new(["echo", "hi"]),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "echo hi");
+    let stats: VmStats = h
+        .call(VmOp::Stats, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(stats.vmm_rss_bytes, Some(1 << 20));
+    assert!(stats.guest.is_some());
+    let touched = h.op(VmOp::Touch, &vm.id).await.unwrap();
+    assert!(touched.vm.touched_at_ms.is_some());
+
+    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let err = h
+        .call::<_, Health>(VmOp::Health, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert!(
+        err.message.contains("banger vm start web"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn reconcile_marks_a_vm_whose_process_vanished_stopped() {
+    let config = banger_vm_controller::config::ControllerConfig {
+        reconcile_interval_ms: 100,
+        ..test_config()
+    };
+    let h = Harness::start_with(config, Fakes::default()).await;
+    let vm = h.create("web").await;
+    h.fakes.vmm.crash("web");
+    h.wait_event("web", EventKind::Stopped).await;
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(got.state, VmState::Stopped);
+    assert_eq!(got.reason.as_deref(), Some("the hypervisor process exited"));
+    assert!(!h.fakes.netd.has_tap(&vm.id), "tap detached");
+}
+
+#[tokio::test]
+async fn a_restarted_controller_re_adopts_running_vms_without_stopping_them() {
+    let mut h = Harness::start().await;
+    let vm = h.create("web").await;
+    let pid = h.fakes.vmm.live("web");
+    h.restart_controller().await;
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(got.state, VmState::Running);
+    assert_eq!(h.fakes.vmm.live("web"), pid, "same process, not restarted");
+    assert!(!h.events.kinds("web").contains(&EventKind::Stopped));
+    // And the re-adopted VM is still fully controllable.
+    let stopped = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    assert_eq!(stopped.vm.state, VmState::Stopped);
+}
+
+#[tokio::test]
+async fn a_controller_restart_fails_interrupted_creates_and_stops_dead_vms() {
+    let mut h = Harness::start().await;
+    let vm = h.create("web").await;
+    // Simulate a crash mid-create of another VM: a bare `creating` record.
+    let orphan = h
+        .ctl
+        .db()
+        .insert(banger_vm_controller::store::NewVm {
+            id: banger_vm_controller::ids::new_vm_id(),
+            name: banger_proto::VmName::new("half").unwrap(),
+            image: banger_proto::ImageName::new("debian").unwrap(),
+            cpus: banger_proto::CpuCount::new(1).unwrap(),
+            memory_mib: banger_proto::MemMib::new(256).unwrap(),
+            disk_mib: banger_proto::MemMib::new(256).unwrap(),
+            port_forwards: vec![],
+            now_ms: 1,
+        })
+        .await
+        .unwrap();
+    h.fakes.vmm.crash("web");
+    h.restart_controller().await;
+    let web: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(web.state, VmState::Stopped);
+    let half: VmInfo = h
+        .call(
+            VmOp::Get,
+            &VmRefRequest {
+                id: orphan.info.id.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(half.state, VmState::Failed);
+    h.op(VmOp::Delete, &half.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_twenty_vms_at_once_overlaps() {
+    // Each guest takes 1.5 s to shut down: a serial implementation would publish a `stopped`
+    // before the next `stopping`; a concurrent one publishes all `stopping`s first.
+    let fakes = Fakes {
+        vmm: common::FakeVmm::new(Duration::from_millis(1500)),
+        ..Fakes::default()
+    };
+    let h = Harness::start_with(test_config(), fakes).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(h.create(&format!("vm{i}")).await.id);
+    }
+    let stops = ids.iter().map(|id| h.op(VmOp::Stop, id));
+    for r in futures::future::join_all(stops).await {
+        assert_eq!(r.unwrap().vm.state, VmState::Stopped);
+    }
+    let events = h.events.clone();
+    banger_testkit::wait_until("20 stopped events", Duration::from_secs(10), || {
+        let n = events
+            .snapshot()
+            .iter()
+            .filter(|e| e.kind == EventKind::Stopped)
+            .count();
+        async move { n == 20 }
+    })
+    .await;
+    let evs = h.events.snapshot();
+    let last_stopping = evs
+        .iter()
+        .filter(|e| e.kind == EventKind::Stopping)
+        .map(|e| e.seq)
+        .max()
+        .unwrap();
+    let first_stopped = evs
+        .iter()
+        .filter(|e| e.kind == EventKind::Stopped)
+        .map(|e| e.seq)
+        .min()
+        .unwrap();
+    assert!(
+        last_stopping < first_stopped,
+        "every stop began before any finished (last stopping #{last_stopping}, first stopped #{first_stopped})"
+    );
+}
+
+#[tokio::test]
+async fn operations_on_one_vm_are_serialised_by_its_lock() {
+    // A stop and a start of the same VM sent together: whichever runs second sees the state
+    // the first left, so the VM ends in a consistent state with exactly one or zero processes.
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    let (a, b) = tokio::join!(h.op(VmOp::Stop, &vm.id), h.op(VmOp::Start, &vm.id));
+    a.unwrap();
+    b.unwrap();
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    let live = h.fakes.vmm.live("web").len();
+    match got.state {
+        VmState::Running => assert_eq!(live, 1),
+        VmState::Stopped => assert_eq!(live, 0),
+        other => panic!("inconsistent state {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_delete_whose_volumes_stay_busy_leaves_a_failed_vm_that_a_second_delete_removes() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    h.fakes.stord.state.lock().unwrap().busy_deletes = 1;
+    let err = h.op(VmOp::Delete, &vm.id).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(
+        err.message.contains("removing the volumes"),
+        "{}",
+        err.message
+    );
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(got.state, VmState::Failed);
+    assert!(got.reason.unwrap_or_default().contains("busy"));
+    assert!(
+        h.fakes.vmm.live("web").is_empty(),
+        "stopped before the removal"
+    );
+
+    h.op(VmOp::Delete, &vm.id).await.unwrap();
+    assert!(h.list().await.is_empty());
+    assert_eq!(h.fakes.stord.volume_count(), 0);
+    assert_eq!(h.fakes.netd.lease_count(), 0);
+}
+
+#[tokio::test]
+async fn a_deleted_vms_name_can_be_reused_at_once() {
+    let h = Harness::start().await;
+    let first = h.create("web").await;
+    h.op(VmOp::Delete, &first.id).await.unwrap();
+    let second = h.create("web").await;
+    assert_ne!(first.id, second.id);
+    assert_eq!(second.state, VmState::Running);
+    assert_eq!(h.list().await, vec![second]);
+}
+
+#[tokio::test]
+async fn a_create_naming_a_host_is_answered_by_that_host_only() {
+    let h = Harness::start().await;
+    let mut req = create_request("web");
+    req.host = Some(h.host());
+    let reply: VmOpReply = h.call(VmOp::Create, &req).await.unwrap();
+    assert_eq!(reply.vm.host, h.host());
+
+    let mut req = create_request("db");
+    req.host = Some(banger_proto::HostId::new("elsewhere").unwrap());
+    let err = h.create_req(&req).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("elsewhere"), "{}", err.message);
+    assert_eq!(
+        h.list().await.len(),
+        1,
+        "nothing persisted for the misrouted request"
+    );
+}
+
+#[tokio::test]
+async fn a_transient_netd_failure_on_stop_is_retried_and_the_tap_still_goes() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    h.fakes.netd.state.lock().unwrap().failing_detaches = 2;
+    let reply = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    assert_eq!(reply.vm.state, VmState::Stopped);
+    assert!(
+        !h.fakes.netd.has_tap(&vm.id),
+        "the third attempt removed the tap"
+    );
+}
