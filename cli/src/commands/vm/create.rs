@@ -1,0 +1,314 @@
+//! `banger vm create NAME`: validate the settings here, send one `vm.create`, optionally wait
+//! for the guest agent to answer its health check.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use banger_proto::agent::Health;
+use banger_proto::net::PortForward;
+use banger_proto::subject::VmOp;
+use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmState};
+use banger_proto::{ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, VmName};
+
+use super::inspect::HealthReply;
+use super::units::{format_mib, parse_cpus, parse_disk, parse_memory, parse_seconds};
+use crate::{App, exit, output};
+
+/// How often `--wait` asks the agent again.
+const HEALTH_POLL: Duration = Duration::from_millis(500);
+/// Deadline of one health request while waiting: the agent answers in milliseconds when it is
+/// up, so a slow answer is as good as none.
+const HEALTH_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// Flags of `banger vm create`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  banger vm create web                      # defaults: the default image, its CPU and memory
+  banger vm create db --cpus 2 --memory 2G --disk 20G
+  banger vm create api --host lab2 -p 8080:80 --wait
+
+Sizes are MiB when given as a plain number (1024), or take a unit: 512M, 2G, 1T. Zero or \
+negative cpus and sizes are refused before anything is sent.
+
+Exit status: 0 created (and healthy with --wait), 2 invalid flags, 4 no controller answered or \
+--wait timed out, 1 any other failure (name taken, image missing, ...).")]
+pub struct CreateArgs {
+    /// Name of the new VM: lowercase letters, digits and '-'; the VM is reachable as NAME.vm
+    #[arg(value_name = "NAME")]
+    pub name: VmName,
+    /// Image to boot [default: the controller's default image]
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<ImageName>,
+    /// Number of vCPUs, 1 to 32 [default: the controller's]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
+    pub cpus: Option<CpuCount>,
+    /// Memory: MiB (1024) or a size with a unit (512M, 2G) [default: the controller's]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory, allow_hyphen_values = true)]
+    pub memory: Option<MemMib>,
+    /// Size of the persistent work disk mounted at /root: MiB or with a unit (8G)
+    /// [default: the image's]
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk, allow_hyphen_values = true)]
+    pub disk: Option<MemMib>,
+    /// Create the VM on this host [default: whichever host's controller answers first]
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<HostId>,
+    /// Forward a host port to a guest port while the VM runs: HOST:GUEST[/tcp|/udp];
+    /// repeatable
+    #[arg(short = 'p', long = "publish", value_name = "HOST:GUEST", value_parser = PortForward::parse)]
+    pub publish: Vec<PortForward>,
+    /// Only create the VM; start it later with `banger vm start NAME`
+    #[arg(long, conflicts_with = "wait")]
+    pub no_start: bool,
+    /// Wait until the guest agent answers its health check before returning
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits: seconds (90, 90s) or minutes (5m)
+    #[arg(long, value_name = "TIME", requires = "wait", value_parser = parse_seconds, default_value = "120")]
+    pub wait_timeout: Duration,
+}
+
+impl CreateArgs {
+    fn request(&self) -> CreateVmRequest {
+        CreateVmRequest {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            cpus: self.cpus,
+            memory_mib: self.memory,
+            disk_mib: self.disk,
+            host: self.host.clone(),
+            start: !self.no_start,
+            port_forwards: self.publish.clone(),
+        }
+    }
+}
+
+/// Runs `banger vm create`.
+pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
+    let req = args.request();
+    // A named host gets the request on its own subject; otherwise the controllers' queue
+    // group picks one (that is placement).
+    let subject = match &args.host {
+        Some(h) => app.bus.subjects().host_vm(h, VmOp::Create),
+        None => app.bus.subjects().vm_create(),
+    };
+    let reply: VmOpReply = app
+        .bus
+        .request(subject, &req, app.timeout)
+        .await
+        .with_context(|| format!("creating VM {}", args.name))?;
+    let vm = reply.vm;
+    if app.json && !args.wait {
+        output::print_json(&serde_json::json!({ "vm": vm, "note": reply.note }))?;
+    } else if !app.json {
+        println!("{}", describe(&vm));
+        if let Some(note) = &reply.note {
+            println!("note: {note}");
+        }
+    }
+    if !args.wait {
+        return Ok(exit::OK);
+    }
+    let health = wait_healthy(app, &vm, args.wait_timeout).await?;
+    if app.json {
+        output::print_json(&serde_json::json!({ "vm": vm, "note": reply.note, "health": health }))?;
+    } else {
+        println!(
+            "{} is healthy: agent {} answered after boot",
+            vm.name, health.agent_version
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The line printed after a create.
+fn describe(vm: &VmInfo) -> String {
+    let mut line = format!(
+        "created {} on {}: {}, {} vCPU, {} memory, {} disk",
+        vm.name,
+        vm.host,
+        vm.state,
+        vm.cpus,
+        format_mib(vm.memory_mib),
+        format_mib(vm.disk_mib)
+    );
+    match &vm.network {
+        Some(n) => line.push_str(&format!(", {} ({}.vm)", n.ip, vm.name)),
+        None if vm.state == VmState::Stopped => {
+            line.push_str(&format!("; start it with `banger vm start {}`", vm.name))
+        }
+        None => {}
+    }
+    line
+}
+
+/// Asks the VM's controller for agent health until it answers or `timeout` passes.
+async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Result<Health> {
+    let subject = app.bus.subjects().host_vm(&vm.host, VmOp::Health);
+    let req = banger_proto::vm::VmRefRequest { id: vm.id.clone() };
+    let end = tokio::time::Instant::now() + timeout;
+    if !app.json {
+        eprintln!(
+            "waiting up to {}s for {}'s guest agent...",
+            timeout.as_secs(),
+            vm.name
+        );
+    }
+    let mut last_error = String::from("no answer yet");
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "{} did not become healthy within {}s (last: {last_error}); see `banger vm \
+                     logs {}`",
+                    vm.name,
+                    timeout.as_secs(),
+                    vm.name
+                ),
+            )
+            .into());
+        }
+        match app
+            .bus
+            .request::<_, HealthReply>(subject.clone(), &req, left.min(HEALTH_ATTEMPT))
+            .await
+        {
+            Ok(h) => {
+                let h = h.into_health();
+                if h.status == "ok" {
+                    return Ok(h);
+                }
+                last_error = format!("agent status {:?}", h.status);
+            }
+            // The VM itself is gone or broken: waiting longer will not help.
+            Err(banger_bus::RequestError::Remote(e))
+                if matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidArgument) =>
+            {
+                return Err(e.into());
+            }
+            // Not running (yet, or any more): only keep waiting while it is on its way up.
+            Err(banger_bus::RequestError::Remote(e)) if e.code == ErrorCode::Conflict => {
+                if let Ok(now) = super::show::get(app, vm, left.min(HEALTH_ATTEMPT)).await
+                    && !matches!(
+                        now.state,
+                        VmState::Creating | VmState::Starting | VmState::Running
+                    )
+                {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "{} is {} and will not become healthy{}",
+                            now.name,
+                            now.state,
+                            now.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        ),
+                    )
+                    .into());
+                }
+                last_error = e.to_string();
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+        tokio::time::sleep(HEALTH_POLL.min(left)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: CreateArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<CreateArgs, clap::Error> {
+        Harness::try_parse_from(std::iter::once("create").chain(argv.iter().copied()))
+            .map(|h| h.args)
+    }
+
+    #[test]
+    fn flags_become_the_create_request() {
+        let req = parse(&[
+            "web",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--disk",
+            "8G",
+            "--image",
+            "void",
+            "--host",
+            "lab2",
+            "-p",
+            "8080:80",
+            "--no-start",
+        ])
+        .unwrap()
+        .request();
+        assert_eq!(req.name.as_str(), "web");
+        assert_eq!(req.cpus.map(CpuCount::get), Some(2));
+        assert_eq!(req.memory_mib.map(MemMib::get), Some(1024));
+        assert_eq!(req.disk_mib.map(MemMib::get), Some(8192));
+        assert_eq!(req.image.as_ref().map(ImageName::as_str), Some("void"));
+        assert_eq!(req.host.as_ref().map(HostId::as_str), Some("lab2"));
+        assert_eq!(req.port_forwards.len(), 1);
+        assert!(!req.start);
+    }
+
+    #[test]
+    fn omitted_settings_stay_omitted_so_the_controller_defaults_apply() {
+        let req = parse(&["web"]).unwrap().request();
+        assert!(req.cpus.is_none() && req.memory_mib.is_none() && req.disk_mib.is_none());
+        assert!(req.start);
+    }
+
+    #[test]
+    fn zero_or_negative_cpus_and_memory_are_usage_errors() {
+        for argv in [
+            &["web", "--cpus", "0"][..],
+            &["web", "--cpus", "-1"],
+            &["web", "--cpus=-1"],
+            &["web", "--memory", "0"],
+            &["web", "--memory", "-1"],
+            &["web", "--memory", "-2G"],
+            &["web", "--disk", "0"],
+        ] {
+            let err = parse(argv).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{argv:?}"
+            );
+            assert!(
+                err.to_string().contains("greater than 0"),
+                "{argv:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_names_and_flag_combinations_are_refused() {
+        assert!(parse(&["Web"]).is_err());
+        assert!(parse(&["web", "--no-start", "--wait"]).is_err());
+        assert!(parse(&["web", "--wait-timeout", "10"]).is_err());
+        assert_eq!(
+            parse(&["web", "--wait", "--wait-timeout", "2m"])
+                .unwrap()
+                .wait_timeout
+                .as_secs(),
+            120
+        );
+    }
+
+    #[test]
+    fn a_cpus_error_reads_clearly() {
+        let err = parse(&["web", "--cpus", "0"]).unwrap_err().to_string();
+        insta::assert_snapshot!(err.lines().next().unwrap_or_default(), @r#"error: invalid value '0' for '--cpus <N>': cpus must be a whole number greater than 0, got "0""#);
+    }
+}

@@ -1,0 +1,101 @@
+//! One `vm.list` snapshot of every host: the VMs, and the hosts whose controller was found
+//! (`$SRV.PING`) but did not answer.
+
+use std::time::Duration;
+
+use banger_proto::service;
+use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
+use banger_proto::{ApiError, ErrorCode};
+
+use super::resolve::{self, Target};
+use crate::App;
+
+/// How long discovery of the controllers waits for `$SRV.PING` answers.
+const DISCOVERY_WINDOW: Duration = Duration::from_millis(300);
+
+/// The longest `vm.list` waits for a found controller: listing is a read of a local table,
+/// so a controller that has not answered by then is stuck or cut off, and the user should
+/// hear about it rather than wait for the full request timeout.
+const LIST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Every VM that the answering controllers reported.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// VMs, sorted by host then name.
+    pub(crate) vms: Vec<VmInfo>,
+    /// Hosts whose controller was discovered but did not answer `vm.list`.
+    pub(crate) unreachable: Vec<String>,
+    /// Answers that could not be read (an error reply or a reply of another shape).
+    pub(crate) bad_replies: Vec<String>,
+}
+
+impl Snapshot {
+    /// Resolves references against this snapshot (see [`resolve::resolve_all`]).
+    pub(crate) fn resolve_all(&self, references: &[String]) -> Vec<Target> {
+        resolve::resolve_all(references, &self.vms, &self.unreachable)
+    }
+
+    /// Resolves one reference; the error carries `not_found` or `ambiguous`.
+    pub(crate) fn resolve_one(&self, reference: &str) -> Result<VmInfo, ApiError> {
+        resolve::resolve_one(reference, &self.vms, &self.unreachable).map_err(|e| e.to_api())
+    }
+}
+
+/// Discovers the controllers and gathers their `vm.list` answers.
+///
+/// Fails with `unavailable` when no controller is running at all.
+pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
+    let controllers = app
+        .bus
+        .ping(Some(service::VM_CONTROLLER), DISCOVERY_WINDOW)
+        .await?;
+    if controllers.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "no vm-controller answered: is the stack running (`banger up`)?",
+        )
+        .into());
+    }
+    let replies = app
+        .bus
+        .gather::<_, ListVmsReply>(
+            app.bus.subjects().vm_list(),
+            &ListVmsRequest::default(),
+            Some(controllers.len()),
+            app.timeout.min(LIST_DEADLINE),
+        )
+        .await?;
+    let mut snap = Snapshot::default();
+    let mut answered = Vec::new();
+    for r in replies {
+        match r {
+            Ok(r) => {
+                answered.push(r.host.to_string());
+                snap.vms.extend(r.vms);
+            }
+            Err(e) => snap.bad_replies.push(e.to_string()),
+        }
+    }
+    let mut unreachable: Vec<String> = controllers
+        .iter()
+        .filter_map(|c| c.host())
+        .filter(|h| !answered.iter().any(|a| a == h))
+        .map(str::to_owned)
+        .collect();
+    unreachable.sort();
+    unreachable.dedup();
+    snap.unreachable = unreachable;
+    snap.vms
+        .sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
+    Ok(snap)
+}
+
+/// Warns on stderr about hosts that did not answer and answers that could not be read.
+pub(crate) fn warn_incomplete(snap: &Snapshot) {
+    for h in &snap.unreachable {
+        eprintln!("warning: host {h} did not answer vm.list; its VMs are not shown");
+    }
+    for e in &snap.bad_replies {
+        eprintln!("warning: unreadable vm.list answer: {e}");
+    }
+}

@@ -1,0 +1,849 @@
+//! `banger vm ...` as a user runs it: the real `banger` binary against a real nats-server, with
+//! scripted vm-controllers on two hosts answering `vm.list` and the per-host operations. The
+//! controllers are test doubles (the real one lives in vm-controller/); everything between the
+//! CLI and them — NATS, the service API discovery, the subjects, the JSON — is real.
+
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use banger_bus::Bus;
+use banger_bus::service::{ServiceHost, ServiceSpec};
+use banger_bus::shutdown::CancellationToken;
+use banger_proto::agent::{ExecResult, Health};
+use banger_proto::subject::VmOp;
+use banger_proto::vm::{
+    CreateVmRequest, ListVmsReply, ListVmsRequest, LogSource, LogsReply, LogsRequest, SetVmRequest,
+    VmExecRequest, VmInfo, VmNetwork, VmOpReply, VmRefRequest, VmState, VmStats,
+};
+use banger_proto::{
+    ApiError, CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName, service,
+};
+use banger_testkit::NatsServer;
+use tokio::sync::watch;
+
+/// Every request the fake controllers received, as `"<op> <vm name> [details]"`.
+type Calls = Arc<watch::Sender<Vec<String>>>;
+
+fn vm(name: &str, id: &str, host: &str, state: VmState) -> VmInfo {
+    VmInfo {
+        id: VmId::new(id).unwrap(),
+        name: VmName::new(name).unwrap(),
+        host: HostId::new(host).unwrap(),
+        state,
+        image: ImageName::new("debian").unwrap(),
+        cpus: CpuCount::new(2).unwrap(),
+        memory_mib: MemMib::new(1024).unwrap(),
+        disk_mib: MemMib::new(4096).unwrap(),
+        network: (state == VmState::Running).then(|| VmNetwork {
+            ip: "172.16.0.2".into(),
+            mac: "06:00:ac:10:00:02".into(),
+            tap: "bgr0123456789ab".into(),
+        }),
+        port_forwards: vec![],
+        reason: None,
+        created_at_ms: banger_bus::now_ms(),
+        updated_at_ms: banger_bus::now_ms(),
+        started_at_ms: None,
+        touched_at_ms: None,
+    }
+}
+
+fn health() -> Health {
+    Health {
+        status: "ok".into(),
+        uptime_secs: 65.0,
+        hostname: "guest".into(),
+        agent_version: "9.9.9".into(),
+        boot_id: "boot".into(),
+        load: [0.0; 3],
+        mem_total_bytes: 1 << 30,
+        mem_available_bytes: 1 << 29,
+        rootfs_total_bytes: 1 << 31,
+        rootfs_free_bytes: 1 << 30,
+    }
+}
+
+/// One host's scripted vm-controller.
+#[derive(Clone)]
+struct Fake {
+    host: HostId,
+    vms: Arc<Mutex<Vec<VmInfo>>>,
+    calls: Calls,
+}
+
+impl Fake {
+    fn record(&self, what: String) {
+        self.calls.send_modify(|c| c.push(what));
+    }
+
+    fn find(&self, id: &VmId) -> Result<VmInfo, ApiError> {
+        self.vms
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| &v.id == id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no VM {id} on {}", self.host)))
+    }
+
+    async fn lifecycle(self, op: VmOp, req: VmRefRequest) -> Result<VmOpReply, ApiError> {
+        let mut vm = self.find(&req.id)?;
+        self.record(format!("{op} {}", vm.name));
+        if op == VmOp::Stop && vm.name.as_str() == "a" {
+            // Answer `a` only once `b`'s stop has arrived: this passes only when the CLI sends
+            // both at once, and it makes `b`'s answer arrive first, so the printed order is the
+            // CLI's doing.
+            let mut rx = self.calls.subscribe();
+            let both = tokio::time::timeout(
+                Duration::from_secs(10),
+                rx.wait_for(|c| c.iter().any(|x| x == "stop b")),
+            )
+            .await;
+            if !matches!(both, Ok(Ok(_))) {
+                return Err(ApiError::internal(
+                    "stop b never arrived while a was being stopped: no fan-out",
+                ));
+            }
+        }
+        if vm.name.as_str() == "stuck" {
+            return Err(ApiError::conflict("stuck is busy"));
+        }
+        vm.state = match op {
+            VmOp::Stop | VmOp::Kill => VmState::Stopped,
+            VmOp::Start | VmOp::Restart => VmState::Running,
+            _ => vm.state,
+        };
+        let note = (op == VmOp::Stop && vm.name.as_str() == "b")
+            .then(|| "the guest ignored CtrlAltDel; it was stopped by force".to_owned());
+        Ok(VmOpReply { vm, note })
+    }
+
+    async fn set(self, req: SetVmRequest) -> Result<VmOpReply, ApiError> {
+        let vm = self.find(&req.id)?;
+        self.record(format!(
+            "set {} cpus={:?} mem={:?} disk={:?}",
+            vm.name,
+            req.cpus.map(CpuCount::get),
+            req.memory_mib.map(MemMib::get),
+            req.disk_mib.map(MemMib::get)
+        ));
+        Ok(VmOpReply { vm, note: None })
+    }
+
+    async fn get(self, req: VmRefRequest) -> Result<VmInfo, ApiError> {
+        let vm = self.find(&req.id)?;
+        self.record(format!("get {}", vm.name));
+        Ok(vm)
+    }
+
+    async fn exec(self, req: VmExecRequest) -> Result<ExecResult, ApiError> {
+        let vm = self.find(&req.id)?;
+        self.record(format!("exec {} {}", vm.name, req.exec.argv.join(" ")));
+        Ok(ExecResult {
+            exit_code: Some(3),
+            signal: None,
+            timed_out: false,
+            stdout: "hello\n".into(),
+            stderr: "oops\n".into(),
+        })
+    }
+
+    async fn health(self, req: VmRefRequest) -> Result<Health, ApiError> {
+        self.record(format!("health {}", req.id.short()));
+        if let Ok(vm) = self.find(&req.id)
+            && vm.state != VmState::Running
+        {
+            return Err(ApiError::conflict(format!("{} is {}", vm.name, vm.state)));
+        }
+        Ok(health())
+    }
+
+    async fn stats(self, req: VmRefRequest) -> Result<VmStats, ApiError> {
+        let vm = self.find(&req.id)?;
+        self.record(format!("stats {}", vm.name));
+        Ok(VmStats {
+            id: vm.id,
+            vmm_rss_bytes: Some(34 * 1024 * 1024),
+            vmm_cpu_ms: Some(1250),
+            guest: Some(health()),
+        })
+    }
+
+    /// A serial log of two boot lines that grows by one line each time it is read from an
+    /// offset (as `-f` does).
+    async fn logs(self, req: LogsRequest) -> Result<LogsReply, ApiError> {
+        let vm = self.find(&req.id)?;
+        self.record(format!(
+            "logs {} {:?} offset={:?}",
+            vm.name, req.source, req.offset
+        ));
+        let head = if req.source == LogSource::Vmm {
+            "firecracker started\n"
+        } else {
+            "boot line 1\nboot line 2\n"
+        };
+        let Some(offset) = req.offset else {
+            return Ok(LogsReply {
+                data: head.into(),
+                next_offset: head.len() as u64,
+            });
+        };
+        let polls = self
+            .calls
+            .borrow()
+            .iter()
+            .filter(|c| c.contains("offset=Some"))
+            .count();
+        let data = format!("tick {polls}\n");
+        Ok(LogsReply {
+            next_offset: offset + data.len() as u64,
+            data,
+        })
+    }
+
+    async fn create(self, req: CreateVmRequest) -> Result<VmOpReply, ApiError> {
+        self.record(format!(
+            "create {} cpus={:?} mem={:?} start={}",
+            req.name,
+            req.cpus.map(CpuCount::get),
+            req.memory_mib.map(MemMib::get),
+            req.start
+        ));
+        let mut vm = vm(
+            req.name.as_str(),
+            "ffff0000000000000000000000000000",
+            self.host.as_str(),
+            if req.start {
+                VmState::Running
+            } else {
+                VmState::Stopped
+            },
+        );
+        if let Some(c) = req.cpus {
+            vm.cpus = c;
+        }
+        let mut stored = vm.clone();
+        if vm.name.as_str() == "broken" {
+            // Created, then its boot fails: the record says why.
+            stored.state = VmState::Failed;
+            stored.reason = Some("simulated boot failure".into());
+        }
+        self.vms.lock().unwrap().push(stored);
+        Ok(VmOpReply { vm, note: None })
+    }
+}
+
+/// A nats-server, fake controllers, and the CLI pointed at them.
+struct Lab {
+    nats: NatsServer,
+    calls: Calls,
+    shutdown: CancellationToken,
+    state: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Starts a nats-server; `None` (after announcing the skip) when it is not installed.
+    fn start(test: &str) -> Option<Self> {
+        if !banger_testkit::have_program("nats-server") {
+            banger_testkit::skip(test, "nats-server is not installed");
+            return None;
+        }
+        Some(Self {
+            nats: NatsServer::start(),
+            calls: Arc::new(watch::channel(Vec::new()).0),
+            shutdown: CancellationToken::new(),
+            state: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// Registers a fake vm-controller for `host` holding `vms`. `answers_list: false` plays a
+    /// controller that is found by discovery but never answers `vm.list`.
+    async fn controller(&self, host: &str, vms: Vec<VmInfo>, answers_list: bool) {
+        let bus = Bus::new(
+            async_nats::connect(self.nats.url()).await.unwrap(),
+            Subjects::default(),
+        );
+        let h = HostId::new(host).unwrap();
+        let fake = Fake {
+            host: h.clone(),
+            vms: Arc::new(Mutex::new(vms)),
+            calls: self.calls.clone(),
+        };
+        let s = bus.subjects().clone();
+        let spec = ServiceSpec::new(service::VM_CONTROLLER, "scripted test controller", &h);
+        let mut svc = ServiceHost::start(&bus, spec).await.unwrap();
+        if answers_list {
+            let f = fake.clone();
+            svc.broadcast_endpoint("vm.list", s.vm_list(), move |_: ListVmsRequest| {
+                let f = f.clone();
+                async move {
+                    f.record("list".into());
+                    Ok(ListVmsReply {
+                        host: f.host.clone(),
+                        vms: f.vms.lock().unwrap().clone(),
+                    })
+                }
+            })
+            .await
+            .unwrap();
+        }
+        for op in [
+            VmOp::Start,
+            VmOp::Stop,
+            VmOp::Restart,
+            VmOp::Kill,
+            VmOp::Delete,
+        ] {
+            let f = fake.clone();
+            svc.endpoint(op.as_str(), s.host_vm(&h, op), move |req: VmRefRequest| {
+                f.clone().lifecycle(op, req)
+            })
+            .await
+            .unwrap();
+        }
+        let f = fake.clone();
+        svc.endpoint("set", s.host_vm(&h, VmOp::Set), move |r| f.clone().set(r))
+            .await
+            .unwrap();
+        let f = fake.clone();
+        svc.endpoint("get", s.host_vm(&h, VmOp::Get), move |r| f.clone().get(r))
+            .await
+            .unwrap();
+        let f = fake.clone();
+        svc.endpoint("exec", s.host_vm(&h, VmOp::Exec), move |r| {
+            f.clone().exec(r)
+        })
+        .await
+        .unwrap();
+        let f = fake.clone();
+        svc.endpoint("health", s.host_vm(&h, VmOp::Health), move |r| {
+            f.clone().health(r)
+        })
+        .await
+        .unwrap();
+        let f = fake.clone();
+        svc.endpoint("stats", s.host_vm(&h, VmOp::Stats), move |r| {
+            f.clone().stats(r)
+        })
+        .await
+        .unwrap();
+        let f = fake.clone();
+        svc.endpoint("logs", s.host_vm(&h, VmOp::Logs), move |r| {
+            f.clone().logs(r)
+        })
+        .await
+        .unwrap();
+        let f = fake.clone();
+        svc.endpoint("create", s.vm_create(), move |r| f.clone().create(r))
+            .await
+            .unwrap();
+        bus.client().flush().await.unwrap();
+        tokio::spawn(svc.run(self.shutdown.clone()));
+    }
+
+    /// Runs `banger ARGS` to completion.
+    async fn banger(&self, args: &[&str]) -> Output {
+        self.banger_with(args, |_| {}).await
+    }
+
+    async fn banger_with(
+        &self,
+        args: &[&str],
+        tweak: impl FnOnce(&mut tokio::process::Command),
+    ) -> Output {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"));
+        cmd.args(["--nats-url", &self.nats.url(), "--timeout", "3"])
+            .args(args)
+            .env("BANGER_STATE_DIR", self.state.path())
+            .env("NO_COLOR", "1")
+            .env_remove("BANGER_CONFIG")
+            .env_remove("BANGER_PREFIX")
+            .kill_on_drop(true);
+        tweak(&mut cmd);
+        tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("banger did not finish within 60s")
+            .unwrap()
+    }
+
+    /// The recorded calls except the `vm.list` answers.
+    fn ops(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .calls
+            .borrow()
+            .iter()
+            .filter(|c| *c != "list")
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn lists(&self) -> usize {
+        self.calls.borrow().iter().filter(|c| *c == "list").count()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const A: &str = "a0000000000000000000000000000001";
+const B: &str = "b0000000000000000000000000000002";
+
+async fn two_hosts(lab: &Lab) {
+    lab.controller("h1", vec![vm("a", A, "h1", VmState::Running)], true)
+        .await;
+    lab.controller("h2", vec![vm("b", B, "h2", VmState::Running)], true)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_a_a_b_missing_stops_each_vm_once_in_typed_order_and_reports_missing() {
+    let Some(lab) = Lab::start("stop_a_a_b_missing") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "stop", "a", "a", "b", "missing"]).await;
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "partial failure: {stdout}{stderr}"
+    );
+    // One stop per VM, each on its own host's subject, sent at once (the fake answers a only
+    // after b's request arrived).
+    assert_eq!(lab.ops(), ["stop a", "stop b"]);
+    // One vm.list snapshot from each host, not one per ref.
+    assert_eq!(lab.lists(), 2);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["a", "stopped"]
+    );
+    assert!(lines[1].starts_with("b "), "{stdout}");
+    assert!(
+        lines[1].contains("stopped; the guest ignored CtrlAltDel"),
+        "the controller's note is shown: {stdout}"
+    );
+    assert!(lines[2].starts_with("missing "), "{stdout}");
+    assert!(
+        lines[2].contains(r#"failed: no VM is named "missing""#),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of 3 targets failed"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_prefix_lists_the_candidates_and_the_other_refs_still_run() {
+    let Some(lab) = Lab::start("ambiguous_prefix") else {
+        return;
+    };
+    lab.controller(
+        "h1",
+        vec![vm(
+            "x1",
+            "abcd1000000000000000000000000000",
+            "h1",
+            VmState::Running,
+        )],
+        true,
+    )
+    .await;
+    lab.controller(
+        "h2",
+        vec![
+            vm(
+                "x2",
+                "abcd2000000000000000000000000000",
+                "h2",
+                VmState::Running,
+            ),
+            vm("b", B, "h2", VmState::Running),
+        ],
+        true,
+    )
+    .await;
+    let out = lab.banger(&["vm", "kill", "abcd", "b"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    assert_eq!(lab.ops(), ["kill b"]);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        r#"abcd  failed: "abcd" matches 2 VMs: x1 (abcd10000000) on h1, x2 (abcd20000000) on h2; use the name or more of the id (ambiguous)"#
+    );
+    assert_eq!(lines[1], "b     killed");
+
+    // Alone, the ambiguous ref sends nothing and fails (1: not a not-found).
+    let out = lab.banger(&["vm", "kill", "abcd"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(lab.ops(), ["kill b"]);
+    // A unique prefix works.
+    let out = lab.banger(&["vm", "kill", "abcd2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(lab.ops(), ["kill b", "kill x2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_that_all_miss_exit_4_and_a_refused_operation_exits_1() {
+    let Some(lab) = Lab::start("all_missing") else {
+        return;
+    };
+    lab.controller("h1", vec![vm("stuck", A, "h1", VmState::Running)], true)
+        .await;
+    let out = lab.banger(&["vm", "start", "nope", "nada"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    let out = lab.banger(&["vm", "stop", "stuck"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("failed: stuck is busy (conflict)"));
+    assert_eq!(lab.ops(), ["stop stuck"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_or_negative_cpus_or_memory_are_refused_before_anything_is_sent() {
+    let Some(lab) = Lab::start("non_positive_settings") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    for (args, says) in [
+        (
+            &["vm", "create", "web", "--cpus", "0"][..],
+            "cpus must be a whole number greater than 0",
+        ),
+        (
+            &["vm", "create", "web", "--cpus", "-1"],
+            "cpus must be a whole number greater than 0",
+        ),
+        (
+            &["vm", "create", "web", "--memory", "0"],
+            "memory must be greater than 0",
+        ),
+        (
+            &["vm", "create", "web", "--memory", "-1"],
+            "memory must be greater than 0",
+        ),
+        (
+            &["vm", "create", "web", "--memory=-512M"],
+            "memory must be greater than 0",
+        ),
+        (
+            &["vm", "set", "a", "--cpus", "0"],
+            "cpus must be a whole number greater than 0",
+        ),
+        (
+            &["vm", "set", "a", "b", "--memory", "-1"],
+            "memory must be greater than 0",
+        ),
+        (&["vm", "set", "a"], "required arguments were not provided"),
+    ] {
+        let out = lab.banger(args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // Nothing reached a controller, not even a listing.
+    assert_eq!(lab.ops(), Vec::<String>::new());
+    assert_eq!(lab.lists(), 0);
+
+    // The same path with valid values does reach one, so the silence above is meaningful.
+    let out = lab
+        .banger(&[
+            "vm",
+            "create",
+            "web",
+            "--cpus",
+            "2",
+            "--memory",
+            "1G",
+            "--no-start",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        lab.ops(),
+        ["create web cpus=Some(2) mem=Some(1024) start=false"]
+    );
+    assert!(
+        text(&out.stdout).contains("start it with `banger vm start web`"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_sends_the_new_settings_to_every_vm_once() {
+    let Some(lab) = Lab::start("set_batch") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab
+        .banger(&["vm", "set", "b", "a", "b", "--cpus", "4", "--memory", "2G"])
+        .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        lab.ops(),
+        [
+            "set a cpus=Some(4) mem=Some(2048) disk=None",
+            "set b cpus=Some(4) mem=Some(2048) disk=None"
+        ]
+    );
+    assert_eq!(
+        stdout,
+        "b  set cpus 4, memory 2G\n\
+         a  set cpus 4, memory 2G\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_names_the_hosts_that_did_not_answer() {
+    let Some(lab) = Lab::start("list_unreachable") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    // h3's controller is discoverable but never answers vm.list.
+    lab.controller("h3", vec![vm("c", A, "h3", VmState::Running)], false)
+        .await;
+    let out = lab.banger(&["vm", "list"]).await;
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["NAME", "HOST", "STATE", "IP", "CPUS", "MEM", "AGE"]
+    );
+    assert_eq!(
+        lines[1][..6],
+        ["a", "h1", "running", "172.16.0.2", "2", "1G"]
+    );
+    assert_eq!(
+        lines[2][..6],
+        ["b", "h2", "running", "172.16.0.2", "2", "1G"]
+    );
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(stderr.contains("host h3 did not answer"), "{stderr}");
+
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["unreachable_hosts"], serde_json::json!(["h3"]));
+    assert_eq!(json["vms"].as_array().map(Vec::len), Some(2));
+
+    // A ref that is nowhere says the VM may be on the silent host.
+    let out = lab.banger(&["vm", "show", "c"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stderr).contains("host h3 did not answer; the VM may be there"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_exits_with_the_guest_commands_status_and_passes_its_output() {
+    let Some(lab) = Lab::start("exec_status") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab
+        .banger(&["vm", "exec", "b", "--", "sh", "-c", "echo hello; exit 3"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\n");
+    assert!(text(&out.stderr).contains("oops"));
+    assert_eq!(lab.ops(), ["exec b sh -c echo hello; exit 3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_uses_the_bundle_key_and_reminds_that_the_vm_still_runs() {
+    let Some(lab) = Lab::start("ssh_reminder") else {
+        return;
+    };
+    lab.controller(
+        "h1",
+        vec![
+            vm("web", A, "h1", VmState::Running),
+            vm("idle", B, "h1", VmState::Stopped),
+        ],
+        true,
+    )
+    .await;
+    // A stand-in `ssh` first on PATH that records its arguments and exits 7.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("ssh.args");
+    write_script(
+        &bin.path().join("ssh"),
+        &format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexit 7\n",
+            log.display()
+        ),
+    );
+    let key = lab.state.path().join("ssh/id_ed25519");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, "not a real key").unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    let out = lab
+        .banger_with(&["vm", "ssh", "web", "--", "uptime"], |c| {
+            c.env("PATH", &path);
+        })
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "ssh's status is ours: {stderr}");
+    let args = std::fs::read_to_string(&log).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    let key_at = args.iter().position(|a| *a == "-i").unwrap();
+    assert_eq!(args[key_at + 1], key.display().to_string());
+    assert_eq!(args[args.len() - 2..], ["root@172.16.0.2", "uptime"]);
+    assert!(
+        stderr.contains("web is still running; stop it with `banger vm stop web`"),
+        "{stderr}"
+    );
+    assert_eq!(lab.ops(), ["get web"]);
+
+    // A stopped VM: a clear error, and ssh never runs.
+    std::fs::remove_file(&log).unwrap();
+    let out = lab
+        .banger_with(&["vm", "ssh", "idle"], |c| {
+            c.env("PATH", &path);
+        })
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("idle is stopped, not running: start it with `banger vm start idle`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!log.exists());
+}
+
+fn write_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_wait_health_and_stats_ask_the_vms_own_controller() {
+    let Some(lab) = Lab::start("create_wait_health_stats") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab
+        .banger(&["vm", "create", "web", "--wait", "--wait-timeout", "20"])
+        .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("created web on h"), "{stdout}");
+    assert!(stdout.contains("web is healthy: agent 9.9.9"), "{stdout}");
+    assert_eq!(
+        lab.ops(),
+        [
+            "create web cpus=None mem=None start=true",
+            "health ffff00000000"
+        ]
+    );
+
+    let out = lab.banger(&["vm", "health", "b"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).starts_with("b: healthy (agent 9.9.9"));
+    let out = lab.banger(&["vm", "stats", "a", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let stats: VmStats = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats.vmm_rss_bytes, Some(34 * 1024 * 1024));
+    assert!(lab.ops().contains(&"stats a".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_print_the_tail_and_follow_until_interrupted() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let Some(lab) = Lab::start("logs_follow") else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "logs", "a"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "boot line 1\nboot line 2\n");
+    let out = lab.banger(&["vm", "logs", "a", "--vmm"]).await;
+    assert_eq!(text(&out.stdout), "firecracker started\n");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(["--nats-url", &lab.nats.url(), "vm", "logs", "-f", "b"])
+        .env("BANGER_STATE_DIR", lab.state.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            seen.push(l);
+            if seen.len() == 4 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("four lines of followed output");
+    assert_eq!(seen, ["boot line 1", "boot line 2", "tick 1", "tick 2"]);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("banger vm logs -f exits on Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_wait_gives_up_at_once_when_the_vm_failed() {
+    let Some(lab) = Lab::start("create_wait_failed") else {
+        return;
+    };
+    lab.controller("h1", vec![], true).await;
+    let out = lab
+        .banger(&["vm", "create", "broken", "--wait", "--wait-timeout", "60"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("broken is failed and will not become healthy: simulated boot failure"),
+        "{stderr}"
+    );
+    // One health attempt, one look at the record, no more polling.
+    assert_eq!(
+        lab.ops(),
+        [
+            "create broken cpus=None mem=None start=true",
+            "get broken",
+            "health ffff00000000"
+        ]
+    );
+}
