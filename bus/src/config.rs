@@ -2,9 +2,11 @@
 //!
 //! Each value comes from, in order of precedence: a command-line flag, an environment variable
 //! (`BANGER_*`), the TOML config file, and finally the built-in default. The config file is
-//! `--config` when given, else `/etc/banger/banger.toml` when it exists, else the stack file
-//! that `banger up` writes (`<state_dir>/stack.toml`, readable by root only: it holds the local
-//! bus credentials) when it exists. The file has top-level keys for what every service
+//! `--config` when given; for the `banger` CLI only, then the user's own file,
+//! `$XDG_CONFIG_HOME/banger/config.toml` (default `~/.config/banger/config.toml`: a NATS
+//! context like `nats context`, URLs and credentials of a lab); then `/etc/banger/banger.toml`
+//! when it exists, else the stack file that `banger up` writes (`<state_dir>/stack.toml`,
+//! readable by root only: it holds the local bus credentials) when it exists. The file has top-level keys for what every service
 //! shares and one table per service:
 //!
 //! ```toml
@@ -36,6 +38,23 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/banger/banger.toml";
 /// The file `banger up` writes under the state dir: the local stack's bus credentials, VMM
 /// choice and which processes it manages.
 pub const STACK_FILE: &str = "stack.toml";
+
+/// The process name the `banger` CLI resolves its config as; only it reads the user's file.
+pub const CLI_PROCESS: &str = "banger-cli";
+
+/// The CLI user's config file: `$XDG_CONFIG_HOME/banger/config.toml`, else
+/// `$HOME/.config/banger/config.toml`.
+pub fn user_config_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".config"))
+        })?;
+    Some(base.join("banger").join("config.toml"))
+}
 
 /// Default NATS URL: a local nats-server on its standard port.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -249,6 +268,9 @@ impl CommonConfig {
             .join(STACK_FILE);
         let file_path = match &args.config {
             Some(p) => Some(p.clone()),
+            None if name == CLI_PROCESS && user_config_file().is_some_and(|p| p.exists()) => {
+                user_config_file()
+            }
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => Some(DEFAULT_CONFIG_FILE.into()),
             None if stack_file.exists() => Some(stack_file),
             None => None,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use banger_bus::Bus;
 use banger_bus::config::{CommonArgs, CommonConfig};
+use tracing::Instrument;
 
 /// banger runs Firecracker microVMs: one per project, test run or lab exercise, each with a
 /// name (`web.vm`), a network, a persistent home disk and a guest agent.
@@ -92,8 +93,27 @@ fn announce_simulator(config: &CommonConfig) {
     }
 }
 
-/// Runs the CLI and returns its exit code.
-pub fn main(cli: Cli) -> ExitCode {
+/// Parses the command line (exiting with usage on error) and names the command run, e.g.
+/// `banger vm create`: the name of the command's trace.
+pub fn parse() -> (Cli, String) {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut name = String::from("banger");
+    let mut m = &matches;
+    while let Some((sub, sub_m)) = m.subcommand() {
+        name.push(' ');
+        name.push_str(sub);
+        m = sub_m;
+    }
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, name),
+        Err(e) => e.exit(),
+    }
+}
+
+/// Runs the CLI and returns its exit code. `command` names the root span of the command's
+/// trace (see [`parse`]).
+pub fn main(cli: Cli, command: &str) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,21 +127,20 @@ pub fn main(cli: Cli) -> ExitCode {
     let _telemetry = rt.block_on(async {
         banger_bus::telemetry::init_with_default_level("banger", cli.common.log_format, "warn")
     });
-    let code = rt.block_on(async {
-        let span = tracing::info_span!(
-            "banger",
-            otel.kind = "client",
-            trace_id = tracing::field::Empty
-        );
-        let _enter = span.enter();
-        match run(cli).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {}", banger_bus::runtime::chain(e.as_ref()));
-                exit::code_of(&e)
+    // One trace per command: every request the command makes is a child of this span.
+    let span = tracing::info_span!("banger", otel.name = %command, otel.kind = "client");
+    let code = rt.block_on(
+        async {
+            match run(cli).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {}", banger_bus::runtime::chain(e.as_ref()));
+                    exit::code_of(&e)
+                }
             }
         }
-    });
+        .instrument(span),
+    );
     ExitCode::from(code)
 }
 
@@ -132,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         commands::Command::Man(a) => return commands::completions::man(a),
         _ => {}
     }
-    let config = CommonConfig::resolve(&cli.common, "banger-cli")?;
+    let config = CommonConfig::resolve(&cli.common, banger_bus::config::CLI_PROCESS)?;
     announce_simulator(&config);
     match cli.command {
         commands::Command::Up(args) => return commands::up::run(&config, args).await,

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    banger_cli::main(banger_cli::Cli::parse())
+    let (cli, command) = banger_cli::parse();
+    banger_cli::main(cli, &command)
 }

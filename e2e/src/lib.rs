@@ -1,2 +1,256 @@
-//! banger's cross-service tests live in `tests/`; they run the real binaries (build them first
-//! with `cargo build --workspace --bins`) against a real nats-server started per test.
+//! Fixtures for the end-to-end tests: a whole banger stack (`banger up --vmm sim`) inside a
+//! private network namespace, driven through the real `banger` binary as a user would.
+//!
+//! Each [`Stack`] has its own namespace, state and runtime directories, NATS port, bridge
+//! and subnet, so stacks of parallel tests never meet, and the host's network is never
+//! touched. Dropping a stack runs `banger down` and removes its files, even after a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use banger_proto::event::{EventKind, VmEvent};
+use banger_proto::vm::{VmInfo, VmState};
+use banger_proto::{CpuCount, HostId, ImageName, MemMib, VmId, VmName};
+use banger_testkit::netns::NetNs;
+use banger_testkit::{bin_path, free_port};
+
+/// Distinct third octets for the VM subnets of stacks in one test process.
+static NEXT_SUBNET: AtomicU8 = AtomicU8::new(0);
+
+/// A banger stack in a private network namespace.
+pub struct Stack {
+    /// The namespace every process of the stack runs in.
+    pub ns: NetNs,
+    /// Root of the stack's files (`state/`, `run/`).
+    pub dir: PathBuf,
+    /// Port of the stack's nats-server (inside the namespace).
+    pub port: u16,
+    /// Host id of the stack.
+    pub host: String,
+    env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// A new, not yet started, stack. `tag` (a few letters) names the namespace.
+    ///
+    /// # Panics
+    /// When the namespace or the directories cannot be created.
+    #[allow(
+        clippy::unwrap_used,
+        reason = "a fixture that cannot be built fails the test"
+    )]
+    pub fn new(tag: &str) -> Self {
+        let ns = NetNs::create(tag);
+        // Loopback carries the bus and DNS inside the namespace.
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        let dir = std::env::temp_dir().join(format!("banger-e2e-{}", ns.name()));
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let octet = 100 + NEXT_SUBNET.fetch_add(1, Ordering::Relaxed) % 100;
+        // A bridge and subnet of its own: the namespace is private, but a unique name keeps
+        // the kernel's view readable when a test fails.
+        let config = format!(
+            "[netd]\nbridge = \"bgt{octet}\"\nsubnet = \"10.{octet}.0.0/24\"\n\n\
+             [dnsd]\nlisten = [\"127.0.0.1:42069\"]\n"
+        );
+        std::fs::write(dir.join("banger.toml"), config).unwrap();
+        Self {
+            ns,
+            dir,
+            port: free_port(),
+            host: format!("e2e{octet}"),
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable for every command run after this (and so for the
+    /// services `banger up` starts).
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// A `banger` command with the stack's global flags, ready for arguments.
+    ///
+    /// # Panics
+    /// When the binary path is not UTF-8.
+    #[allow(clippy::unwrap_used, reason = "test fixture")]
+    pub fn command(&self) -> Command {
+        let mut cmd = self.ns.command(bin_path("banger").to_str().unwrap());
+        cmd.arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--runtime-dir")
+            .arg(self.dir.join("run"))
+            .args(["--nats-url", &format!("nats://127.0.0.1:{}", self.port)])
+            .args(["--host-id", &self.host])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `banger ARGS` and returns what it did.
+    ///
+    /// # Panics
+    /// When the binary cannot be run at all.
+    #[allow(clippy::unwrap_used, reason = "test fixture")]
+    pub fn banger(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs `banger ARGS`, asserts it succeeded and returns its stdout.
+    ///
+    /// # Panics
+    /// When the command fails (the panic shows its output).
+    pub fn banger_ok(&self, args: &[&str]) -> String {
+        let out = self.banger(args);
+        assert!(
+            out.status.success(),
+            "banger {} failed ({:?}):\n{}",
+            args.join(" "),
+            out.status,
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `banger up --vmm sim` with the stack's config (own bridge, subnet, DNS listener),
+    /// asserting it worked. `up` carries that config into the stack file every later command
+    /// and service reads.
+    ///
+    /// # Panics
+    /// When `up` fails.
+    pub fn up(&self) {
+        let config = self.dir.join("banger.toml");
+        let config = config.to_string_lossy();
+        self.banger_ok(&["--config", &config, "up", "--vmm", "sim"]);
+    }
+
+    /// Registers image `name`: a stand-in kernel file (the simulator boots no kernel, but stord
+    /// and Firecracker's API both require a readable file) and a small real ext4 root
+    /// filesystem, made under the stack's directory.
+    ///
+    /// # Panics
+    /// When the files cannot be made or `banger image register` fails.
+    #[allow(clippy::unwrap_used, reason = "test fixture")]
+    pub fn register_image(&self, name: &str) {
+        let dir = self.dir.join("image").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, b"banger e2e: simulator stand-in for a kernel\n").unwrap();
+        let rootfs = dir.join("rootfs.ext4");
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&rootfs)
+            .arg("32M")
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "mkfs.ext4 failed: {}", text(&made));
+        self.banger_ok(&[
+            "image",
+            "register",
+            name,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+        ]);
+    }
+
+    /// Pid of one of the stack's processes (`stord`, `netd`, `vm-controller`, `dnsd`,
+    /// `nats-server`), from its pid file.
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join(format!("run/stack/{name}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Pids of the stack's processes, from their pid files.
+    pub fn pids(&self) -> Vec<i32> {
+        let dir = self.dir.join("run/stack");
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                    .filter_map(|s| s.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Stop whatever a failed test left running, then remove the files.
+        let _ = self.banger(&["down"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A lifecycle event of a VM `name` (id `id`, 32 hex digits) on host `h1`, as a controller
+/// publishes it.
+///
+/// # Panics
+/// When `name` or `id` are not valid.
+#[allow(clippy::unwrap_used, reason = "test fixture")]
+pub fn sample_event(name: &str, id: &str, kind: EventKind, seq: u64) -> VmEvent {
+    VmEvent {
+        kind,
+        at_ms: banger_bus::now_ms(),
+        seq,
+        vm: VmInfo {
+            id: VmId::new(id).unwrap(),
+            name: VmName::new(name).unwrap(),
+            host: HostId::new("h1").unwrap(),
+            state: VmState::Running,
+            image: ImageName::new("debian").unwrap(),
+            cpus: CpuCount::new(1).unwrap(),
+            memory_mib: MemMib::new(256).unwrap(),
+            disk_mib: MemMib::new(512).unwrap(),
+            network: None,
+            port_forwards: vec![],
+            reason: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            started_at_ms: None,
+            touched_at_ms: None,
+        },
+    }
+}
+
+/// stdout and stderr of a command, for failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether `pid` runs (a zombie has exited and does not count).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Permission bits of `p`.
+///
+/// # Panics
+/// When `p` does not exist.
+#[allow(clippy::unwrap_used, reason = "test fixture")]
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}

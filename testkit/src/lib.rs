@@ -9,6 +9,7 @@
 //! - [`netns::NetNs`]: a private network namespace, deleted on drop.
 
 pub mod netns;
+pub mod otlp;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -201,7 +202,6 @@ pub fn http_get_ok(addr: &str, path: &str) -> bool {
 
 /// A real `nats-server` on a free loopback port, with JetStream and its own store dir.
 pub struct NatsServer {
-    netns: Option<String>,
     port: u16,
     monitor_port: u16,
     dir: tempfile::TempDir,
@@ -216,24 +216,17 @@ impl NatsServer {
     }
 
     /// Starts a server with extra command-line arguments (auth, cluster, ...).
+    ///
+    /// For a server inside a network namespace, start it from there:
+    /// `ns.run(NatsServer::start)` — the process and the readiness probe both run in the
+    /// namespace, and clients connect from inside it ([`netns::NetNs::block_on`]).
     pub fn start_with_args(extra: &[&str]) -> Self {
-        Self::start_inner(None, extra)
-    }
-
-    /// Starts a server inside network namespace `ns`, listening on that namespace's loopback.
-    /// Clients must connect from inside the namespace ([`netns::NetNs::block_on`]).
-    pub fn start_in(ns: &netns::NetNs) -> Self {
-        Self::start_inner(Some(ns.name().to_owned()), &[])
-    }
-
-    fn start_inner(netns: Option<String>, extra: &[&str]) -> Self {
         assert!(
             have_program("nats-server"),
             "nats-server is not installed: run ./scripts/setup (apt-get install nats-server)"
         );
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
         let mut s = Self {
-            netns,
             port: free_port(),
             monitor_port: free_port(),
             dir,
@@ -246,14 +239,7 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let (port, monitor) = (self.port.to_string(), self.monitor_port.to_string());
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "nats-server"]);
-                c
-            }
-            None => Command::new("nats-server"),
-        };
+        let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd"])
             .arg(self.dir.path())
             .args(&self.extra_args)
