@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod down;
 pub mod events;
 pub mod image;
+pub mod ping;
 pub mod status;
 pub mod up;
 pub mod vm;
@@ -34,6 +35,8 @@ pub enum Command {
     /// Register and inspect the images VMs boot from
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Check that a service answers on the bus (exit 0) or not (exit 4), for health checks
+    Ping(ping::PingArgs),
 }
 
 /// Runs `cmd` and returns the exit code.
@@ -43,6 +46,7 @@ pub async fn dispatch(app: &App, cmd: Command) -> anyhow::Result<u8> {
         Command::Vm(c) => vm::run(app, c).await,
         Command::Image(c) => image::run(app, c).await,
         Command::Events(a) => events::run(app, a).await,
+        Command::Ping(a) => ping::run(app, a).await,
         // Handled before connecting (see `crate::run`): they manage the bus itself.
         Command::Up(_)
         | Command::Down(_)

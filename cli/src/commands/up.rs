@@ -52,21 +52,38 @@ pub async fn run(config: &CommonConfig, args: UpArgs) -> anyhow::Result<u8> {
         .copied()
         .filter(|s| stack::running_pid(&paths, s, &format!("banger-{s}")).is_some())
         .collect();
-    if running.len() == SERVICES.len() {
+    // The nats-server an earlier `up` started is part of the stack too.
+    let nats_missing = previous_stack(config, &paths).nats_managed
+        && stack::running_pid(&paths, NATS, NATS).is_none();
+    if running.len() == SERVICES.len() && !nats_missing {
         println!(
             "banger is already up (stack file {})",
             paths.stack_file().display()
         );
         return Ok(exit::OK);
     }
+    // A partly running stack (a service crashed or was killed) is repaired: the missing
+    // services start again with the stack file the others run with, and the hypervisor
+    // choice stays what it was unless --vmm says otherwise.
+    let previous_vmm = config
+        .file_table()
+        .get("stack")
+        .and_then(|t| t.get("vmm"))
+        .and_then(toml::Value::as_str)
+        .filter(|_| !running.is_empty())
+        .map(str::to_owned);
     if !running.is_empty() {
-        bail!(
-            "part of the stack is already running ({}): run `banger down` first",
+        println!(
+            "part of the stack is running ({}); starting the rest",
             running.join(", ")
         );
     }
 
     let vmm = match (args.vmm, stack::real_firecracker_usable()) {
+        (VmmChoice::Auto, _) if previous_vmm.as_deref() == Some("sim") => "sim",
+        (VmmChoice::Auto, Ok(())) if previous_vmm.as_deref() == Some("firecracker") => {
+            "firecracker"
+        }
         (VmmChoice::Firecracker, Err(why)) => bail!("cannot use real Firecracker: {why}"),
         (VmmChoice::Firecracker | VmmChoice::Auto, Ok(())) => "firecracker",
         (VmmChoice::Auto, Err(why)) => {
@@ -77,7 +94,7 @@ pub async fn run(config: &CommonConfig, args: UpArgs) -> anyhow::Result<u8> {
     };
 
     let mut started: Vec<(&str, String)> = Vec::new();
-    let result = bring_up(config, &paths, vmm, &args, &mut started).await;
+    let result = bring_up(config, &paths, vmm, &args, &running, &mut started).await;
     if let Err(e) = result {
         // Leave the machine as we found it: stop what this run started, newest first.
         for (name, program) in started.iter().rev() {
@@ -96,6 +113,7 @@ async fn bring_up(
     paths: &StackPaths,
     vmm: &str,
     args: &UpArgs,
+    running: &[&str],
     started: &mut Vec<(&'static str, String)>,
 ) -> anyhow::Result<()> {
     let previous = previous_stack(config, paths);
@@ -126,7 +144,7 @@ async fn bring_up(
     if let Err(e) = banger_bus::history::ensure_event_stream(&bus).await {
         eprintln!("warning: event history unavailable: {e}");
     }
-    for svc in SERVICES {
+    for svc in SERVICES.iter().filter(|s| !running.contains(s)) {
         let program = format!("banger-{svc}");
         let bin = stack::sibling_binary(&program);
         let args = vec!["--config".to_owned(), stack_file.display().to_string()];
