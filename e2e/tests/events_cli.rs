@@ -13,33 +13,11 @@ use std::time::Duration;
 
 use banger_bus::Bus;
 use banger_proto::event::{EventKind, VmEvent};
-use banger_proto::vm::{VmInfo, VmState};
-use banger_proto::{CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName};
+use banger_proto::{HostId, Subjects};
 use banger_testkit::{NatsServer, bin_path};
 
 fn event(name: &str, id: &str, kind: EventKind, seq: u64) -> VmEvent {
-    VmEvent {
-        kind,
-        at_ms: banger_bus::now_ms(),
-        seq,
-        vm: VmInfo {
-            id: VmId::new(id).unwrap(),
-            name: VmName::new(name).unwrap(),
-            host: HostId::new("h1").unwrap(),
-            state: VmState::Running,
-            image: ImageName::new("debian").unwrap(),
-            cpus: CpuCount::new(1).unwrap(),
-            memory_mib: MemMib::new(256).unwrap(),
-            disk_mib: MemMib::new(512).unwrap(),
-            network: None,
-            port_forwards: vec![],
-            reason: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            started_at_ms: None,
-            touched_at_ms: None,
-        },
-    }
+    banger_e2e::sample_event(name, id, kind, seq)
 }
 
 const WEB: &str = "0000000000000000000000000000000a";
@@ -164,4 +142,38 @@ async fn events_since_without_history_says_why() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("event history is not available"), "{err}");
+}
+
+#[test]
+fn events_show_a_vm_created_meanwhile_on_a_real_stack() {
+    if !banger_testkit::require_root("events_show_a_vm_created_meanwhile_on_a_real_stack") {
+        return;
+    }
+    let stack = banger_e2e::Stack::new("ev");
+    stack.up();
+    stack.register_image("demo");
+
+    let mut watcher = stack
+        .command()
+        .args(["--json", "events", "--vm", "web", "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(watcher.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("watching") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "events exited early");
+    }
+    stack.banger_ok(&["vm", "create", "web", "--image", "demo"]);
+    let printed = events_printed(watcher);
+    let kinds: Vec<EventKind> = printed.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Created, EventKind::Starting, EventKind::Started]
+    );
+    assert!(printed.iter().all(|e| e.vm.name.as_str() == "web"));
+    assert!(printed.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(printed[2].vm.network.is_some(), "started carries the lease");
 }

@@ -8,100 +8,22 @@
     reason = "an integration test file is a test crate of its own; a panic is a failed test"
 )]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
-use banger_testkit::netns::NetNs;
-use banger_testkit::{bin_path, free_port, require_root};
-
-struct Stack {
-    ns: NetNs,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Stack {
-    fn new() -> Self {
-        let ns = NetNs::create("up");
-        let dir = std::env::temp_dir().join(format!("banger-up-{}", ns.name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self {
-            ns,
-            dir,
-            port: free_port(),
-        }
-    }
-
-    fn banger(&self, args: &[&str]) -> Output {
-        let mut cmd = self.ns.command(bin_path("banger").to_str().unwrap());
-        cmd.arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--runtime-dir")
-            .arg(self.dir.join("run"))
-            .args(["--nats-url", &format!("nats://127.0.0.1:{}", self.port)])
-            .args(["--host-id", "uphost"])
-            .args(args)
-            .env("NO_COLOR", "1");
-        cmd.output().unwrap()
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        let dir = self.dir.join("run/stack");
-        std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                    .filter_map(|s| s.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // Stop whatever a failed test left running, then remove the files.
-        let _ = self.banger(&["down"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie has exited; only a running process counts.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
+use banger_e2e::{Stack, alive, mode, text};
+use banger_testkit::require_root;
 
 #[test]
 fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
     if !require_root("up_starts_every_service_on_a_private_bus_and_down_leaves_no_process") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::new("up");
 
     let up = stack.banger(&["up", "--vmm", "sim"]);
     assert!(up.status.success(), "banger up failed:\n{}", text(&up));
     assert!(
-        text(&up).contains("banger is up on host uphost"),
+        text(&up).contains(&format!("banger is up on host {}", stack.host)),
         "{}",
         text(&up)
     );
@@ -129,7 +51,7 @@ fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["host"] == "uphost")
+        .filter(|s| s["host"] == stack.host.as_str())
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     names.sort_unstable();
