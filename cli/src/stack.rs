@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -144,6 +145,29 @@ pub fn running_pid(paths: &StackPaths, name: &str, program: &str) -> Option<Pid>
         })
         .unwrap_or(true);
     (argv0.ends_with(program) && !zombie).then_some(pid)
+}
+
+/// Hypervisor processes (Firecracker or the simulator) whose API socket lies under
+/// `api_dir`: the VMs of this stack's controller, found by their command line (`--api-sock
+/// PATH`), so they are found even when the controller is gone.
+pub fn hypervisor_pids(api_dir: &Path) -> Vec<Pid> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2).any(|w| {
+                w[0] == b"--api-sock"
+                    && Path::new(std::ffi::OsStr::from_bytes(w[1])).starts_with(api_dir)
+            })
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 /// Sends SIGTERM and waits up to `grace` for the process to go, then SIGKILLs it. Returns

@@ -188,6 +188,9 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // Stop whatever a failed test left running, then remove the files.
         let _ = self.banger(&["down"]);
+        // A test that failed half-way may leave processes `down` could not reach: anything
+        // whose command line names this stack's directory is the stack's.
+        kill_processes_mentioning(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -220,6 +223,24 @@ pub fn sample_event(name: &str, id: &str, kind: EventKind, seq: u64) -> VmEvent 
             started_at_ms: None,
             touched_at_ms: None,
         },
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `dir`.
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let mentions = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
+        if mentions && pid != std::process::id().cast_signed() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

@@ -53,6 +53,21 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
         }
         let _ = std::fs::remove_file(paths.pid_file(svc));
     }
+    // VMs the controller could not stop (the bus or the controller was already gone) would
+    // outlive the stack: stop their hypervisor processes directly. Their records, leases and
+    // volumes stay; the next `up` reconciles them to `stopped`.
+    if !args.keep_vms {
+        let leftovers = stack::hypervisor_pids(&config.runtime_dir.join("vm-controller"));
+        for pid in &leftovers {
+            stack::stop_pid(*pid, Duration::from_secs(10));
+        }
+        if !leftovers.is_empty() {
+            println!(
+                "stopped {} VM process(es) the controller did not stop",
+                leftovers.len()
+            );
+        }
+    }
     if let Some(pid) = stack::running_pid(&paths, NATS, NATS) {
         stack::stop_pid(pid, SERVICE_GRACE);
         println!("stopped nats-server");
