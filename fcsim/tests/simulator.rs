@@ -634,7 +634,14 @@ async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
     if !require_root(test) {
         return;
     }
-    for p in ["ping", "python3", "mkfs.ext4"] {
+    for p in [
+        "ping",
+        "python3",
+        "mkfs.ext4",
+        "losetup",
+        "unshare",
+        "mount",
+    ] {
         if !have_program(p) {
             skip(test, &format!("no {p}"));
             return;
@@ -653,7 +660,8 @@ async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
     )
     .await;
     let root = ext4_image(tmp.path(), "root.img").unwrap();
-    let work = plain_file(tmp.path(), "work.img");
+    // As vm-controller runs it: with the work disk loop-mounted at /root as well.
+    let work = ext4_image(tmp.path(), "work.img").unwrap();
     sim.configure(
         "console=ttyS0 reboot=k ip=10.77.0.2::10.77.0.1:255.255.255.0:vm1:eth0:off",
         &root,
@@ -682,6 +690,7 @@ async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
     assert_ne!(Some(&guest_ns), netns_of(sim.proc.pid()).as_ref());
     let agent = sim.agent().with_timeout(WAIT);
     let sh = |script: &'static str| ExecRequest::new(["sh", "-c", script]);
+    assert!(!loops_of(&work).is_empty(), "the work disk is loop-mounted");
     let out = agent
         .exec_collect(&sh(
             "ip -o addr show dev eth0; ip link show dev eth0; ip route",
@@ -697,6 +706,11 @@ async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
     assert!(
         out.stdout.contains("default via 10.77.0.1 dev eth0"),
         "{out:?}"
+    );
+    let out = agent.exec_collect(&sh("hostname")).await.unwrap();
+    assert_eq!(
+        out.stdout, "vm1\n",
+        "the ip= hostname, in the guest's UTS namespace"
     );
 
     // Ping from the host side, answered by the guest namespace's kernel.
@@ -778,15 +792,41 @@ print(peer[0])
         "a resumed guest answers again"
     );
     let pid = sim.proc.pid();
+    // Everything in the guest namespace now: the agent and the simulator's guest thread (the
+    // server the agent ran has exited). The namespace's inode number may be reused by another
+    // namespace as soon as it is freed, so what is checked afterwards is that these are gone.
+    let members = members_of_netns(&guest_ns);
+    assert!(
+        members
+            .iter()
+            .any(|t| t.starts_with(&format!("/proc/{}/", agents[0]))),
+        "{members:?}"
+    );
+    assert!(
+        members
+            .iter()
+            .any(|t| t.starts_with(&format!("/proc/{pid}/"))),
+        "{members:?}"
+    );
     sim.fc.send_ctrl_alt_del().await.unwrap();
     assert!(sim.wait_exit().await.success());
     // The tap is netd's (persistent): it stays, but nothing holds it any more.
     assert!(ns.try_exec(&["ip", "link", "show", "tap0"]));
     assert!(!ns.try_exec(&["ping", "-c1", "-W1", "10.77.0.2"]));
-    // Nothing is left: no agent, nothing in the guest namespace (so the kernel removed it and
-    // its eth0), no new link on the host side.
+    // Nothing is left: no agent, no task that was in the guest namespace (the simulator that
+    // held eth0's fd exited too, so the kernel removed the namespace and eth0), no new link on
+    // the host side.
     assert!(agents_of(pid).is_empty(), "no agent left");
-    assert_eq!(members_of_netns(&guest_ns), Vec::<String>::new());
+    let left: Vec<_> = members
+        .iter()
+        .filter(|t| Path::new(t.as_str()).exists())
+        .collect();
+    assert!(left.is_empty(), "still running: {left:?}");
+    assert_eq!(
+        loops_of(&work),
+        "",
+        "the work disk's loop device is released"
+    );
     assert_eq!(
         ns.exec(&["ip", "-o", "link", "show"]).lines().count(),
         links_before

@@ -1,6 +1,7 @@
 //! The controller with the real stord, netd and guest agent, and the Firecracker SIMULATOR
-//! (`banger-fcsim`: no guest kernel runs; it opens the tap, answers ARP and ping for the guest
-//! address, loop-mounts the work disk at /root and runs the real agent behind hybrid vsock).
+//! (`banger-fcsim`: no guest kernel runs; it opens the tap and wires it frame by frame to an
+//! `eth0` in a guest network namespace whose kernel answers ping and TCP, loop-mounts the work
+//! disk at /root and runs the real agent in that namespace behind hybrid vsock).
 //! Everything runs as root inside a private network namespace with its own nats-server, bridge
 //! name, subnet and nftables table.
 //!

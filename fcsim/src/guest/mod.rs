@@ -72,11 +72,15 @@ impl Guest {
         ports: Arc<GuestPorts>,
         counters: Arc<NetCounters>,
     ) -> Result<Self, String> {
+        log::serial("banger-fcsim SIMULATOR: no guest kernel runs; this console is simulated");
+        log::serial(&format!("Kernel command line: {}", plan.cmdline));
         let (host_tap, iface) = match plan.net {
             Some((tap, iface)) => (Some(tap), Some(iface)),
             None => (None, None),
         };
-        let (netns, eth0) = GuestNetns::create(iface).await.map_err(|e| e.to_string())?;
+        let (netns, eth0) = GuestNetns::create(iface, plan.hostname.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         let netns = Arc::new(netns);
         let paused = Arc::new(AtomicBool::new(false));
         let net_tasks = match (host_tap, eth0, iface) {
@@ -84,10 +88,6 @@ impl Guest {
                 let host_name = host.name().to_owned();
                 let tasks = net::connect(host, eth0, &paused, &counters)
                     .map_err(|e| format!("polling the taps: {e}"))?;
-                log::serial(
-                    "banger-fcsim SIMULATOR: no guest kernel runs; this console is simulated",
-                );
-                log::serial(&format!("Kernel command line: {}", plan.cmdline));
                 log::serial(&format!(
                     "{GUEST_IFACE}: {}/{} (mac {}) in the guest network namespace, frames copied \
                      to and from host tap {host_name}",
@@ -98,10 +98,6 @@ impl Guest {
                 tasks.into()
             }
             _ => {
-                log::serial(
-                    "banger-fcsim SIMULATOR: no guest kernel runs; this console is simulated",
-                );
-                log::serial(&format!("Kernel command line: {}", plan.cmdline));
                 log::serial(&format!(
                     "{GUEST_IFACE}: not configured (no network interface or no ip= boot argument){}",
                     if netns.isolated() { "; lo only" } else { "" }

@@ -1,8 +1,9 @@
 //! The guest's network namespace, and the thread that lives in it.
 //!
-//! `InstanceStart` starts one OS thread that calls `unshare(CLONE_NEWNET)`: from then on that
-//! thread (and every process it spawns) is in a new, anonymous network namespace — the
-//! guest's. There it brings `lo` up, creates the guest's tap `eth0` (`TUNSETIFF` on a name
+//! `InstanceStart` starts one OS thread that calls `unshare(CLONE_NEWNET | CLONE_NEWUTS)`:
+//! from then on that thread (and every process it spawns) is in a new, anonymous network
+//! namespace — the guest's — and has a hostname of its own (the `ip=` hostname, else the VM
+//! id). There it brings `lo` up, creates the guest's tap `eth0` (`TUNSETIFF` on a name
 //! that does not exist: a non-persistent tap that dies with its fd), gives it the guest MAC,
 //! the `ip=` address, and a default route via the `ip=` gateway (rtnetlink, on a netlink
 //! socket opened in that thread, hence in that namespace). Then it waits for jobs: the agent is
@@ -39,17 +40,20 @@ pub(crate) struct GuestNetns {
 }
 
 impl GuestNetns {
-    /// Starts the guest thread in a new network namespace and, with `iface`, creates and
-    /// configures eth0 there (returned: its fd keeps it alive). Without root no namespace can
-    /// be made: that is an error when the guest has a network interface, and a warning (the
-    /// guest shares the simulator's network namespace) when it has none.
-    pub(crate) async fn create(iface: Option<GuestIface>) -> io::Result<(Self, Option<Tap>)> {
+    /// Starts the guest thread in a new network and UTS namespace with `hostname` and, with
+    /// `iface`, creates and configures eth0 there (returned: its fd keeps it alive). Without
+    /// root no namespace can be made: that is an error when the guest has a network interface,
+    /// and a warning (the guest shares the simulator's namespaces) when it has none.
+    pub(crate) async fn create(
+        iface: Option<GuestIface>,
+        hostname: String,
+    ) -> io::Result<(Self, Option<Tap>)> {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (jobs, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("fcsim-guest".to_owned())
             .spawn(move || {
-                let setup = enter(iface);
+                let setup = enter(iface, &hostname);
                 let ok = setup.is_ok();
                 if ready_tx.send(setup).is_err() || !ok {
                     return;
@@ -87,10 +91,10 @@ impl GuestNetns {
     }
 }
 
-/// On the guest thread: leaves the simulator's network namespace and sets the guest's up.
-/// Returns whether a namespace was made, and eth0.
-fn enter(iface: Option<GuestIface>) -> io::Result<(bool, Option<Tap>)> {
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+/// On the guest thread: leaves the simulator's network and UTS namespaces and sets the
+/// guest's up. Returns whether namespaces were made, and eth0.
+fn enter(iface: Option<GuestIface>, hostname: &str) -> io::Result<(bool, Option<Tap>)> {
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS) {
         if iface.is_some() {
             return Err(io::Error::other(format!(
                 "creating the guest network namespace: unshare(CLONE_NEWNET): {e} (needs root)"
@@ -98,9 +102,12 @@ fn enter(iface: Option<GuestIface>) -> io::Result<(bool, Option<Tap>)> {
         }
         log::warn(&format!(
             "cannot create the guest network namespace ({e}); the guest has no network \
-             interface, so it shares the simulator's network namespace"
+             interface, so it shares the simulator's network namespace and hostname"
         ));
         return Ok((false, None));
+    }
+    if let Err(e) = nix::unistd::sethostname(hostname) {
+        log::warn(&format!("setting the guest hostname {hostname:?}: {e}"));
     }
     let eth0 = iface
         .map(|_| {
