@@ -93,6 +93,9 @@ fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
         [if have_dm { "ok" } else { "warn" }]
     );
     assert_eq!(level("nats"), ["ok"]);
+    // Storage comes from this host's stord; no image is registered yet, and doctor says so.
+    assert_eq!(level("storage").len(), 1, "{report}");
+    assert_eq!(level("images"), ["warn"], "{report}");
     assert_eq!(level("service"), ["ok", "ok", "ok", "ok"], "{report}");
     assert_eq!(report["ready"], have_fc && have_kvm);
     assert_eq!(

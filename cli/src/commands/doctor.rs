@@ -265,7 +265,141 @@ async fn bus_checks(config: &CommonConfig) -> Vec<Check> {
         });
     }
     out.push(skew_check(&bus).await);
+    out.extend(storage_checks(&bus, config).await);
     out
+}
+
+/// How long a request to this host's stord may take.
+const STORE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// This host's storage back-end and images, from its stord. Kernels are checked only for real
+/// Firecracker: the simulator boots none.
+async fn storage_checks(bus: &Bus, config: &CommonConfig) -> Vec<Check> {
+    use banger_proto::store::{
+        Capabilities, CapabilitiesRequest, ImageListReply, ImageListRequest,
+    };
+    use banger_proto::subject::StoreOp;
+    let host = &config.host;
+    let mut out = Vec::new();
+    let caps: Result<Capabilities, _> = bus
+        .request(
+            bus.subjects().host_store(host, StoreOp::Capabilities),
+            &CapabilitiesRequest {},
+            STORE_TIMEOUT,
+        )
+        .await;
+    match caps {
+        Ok(c) => {
+            let missing: Vec<String> = c
+                .unsupported
+                .iter()
+                .map(|(b, why)| format!("{b}: {why}"))
+                .collect();
+            let detail = if missing.is_empty() {
+                format!("VM roots use {}", c.backend)
+            } else {
+                format!("VM roots use {} ({})", c.backend, missing.join("; "))
+            };
+            out.push(check(
+                "storage",
+                if c.backend == "sparse" {
+                    Level::Warn
+                } else {
+                    Level::Ok
+                },
+                detail,
+                (c.backend == "sparse").then_some(
+                    "roots are full copies: put the state dir on btrfs or xfs (reflink) or load \
+                     the dm-snapshot module for instant copy-on-write roots",
+                ),
+            ));
+        }
+        // The service check above already says stord does not answer.
+        Err(_) => return out,
+    }
+    let images: Result<ImageListReply, _> = bus
+        .request(
+            bus.subjects().host_store(host, StoreOp::ImageList),
+            &ImageListRequest {},
+            STORE_TIMEOUT,
+        )
+        .await;
+    let Ok(images) = images else { return out };
+    if images.images.is_empty() {
+        out.push(check(
+            "images",
+            Level::Warn,
+            format!("no image registered on {host}"),
+            Some("register one: banger image register NAME --kernel vmlinux --rootfs rootfs.ext4"),
+        ));
+        return out;
+    }
+    let real_vmm = config
+        .file_table()
+        .get("stack")
+        .and_then(|t| t.get("vmm"))
+        .and_then(toml::Value::as_str)
+        != Some("sim");
+    for image in &images.images {
+        out.push(if !real_vmm {
+            check(
+                "images",
+                Level::Ok,
+                format!(
+                    "{}: registered (kernel not checked: the simulator boots none)",
+                    image.name
+                ),
+                None,
+            )
+        } else {
+            match kernel_problem(Path::new(&image.kernel)) {
+                None => check(
+                    "images",
+                    Level::Ok,
+                    format!("{}: kernel is an x86_64 ELF vmlinux", image.name),
+                    None,
+                ),
+                Some(why) => check(
+                    "images",
+                    Level::Fail,
+                    format!("{}: {why}", image.name),
+                    Some(
+                        "Firecracker boots an uncompressed x86_64 ELF vmlinux, not a bzImage: \
+                         extract one with the kernel tree's scripts/extract-vmlinux, or use a \
+                         kernel built with Firecracker's guest config",
+                    ),
+                ),
+            }
+        });
+    }
+    out
+}
+
+/// Why `path` is not a kernel Firecracker can boot on x86_64, if it is not.
+fn kernel_problem(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut head = [0u8; 20];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if let Err(e) = read {
+        return Some(format!(
+            "kernel {} cannot be read here: {e}",
+            path.display()
+        ));
+    }
+    if &head[..4] != b"\x7fELF" {
+        return Some(format!(
+            "kernel {} is not an ELF file (a compressed bzImage?)",
+            path.display()
+        ));
+    }
+    // e_machine, little-endian at offset 18: 0x3e is x86_64.
+    if head[18] != 0x3e || head[19] != 0 {
+        return Some(format!(
+            "kernel {} is an ELF file for another machine",
+            path.display()
+        ));
+    }
+    None
 }
 
 /// Compares each service's clock (its `$SRV.STATS` answer's `now_ms`) with ours.
@@ -323,5 +457,36 @@ async fn skew_check(bus: &Bus) -> Check {
             format!("largest: {skew} ms ({host})"),
             None,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_problem;
+
+    #[test]
+    fn only_an_x86_64_elf_passes_as_a_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = dir.path().join("vmlinux");
+        let mut bytes = b"\x7fELF\x02\x01\x01".to_vec();
+        bytes.resize(18, 0);
+        bytes.extend_from_slice(&[0x3e, 0x00, 1, 0]);
+        std::fs::write(&elf, &bytes).unwrap();
+        assert_eq!(kernel_problem(&elf), None);
+
+        let arm = dir.path().join("arm");
+        bytes[18] = 0xb7;
+        std::fs::write(&arm, &bytes).unwrap();
+        assert!(kernel_problem(&arm).unwrap().contains("another machine"));
+
+        let bz = dir.path().join("bzImage");
+        std::fs::write(&bz, b"MZ\x00\x00 not an elf file at all").unwrap();
+        assert!(kernel_problem(&bz).unwrap().contains("not an ELF"));
+
+        assert!(
+            kernel_problem(&dir.path().join("missing"))
+                .unwrap()
+                .contains("cannot be read")
+        );
     }
 }
