@@ -149,6 +149,13 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
     assert!(answer.is_empty(), "a deleted VM still resolves: {answer}");
     assert!(taps(&stack).is_empty(), "taps left: {:?}", taps(&stack));
 
+    // Records: no VM (checked above), no lease or tap left in netd.
+    let status: serde_json::Value =
+        serde_json::from_str(&stack.banger_ok(&["--json", "status"])).unwrap();
+    let net = &status["networks"][stack.host.as_str()];
+    assert_eq!(net["leases"], 0, "leases left: {status}");
+    assert_eq!(net["taps"], 0, "taps left: {status}");
+
     let pids = stack.pids();
     stack.banger_ok(&["down"]);
     let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
@@ -159,6 +166,20 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
         "banger's nftables table left after down"
     );
     assert!(loops_under(&stack.dir).is_empty(), "loop devices left");
+    // Each simulated guest's network namespace lives only as long as its simulator and agent:
+    // no process of the stack means no namespace, no agent, no hypervisor.
+    let stack_dir = stack.dir.to_string_lossy().into_owned();
+    let strays: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(&stack_dir).then_some(format!("{pid}: {c}"))
+        })
+        .collect();
+    assert!(strays.is_empty(), "processes left: {strays:#?}");
     let run: PathBuf = stack.dir.join("run");
     let sockets: Vec<_> = walk(&run)
         .into_iter()
