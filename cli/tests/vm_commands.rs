@@ -174,6 +174,7 @@ impl Fake {
             vmm_rss_bytes: Some(34 * 1024 * 1024),
             vmm_cpu_ms: Some(1250),
             guest: Some(health()),
+            vmm_metrics: None,
         })
     }
 

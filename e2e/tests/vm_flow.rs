@@ -107,6 +107,19 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
         assert_eq!(out.trim(), "Linux");
     }
 
+    // Stats join the hypervisor's process, its own metrics and the guest agent's view.
+    let stats: serde_json::Value =
+        serde_json::from_str(&stack.banger_ok(&["--json", "vm", "stats", "alpha"])).unwrap();
+    assert!(
+        stats["vmm_rss_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{stats}"
+    );
+    assert!(
+        stats["vmm_metrics"]["utc_timestamp_ms"].as_u64().is_some(),
+        "no hypervisor metrics: {stats}"
+    );
+    assert_eq!(stats["guest"]["status"], "ok", "{stats}");
+
     // The work disk keeps its files across stop and start.
     stack.banger_ok(&[
         "vm",

@@ -263,6 +263,10 @@ pub struct VmStats {
     pub vmm_cpu_ms: Option<u64>,
     /// Guest health as reported by the agent.
     pub guest: Option<crate::agent::Health>,
+    /// The hypervisor's own metrics: the latest line it wrote after a `FlushMetrics`
+    /// (Firecracker's metrics JSON), when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_metrics: Option<serde_json::Value>,
 }
 
 /// `vm.exec`: run a command in the guest through the agent.

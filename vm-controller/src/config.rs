@@ -197,6 +197,8 @@ pub struct VmPaths {
     pub serial_log: PathBuf,
     /// The hypervisor's own log.
     pub vmm_log: PathBuf,
+    /// The hypervisor's metrics lines (Firecracker's metrics file).
+    pub metrics: PathBuf,
 }
 
 /// The controller's two roots.
@@ -224,6 +226,7 @@ impl Dirs {
             run_dir,
             serial_log: log_dir.join("serial.log"),
             vmm_log: log_dir.join("vmm.log"),
+            metrics: log_dir.join("metrics.json"),
             log_dir,
         }
     }

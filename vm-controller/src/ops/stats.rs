@@ -27,21 +27,24 @@ impl Controller {
             };
             (rec, usage)
         };
-        let guest = if rec.state() == VmState::Running {
+        let (guest, vmm_metrics) = if rec.state() == VmState::Running {
             let paths = self.paths(&req.id);
-            self.inner
+            let guest = self
+                .inner
                 .agent
-                .health(paths.vsock_uds, self.inner.config.agent_port)
+                .health(paths.vsock_uds.clone(), self.inner.config.agent_port)
                 .await
-                .ok()
+                .ok();
+            (guest, self.inner.vmm.metrics(&paths).await)
         } else {
-            None
+            (None, None)
         };
         Ok(VmStats {
             id: req.id,
             vmm_rss_bytes: usage.map(|u| u.rss_bytes),
             vmm_cpu_ms: usage.map(|u| u.cpu_ms),
             guest,
+            vmm_metrics,
         })
     }
 }

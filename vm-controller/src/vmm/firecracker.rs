@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use banger_firecracker::FirecrackerClient;
 use banger_firecracker::models::{
-    BootSource, Drive, MachineConfiguration, NetworkInterface, Vsock,
+    BootSource, Drive, MachineConfiguration, Metrics, NetworkInterface, Vsock,
 };
 use futures::future::BoxFuture;
 use tokio::time::Instant;
@@ -228,6 +228,31 @@ impl Vmm for ProcessVmm {
             c.put_vsock(&Vsock::new(spec.vsock_cid, &spec.paths.vsock_uds))
                 .await
                 .map_err(VmmError::Api)?;
+            // Metrics feed `vm stats`; a VM boots without them, so a failure here only warns.
+            let metrics = spec.paths.metrics.clone();
+            let created = tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics)
+                    .map(drop)
+            })
+            .await;
+            let configured = match created {
+                Ok(Ok(())) => c
+                    .put_metrics(&Metrics {
+                        metrics_path: spec.paths.metrics.clone(),
+                        emit_id: None,
+                        properties: None,
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = configured {
+                tracing::warn!(vm = %spec.name, error = %e, "hypervisor metrics unavailable");
+            }
             c.instance_start().await.map_err(VmmError::Api)
         })
     }
@@ -266,4 +291,23 @@ impl Vmm for ProcessVmm {
     fn usage(&self, pid: u32) -> Option<ProcUsage> {
         process::usage(pid)
     }
+
+    fn metrics<'a>(&'a self, paths: &'a VmPaths) -> BoxFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async move {
+            self.client(paths).flush_metrics().await.ok()?;
+            let file = paths.metrics.clone();
+            tokio::task::spawn_blocking(move || last_json_line(&file))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+/// The last complete JSON line of a metrics file (Firecracker appends one per flush).
+fn last_json_line(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
 }

@@ -142,4 +142,11 @@ pub trait Vmm: Send + Sync + 'static {
 
     /// Resource use of `pid`.
     fn usage(&self, pid: u32) -> Option<ProcUsage>;
+
+    /// The hypervisor's own metrics, freshly flushed; `None` when it does not answer or keeps
+    /// none.
+    fn metrics<'a>(&'a self, paths: &'a VmPaths) -> BoxFuture<'a, Option<serde_json::Value>> {
+        let _ = paths;
+        Box::pin(async { None })
+    }
 }

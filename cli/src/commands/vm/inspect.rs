@@ -136,6 +136,17 @@ pub(crate) fn render_stats(name: &str, s: &VmStats) -> String {
         )),
         None => out.push_str("  guest       the agent did not answer\n"),
     }
+    if let Some(m) = &s.vmm_metrics {
+        let net = &m["net"];
+        let count =
+            |v: &serde_json::Value, k: &str| v[k].as_u64().map_or("-".into(), |n| n.to_string());
+        out.push_str(&format!(
+            "  metrics     api requests {}, net frames rx {} tx {} (all fields: --json)\n",
+            count(&m["api_server"], "requests"),
+            count(net, "rx_frames"),
+            count(net, "tx_frames"),
+        ));
+    }
     out
 }
 
@@ -167,6 +178,7 @@ pub(crate) mod tests {
             vmm_rss_bytes: Some(34 * 1024 * 1024),
             vmm_cpu_ms: Some(1250),
             guest: Some(health()),
+            vmm_metrics: None,
         };
         insta::assert_snapshot!(render_stats("web", &s));
         let bare = VmStats {
