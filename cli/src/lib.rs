@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod exit;
 pub mod output;
+pub mod progress;
 pub mod stack;
 
 use std::process::ExitCode;
@@ -150,6 +151,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         commands::Command::Completions(a) => return Ok(commands::completions::completions(a)),
         commands::Command::Man(a) => return commands::completions::man(a),
         _ => {}
+    }
+    if cli.json {
+        progress::suppress();
     }
     let config = CommonConfig::resolve(&cli.common, banger_bus::config::CLI_PROCESS)?;
     announce_simulator(&config);

@@ -848,3 +848,91 @@ async fn create_wait_gives_up_at_once_when_the_vm_failed() {
         ]
     );
 }
+
+/// Progress spinners are for people: off a terminal `--wait` prints its plain line and not one
+/// escape sequence, even with NO_COLOR unset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_wait_off_a_terminal_prints_plain_lines_without_escape_codes() {
+    let Some(lab) = Lab::start("create_wait_no_tty") else {
+        return;
+    };
+    lab.controller("h1", vec![], true).await;
+    let out = lab
+        .banger_with(
+            &["vm", "create", "web", "--wait", "--wait-timeout", "20"],
+            |c| {
+                c.env_remove("NO_COLOR");
+            },
+        )
+        .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stderr, "waiting up to 20s for web's guest agent...\n");
+    assert!(stdout.contains("web is healthy"), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`) `--wait` draws a spinner instead
+/// of the plain line, and takes it off the screen when the agent answers; `NO_COLOR` turns it
+/// off again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_wait_on_a_terminal_shows_a_spinner_unless_no_color() {
+    if !banger_testkit::have_program("script") {
+        banger_testkit::skip("create_wait_tty", "util-linux `script` is not installed");
+        return;
+    }
+    let Some(lab) = Lab::start("create_wait_tty") else {
+        return;
+    };
+    lab.controller("h1", vec![], true).await;
+    let under_pty = |name: &str, no_color: bool| {
+        let line = format!(
+            "'{}' --nats-url '{}' --timeout 3 vm create {name} --wait --wait-timeout 20",
+            env!("CARGO_BIN_EXE_banger"),
+            lab.nats.url()
+        );
+        let mut cmd = tokio::process::Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("BANGER_STATE_DIR", lab.state.path())
+            .env("TERM", "xterm-256color")
+            .env_remove("BANGER_CONFIG")
+            .env_remove("BANGER_PREFIX")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), cmd.output())
+                .await
+                .expect("banger under script did not finish within 60s")
+                .unwrap()
+        }
+    };
+
+    let out = under_pty("web", false).await;
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen:?}");
+    assert!(
+        screen.contains("waiting up to 20s for web's guest agent"),
+        "{screen:?}"
+    );
+    assert!(
+        !screen.contains("guest agent..."),
+        "plain line on a terminal: {screen:?}"
+    );
+    // console's clear-line: the spinner was drawn and erased.
+    assert!(screen.contains("\x1b[2K"), "{screen:?}");
+    assert!(screen.contains("web is healthy"), "{screen:?}");
+
+    let out = under_pty("api", true).await;
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen:?}");
+    assert!(
+        screen.contains("waiting up to 20s for api's guest agent...\r\n"),
+        "{screen:?}"
+    );
+    assert!(!screen.contains('\x1b'), "{screen:?}");
+}

@@ -12,6 +12,7 @@ use banger_proto::subject::VmOp;
 use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmOpReply, VmRefRequest, VmState};
 
 use crate::exit;
+use crate::progress::Progress;
 use crate::stack::{self, NATS, SERVICES, StackPaths};
 
 /// How long a service may take to drain after SIGTERM before it is killed.
@@ -32,23 +33,26 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
         runtime: config.runtime_dir.clone(),
     };
     let mut stopped_any = false;
+    let progress = Progress::start("stopping banger");
 
     if !args.keep_vms
         && stack::running_pid(&paths, "vm-controller", "banger-vm-controller").is_some()
     {
-        stop_vms(config).await;
+        progress.set_message("stopping the VMs of this host");
+        stop_vms(config, &progress).await;
     }
     for svc in SERVICES.iter().rev() {
         if let Some(pid) = stack::running_pid(&paths, svc, &format!("banger-{svc}")) {
+            progress.set_message(format!("stopping {svc}"));
             let killed = stack::stop_pid(pid, SERVICE_GRACE);
-            println!(
+            progress.println(format_args!(
                 "stopped {svc}{}",
                 if killed {
                     " (killed after the grace period)"
                 } else {
                     ""
                 }
-            );
+            ));
             stopped_any = true;
         }
         let _ = std::fs::remove_file(paths.pid_file(svc));
@@ -58,23 +62,28 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
     // volumes stay; the next `up` reconciles them to `stopped`.
     if !args.keep_vms {
         let leftovers = stack::hypervisor_pids(&config.runtime_dir.join("vm-controller"));
+        if !leftovers.is_empty() {
+            progress.set_message("stopping VM processes the controller did not stop");
+        }
         for pid in &leftovers {
             stack::stop_pid(*pid, Duration::from_secs(10));
         }
         if !leftovers.is_empty() {
-            println!(
+            progress.println(format_args!(
                 "stopped {} VM process(es) the controller did not stop",
                 leftovers.len()
-            );
+            ));
         }
     }
     if let Some(pid) = stack::running_pid(&paths, NATS, NATS) {
+        progress.set_message("stopping nats-server");
         stack::stop_pid(pid, SERVICE_GRACE);
-        println!("stopped nats-server");
+        progress.println("stopped nats-server");
         stopped_any = true;
     }
     let _ = std::fs::remove_file(paths.pid_file(NATS));
     let _ = std::fs::remove_dir(paths.pid_dir());
+    progress.finish_and_clear();
     if !stopped_any {
         println!("banger is not running");
     }
@@ -83,14 +92,14 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
 
 /// Stops every running VM of this host; failures are reported, not fatal (the services are
 /// stopped regardless).
-async fn stop_vms(config: &CommonConfig) {
+async fn stop_vms(config: &CommonConfig, progress: &Progress) {
     let Ok(Ok(client)) = tokio::time::timeout(
         Duration::from_secs(2),
         banger_bus::connect::connect(&config.nats, false),
     )
     .await
     else {
-        eprintln!("warning: cannot reach the bus; VMs were not stopped");
+        progress.eprintln("warning: cannot reach the bus; VMs were not stopped");
         return;
     };
     let bus = Bus::new(client, config.subjects.clone());
@@ -106,7 +115,7 @@ async fn stop_vms(config: &CommonConfig) {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("warning: listing VMs: {e}");
+            progress.eprintln(format_args!("warning: listing VMs: {e}"));
             return;
         }
     };
@@ -124,8 +133,8 @@ async fn stop_vms(config: &CommonConfig) {
             let req = VmRefRequest { id: vm.id.clone() };
             let r: Result<VmOpReply, _> = bus.request(subject, &req, Duration::from_secs(60)).await;
             match r {
-                Ok(_) => println!("stopped VM {}", vm.name),
-                Err(e) => eprintln!("warning: stopping VM {}: {e}", vm.name),
+                Ok(_) => progress.println(format_args!("stopped VM {}", vm.name)),
+                Err(e) => progress.eprintln(format_args!("warning: stopping VM {}: {e}", vm.name)),
             }
         }
     });

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use banger_bus::Bus;
 use banger_bus::config::{CommonConfig, NatsAuth, NatsOptions};
 
+use crate::progress::Progress;
 use crate::stack::{self, NATS, SERVICES, StackPaths};
 use crate::{exit, output};
 
@@ -138,12 +139,14 @@ async fn bring_up(
     )
     .with_context(|| format!("writing {}", stack_file.display()))?;
 
+    let progress = Progress::start(format!("connecting to NATS at {}", nats.urls.join(",")));
     let bus = wait_for_bus(&nats, config).await?;
     // Keep lifecycle events for `banger events --since`. A NATS without JetStream still runs
     // banger, so this is a warning, not a failure.
     if let Err(e) = banger_bus::history::ensure_event_stream(&bus).await {
-        eprintln!("warning: event history unavailable: {e}");
+        progress.eprintln(format!("warning: event history unavailable: {e}"));
     }
+    progress.set_message("starting the services");
     for svc in SERVICES.iter().filter(|s| !running.contains(s)) {
         let program = format!("banger-{svc}");
         let bin = stack::sibling_binary(&program);
@@ -162,12 +165,20 @@ async fn bring_up(
             .into_iter()
             .filter(|s| s.host() == Some(config.host.as_str()))
             .collect::<Vec<_>>();
-        if SERVICES
+        let waiting: Vec<&str> = SERVICES
             .iter()
-            .all(|svc| answering.iter().any(|s| s.name == *svc))
-        {
+            .copied()
+            .filter(|svc| !answering.iter().any(|s| s.name == *svc))
+            .collect();
+        if waiting.is_empty() {
             break;
         }
+        progress.set_message(format!(
+            "waiting for the services to answer $SRV.PING: {} of {} up (waiting for {})",
+            SERVICES.len() - waiting.len(),
+            SERVICES.len(),
+            waiting.join(", ")
+        ));
         for svc in SERVICES {
             if stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none() {
                 bail!(
@@ -191,6 +202,7 @@ async fn bring_up(
             paths.log_dir().display()
         );
     }
+    progress.finish_and_clear();
 
     println!("banger is up on host {}", config.host);
     let rows: Vec<Vec<String>> = SERVICES
@@ -267,6 +279,8 @@ fn start_nats(
     std::fs::create_dir_all(dir.join("jetstream"))?;
     let conf = format!(
         "# Written by `banger up`.\nlisten: \"127.0.0.1:{port}\"\n\
+         # vm.list of a host with thousands of VMs is larger than the 1 MB default.\n\
+         max_payload: 8MB\n\
          jetstream {{ store_dir: {store:?} }}\n\
          authorization {{ user: {user:?}, password: {password:?} }}\n",
         store = dir.join("jetstream").display().to_string(),

@@ -12,6 +12,7 @@ use banger_proto::{ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, VmN
 
 use super::inspect::HealthReply;
 use super::units::{format_mib, parse_cpus, parse_disk, parse_memory, parse_seconds};
+use crate::progress::Progress;
 use crate::{App, exit, output};
 
 /// How often `--wait` asks the agent again.
@@ -146,13 +147,16 @@ async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Resu
     let subject = app.bus.subjects().host_vm(&vm.host, VmOp::Health);
     let req = banger_proto::vm::VmRefRequest { id: vm.id.clone() };
     let end = tokio::time::Instant::now() + timeout;
-    if !app.json {
-        eprintln!(
-            "waiting up to {}s for {}'s guest agent...",
-            timeout.as_secs(),
-            vm.name
-        );
-    }
+    let waiting = format!(
+        "waiting up to {}s for {}'s guest agent",
+        timeout.as_secs(),
+        vm.name
+    );
+    let progress = if app.json {
+        Progress::hidden()
+    } else {
+        Progress::announce(waiting.clone())
+    };
     let mut last_error = String::from("no answer yet");
     loop {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
@@ -177,6 +181,7 @@ async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Resu
             Ok(h) => {
                 let h = h.into_health();
                 if h.status == "ok" {
+                    progress.finish_and_clear();
                     return Ok(h);
                 }
                 last_error = format!("agent status {:?}", h.status);
@@ -210,6 +215,7 @@ async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Resu
             }
             Err(e) => last_error = e.to_string(),
         }
+        progress.set_message(format!("{waiting} (last: {last_error})"));
         tokio::time::sleep(HEALTH_POLL.min(left)).await;
     }
 }
