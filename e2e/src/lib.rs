@@ -10,8 +10,6 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use banger_proto::event::{EventKind, VmEvent};
-use banger_proto::vm::{VmInfo, VmState};
-use banger_proto::{CpuCount, HostId, ImageName, MemMib, VmId, VmName};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{bin_path, free_port};
 
@@ -200,30 +198,8 @@ impl Drop for Stack {
 ///
 /// # Panics
 /// When `name` or `id` are not valid.
-#[allow(clippy::unwrap_used, reason = "test fixture")]
 pub fn sample_event(name: &str, id: &str, kind: EventKind, seq: u64) -> VmEvent {
-    VmEvent {
-        kind,
-        at_ms: banger_bus::now_ms(),
-        seq,
-        vm: VmInfo {
-            id: VmId::new(id).unwrap(),
-            name: VmName::new(name).unwrap(),
-            host: HostId::new("h1").unwrap(),
-            state: VmState::Running,
-            image: ImageName::new("debian").unwrap(),
-            cpus: CpuCount::new(1).unwrap(),
-            memory_mib: MemMib::new(256).unwrap(),
-            disk_mib: MemMib::new(512).unwrap(),
-            network: None,
-            port_forwards: vec![],
-            reason: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            started_at_ms: None,
-            touched_at_ms: None,
-        },
-    }
+    banger_proto::testing::vm_event(name, id, "h1", kind, seq, banger_bus::now_ms())
 }
 
 /// SIGKILLs every process whose command line mentions `dir`.

@@ -19,6 +19,8 @@ pub mod net;
 pub mod service;
 pub mod store;
 pub mod subject;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vm;
 
 pub use error::{ApiError, ErrorCode};

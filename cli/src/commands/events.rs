@@ -184,38 +184,17 @@ pub async fn run(app: &App, args: EventsArgs) -> anyhow::Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use banger_proto::vm::{VmInfo, VmNetwork, VmState};
-    use banger_proto::{CpuCount, ImageName, MemMib, VmName};
-
     use super::*;
 
     fn event() -> VmEvent {
-        VmEvent {
-            kind: EventKind::Started,
-            at_ms: 3_723_004,
-            seq: 7,
-            vm: VmInfo {
-                id: VmId::new("0123456789abcdef0123456789abcdef").unwrap(),
-                name: VmName::new("web").unwrap(),
-                host: HostId::new("h1").unwrap(),
-                state: VmState::Running,
-                image: ImageName::new("debian").unwrap(),
-                cpus: CpuCount::new(1).unwrap(),
-                memory_mib: MemMib::new(512).unwrap(),
-                disk_mib: MemMib::new(1024).unwrap(),
-                network: Some(VmNetwork {
-                    ip: "172.16.0.2".into(),
-                    mac: "06:00:00:00:00:02".into(),
-                    tap: "bgr0123456789ab".into(),
-                }),
-                port_forwards: vec![],
-                reason: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                started_at_ms: None,
-                touched_at_ms: None,
-            },
-        }
+        banger_proto::testing::vm_event(
+            "web",
+            "0123456789abcdef0123456789abcdef",
+            "h1",
+            EventKind::Started,
+            7,
+            3_723_004,
+        )
     }
 
     #[test]

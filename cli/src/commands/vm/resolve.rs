@@ -171,34 +171,11 @@ pub(crate) fn resolve_all(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use banger_proto::vm::{VmNetwork, VmState};
-    use banger_proto::{CpuCount, HostId, ImageName, MemMib, VmId, VmName};
-
     use super::*;
 
     /// A VM for tests.
     pub(crate) fn vm(name: &str, id: &str, host: &str) -> VmInfo {
-        VmInfo {
-            id: VmId::new(id).unwrap(),
-            name: VmName::new(name).unwrap(),
-            host: HostId::new(host).unwrap(),
-            state: VmState::Running,
-            image: ImageName::new("debian").unwrap(),
-            cpus: CpuCount::new(2).unwrap(),
-            memory_mib: MemMib::new(1024).unwrap(),
-            disk_mib: MemMib::new(4096).unwrap(),
-            network: Some(VmNetwork {
-                ip: "172.16.0.2".into(),
-                mac: "06:00:ac:10:00:02".into(),
-                tap: "bgr0123456789ab".into(),
-            }),
-            port_forwards: vec![],
-            reason: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            started_at_ms: Some(0),
-            touched_at_ms: None,
-        }
+        banger_proto::testing::vm_info(name, id, host)
     }
 
     fn fleet() -> Vec<VmInfo> {
