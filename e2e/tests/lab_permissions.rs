@@ -1,0 +1,768 @@
+//! The lab's nats-server configs (`docs/nats/`): they parse, the real services run with their
+//! role's credentials, the subject permissions really deny what a role must not do, and the
+//! three cluster configs form one cluster.
+//!
+//! The configs are used as written, with one change: `jetstream { store_dir }` points into the
+//! test's temporary directory instead of `/var/lib/banger/nats`. Ports come from the command
+//! line (`-p`, `-m`, `--cluster`, `--routes`), which override the file.
+
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event, ServerError};
+use banger_testkit::netns::NetNs;
+use banger_testkit::{
+    Process, bin_path, free_port, have_program, http_get_ok, require_root, skip, wait_until,
+    wait_until_blocking,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+/// The server configs (the other files in docs/nats are fragments they include).
+const SERVER_CONFIGS: &[&str] = &[
+    "lab-single.conf",
+    "lab-cluster-a.conf",
+    "lab-cluster-b.conf",
+    "lab-cluster-c.conf",
+];
+
+/// The fragments the server configs include.
+const FRAGMENTS: &[&str] = &["users.conf", "permissions.conf"];
+
+/// The store dir the configs name, replaced by a temporary one in tests.
+const STORE_DIR_LINE: &str = "store_dir: /var/lib/banger/nats";
+
+/// Each role's password variable (nats-server reads them from the environment).
+const PASSWORDS: &[(&str, &str)] = &[
+    ("BANGER_PW_VM_CONTROLLER", "pw-vm-controller"),
+    ("BANGER_PW_NETD", "pw-netd"),
+    ("BANGER_PW_STORD", "pw-stord"),
+    ("BANGER_PW_DNSD", "pw-dnsd"),
+    ("BANGER_PW_CLI", "pw-cli"),
+    ("BANGER_PW_VIEWER", "pw-viewer"),
+    ("BANGER_PW_ROUTE", "pw-route"),
+];
+
+const HOST: &str = "h1";
+const VM_ID: &str = "0123456789abcdef0123456789abcdef";
+
+/// How long a permission violation may take to come back from the server.
+const VIOLATION_WAIT: Duration = Duration::from_secs(5);
+/// How long a message may take to reach a subscriber on the same server.
+const DELIVERY_WAIT: Duration = Duration::from_secs(5);
+/// One attempt while interest crosses the routes of a cluster.
+const SHORT: Duration = Duration::from_millis(200);
+
+fn docs_nats() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/nats")
+}
+
+fn password(user: &str) -> &'static str {
+    let var = format!("BANGER_PW_{}", user.to_uppercase().replace('-', "_"));
+    PASSWORDS
+        .iter()
+        .find(|(v, _)| *v == var)
+        .map(|(_, p)| *p)
+        .unwrap()
+}
+
+fn nats_server_here(test: &str) -> bool {
+    if have_program("nats-server") {
+        true
+    } else {
+        skip(test, "nats-server is not installed");
+        false
+    }
+}
+
+/// A nats-server started from one of the lab configs.
+struct LabServer {
+    port: u16,
+    monitor: u16,
+    _process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl LabServer {
+    /// Copies `config` and its fragments into a temporary dir (the store dir rewritten into
+    /// it) and starts nats-server from it on free ports, with `extra` arguments. Does not wait
+    /// for readiness (a cluster node is only healthy once its peers run): see [`Self::ready`].
+    fn spawn(config: &str, extra: &[String]) -> Self {
+        Self::spawn_with_tls(config, extra, None)
+    }
+
+    /// Like [`Self::spawn`]; with `tls`, the config's commented top-level `tls { }` block is
+    /// uncommented and its `/etc/banger/tls/` paths point into `tls`.
+    fn spawn_with_tls(config: &str, extra: &[String], tls: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for f in FRAGMENTS {
+            std::fs::copy(docs_nats().join(f), dir.path().join(f)).unwrap();
+        }
+        let text = std::fs::read_to_string(docs_nats().join(config)).unwrap();
+        assert!(
+            text.contains(STORE_DIR_LINE),
+            "{config} no longer says {STORE_DIR_LINE:?}"
+        );
+        let store = dir.path().join("jetstream");
+        let text = text.replace(
+            STORE_DIR_LINE,
+            &format!("store_dir: {:?}", store.display().to_string()),
+        );
+        let text = match tls {
+            Some(tls) => enable_client_tls(&text, tls),
+            None => text,
+        };
+        let path = dir.path().join(config);
+        std::fs::write(&path, text).unwrap();
+        let (port, monitor) = (free_port(), free_port());
+        let mut cmd = Command::new("nats-server");
+        cmd.arg("-c")
+            .arg(&path)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string()])
+            .args(extra)
+            .envs(PASSWORDS.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self {
+            port,
+            monitor,
+            _process: Process::spawn("nats-server", cmd),
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the server answers /healthz.
+    fn ready(&self) {
+        let monitor = format!("127.0.0.1:{}", self.monitor);
+        wait_until_blocking(
+            "nats-server /healthz to answer ok",
+            Duration::from_secs(30),
+            || http_get_ok(&monitor, "/healthz"),
+        );
+    }
+
+    fn single() -> Self {
+        let s = Self::spawn("lab-single.conf", &[]);
+        s.ready();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Uncomments the top-level `# tls {` ... `# }` block of a config and points its certificate
+/// paths into `tls`.
+fn enable_client_tls(text: &str, tls: &Path) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    let mut found = false;
+    for line in text.lines() {
+        if line == "# tls {" {
+            inside = true;
+            found = true;
+        }
+        let line = if inside {
+            line.strip_prefix("# ").unwrap_or(line)
+        } else {
+            line
+        };
+        if inside && line == "}" {
+            inside = false;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(found, "the config has no commented top-level tls block");
+    out.replace("/etc/banger/tls/", &format!("{}/", tls.display()))
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A lab CA, a server certificate for 127.0.0.1 and a client certificate, named as the configs
+/// and docs/lab.md name them.
+fn make_certificates(dir: &Path) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=banger lab CA"];
+    ca.extend(key);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, cn, ext) in [
+        (
+            "server",
+            "lab-a",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ),
+        ("client", "cli", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let subj = format!("/CN={cn}");
+        let (keyout, csr, pem) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut req = vec!["req", "-subj", &subj];
+        req.extend(key);
+        req.extend(["-keyout", &keyout, "-out", &csr]);
+        openssl(dir, &req);
+        let ext = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+/// A client logged in as `user`, and the server errors it receives.
+struct Client {
+    nats: async_nats::Client,
+    errors: mpsc::UnboundedReceiver<String>,
+}
+
+impl Client {
+    async fn connect(url: &str, user: &str) -> Self {
+        let (tx, errors) = mpsc::unbounded_channel();
+        let nats = ConnectOptions::with_user_and_password(user.into(), password(user).into())
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let Event::ServerError(ServerError::Other(e)) = event {
+                        let _ = tx.send(e);
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting as {user}: {e}"));
+        Self { nats, errors }
+    }
+
+    /// Waits for the server to report a permissions violation naming `subject`.
+    async fn expect_violation(&mut self, what: &str, subject: &str) {
+        let found = tokio::time::timeout(VIOLATION_WAIT, async {
+            while let Some(e) = self.errors.recv().await {
+                if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "{what}: no permissions violation for {subject}"
+        );
+    }
+
+    /// Asserts no server error has arrived so far (after a flush, which orders it after
+    /// everything sent before).
+    async fn expect_no_errors(&mut self, what: &str) {
+        self.nats.flush().await.unwrap();
+        if let Ok(e) = self.errors.try_recv() {
+            panic!("{what}: unexpected server error {e}");
+        }
+    }
+}
+
+/// Publishes `hello` on `subject` from `publisher`; whether `sub` (already subscribed) receives
+/// it as its next message within `wait`.
+async fn delivered(
+    publisher: &async_nats::Client,
+    sub: &mut async_nats::Subscriber,
+    subject: &str,
+    wait: Duration,
+) -> bool {
+    publisher
+        .publish(subject.to_owned(), "hello".into())
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    matches!(
+        tokio::time::timeout(wait, sub.next()).await,
+        Ok(Some(m)) if m.subject.as_str() == subject && m.payload.as_ref() == b"hello"
+    )
+}
+
+#[test]
+fn every_server_config_passes_nats_server_check() {
+    let test = "every_server_config_passes_nats_server_check";
+    if !nats_server_here(test) {
+        return;
+    }
+    for config in SERVER_CONFIGS {
+        let path = docs_nats().join(config);
+        let out = Command::new("nats-server")
+            .arg("-c")
+            .arg(&path)
+            .arg("-t")
+            .envs(PASSWORDS.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{config}: {text}");
+        assert!(text.contains("is valid"), "{config}: {text}");
+        // No password has a default: without its variable the config is refused.
+        let out = Command::new("nats-server")
+            .arg("-c")
+            .arg(&path)
+            .arg("-t")
+            .envs(PASSWORDS.iter().copied())
+            .env_remove("BANGER_PW_STORD")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{config} is valid without BANGER_PW_STORD"
+        );
+    }
+}
+
+/// Unauthenticated and wrongly authenticated clients are refused.
+#[test]
+fn a_client_without_credentials_is_refused() {
+    let test = "a_client_without_credentials_is_refused";
+    if !nats_server_here(test) {
+        return;
+    }
+    let server = LabServer::single();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let anonymous = async_nats::connect(server.url()).await;
+        assert!(anonymous.is_err(), "an anonymous client was accepted");
+        let wrong = ConnectOptions::with_user_and_password("cli".into(), "wrong".into())
+            .connect(server.url())
+            .await;
+        assert!(wrong.is_err(), "a wrong password was accepted");
+        // The control: the right password is accepted.
+        Client::connect(&server.url(), "cli").await;
+    });
+}
+
+/// The CLI may command a host; a service may not command another service, and may not listen
+/// on another service's subjects.
+#[test]
+fn a_service_role_cannot_use_another_services_subjects() {
+    let test = "a_service_role_cannot_use_another_services_subjects";
+    if !nats_server_here(test) {
+        return;
+    }
+    let server = LabServer::single();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = server.url();
+        let stop = format!("banger.host.{HOST}.vm.stop");
+        let controller = Client::connect(&url, "vm-controller").await;
+        let mut commands = controller
+            .nats
+            .subscribe(format!("banger.host.{HOST}.vm.>"))
+            .await
+            .unwrap();
+        controller.nats.flush().await.unwrap();
+
+        // Control: the CLI's command reaches the controller.
+        let mut cli = Client::connect(&url, "cli").await;
+        assert!(delivered(&cli.nats, &mut commands, &stop, DELIVERY_WAIT).await);
+        cli.expect_no_errors("cli publishing a command").await;
+
+        // dnsd may not stop a VM: the server refuses and the controller sees nothing.
+        let mut dnsd = Client::connect(&url, "dnsd").await;
+        dnsd.nats.publish(stop.clone(), "{}".into()).await.unwrap();
+        dnsd.expect_violation("dnsd publishing a vm command", &stop)
+            .await;
+        // stord may not ask netd for a tap.
+        let mut stord = Client::connect(&url, "stord").await;
+        let attach = format!("banger.host.{HOST}.net.attach");
+        stord
+            .nats
+            .publish(attach.clone(), "{}".into())
+            .await
+            .unwrap();
+        stord
+            .expect_violation("stord publishing a netd command", &attach)
+            .await;
+        // A service may not publish events: only the controllers do.
+        let event = format!("banger.events.{HOST}.vm.{VM_ID}.started");
+        stord
+            .nats
+            .publish(event.clone(), "{}".into())
+            .await
+            .unwrap();
+        stord
+            .expect_violation("stord publishing an event", &event)
+            .await;
+        // Nothing the refused publishers sent reached the controller (the CLI's next message
+        // arrives first).
+        assert!(delivered(&cli.nats, &mut commands, &stop, DELIVERY_WAIT).await);
+
+        // Subscribing to another service's subjects is refused too.
+        let mut netd = Client::connect(&url, "netd").await;
+        let store = format!("banger.host.{HOST}.store.>");
+        let _sub = netd.nats.subscribe(store.clone()).await.unwrap();
+        netd.expect_violation("netd subscribing to stord's subjects", &store)
+            .await;
+        let _sub = stord
+            .nats
+            .subscribe(format!("banger.host.{HOST}.vm.>"))
+            .await
+            .unwrap();
+        stord
+            .expect_violation(
+                "stord subscribing to the controller's subjects",
+                &format!("banger.host.{HOST}.vm.>"),
+            )
+            .await;
+        // ... while its own subjects are fine.
+        let _own = netd
+            .nats
+            .subscribe(format!("banger.host.{HOST}.net.>"))
+            .await
+            .unwrap();
+        netd.expect_no_errors("netd subscribing to its own subjects")
+            .await;
+    });
+}
+
+/// The viewer watches events (live and replayed from the stream) but cannot create a VM.
+#[test]
+fn the_viewer_watches_events_but_cannot_create_a_vm() {
+    let test = "the_viewer_watches_events_but_cannot_create_a_vm";
+    if !nats_server_here(test) {
+        return;
+    }
+    let server = LabServer::single();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = server.url();
+        // The operator creates the event stream, as `banger up` does.
+        let cli = Client::connect(&url, "cli").await;
+        let bus = banger_bus::Bus::new(cli.nats.clone(), banger_proto::Subjects::default());
+        banger_bus::history::ensure_event_stream(&bus)
+            .await
+            .unwrap();
+
+        let mut viewer = Client::connect(&url, "viewer").await;
+        let mut events = viewer.nats.subscribe("banger.events.>").await.unwrap();
+        viewer.nats.flush().await.unwrap();
+        let controller = Client::connect(&url, "vm-controller").await;
+        let event = format!("banger.events.{HOST}.vm.{VM_ID}.started");
+        assert!(delivered(&controller.nats, &mut events, &event, DELIVERY_WAIT).await);
+        viewer
+            .expect_no_errors("viewer subscribing to events")
+            .await;
+
+        // Replay, as `banger events --since` does: an ordered consumer on the stream.
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let js = async_nats::jetstream::new(viewer.nats.clone());
+        let stream = js
+            .get_stream(banger_bus::history::stream_name("banger"))
+            .await
+            .unwrap();
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: "banger.events.>".into(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut replay = consumer.messages().await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), replay.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.subject.as_str(), event);
+
+        // A VM create, placed or targeted, is refused.
+        for subject in [
+            "banger.vm.create".to_owned(),
+            format!("banger.host.{HOST}.vm.create"),
+        ] {
+            viewer
+                .nats
+                .publish_with_reply(subject.clone(), viewer.nats.new_inbox(), "{}".into())
+                .await
+                .unwrap();
+            viewer
+                .expect_violation("viewer creating a VM", &subject)
+                .await;
+        }
+        // Deleting the stream (an operator's right) is refused.
+        let delete = "$JS.API.STREAM.DELETE.BANGER_EVENTS";
+        viewer
+            .nats
+            .publish_with_reply(delete, viewer.nats.new_inbox(), "".into())
+            .await
+            .unwrap();
+        viewer
+            .expect_violation("viewer deleting the stream", delete)
+            .await;
+    });
+}
+
+/// The real services, each logged in as its role, register and answer; none of them hits a
+/// permissions violation while starting and serving.
+#[test]
+fn the_services_run_with_their_role_credentials() {
+    let test = "the_services_run_with_their_role_credentials";
+    if !nats_server_here(test) || !require_root(test) {
+        return;
+    }
+    // netd makes a bridge and nftables rules: inside a private namespace, like every process
+    // of this test.
+    let ns = NetNs::create("lp");
+    ns.exec(&["ip", "link", "set", "lo", "up"]);
+    ns.block_on(|| async {
+        let server = LabServer::single();
+        let dir = tempfile::tempdir().unwrap();
+        let services = [
+            ("banger-vm-controller", "vm-controller"),
+            ("banger-netd", "netd"),
+            ("banger-stord", "stord"),
+            ("banger-dnsd", "dnsd"),
+        ];
+        let mut procs: Vec<(String, Process, PathBuf)> = services
+            .iter()
+            .map(|(bin, user)| {
+                let log = dir.path().join(format!("{user}.log"));
+                let mut cmd = Command::new(bin_path(bin));
+                cmd.args(["--nats-url", &server.url(), "--host-id", HOST])
+                    .arg("--state-dir")
+                    .arg(dir.path().join("state"))
+                    .arg("--runtime-dir")
+                    .arg(dir.path().join("run"))
+                    .env("BANGER_NATS_USER", user)
+                    .env("BANGER_NATS_PASSWORD", password(user))
+                    .env("RUST_LOG", "warn")
+                    .stderr(std::fs::File::create(&log).unwrap());
+                ((*user).to_owned(), Process::spawn(bin, cmd), log)
+            })
+            .collect();
+
+        let cli = Client::connect(&server.url(), "cli").await;
+        let bus = banger_bus::Bus::new(cli.nats.clone(), banger_proto::Subjects::default());
+        let mut expected: Vec<String> = services.iter().map(|(_, u)| (*u).to_owned()).collect();
+        expected.sort();
+        wait_until(
+            "every service to answer $SRV.PING",
+            Duration::from_secs(30),
+            || async {
+                let mut names: Vec<String> = bus
+                    .ping(None, Duration::from_millis(300))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                names.sort();
+                names == expected
+            },
+        )
+        .await;
+
+        // Each answers a request on its own subjects (a reply, success or error, proves the
+        // subscription and the right to respond).
+        for subject in [
+            "banger.vm.list".to_owned(),
+            format!("banger.host.{HOST}.vm.get"),
+            format!("banger.host.{HOST}.net.status"),
+            format!("banger.host.{HOST}.store.capabilities"),
+            "banger.dns.status".to_owned(),
+        ] {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(10),
+                cli.nats.request(subject.clone(), "{}".into()),
+            )
+            .await;
+            assert!(
+                matches!(reply, Ok(Ok(_))),
+                "{subject}: no reply ({reply:?})"
+            );
+        }
+
+        // A clean stop, then no service logged a permissions violation.
+        for (user, p, _) in &mut procs {
+            let status = p.terminate(Duration::from_secs(20));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{user} did not exit cleanly: {status:?}"
+            );
+        }
+        for (user, _, log) in &procs {
+            let text = std::fs::read_to_string(log).unwrap();
+            assert!(
+                !text.to_lowercase().contains("permissions violation")
+                    && !text.to_lowercase().contains("authorization violation"),
+                "{user} hit a permission error:\n{text}"
+            );
+        }
+    });
+}
+
+/// The three cluster configs form one cluster: an event published on node A reaches a
+/// subscriber on node C, with the users and permissions of the configs on every node.
+#[test]
+fn the_three_cluster_configs_form_one_cluster() {
+    let test = "the_three_cluster_configs_form_one_cluster";
+    if !nats_server_here(test) {
+        return;
+    }
+    let route_ports = [free_port(), free_port(), free_port()];
+    let routes = route_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<LabServer> = ["a", "b", "c"]
+        .iter()
+        .zip(route_ports)
+        .map(|(n, p)| {
+            LabServer::spawn(
+                &format!("lab-cluster-{n}.conf"),
+                &[
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{p}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            )
+        })
+        .collect();
+    for n in &nodes {
+        n.ready();
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let viewer_c = Client::connect(&nodes[2].url(), "viewer").await;
+        let mut events = viewer_c.nats.subscribe("banger.events.>").await.unwrap();
+        viewer_c.nats.flush().await.unwrap();
+        let controller_a = Client::connect(&nodes[0].url(), "vm-controller").await;
+        let event = format!("banger.events.{HOST}.vm.{VM_ID}.started");
+        // Interest takes a moment to cross the routes: publish again until it arrives.
+        let reached = tokio::time::timeout(Duration::from_secs(20), async {
+            while !delivered(&controller_a.nats, &mut events, &event, SHORT).await {}
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "an event published on node A never reached a subscriber on node C"
+        );
+        // Permissions hold on every node: the viewer on node B cannot create a VM.
+        let mut viewer_b = Client::connect(&nodes[1].url(), "viewer").await;
+        viewer_b
+            .nats
+            .publish("banger.vm.create", "{}".into())
+            .await
+            .unwrap();
+        viewer_b
+            .expect_violation("viewer on node B creating a VM", "banger.vm.create")
+            .await;
+    });
+}
+
+/// The TLS block shown (commented) in the single-node config works as written: with it on, a
+/// client needs the lab CA and, because of `verify: true`, a client certificate too.
+#[test]
+fn the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate() {
+    let test = "the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate";
+    if !nats_server_here(test) {
+        return;
+    }
+    if !have_program("openssl") {
+        skip(
+            test,
+            "openssl is not installed (it makes the test certificates)",
+        );
+        return;
+    }
+    let tls = tempfile::tempdir().unwrap();
+    make_certificates(tls.path());
+    let server = LabServer::spawn_with_tls("lab-single.conf", &[], Some(tls.path()));
+    server.ready();
+    let ca = tls.path().join("ca.pem");
+    let (cert, key) = (
+        tls.path().join("client.pem"),
+        tls.path().join("client-key.pem"),
+    );
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let login = || ConnectOptions::with_user_and_password("cli".into(), password("cli").into());
+        let url = server.url();
+        // Without the lab CA the server's certificate is not trusted.
+        let no_ca = login().require_tls(true).connect(&url).await;
+        assert!(no_ca.is_err(), "a client without the lab CA connected");
+        // With the CA but no client certificate, `verify: true` refuses the client.
+        let no_cert = login()
+            .add_root_certificates(ca.clone())
+            .require_tls(true)
+            .connect(&url)
+            .await;
+        assert!(no_cert.is_err(), "a client without a certificate connected");
+        // With both, the client is in, and its role's permissions still apply.
+        let client = login()
+            .add_root_certificates(ca.clone())
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true)
+            .connect(&url)
+            .await
+            .unwrap();
+        let mut events = client.subscribe("banger.events.>").await.unwrap();
+        client.flush().await.unwrap();
+        let controller = ConnectOptions::with_user_and_password(
+            "vm-controller".into(),
+            password("vm-controller").into(),
+        )
+        .add_root_certificates(ca.clone())
+        .add_client_certificate(cert.clone(), key.clone())
+        .require_tls(true)
+        .connect(&url)
+        .await
+        .unwrap();
+        let event = format!("banger.events.{HOST}.vm.{VM_ID}.started");
+        assert!(delivered(&controller, &mut events, &event, DELIVERY_WAIT).await);
+    });
+}
