@@ -3,7 +3,8 @@
 //! span the bus links to the publisher's trace.
 //!
 //! Events that are already waiting are applied as one batch (up to [`MAX_BATCH`]) and the zone
-//! snapshot is rebuilt once per batch, so a burst of events costs one rebuild, not one each.
+//! snapshot is republished once per batch (the batch's changes applied together), so a burst of
+//! events costs one publication, not one each.
 
 use std::sync::Arc;
 

@@ -177,7 +177,7 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
             }
         }
     });
-    tracing::info!(listen = ?listeners, records = state.store.snapshot().records().len(), "answering DNS for vm.");
+    tracing::info!(listen = ?listeners, records = state.store.snapshot().record_count(), "answering DNS for vm.");
     host.run(stop).await;
     if failed.load(Ordering::SeqCst) {
         return Err(RunError::DnsServer);

@@ -41,7 +41,7 @@ pub fn normalize(raw: &str) -> Result<String, ApiError> {
 pub fn lookup(state: &State, req: LookupRequest) -> Result<LookupReply, ApiError> {
     let name = normalize(&req.name)?;
     let zone = state.store.snapshot();
-    let records = zone.records_of(&name).to_vec();
+    let records = zone.records_of(&name);
     Ok(LookupReply { name, records })
 }
 

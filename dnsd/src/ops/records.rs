@@ -8,7 +8,7 @@ use crate::state::State;
 /// Lists the served records, sorted by name, type and address.
 pub fn records(state: &State, _req: RecordsRequest) -> Result<RecordsReply, ApiError> {
     Ok(RecordsReply {
-        records: state.store.snapshot().records().to_vec(),
+        records: state.store.snapshot().records(),
     })
 }
 

@@ -11,7 +11,7 @@ pub fn status(state: &State, _req: DnsStatusRequest) -> Result<DnsStatus, ApiErr
     Ok(DnsStatus {
         listeners: state.listeners.iter().map(ToString::to_string).collect(),
         zone: ZONE.to_owned(),
-        records: u32::try_from(zone.records().len()).unwrap_or(u32::MAX),
+        records: u32::try_from(zone.record_count()).unwrap_or(u32::MAX),
         last_rebuild_ms: state.last_rebuild_ms(),
     })
 }
