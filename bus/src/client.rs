@@ -26,6 +26,9 @@ pub const NATS_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 /// Default deadline of a request: long enough for a VM create on a slow host.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a service-API scatter-gather waits for another answer after the latest one.
+pub const DISCOVERY_STALL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A connection to the bus under one subject prefix.
 #[derive(Clone, Debug)]
 pub struct Bus {
@@ -210,7 +213,8 @@ impl Bus {
     }
 
     /// Finds service instances through `$SRV.PING` (all services, or those named `name`),
-    /// collecting answers for `wait`.
+    /// collecting answers for at most `wait` (see [`Bus::service_verb`] for when it returns
+    /// early).
     pub async fn ping(
         &self,
         name: Option<&str>,
@@ -224,6 +228,12 @@ impl Bus {
     }
 
     /// Collects raw JSON answers of a service-API verb (`$SRV.INFO`, `$SRV.STATS`, ...).
+    ///
+    /// Nobody knows in advance how many instances will answer, so this is a scatter-gather
+    /// with a stall timer: it returns [`DISCOVERY_STALL`] after the latest answer, or after
+    /// `wait` at the latest. With every instance on one host or a LAN the answers arrive
+    /// within a millisecond or two of each other; the stall leaves room for a spread of
+    /// 100 ms, and every `vm` command no longer pays the whole window.
     pub async fn service_verb(
         &self,
         subject: String,
@@ -243,11 +253,13 @@ impl Bus {
             .await
             .map_err(|source| BusError::Publish { subject, source })?;
         let mut out = Vec::new();
-        let end = tokio::time::Instant::now() + wait;
+        let window_end = tokio::time::Instant::now() + wait;
+        let mut end = window_end;
         while let Ok(Some(msg)) = tokio::time::timeout_at(end, sub.next()).await {
             if let Ok(v) = serde_json::from_slice(&msg.payload) {
                 out.push(v);
             }
+            end = window_end.min(tokio::time::Instant::now() + DISCOVERY_STALL);
         }
         Ok(out)
     }

@@ -66,10 +66,7 @@ pub async fn connect(
         .name(&opts.name)
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            let ms = 100u64.saturating_mul(1 << attempts.min(5));
-            Duration::from_millis(ms).min(MAX_RECONNECT_DELAY)
-        })
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(|event| async move {
             match event {
                 Event::Connected => tracing::info!("connected to NATS"),
@@ -92,4 +89,29 @@ pub async fn connect(
     o.connect(addrs)
         .await
         .map_err(|source| BusError::Connect { urls, source })
+}
+
+/// Delay before connection attempt `attempts` (async-nats counts from 1, and asks before the
+/// very first attempt too): none for the first, so a CLI command does not start with a pause,
+/// then 100 ms doubling up to [`MAX_RECONNECT_DELAY`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let ms = 100u64.saturating_mul(1 << (attempts - 2).min(6));
+    Duration::from_millis(ms).min(MAX_RECONNECT_DELAY)
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_attempt_is_immediate_and_later_ones_back_off_to_the_cap() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(40), MAX_RECONNECT_DELAY);
+    }
 }

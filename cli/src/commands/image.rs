@@ -26,8 +26,8 @@ use serde::Serialize;
 
 use crate::{App, exit, output};
 
-/// How long discovery of the stord instances waits for `$SRV.PING` answers.
-const DISCOVERY_WINDOW: Duration = Duration::from_millis(300);
+/// The longest discovery of the stord instances waits for a first `$SRV.PING` answer.
+const DISCOVERY_WINDOW: Duration = Duration::from_millis(1000);
 
 /// Image commands.
 #[derive(Debug, clap::Subcommand)]

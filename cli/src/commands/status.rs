@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::{App, exit, output};
 
-/// How long `status` collects service-API answers.
-const DISCOVERY_WINDOW: Duration = Duration::from_millis(500);
+/// The longest `status` waits for service-API answers (it returns shortly after the last).
+const DISCOVERY_WINDOW: Duration = Duration::from_millis(1000);
 /// Deadline of each per-service status request.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 

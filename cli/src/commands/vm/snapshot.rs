@@ -10,8 +10,9 @@ use banger_proto::{ApiError, ErrorCode};
 use super::resolve::{self, Target};
 use crate::App;
 
-/// How long discovery of the controllers waits for `$SRV.PING` answers.
-const DISCOVERY_WINDOW: Duration = Duration::from_millis(300);
+/// The longest discovery of the controllers waits for a first `$SRV.PING` answer (it returns
+/// shortly after the last answer: `banger_bus::client::DISCOVERY_STALL`).
+const DISCOVERY_WINDOW: Duration = Duration::from_millis(1000);
 
 /// The longest `vm.list` waits for a found controller: listing is a read of a local table,
 /// so a controller that has not answered by then is stuck or cut off, and the user should
