@@ -12,7 +12,7 @@ pub mod netns;
 pub mod otlp;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,22 +94,23 @@ pub fn wait_until_blocking(what: &str, timeout: Duration, mut cond: impl FnMut()
     }
 }
 
-/// The path of workspace binary `name` (cargo puts binaries next to the test's `deps` dir).
-/// Run `cargo build --workspace --bins` first; the README test command does.
+/// The path of workspace binary `name`: beside the running executable (a workspace binary
+/// such as `banger-bench`) or one level up (a test in `target/<profile>/deps/`). Run
+/// `cargo build --workspace --bins` first; the README test command does.
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "binary {} not built: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("the executable's directory");
+    let candidates = [Some(dir.join(name)), dir.parent().map(|p| p.join(name))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "binary {name} not built beside {}: run `cargo build --workspace --bins` first",
+                dir.display()
+            )
+        })
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) and reaped on drop.
