@@ -161,6 +161,17 @@ impl Stack {
         ]);
     }
 
+    /// The VM taps (`bgr*`) in the stack's namespace.
+    pub fn taps(&self) -> Vec<String> {
+        self.ns
+            .exec(&["ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.starts_with("bgr"))
+            .collect()
+    }
+
     /// Pid of one of the stack's processes (`stord`, `netd`, `vm-controller`, `dnsd`,
     /// `nats-server`), from its pid file.
     pub fn pid_of(&self, name: &str) -> Option<i32> {

@@ -53,6 +53,24 @@ async fn names_answering_ping(bus: &Bus) -> Vec<String> {
     names
 }
 
+/// nats-server and every service, all answering `$SRV.PING`; keep the first three alive.
+async fn start_every_service() -> (NatsServer, TempDir, Vec<Process>, Bus) {
+    let nats = NatsServer::start();
+    let dir = tempfile_dir();
+    let procs: Vec<Process> = SERVICES
+        .iter()
+        .map(|(bin, _)| start_service(bin, &nats, dir.path()))
+        .collect();
+    let bus = bus(&nats).await;
+    wait_until(
+        "every service to answer $SRV.PING",
+        Duration::from_secs(20),
+        || async { names_answering_ping(&bus).await == expected_names() },
+    )
+    .await;
+    (nats, dir, procs, bus)
+}
+
 fn expected_names() -> Vec<String> {
     let mut v: Vec<String> = SERVICES.iter().map(|(_, n)| (*n).to_owned()).collect();
     v.sort();
@@ -64,19 +82,7 @@ fn every_service_registers_and_answers_srv_ping_with_its_host() {
     in_private_netns(
         "every_service_registers_and_answers_srv_ping_with_its_host",
         || async {
-            let nats = NatsServer::start();
-            let dir = tempfile_dir();
-            let _procs: Vec<Process> = SERVICES
-                .iter()
-                .map(|(bin, _)| start_service(bin, &nats, dir.path()))
-                .collect();
-            let bus = bus(&nats).await;
-            wait_until(
-                "every service to answer $SRV.PING",
-                Duration::from_secs(20),
-                || async { names_answering_ping(&bus).await == expected_names() },
-            )
-            .await;
+            let (_nats, _dir, _procs, bus) = start_every_service().await;
             for s in bus.ping(None, Duration::from_millis(200)).await.unwrap() {
                 assert_eq!(
                     s.host(),
@@ -101,19 +107,7 @@ fn a_request_continues_the_callers_trace_in_every_service() {
     in_private_netns(
         "a_request_continues_the_callers_trace_in_every_service",
         || async {
-            let nats = NatsServer::start();
-            let dir = tempfile_dir();
-            let _procs: Vec<Process> = SERVICES
-                .iter()
-                .map(|(bin, _)| start_service(bin, &nats, dir.path()))
-                .collect();
-            let bus = bus(&nats).await;
-            wait_until(
-                "every service to answer $SRV.PING",
-                Duration::from_secs(20),
-                || async { names_answering_ping(&bus).await == expected_names() },
-            )
-            .await;
+            let (_nats, _dir, _procs, bus) = start_every_service().await;
 
             let s = Subjects::default();
             let host = banger_proto::HostId::new(HOST).unwrap();

@@ -37,17 +37,6 @@ fn ip_of(stack: &Stack, name: &str) -> String {
     vm["network"]["ip"].as_str().unwrap().to_owned()
 }
 
-fn taps(stack: &Stack) -> Vec<String> {
-    stack
-        .ns
-        .exec(&["ip", "-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("bgr"))
-        .collect()
-}
-
 fn dig_short(stack: &Stack, name: &str) -> String {
     let out = stack
         .ns
@@ -112,7 +101,7 @@ fn assert_converged(stack: &Stack) {
         "keep ({ip}) does not answer ping"
     );
     wait_until_blocking("one tap, keep's", Duration::from_secs(30), || {
-        taps(stack).len() == 1
+        stack.taps().len() == 1
     });
     assert_eq!(simulators(stack), 1, "simulator processes besides keep's");
     let nft = stack.ns.exec(&["nft", "list", "table", "ip", "banger"]);

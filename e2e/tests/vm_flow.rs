@@ -56,17 +56,6 @@ fn dig(stack: &Stack, name: &str) -> (String, String) {
     (run(&["+short"]), run(&[]))
 }
 
-fn taps(stack: &Stack) -> Vec<String> {
-    stack
-        .ns
-        .exec(&["ip", "-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("bgr"))
-        .collect()
-}
-
 fn loops_under(dir: &std::path::Path) -> Vec<String> {
     let out = Command::new("losetup").arg("-a").output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -160,7 +149,7 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
     assert!(vm_list(&stack).is_empty());
     let (answer, _) = dig(&stack, "charlie.vm");
     assert!(answer.is_empty(), "a deleted VM still resolves: {answer}");
-    assert!(taps(&stack).is_empty(), "taps left: {:?}", taps(&stack));
+    assert!(stack.taps().is_empty(), "taps left: {:?}", stack.taps());
 
     // Records: no VM (checked above), no lease or tap left in netd.
     let status: serde_json::Value =
@@ -173,7 +162,7 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
     stack.banger_ok(&["down"]);
     let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left after down: {left:?}");
-    assert!(taps(&stack).is_empty());
+    assert!(stack.taps().is_empty());
     assert!(
         !stack.ns.try_exec(&["nft", "list", "table", "ip", "banger"]),
         "banger's nftables table left after down"

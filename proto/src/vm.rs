@@ -324,27 +324,7 @@ mod tests {
 
     #[test]
     fn vm_info_round_trips() {
-        let info = VmInfo {
-            id: VmId::new("0123456789abcdef0123456789abcdef").unwrap(),
-            name: VmName::new("web").unwrap(),
-            host: HostId::new("h1").unwrap(),
-            state: VmState::Running,
-            image: ImageName::new("debian").unwrap(),
-            cpus: CpuCount::new(2).unwrap(),
-            memory_mib: MemMib::new(1024).unwrap(),
-            disk_mib: MemMib::new(4096).unwrap(),
-            network: Some(VmNetwork {
-                ip: "172.16.0.2".into(),
-                mac: "06:00:ac:10:00:02".into(),
-                tap: "bgr0123456789ab".into(),
-            }),
-            port_forwards: vec![],
-            reason: None,
-            created_at_ms: 1,
-            updated_at_ms: 2,
-            started_at_ms: Some(2),
-            touched_at_ms: None,
-        };
+        let info = crate::testing::vm_info("web", "0123456789abcdef0123456789abcdef", "h1");
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["state"], "running");
         assert_eq!(json["network"]["ip"], "172.16.0.2");
