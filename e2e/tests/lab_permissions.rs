@@ -139,13 +139,18 @@ impl LabServer {
         }
     }
 
-    /// Waits until the server answers /healthz.
+    /// Waits until the server answers /healthz (JetStream ready).
     fn ready(&self) {
+        self.answers("/healthz");
+    }
+
+    /// Waits until the server's monitoring endpoint `path` answers 200.
+    fn answers(&self, path: &str) {
         let monitor = format!("127.0.0.1:{}", self.monitor);
         wait_until_blocking(
-            "nats-server /healthz to answer ok",
+            &format!("nats-server {path} to answer ok"),
             Duration::from_secs(30),
-            || http_get_ok(&monitor, "/healthz"),
+            || http_get_ok(&monitor, path),
         );
     }
 
@@ -674,8 +679,18 @@ fn the_three_cluster_configs_form_one_cluster() {
             )
         })
         .collect();
+    // Not /healthz: a clustered JetStream reports healthy only once the meta group has a
+    // leader, which on a loaded test machine can take longer than the server needs to route
+    // messages — and routing is what this test is about. The monitoring port opens before
+    // the client port, so wait for a client connection to be accepted.
     for n in &nodes {
-        n.ready();
+        n.answers("/varz");
+        let addr = format!("127.0.0.1:{}", n.port);
+        wait_until_blocking(
+            "the node to accept client connections",
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(&addr).is_ok(),
+        );
     }
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let viewer_c = Client::connect(&nodes[2].url(), "viewer").await;

@@ -58,10 +58,20 @@ pub fn require_root(test: &str) -> bool {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the caller to use).
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller to use), never one this
+/// process handed out before: the kernel readily returns a port just released, so two calls
+/// in a row (a server's client and monitor ports, a cluster's routes) could otherwise collide.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+        let port = l.local_addr().expect("local address").port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` every 20 ms until it returns true or `timeout` passes; panics with `what` on
