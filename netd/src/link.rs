@@ -116,6 +116,21 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno)
 }
 
+/// A create that may find its object already there (`EEXIST`) is a success; any other error
+/// is `what` failing.
+fn exists_ok(
+    result: Result<(), rtnetlink::Error>,
+    what: impl FnOnce() -> String,
+) -> Result<(), LinkError> {
+    match result {
+        Err(e) if !is_errno(&e, EEXIST) => Err(LinkError::Request {
+            what: what(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A netlink connection. The connection task and the teardown worker end when this is dropped.
 pub struct Links {
     handle: Handle,
@@ -212,23 +227,15 @@ impl Links {
         let link = match self.by_name(name).await? {
             Some(l) => l,
             None => {
-                match self
-                    .handle
-                    .link()
-                    .add(LinkBridge::new(name).mtu(mtu).build())
-                    .execute()
-                    .await
-                {
-                    Ok(()) => {}
-                    // Created concurrently by someone else: fine, it is checked below.
-                    Err(e) if is_errno(&e, EEXIST) => {}
-                    Err(e) => {
-                        return Err(LinkError::Request {
-                            what: format!("creating bridge {name}"),
-                            source: e,
-                        });
-                    }
-                }
+                // Created concurrently by someone else: fine, it is checked below.
+                exists_ok(
+                    self.handle
+                        .link()
+                        .add(LinkBridge::new(name).mtu(mtu).build())
+                        .execute()
+                        .await,
+                    || format!("creating bridge {name}"),
+                )?;
                 tracing::info!(bridge = name, "created the bridge");
                 self.by_name(name)
                     .await?
@@ -262,22 +269,14 @@ impl Links {
             });
         drop(one_dump);
         if !has_addr {
-            match self
-                .handle
-                .address()
-                .add(link.index, IpAddr::V4(gateway), prefix_len)
-                .execute()
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_errno(&e, EEXIST) => {}
-                Err(e) => {
-                    return Err(LinkError::Request {
-                        what: format!("adding {gateway}/{prefix_len} to {name}"),
-                        source: e,
-                    });
-                }
-            }
+            exists_ok(
+                self.handle
+                    .address()
+                    .add(link.index, IpAddr::V4(gateway), prefix_len)
+                    .execute()
+                    .await,
+                || format!("adding {gateway}/{prefix_len} to {name}"),
+            )?;
         }
         self.handle
             .link()
