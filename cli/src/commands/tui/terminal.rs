@@ -6,6 +6,7 @@
 //! thread stops reading (and says it has stopped) before the session starts.
 
 use std::io::Write as _;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -20,9 +21,16 @@ const READ_POLL: Duration = Duration::from_millis(50);
 const PAUSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The terminal in TUI mode; restored on drop.
+///
+/// While the TUI draws, standard error goes to `/dev/null`: a log line (say, the bus client's
+/// warning that the connection dropped) written over the screen would garble it, and the
+/// title already says so. It is given back before ssh runs, when the TUI ends, and before a
+/// panic message is printed.
 pub(crate) struct Screen {
     /// The ratatui terminal.
     pub(crate) terminal: DefaultTerminal,
+    /// The real standard error, while it is muted.
+    saved_stderr: Option<Arc<OwnedFd>>,
 }
 
 impl Screen {
@@ -30,11 +38,25 @@ impl Screen {
     pub(crate) fn enter() -> anyhow::Result<Self> {
         let terminal = ratatui::try_init()
             .map_err(|e| anyhow::anyhow!("setting up the terminal (is this a terminal?): {e}"))?;
-        Ok(Self { terminal })
+        let saved_stderr = mute_stderr().map(Arc::new);
+        if let Some(saved) = &saved_stderr {
+            // Runs before ratatui's hook (which restores the terminal, then prints).
+            let saved = Arc::clone(saved);
+            let next = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let _ = nix::unistd::dup2_stderr(saved.as_fd());
+                next(info);
+            }));
+        }
+        Ok(Self {
+            terminal,
+            saved_stderr,
+        })
     }
 
     /// Gives the terminal back to the shell: what an ssh session needs.
     pub(crate) fn suspend(&mut self) -> std::io::Result<()> {
+        self.unmute();
         ratatui::try_restore()?;
         execute!(std::io::stdout(), cursor::Show)?;
         std::io::stdout().flush()
@@ -44,15 +66,39 @@ impl Screen {
     pub(crate) fn resume(&mut self) -> std::io::Result<()> {
         terminal::enable_raw_mode()?;
         execute!(std::io::stdout(), terminal::EnterAlternateScreen)?;
+        if self.saved_stderr.is_some()
+            && let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null")
+        {
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
         self.terminal.clear()
+    }
+
+    fn unmute(&self) {
+        if let Some(saved) = &self.saved_stderr {
+            let _ = nix::unistd::dup2_stderr(saved.as_fd());
+        }
     }
 }
 
 impl Drop for Screen {
     fn drop(&mut self) {
+        self.unmute();
         ratatui::restore();
         let _ = execute!(std::io::stdout(), cursor::Show);
     }
+}
+
+/// Points standard error at `/dev/null`; returns the real one (`None` when that failed, and
+/// standard error is left alone).
+fn mute_stderr() -> Option<OwnedFd> {
+    let saved = nix::unistd::dup(std::io::stderr()).ok()?;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .ok()?;
+    nix::unistd::dup2_stderr(&null).ok()?;
+    Some(saved)
 }
 
 #[derive(Debug, Default)]

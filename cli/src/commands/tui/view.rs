@@ -284,6 +284,9 @@ fn render_logs(frame: &mut Frame<'_>, area: Rect, model: &Model, row: Option<&Ro
     let title = row.map_or(" log ".to_owned(), |r| format!(" log: {} (serial console) ", r.vm.name));
     let block = Block::default().borders(Borders::ALL).title(title);
     let text = match (row, &model.log) {
+        (Some(r), Some((id, text, Some(_)))) if *id == r.vm.id && text.is_empty() => {
+            "no output yet".to_owned()
+        }
         (Some(r), Some((id, text, _))) if *id == r.vm.id => printable(text),
         (Some(_), _) => "reading…".to_owned(),
         (None, _) => "select a VM".to_owned(),
