@@ -57,7 +57,17 @@ impl Tmux {
             .arg(&socket)
             .arg("-f")
             .arg(&conf)
-            .args(["new-session", "-d", "-s", "tui", "-x", COLS, "-y", ROWS, "--"])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "tui",
+                "-x",
+                COLS,
+                "-y",
+                ROWS,
+                "--",
+            ])
             .args(&args[3..])
             .arg("tui");
         for (k, v) in banger.get_envs() {
@@ -101,9 +111,15 @@ impl Tmux {
 
     /// `#{pane_dead} #{pane_dead_status}`: `1 0` once the TUI exited with status 0.
     fn pane_status(&self) -> String {
-        self.tmux(&["display-message", "-p", "-t", "tui", "#{pane_dead} #{pane_dead_status}"])
-            .trim()
-            .to_owned()
+        self.tmux(&[
+            "display-message",
+            "-p",
+            "-t",
+            "tui",
+            "#{pane_dead} #{pane_dead_status}",
+        ])
+        .trim()
+        .to_owned()
     }
 
     /// Waits until the screen satisfies `cond`; panics with the last screen after
@@ -193,7 +209,11 @@ fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
     tui.wait_for("the inline cpus error", |s| {
         s.contains("cpus must be a whole number greater than 0")
     });
-    assert_eq!(listed_state(&stack, "web"), None, "an invalid form sent a create");
+    assert_eq!(
+        listed_state(&stack, "web"),
+        None,
+        "an invalid form sent a create"
+    );
 
     // Fixed (the focus is on the bad field): the VM is created, started, and its row says so.
     tui.keys(&["BSpace"]);
@@ -205,12 +225,18 @@ fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
         row_state(s, "web", &host).as_deref() == Some("running")
     });
     eprintln!("the TUI with web running:\n{screen}");
-    assert!(!screen.contains("create a VM"), "the form closed:\n{screen}");
+    assert!(
+        !screen.contains("create a VM"),
+        "the form closed:\n{screen}"
+    );
     assert_eq!(listed_state(&stack, "web").as_deref(), Some("running"));
 
     // The agent answers in the simulated guest: the health column says so.
     tui.wait_for("web healthy in the table", |s| {
-        row_cells(s, "web", &host).and_then(|c| c.get(5).cloned()).as_deref() == Some("ok")
+        row_cells(s, "web", &host)
+            .and_then(|c| c.get(5).cloned())
+            .as_deref()
+            == Some("ok")
     });
 
     // exec: the command's output and status in a popup.
@@ -223,6 +249,15 @@ fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
     });
     tui.keys(&["Escape"]);
     tui.wait_for("the exec popup closed", |s| !s.contains("hi-from-tui"));
+
+    // ssh: the TUI steps aside for the real `ssh` (the simulated guest runs no sshd, so the
+    // session ends at once), takes the terminal back, asks vm.health and reminds that the VM
+    // still runs.
+    tui.keys(&["Enter"]);
+    tui.wait_for("the reminder after ssh", |s| {
+        s.contains("web is still running; stop it with `banger vm stop web`")
+            && row_state(s, "web", &host).as_deref() == Some("running")
+    });
 
     // Stop from the TUI.
     tui.keys(&["x"]);
@@ -253,7 +288,9 @@ fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    tui.wait_for("the title to say DISCONNECTED", |s| s.contains("DISCONNECTED"));
+    tui.wait_for("the title to say DISCONNECTED", |s| {
+        s.contains("DISCONNECTED")
+    });
     // Without --config: `up` reads the stack file, so it restarts the nats-server it manages
     // with the same port and credentials.
     stack.banger_ok(&["up", "--vmm", "sim"]);

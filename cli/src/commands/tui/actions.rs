@@ -9,8 +9,8 @@ use std::time::Duration;
 use banger_proto::agent::ExecRequest;
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{LogSource, LogsRequest, VmInfo, VmRefRequest};
-use futures::future::LocalBoxFuture;
 use futures::FutureExt as _;
+use futures::future::LocalBoxFuture;
 
 use super::state::{Effect, Msg};
 use crate::App;
@@ -38,6 +38,7 @@ pub(crate) type Pending<'a> = LocalBoxFuture<'a, Msg>;
 pub(crate) fn start(app: &App, effect: Effect) -> Option<Pending<'_>> {
     Some(match effect {
         Effect::Resync => list(app, Duration::ZERO).boxed_local(),
+        Effect::RetryResync => list(app, RESYNC_RETRY).boxed_local(),
         Effect::ProbeHealth { vm, until_healthy } => health(app, vm, until_healthy).boxed_local(),
         Effect::Lifecycle(vm, op) => lifecycle(app, vm, op).boxed_local(),
         Effect::Create(req) => async move {
@@ -81,8 +82,8 @@ pub(crate) fn start(app: &App, effect: Effect) -> Option<Pending<'_>> {
 }
 
 /// Asks every host for its VMs (after `delay`): the seed of the table, and its resync after a
-/// reconnect. A failure is retried while the main loop runs.
-pub(crate) async fn list(app: &App, delay: Duration) -> Msg {
+/// reconnect or a failed list.
+async fn list(app: &App, delay: Duration) -> Msg {
     tokio::time::sleep(delay).await;
     let requested_at_ms = banger_bus::now_ms();
     match snapshot::fetch(app).await {
@@ -93,11 +94,6 @@ pub(crate) async fn list(app: &App, delay: Duration) -> Msg {
         },
         Err(e) => Msg::SnapshotFailed(banger_bus::runtime::chain(e.as_ref())),
     }
-}
-
-/// The delay before asking for the list again after `Msg::SnapshotFailed`.
-pub(crate) fn retry_list(app: &App) -> Pending<'_> {
-    list(app, RESYNC_RETRY).boxed_local()
 }
 
 async fn health(app: &App, vm: VmInfo, until_healthy: bool) -> Msg {

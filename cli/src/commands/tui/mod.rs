@@ -31,7 +31,7 @@ use futures::stream::FuturesUnordered;
 use ratatui::crossterm::event::Event as TermEvent;
 
 use self::actions::Pending;
-use self::state::{Effect, Model, Msg, Pane};
+use self::state::{Connection, Effect, Model, Msg, Pane};
 use self::terminal::{Input, Screen};
 use crate::commands::vm::ssh;
 use crate::{App, exit};
@@ -40,8 +40,6 @@ use crate::{App, exit};
 const TICK: Duration = Duration::from_secs(1);
 /// How often the shown log is read for new output (logs have no events).
 const LOG_POLL: Duration = Duration::from_millis(500);
-/// Narrower than this, the logs pane is only read while it is the pane shown.
-const SIDE_BY_SIDE: u16 = 110;
 
 /// Flags of `banger tui`.
 #[derive(Debug, clap::Args)]
@@ -78,7 +76,9 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
     let mut events = feed::subscribe(&app).await?;
     let mut model = Model::default();
     let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
-    pending.push(Box::pin(actions::list(&app, Duration::ZERO)));
+    for effect in model.start() {
+        pending.extend(actions::start(&app, effect));
+    }
 
     let mut screen = Screen::enter()?;
     let mut input = Input::start();
@@ -88,9 +88,7 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
     let mut events_open = true;
     loop {
         let now = banger_bus::now_ms();
-        screen
-            .terminal
-            .draw(|f| view::render(f, &model, now))?;
+        screen.terminal.draw(|f| view::render(f, &model, now))?;
         let width = screen.terminal.size().map_or(0, |s| s.width);
         let step = tokio::select! {
             key = input.events.recv() => match key {
@@ -100,30 +98,36 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
                 None => break,
             },
             e = feed::next_event(&mut events), if events_open => match e {
-                Some(m) => Step::Msg(m),
+                Some(m) => Step::Msg(Box::new(m)),
                 None => {
                     events_open = false;
                     Step::Redraw
                 }
             },
-            Some(c) = conn_rx.recv() => feed::connection(&c).map_or(Step::Redraw, |c| Step::Msg(Msg::Connection(c))),
-            Some(m) = pending.next() => Step::Msg(m),
+            Some(c) = conn_rx.recv() => match feed::connection(&c) {
+                Some(c) => Step::Msg(Box::new(Msg::Connection(c))),
+                None => Step::Redraw,
+            },
+            Some(m) = pending.next() => Step::Msg(Box::new(m)),
             _ = log_tick.tick(), if !log_in_flight => Step::FollowLog,
             _ = tick.tick() => Step::Redraw,
         };
         let effects = match step {
             Step::Key(k) => keys::action(&model.mode, k).map_or_else(Vec::new, |a| model.act(a)),
             Step::Msg(m) => {
-                match &m {
-                    Msg::Logs { .. } => log_in_flight = false,
-                    Msg::SnapshotFailed(_) => pending.push(actions::retry_list(&app)),
-                    _ => {}
+                let m = *m;
+                if matches!(m, Msg::Logs { .. }) {
+                    log_in_flight = false;
                 }
                 model.apply(m)
             }
             Step::FollowLog => {
-                let shown = width >= SIDE_BY_SIDE || model.pane == Pane::Logs;
-                if shown && let Some((vm, offset)) = model.log_to_follow() {
+                // Logs have no events: the shown one is read again while connected.
+                let shown = width >= view::SIDE_BY_SIDE || model.pane == Pane::Logs;
+                if shown
+                    && model.connection == Connection::Connected
+                    && let Some((vm, offset)) = model.log_to_follow()
+                {
                     log_in_flight = true;
                     pending.push(actions::read_log(&app, vm, offset));
                 }
@@ -145,8 +149,8 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
 enum Step {
     /// A key press.
     Key(ratatui::crossterm::event::KeyEvent),
-    /// Something for the model.
-    Msg(Msg),
+    /// Something for the model (boxed: a message carries a whole VM record).
+    Msg(Box<Msg>),
     /// Time to read more of the shown log.
     FollowLog,
     /// Nothing but a redraw (resize, clock).
@@ -191,7 +195,11 @@ async fn ssh_session(
     input.pause();
     let outcome = match screen.suspend() {
         Ok(()) => {
-            println!("banger: ssh root@{} ({}); exit the shell to come back", vm.name, argv.last().map_or("", String::as_str));
+            println!(
+                "banger: ssh root@{} ({}); exit the shell to come back",
+                vm.name,
+                argv.last().map_or("", String::as_str)
+            );
             ssh::run_ssh(&argv).await.map(|_| ())
         }
         Err(e) => Err(anyhow::anyhow!("giving the terminal to ssh: {e}")),

@@ -234,6 +234,8 @@ pub(crate) enum Msg {
 pub(crate) enum Effect {
     /// Ask every host for its VMs again.
     Resync,
+    /// Ask again after a pause: the last list failed.
+    RetryResync,
     /// Ask a VM's agent for its health; `until_healthy` keeps asking for a while (a VM that
     /// just started needs a moment for its agent).
     ProbeHealth {
@@ -277,6 +279,9 @@ pub(crate) struct Model {
     pub(crate) log: Option<(VmId, String, Option<u64>)>,
     /// Set by [`Action::Quit`].
     pub(crate) quit: bool,
+    /// Lists asked for and not answered yet: a failed list is retried only when no other is
+    /// on its way, so a flapping connection does not pile up retries.
+    lists_in_flight: u32,
 }
 
 impl Default for Model {
@@ -293,11 +298,22 @@ impl Default for Model {
             status: None,
             log: None,
             quit: false,
+            lists_in_flight: 0,
         }
     }
 }
 
 impl Model {
+    /// The first thing to do: list the VMs.
+    pub(crate) fn start(&mut self) -> Vec<Effect> {
+        self.resync()
+    }
+
+    fn resync(&mut self) -> Vec<Effect> {
+        self.lists_in_flight += 1;
+        vec![Effect::Resync]
+    }
+
     /// The rows in table order: by host, then name.
     pub(crate) fn ordered(&self) -> Vec<&Row> {
         let mut rows: Vec<&Row> = self.rows.values().collect();
@@ -321,7 +337,11 @@ impl Model {
     /// Keeps a selection while there are rows: the same VM when it is still there, else the
     /// row at the position it had (`fallback`), else the first.
     fn fix_selection(&mut self, fallback: Option<usize>) {
-        if self.selected.as_ref().is_some_and(|id| self.rows.contains_key(id)) {
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|id| self.rows.contains_key(id))
+        {
             return;
         }
         let ordered = self.ordered();
@@ -348,10 +368,19 @@ impl Model {
                 vms,
                 unreachable,
                 requested_at_ms,
-            } => self.apply_snapshot(vms, unreachable, requested_at_ms),
+            } => {
+                self.lists_in_flight = self.lists_in_flight.saturating_sub(1);
+                self.apply_snapshot(vms, unreachable, requested_at_ms)
+            }
             Msg::SnapshotFailed(why) => {
-                self.say(format!("listing VMs failed: {why}"), true);
-                Vec::new()
+                self.lists_in_flight = self.lists_in_flight.saturating_sub(1);
+                self.say(format!("listing VMs failed: {why}; trying again"), true);
+                if self.lists_in_flight == 0 {
+                    self.lists_in_flight += 1;
+                    vec![Effect::RetryResync]
+                } else {
+                    Vec::new()
+                }
             }
             Msg::Connection(c) => {
                 let was = self.connection;
@@ -359,7 +388,7 @@ impl Model {
                 match (was, c) {
                     (Connection::Disconnected, Connection::Connected) => {
                         self.say("reconnected: listing VMs again", false);
-                        vec![Effect::Resync]
+                        self.resync()
                     }
                     _ => Vec::new(),
                 }
@@ -872,13 +901,28 @@ mod tests {
     #[test]
     fn events_in_order_move_the_row_through_its_states() {
         let mut m = Model::default();
-        m.apply(event(EventKind::Created, 1, vm("web", A, VmState::Creating, 10)));
-        m.apply(event(EventKind::Starting, 2, vm("web", A, VmState::Starting, 11)));
-        let fx = m.apply(event(EventKind::Started, 3, vm("web", A, VmState::Running, 12)));
+        m.apply(event(
+            EventKind::Created,
+            1,
+            vm("web", A, VmState::Creating, 10),
+        ));
+        m.apply(event(
+            EventKind::Starting,
+            2,
+            vm("web", A, VmState::Starting, 11),
+        ));
+        let fx = m.apply(event(
+            EventKind::Started,
+            3,
+            vm("web", A, VmState::Running, 12),
+        ));
         assert_eq!(state_of(&m, "web"), Some(VmState::Running));
         assert!(matches!(
             fx.as_slice(),
-            [Effect::ProbeHealth { until_healthy: true, .. }]
+            [Effect::ProbeHealth {
+                until_healthy: true,
+                ..
+            }]
         ));
         let row = m.ordered()[0].clone();
         let kinds: Vec<EventKind> = row.events.iter().map(|e| e.kind).collect();
@@ -892,12 +936,24 @@ mod tests {
     #[test]
     fn a_late_event_with_an_older_sequence_is_ignored() {
         let mut m = Model::default();
-        m.apply(event(EventKind::Stopped, 7, vm("web", A, VmState::Stopped, 20)));
+        m.apply(event(
+            EventKind::Stopped,
+            7,
+            vm("web", A, VmState::Stopped, 20),
+        ));
         // `started` (seq 5) was delivered after `stopped` (seq 7).
-        m.apply(event(EventKind::Started, 5, vm("web", A, VmState::Running, 15)));
+        m.apply(event(
+            EventKind::Started,
+            5,
+            vm("web", A, VmState::Running, 15),
+        ));
         assert_eq!(state_of(&m, "web"), Some(VmState::Stopped));
         // The same event twice changes nothing either.
-        m.apply(event(EventKind::Stopped, 7, vm("web", A, VmState::Stopped, 20)));
+        m.apply(event(
+            EventKind::Stopped,
+            7,
+            vm("web", A, VmState::Stopped, 20),
+        ));
         assert_eq!(m.ordered()[0].events.len(), 1);
     }
 
@@ -905,9 +961,17 @@ mod tests {
     fn an_event_older_than_the_listed_record_is_ignored() {
         let mut m = Model::default();
         m.apply(snapshot(vec![vm("web", A, VmState::Stopped, 50)], 60));
-        m.apply(event(EventKind::Started, 3, vm("web", A, VmState::Running, 40)));
+        m.apply(event(
+            EventKind::Started,
+            3,
+            vm("web", A, VmState::Running, 40),
+        ));
         assert_eq!(state_of(&m, "web"), Some(VmState::Stopped));
-        m.apply(event(EventKind::Starting, 4, vm("web", A, VmState::Starting, 70)));
+        m.apply(event(
+            EventKind::Starting,
+            4,
+            vm("web", A, VmState::Starting, 70),
+        ));
         assert_eq!(state_of(&m, "web"), Some(VmState::Starting));
     }
 
@@ -922,13 +986,21 @@ mod tests {
             20,
         ));
         m.selected = Some(VmId::new(A).unwrap());
-        m.apply(event(EventKind::Deleted, 9, vm("web", A, VmState::Deleting, 30)));
+        m.apply(event(
+            EventKind::Deleted,
+            9,
+            vm("web", A, VmState::Deleting, 30),
+        ));
         assert_eq!(state_of(&m, "web"), None);
         // The selection moves to the row that remains.
         assert_eq!(m.selected.as_ref().map(VmId::as_str), Some(B));
         // A `stopped` published before the delete but delivered after it, and a list taken
         // before the delete, do not resurrect it.
-        m.apply(event(EventKind::Stopped, 8, vm("web", A, VmState::Stopped, 25)));
+        m.apply(event(
+            EventKind::Stopped,
+            8,
+            vm("web", A, VmState::Stopped, 25),
+        ));
         m.apply(snapshot(vec![vm("web", A, VmState::Stopped, 10)], 5));
         assert_eq!(state_of(&m, "web"), None);
     }
@@ -943,7 +1015,12 @@ mod tests {
         m.apply(event(
             EventKind::Created,
             1,
-            vm("new", "cccc0000000000000000000000000000", VmState::Creating, 150),
+            vm(
+                "new",
+                "cccc0000000000000000000000000000",
+                VmState::Creating,
+                150,
+            ),
         ));
         m.apply(Msg::Snapshot {
             vms: vec![],
@@ -960,7 +1037,10 @@ mod tests {
     fn reconnecting_asks_for_the_list_again() {
         let mut m = Model::default();
         assert!(m.apply(Msg::Connection(Connection::Connected)).is_empty());
-        assert!(m.apply(Msg::Connection(Connection::Disconnected)).is_empty());
+        assert!(
+            m.apply(Msg::Connection(Connection::Disconnected))
+                .is_empty()
+        );
         assert_eq!(m.connection, Connection::Disconnected);
         assert_eq!(
             m.apply(Msg::Connection(Connection::Connected)),
@@ -970,12 +1050,38 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_list_is_retried_once_not_once_per_failure() {
+        let mut m = Model::default();
+        assert_eq!(m.start(), [Effect::Resync]);
+        m.apply(Msg::Connection(Connection::Disconnected));
+        // A reconnect while the first list is still out: a second list.
+        assert_eq!(
+            m.apply(Msg::Connection(Connection::Connected)),
+            [Effect::Resync]
+        );
+        // The first fails while the second is out: no retry yet.
+        assert!(m.apply(Msg::SnapshotFailed("timeout".into())).is_empty());
+        // The second fails too: one retry.
+        assert_eq!(
+            m.apply(Msg::SnapshotFailed("timeout".into())),
+            [Effect::RetryResync]
+        );
+        assert!(m.status.as_ref().is_some_and(|s| s.error));
+        assert!(!m.loaded);
+        m.apply(snapshot(vec![vm("web", A, VmState::Running, 1)], 2));
+        assert!(m.loaded);
+    }
+
+    #[test]
     fn health_answers_fill_the_health_column_and_a_stop_clears_it() {
         let mut m = Model::default();
         let fx = m.apply(snapshot(vec![vm("web", A, VmState::Running, 10)], 20));
         assert!(matches!(
             fx.as_slice(),
-            [Effect::ProbeHealth { until_healthy: false, .. }]
+            [Effect::ProbeHealth {
+                until_healthy: false,
+                ..
+            }]
         ));
         let id = VmId::new(A).unwrap();
         let mut h = Health {
@@ -1002,12 +1108,23 @@ mod tests {
         });
         assert_eq!(m.health_of("web").map(HealthView::cell), Some("down"));
         // A health event on a running VM asks again.
-        let fx = m.apply(event(EventKind::Health, 4, vm("web", A, VmState::Running, 30)));
+        let fx = m.apply(event(
+            EventKind::Health,
+            4,
+            vm("web", A, VmState::Running, 30),
+        ));
         assert!(matches!(
             fx.as_slice(),
-            [Effect::ProbeHealth { until_healthy: false, .. }]
+            [Effect::ProbeHealth {
+                until_healthy: false,
+                ..
+            }]
         ));
-        m.apply(event(EventKind::Stopped, 5, vm("web", A, VmState::Stopped, 40)));
+        m.apply(event(
+            EventKind::Stopped,
+            5,
+            vm("web", A, VmState::Stopped, 40),
+        ));
         assert_eq!(m.health_of("web"), Some(&HealthView::Unknown));
         // A late failed probe of a stopped VM is not "down".
         m.apply(Msg::Health {

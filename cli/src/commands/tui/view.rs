@@ -12,7 +12,9 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row as TableRow, Table, TableState, Wrap};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Paragraph, Row as TableRow, Table, TableState, Wrap,
+};
 
 use super::form::FIELDS;
 use super::keys::KEYS;
@@ -24,7 +26,7 @@ pub(crate) const MIN_WIDTH: u16 = 40;
 /// Below this height the layout does not fit; a notice is drawn instead.
 pub(crate) const MIN_HEIGHT: u16 = 12;
 /// From this width on, details and logs are side by side.
-const SIDE_BY_SIDE: u16 = 110;
+pub(crate) const SIDE_BY_SIDE: u16 = 110;
 
 /// Draws the whole screen.
 pub(crate) fn render(frame: &mut Frame<'_>, model: &Model, now_ms: u64) {
@@ -91,9 +93,7 @@ fn title_line(model: &Model) -> Paragraph<'static> {
         )),
         Connection::Disconnected => spans.push(Span::styled(
             "DISCONNECTED: reconnecting, the table may be out of date",
-            Style::default()
-                .fg(Color::Red)
-                .add_modifier(Modifier::BOLD),
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
         )),
     }
     if !model.unreachable.is_empty() {
@@ -127,8 +127,10 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, model: &Model, now_ms: u64) {
         return;
     }
     let header = TableRow::new(
-        ["NAME", "HOST", "STATE", "IP", "CPUS", "MEM", "UPTIME", "HEALTH"]
-            .map(|h| Cell::from(h).style(Style::default().add_modifier(Modifier::BOLD))),
+        [
+            "NAME", "HOST", "STATE", "IP", "CPUS", "MEM", "UPTIME", "HEALTH",
+        ]
+        .map(|h| Cell::from(h).style(Style::default().add_modifier(Modifier::BOLD))),
     );
     let body: Vec<TableRow<'_>> = rows
         .iter()
@@ -182,7 +184,10 @@ fn kv(key: &str, value: String) -> Line<'static> {
 pub(crate) fn details_lines(row: &Row, now_ms: u64) -> Vec<Line<'static>> {
     let v: &VmInfo = &row.vm;
     let mut lines = vec![
-        kv("vm", format!("{} ({}.vm) id {}", v.name, v.name, v.id.short())),
+        kv(
+            "vm",
+            format!("{} ({}.vm) id {}", v.name, v.name, v.id.short()),
+        ),
         kv(
             "state",
             match v.state {
@@ -222,8 +227,11 @@ pub(crate) fn details_lines(row: &Row, now_ms: u64) -> Vec<Line<'static>> {
     for p in &v.port_forwards {
         lines.push(kv(
             "forward",
-            format!("host {} -> guest {} {:?}", p.host_port, p.guest_port, p.protocol)
-                .to_lowercase(),
+            format!(
+                "host {} -> guest {} {:?}",
+                p.host_port, p.guest_port, p.protocol
+            )
+            .to_lowercase(),
         ));
     }
     lines.push(kv(
@@ -253,7 +261,9 @@ pub(crate) fn details_lines(row: &Row, now_ms: u64) -> Vec<Line<'static>> {
 }
 
 fn render_details(frame: &mut Frame<'_>, area: Rect, row: Option<&Row>, now_ms: u64) {
-    let title = row.map_or(" details ".to_owned(), |r| format!(" details: {} ", r.vm.name));
+    let title = row.map_or(" details ".to_owned(), |r| {
+        format!(" details: {} ", r.vm.name)
+    });
     let block = Block::default().borders(Borders::ALL).title(title);
     let lines = row.map_or_else(
         || vec![Line::from("select a VM")],
@@ -281,7 +291,9 @@ pub(crate) fn printable(text: &str) -> String {
 }
 
 fn render_logs(frame: &mut Frame<'_>, area: Rect, model: &Model, row: Option<&Row>) {
-    let title = row.map_or(" log ".to_owned(), |r| format!(" log: {} (serial console) ", r.vm.name));
+    let title = row.map_or(" log ".to_owned(), |r| {
+        format!(" log: {} (serial console) ", r.vm.name)
+    });
     let block = Block::default().borders(Borders::ALL).title(title);
     let text = match (row, &model.log) {
         (Some(r), Some((id, text, Some(_)))) if *id == r.vm.id && text.is_empty() => {
@@ -300,9 +312,7 @@ fn render_logs(frame: &mut Frame<'_>, area: Rect, model: &Model, row: Option<&Ro
 
 fn status_line(model: &Model) -> Paragraph<'static> {
     match &model.status {
-        Some(s) if s.error => {
-            Paragraph::new(s.text.clone()).style(Style::default().fg(Color::Red))
-        }
+        Some(s) if s.error => Paragraph::new(s.text.clone()).style(Style::default().fg(Color::Red)),
         Some(s) => Paragraph::new(s.text.clone()),
         None => Paragraph::new(""),
     }
@@ -321,7 +331,9 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 }
 
 fn popup(frame: &mut Frame<'_>, area: Rect, title: String, lines: Vec<Line<'static>>, width: u16) {
-    let height = u16::try_from(lines.len()).unwrap_or(u16::MAX).saturating_add(2);
+    let height = u16::try_from(lines.len())
+        .unwrap_or(u16::MAX)
+        .saturating_add(2);
     let rect = centered(area, width, height);
     frame.render_widget(Clear, rect);
     frame.render_widget(
@@ -414,7 +426,11 @@ fn render_popup(frame: &mut Frame<'_>, area: Rect, model: &Model) {
             let body = text
                 .as_deref()
                 .map_or_else(|| "running…".to_owned(), printable);
-            let rect = centered(area, area.width.saturating_sub(8), area.height.saturating_sub(4));
+            let rect = centered(
+                area,
+                area.width.saturating_sub(8),
+                area.height.saturating_sub(4),
+            );
             frame.render_widget(Clear, rect);
             frame.render_widget(
                 Paragraph::new(body)
@@ -536,7 +552,16 @@ mod tests {
         let mut m = fleet();
         for mode in [Action::Help, Action::OpenCreate] {
             m.act(mode);
-            for (w, h) in [(0, 0), (1, 1), (10, 3), (39, 11), (40, 12), (41, 13), (80, 12), (300, 100)] {
+            for (w, h) in [
+                (0, 0),
+                (1, 1),
+                (10, 3),
+                (39, 11),
+                (40, 12),
+                (41, 13),
+                (80, 12),
+                (300, 100),
+            ] {
                 let _ = screen(&m, w, h);
             }
             m.act(Action::Cancel);

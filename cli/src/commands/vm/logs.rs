@@ -81,7 +81,11 @@ pub(crate) async fn read(
     req: &LogsRequest,
 ) -> Result<LogsReply, banger_bus::RequestError> {
     app.bus
-        .request(app.bus.subjects().host_vm(&vm.host, VmOp::Logs), req, app.timeout)
+        .request(
+            app.bus.subjects().host_vm(&vm.host, VmOp::Logs),
+            req,
+            app.timeout,
+        )
         .await
 }
 
