@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use banger_bus::Bus;
 use banger_bus::config::CommonConfig;
+use banger_proto::{ApiError, ErrorCode};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use ratatui::crossterm::event::Event as TermEvent;
@@ -57,6 +58,15 @@ pub struct TuiArgs {}
 
 /// Runs `banger tui` until the user quits.
 pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> anyhow::Result<u8> {
+    use std::io::IsTerminal as _;
+    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "banger tui needs a terminal on standard input and output; for scripts use \
+             `banger vm list --json` and `banger events --json`",
+        )
+        .into());
+    }
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
     let client = banger_bus::connect::connect_observed(&config.nats, false, Some(conn_tx))
         .await

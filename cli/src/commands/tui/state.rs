@@ -456,7 +456,9 @@ impl Model {
                     (None, Some(r)) => self.say(r, false),
                     (None, None) => self.say("ssh session ended", false),
                 }
-                Vec::new()
+                // Events waited while the session had the terminal; a long session may have
+                // outlasted the subscription's buffer: list again rather than trust it.
+                self.resync()
             }
         }
     }
@@ -1158,6 +1160,15 @@ mod tests {
         m.act(Action::AskDelete);
         let fx = m.act(Action::ConfirmDelete);
         assert!(matches!(&fx[..], [Effect::Lifecycle(v, VmOp::Delete)] if v.name.as_str() == "b"));
+        let fx = m.apply(Msg::SshDone {
+            reminder: Some("b is still running".into()),
+            error: None,
+        });
+        assert_eq!(fx, [Effect::Resync], "a list after the TUI was away");
+        assert_eq!(
+            m.status.as_ref().map(|s| s.text.as_str()),
+            Some("b is still running")
+        );
         m.act(Action::Quit);
         assert!(m.quit);
     }

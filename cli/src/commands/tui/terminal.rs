@@ -36,8 +36,11 @@ pub(crate) struct Screen {
 impl Screen {
     /// Enters raw mode and the alternate screen; ratatui's panic hook restores them.
     pub(crate) fn enter() -> anyhow::Result<Self> {
-        let terminal = ratatui::try_init()
-            .map_err(|e| anyhow::anyhow!("setting up the terminal (is this a terminal?): {e}"))?;
+        let terminal = ratatui::try_init().map_err(|e| {
+            // Raw mode may be on already when the alternate screen failed.
+            ratatui::restore();
+            anyhow::anyhow!("setting up the terminal: {e}")
+        })?;
         let saved_stderr = mute_stderr().map(Arc::new);
         if let Some(saved) = &saved_stderr {
             // Runs before ratatui's hook (which restores the terminal, then prints).

@@ -1,5 +1,6 @@
 //! `banger vm ssh REF [-- SSH_ARGS]`: ssh into the guest as root with the runtime bundle's key,
-//! and when the session ends while the VM still runs, say so and how to stop it.
+//! and when the session ends while the VM still runs (its controller's `vm.health` answers),
+//! say so and how to stop it. `banger tui` runs sessions through the same functions.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
