@@ -65,14 +65,23 @@ pub(crate) fn render(frame: &mut Frame<'_>, model: &Model, now_ms: u64) {
     }
     frame.render_widget(status_line(model), status);
     frame.render_widget(
-        Paragraph::new(
-            "s start  x stop  r restart  d delete  c create  e exec  Enter ssh  l logs  ? help  \
-             q quit",
-        )
-        .style(Style::default().fg(Color::DarkGray)),
+        Paragraph::new(key_line(keys.width)).style(Style::default().fg(Color::DarkGray)),
         keys,
     );
     render_popup(frame, area, model);
+}
+
+/// The bottom line of keys: the longest version that fits `width`.
+fn key_line(width: u16) -> &'static str {
+    const LINES: [&str; 3] = [
+        "s start  x stop  r restart  d delete  c create  e exec  Enter ssh  l logs  ? help  q quit",
+        "s/x/r start/stop/restart  d delete  c create  e exec  Enter ssh  ? help  q quit",
+        "? help  q quit",
+    ];
+    LINES
+        .iter()
+        .find(|l| l.chars().count() <= usize::from(width))
+        .unwrap_or(&LINES[2])
 }
 
 fn title_line(model: &Model) -> Paragraph<'static> {
@@ -567,6 +576,62 @@ mod tests {
             m.act(Action::Cancel);
         }
         assert!(screen(&m, 20, 5).contains("terminal too small"));
+    }
+
+    #[test]
+    fn the_help_popup_lists_the_keys() {
+        let mut m = fleet();
+        m.act(Action::Help);
+        insta::assert_snapshot!(screen(&m, 80, 24));
+    }
+
+    #[test]
+    fn a_narrow_terminal_shows_the_log_instead_of_the_details_on_l() {
+        let mut m = fleet();
+        let narrow = screen(&m, 80, 24);
+        assert!(
+            narrow.contains("details: web") && !narrow.contains("log: web"),
+            "{narrow}"
+        );
+        m.act(Action::TogglePane);
+        m.log_to_follow();
+        m.apply(Msg::Logs {
+            id: banger_proto::VmId::new("aaaa1111000000000000000000000000").unwrap(),
+            from: None,
+            result: Ok((
+                "[    0.000000] Linux version\r\nWelcome to web\n".into(),
+                44,
+            )),
+        });
+        insta::assert_snapshot!(screen(&m, 80, 24));
+    }
+
+    #[test]
+    fn exec_output_shows_the_status_and_delete_asks_first() {
+        let mut m = fleet();
+        m.act(Action::OpenExec);
+        for c in "uname -a".chars() {
+            m.act(Action::Type(c));
+        }
+        m.act(Action::Submit);
+        assert!(screen(&m, 80, 24).contains("running…"));
+        m.apply(Msg::ExecDone(Ok(banger_proto::agent::ExecResult {
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: "Linux web 6.1.0\n".into(),
+            stderr: String::new(),
+        })));
+        let s = screen(&m, 80, 24);
+        assert!(
+            s.contains("web$ uname -a") && s.contains("Linux web 6.1.0"),
+            "{s}"
+        );
+        assert!(s.contains("[exit status 0]"), "{s}");
+        m.act(Action::Cancel);
+        m.act(Action::AskDelete);
+        let s = screen(&m, 80, 24);
+        assert!(s.contains("Delete web and everything it owns"), "{s}");
     }
 
     #[test]
