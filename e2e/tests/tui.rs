@@ -33,27 +33,49 @@ const SCREEN_DEADLINE: Duration = Duration::from_secs(90);
 /// A tmux server on a private socket, running `banger tui` in its only pane; killed on drop.
 struct Tmux {
     socket: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Tmux {
     /// Starts `banger <stack flags> tui` in a detached session inside the stack's namespace,
     /// with the environment `Stack::command` gives every banger command.
     fn start(stack: &Stack) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("sock");
-        let conf = dir.path().join("tmux.conf");
-        // Keep the pane after the TUI exits (to read how it ended) and give the whole window to
-        // the pane.
-        std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").unwrap();
         let banger = stack.command();
         let args: Vec<OsString> = banger.get_args().map(OsString::from).collect();
         // `ip netns exec NS banger FLAGS...`: keep the namespace part, put tmux in between.
         assert_eq!(args[..2], ["netns", "exec"], "{args:?}");
-        let mut cmd = Command::new(banger.get_program());
-        cmd.args(&args[..3])
-            .arg("tmux")
-            .arg("-S")
+        let mut prefix = vec![banger.get_program().to_owned()];
+        prefix.extend_from_slice(&args[..3]);
+        let envs = banger
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect::<Vec<_>>();
+        Self::start_with(&prefix, &args[3..], &envs)
+    }
+
+    /// Starts `BANGER_ARGV tui` (after `prefix`, a command that runs tmux where it should run,
+    /// or nothing) in a detached session.
+    fn start_with(
+        prefix: &[OsString],
+        banger_argv: &[OsString],
+        envs: &[(OsString, OsString)],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sock");
+        let conf = dir.path().join("tmux.conf");
+        let pane = dir.path().join("pane");
+        // Keep the pane after the TUI exits (to read how it ended) and give the whole window to
+        // the pane.
+        std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").unwrap();
+        let (program, prefix_args) = prefix
+            .split_first()
+            .map_or((OsString::from("tmux"), &[][..]), |(p, a)| (p.clone(), a));
+        let mut cmd = Command::new(&program);
+        cmd.args(prefix_args);
+        if !prefix.is_empty() {
+            cmd.arg("tmux");
+        }
+        cmd.arg("-S")
             .arg(&socket)
             .arg("-f")
             .arg(&conf)
@@ -68,25 +90,37 @@ impl Tmux {
                 ROWS,
                 "--",
             ])
-            // A shell around the TUI prints its exit status on the screen once it has exited
-            // (tmux's own `pane_dead_status` can lag behind the pane's death).
+            // A shell around the TUI records how it ended: its exit status, then the terminal
+            // settings it left behind (`stty -a`: raw mode must be off again). tmux's own
+            // `pane_dead_status` can lag behind the pane's death, and a dead pane's screen is
+            // reset.
             .args([
                 "sh",
                 "-c",
-                "\"$@\"; echo \"tui exited with status $?\"",
-                "sh",
+                "\"$@\"; echo $? > \"$0.status\"; stty -a > \"$0.stty\"",
             ])
-            .args(&args[3..])
-            .arg("tui");
-        for (k, v) in banger.get_envs() {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
-        }
-        let tmux = Self { socket, _dir: dir };
+            .arg(&pane)
+            .args(banger_argv)
+            .arg("tui")
+            .envs(envs.iter().map(|(k, v)| (k, v)));
+        let tmux = Self { socket, dir };
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "starting tmux: {}", text(&out));
         tmux
+    }
+
+    /// Waits for the TUI to exit; returns its exit status and the terminal settings it left
+    /// (`stty -a`).
+    fn wait_exit(&self) -> (String, String) {
+        let status = self.dir.path().join("pane.status");
+        let stty = self.dir.path().join("pane.stty");
+        banger_testkit::wait_until_blocking("the TUI to exit", SCREEN_DEADLINE, || {
+            std::fs::read_to_string(&stty).is_ok_and(|s| !s.is_empty())
+        });
+        (
+            std::fs::read_to_string(status).unwrap().trim().to_owned(),
+            std::fs::read_to_string(stty).unwrap(),
+        )
     }
 
     fn tmux(&self, args: &[&str]) -> String {
@@ -161,6 +195,15 @@ fn row_cells(screen: &str, name: &str, host: &str) -> Option<Vec<String>> {
 /// The STATE cell of VM `name`'s table row.
 fn row_state(screen: &str, name: &str, host: &str) -> Option<String> {
     row_cells(screen, name, host).and_then(|c| c.first().cloned())
+}
+
+/// The TUI restored the terminal: line editing and echo are on again (raw mode turns them off).
+fn assert_cooked(stty: &str) {
+    let flags: Vec<&str> = stty.split_whitespace().collect();
+    assert!(
+        flags.contains(&"icanon") && flags.contains(&"echo"),
+        "raw mode left on: {stty}"
+    );
 }
 
 /// `name`'s state according to `banger vm list --json`.
@@ -308,9 +351,70 @@ fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
 
     // q quits cleanly.
     tui.keys(&["q"]);
-    let screen = tui.wait_for("the TUI to exit", |s| s.contains("tui exited with status"));
-    assert!(
-        screen.contains("tui exited with status 0"),
-        "q quits with status 0:\n{screen}"
-    );
+    let (status, stty) = tui.wait_exit();
+    assert_eq!(status, "0", "q quits with status 0");
+    assert_cooked(&stty);
+}
+
+#[test]
+fn the_tui_shows_a_dropped_connection_and_restores_the_terminal_on_sigterm() {
+    let test = "the_tui_shows_a_dropped_connection_and_restores_the_terminal_on_sigterm";
+    for program in ["tmux", "nats-server"] {
+        if !have_program(program) {
+            return skip(test, &format!("{program} is not installed"));
+        }
+    }
+    // A bus with no banger services on it: the list cannot be had, and the TUI says so.
+    let mut nats = banger_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let argv: Vec<OsString> = [
+        banger_testkit::bin_path("banger").into_os_string(),
+        "--nats-url".into(),
+        nats.url().into(),
+        "--state-dir".into(),
+        dir.path().join("state").into_os_string(),
+        "--runtime-dir".into(),
+        dir.path().join("run").into_os_string(),
+    ]
+    .into();
+    let envs = [
+        ("NO_COLOR".into(), "1".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    let tui = Tmux::start_with(&[], &argv, &envs);
+    tui.wait_for("the failed list", |s| {
+        s.contains("listing VMs failed: no vm-controller answered") && s.contains("connected, live")
+    });
+
+    // The server dies: DISCONNECTED. It comes back: connected again, without a key pressed.
+    nats.stop();
+    tui.wait_for("the title to say DISCONNECTED", |s| {
+        s.contains("DISCONNECTED")
+    });
+    nats.restart();
+    tui.wait_for("the title to say connected again", |s| {
+        s.contains("connected, live") && !s.contains("DISCONNECTED")
+    });
+
+    // SIGTERM: the TUI ends as with `q`, and gives the terminal back.
+    let needle = dir.path().to_string_lossy().into_owned();
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with(&*argv[0].to_string_lossy()) && c.contains(&needle)
+            })
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "one banger tui process: {pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, stty) = tui.wait_exit();
+    assert_eq!(status, "0", "SIGTERM ends the TUI with status 0");
+    assert_cooked(&stty);
 }

@@ -90,6 +90,10 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
         pending.extend(actions::start(&app, effect));
     }
 
+    // SIGTERM and SIGHUP end the TUI like `q` does, so the terminal is restored.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut screen = Screen::enter()?;
     let mut input = Input::start();
     let mut tick = tokio::time::interval(TICK);
@@ -121,6 +125,8 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
             Some(m) = pending.next() => Step::Msg(Box::new(m)),
             _ = log_tick.tick(), if !log_in_flight => Step::FollowLog,
             _ = tick.tick() => Step::Redraw,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
         };
         let effects = match step {
             Step::Key(k) => keys::action(&model.mode, k).map_or_else(Vec::new, |a| model.act(a)),

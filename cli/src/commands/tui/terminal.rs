@@ -123,6 +123,7 @@ pub(crate) struct Input {
     /// Terminal events, in order.
     pub(crate) events: mpsc::UnboundedReceiver<Event>,
     control: Arc<Control>,
+    /// The reader thread (detached on drop).
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -172,9 +173,9 @@ impl Drop for Input {
             f.stop = true;
             self.control.changed.notify_all();
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Not joined: on a terminal that hung up, crossterm's poll may never return, and the
+        // TUI must still exit. The thread only reads; it ends with the process.
+        drop(self.thread.take());
     }
 }
 
