@@ -24,6 +24,17 @@ pub async fn connect(
     opts: &NatsOptions,
     wait_for_server: bool,
 ) -> Result<async_nats::Client, BusError> {
+    connect_observed(opts, wait_for_server, None).await
+}
+
+/// [`connect`], also sending every connection event (connected, disconnected, errors) to
+/// `events` when given: for a long-lived client that shows its connection state, such as
+/// `banger tui`. A closed receiver is ignored.
+pub async fn connect_observed(
+    opts: &NatsOptions,
+    wait_for_server: bool,
+    events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+) -> Result<async_nats::Client, BusError> {
     if opts.require_auth && opts.auth == NatsAuth::None {
         return Err(BusError::Config(
             "this installation requires NATS credentials (nats.require_auth), but none were \
@@ -67,14 +78,11 @@ pub async fn connect(
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("connected to NATS"),
-                Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
-                Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
-                Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-                other => tracing::debug!(event = %other, "NATS event"),
+        .event_callback(move |event| {
+            if let Some(tx) = &events {
+                let _ = tx.send(event.clone());
             }
+            log_event(event)
         });
     if wait_for_server {
         o = o.retry_on_initial_connect();
@@ -89,6 +97,17 @@ pub async fn connect(
     o.connect(addrs)
         .await
         .map_err(|source| BusError::Connect { urls, source })
+}
+
+/// Logs a connection event at the level an operator wants it.
+async fn log_event(event: Event) {
+    match event {
+        Event::Connected => tracing::info!("connected to NATS"),
+        Event::Disconnected => tracing::warn!("disconnected from NATS, reconnecting"),
+        Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+        Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+        other => tracing::debug!(event = %other, "NATS event"),
+    }
 }
 
 /// Delay before connection attempt `attempts` (async-nats counts from 1, and asks before the

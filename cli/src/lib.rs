@@ -161,6 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         commands::Command::Up(args) => return commands::up::run(&config, args).await,
         commands::Command::Down(args) => return commands::down::run(&config, args).await,
         commands::Command::Doctor(_) => return commands::doctor::run(&config, cli.json).await,
+        // The TUI connects itself, to watch the connection's state.
+        commands::Command::Tui(args) => {
+            return commands::tui::run(config, Duration::from_secs(cli.timeout), args).await;
+        }
         _ => {}
     }
     let client = banger_bus::connect::connect(&config.nats, false)

@@ -724,7 +724,8 @@ async fn ssh_uses_the_bundle_key_and_reminds_that_the_vm_still_runs() {
         stderr.contains("web is still running; stop it with `banger vm stop web`"),
         "{stderr}"
     );
-    assert_eq!(lab.ops(), ["get web"]);
+    // The reminder asks the VM's health (an answer means it still runs), as the seed asks.
+    assert_eq!(lab.ops(), ["health a00000000000"]);
 
     // A stopped VM: a clear error, and ssh never runs.
     std::fs::remove_file(&log).unwrap();

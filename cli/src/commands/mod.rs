@@ -7,6 +7,7 @@ pub mod events;
 pub mod image;
 pub mod ping;
 pub mod status;
+pub mod tui;
 pub mod up;
 pub mod vm;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Image(image::ImageCommand),
     /// Check that a service answers on the bus (exit 0) or not (exit 4), for health checks
     Ping(ping::PingArgs),
+    /// A live terminal view of every VM: start, stop, create, exec and ssh from one screen
+    Tui(tui::TuiArgs),
 }
 
 /// Runs `cmd` and returns the exit code.
@@ -51,6 +54,7 @@ pub async fn dispatch(app: &App, cmd: Command) -> anyhow::Result<u8> {
         Command::Up(_)
         | Command::Down(_)
         | Command::Doctor(_)
+        | Command::Tui(_)
         | Command::Completions(_)
         | Command::Man(_) => Ok(crate::exit::USAGE),
     }

@@ -80,7 +80,7 @@ impl Action {
     }
 
     /// What a success line says.
-    fn done(self) -> String {
+    pub(crate) fn done(self) -> String {
         match self {
             Self::Lifecycle(VmOp::Start) => "started".into(),
             Self::Lifecycle(VmOp::Stop) => "stopped".into(),
@@ -167,7 +167,9 @@ pub(crate) async fn run(app: &App, refs: &[String], action: Action) -> anyhow::R
     Ok(exit_code(&outcomes))
 }
 
-async fn apply(app: &App, target: Target, action: Action) -> Outcome {
+/// Applies `action` to one target and says how it went (never an error: a failure is an
+/// [`Outcome`] that is not ok).
+pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome {
     let vm = match target.vm {
         Ok(vm) => vm,
         Err(e) => {

@@ -69,7 +69,7 @@ pub struct CreateArgs {
 }
 
 impl CreateArgs {
-    fn request(&self) -> CreateVmRequest {
+    pub(crate) fn request(&self) -> CreateVmRequest {
         CreateVmRequest {
             name: self.name.clone(),
             image: self.image.clone(),
@@ -85,18 +85,7 @@ impl CreateArgs {
 
 /// Runs `banger vm create`.
 pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
-    let req = args.request();
-    // A named host gets the request on its own subject; otherwise the controllers' queue
-    // group picks one (that is placement).
-    let subject = match &args.host {
-        Some(h) => app.bus.subjects().host_vm(h, VmOp::Create),
-        None => app.bus.subjects().vm_create(),
-    };
-    let reply: VmOpReply = app
-        .bus
-        .request(subject, &req, app.timeout)
-        .await
-        .with_context(|| format!("creating VM {}", args.name))?;
+    let reply = send(app, &args.request()).await?;
     let vm = reply.vm;
     if app.json && !args.wait {
         output::print_json(&serde_json::json!({ "vm": vm, "note": reply.note }))?;
@@ -121,8 +110,22 @@ pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Sends one validated `vm.create` and returns the controller's answer.
+pub(crate) async fn send(app: &App, req: &CreateVmRequest) -> anyhow::Result<VmOpReply> {
+    // A named host gets the request on its own subject; otherwise the controllers' queue
+    // group picks one (that is placement).
+    let subject = match &req.host {
+        Some(h) => app.bus.subjects().host_vm(h, VmOp::Create),
+        None => app.bus.subjects().vm_create(),
+    };
+    app.bus
+        .request(subject, req, app.timeout)
+        .await
+        .with_context(|| format!("creating VM {}", req.name))
+}
+
 /// The line printed after a create.
-fn describe(vm: &VmInfo) -> String {
+pub(crate) fn describe(vm: &VmInfo) -> String {
     let mut line = format!(
         "created {} on {}: {}, {} vCPU, {} memory, {} disk",
         vm.name,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use banger_proto::agent::{ExecRequest, ExecResult};
 use banger_proto::subject::VmOp;
-use banger_proto::vm::VmExecRequest;
+use banger_proto::vm::{VmExecRequest, VmInfo};
 use serde::Deserialize;
 
 use super::units::parse_seconds;
@@ -88,30 +88,14 @@ pub(crate) async fn run(app: &App, args: ExecArgs) -> anyhow::Result<u8> {
     let timeout_ms = args
         .exec_timeout
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let req = VmExecRequest {
-        id: vm.id.clone(),
-        exec: ExecRequest {
-            argv: args.command,
-            env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
-            cwd: args.workdir,
-            stdin,
-            timeout_ms,
-        },
+    let exec = ExecRequest {
+        argv: args.command,
+        env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
+        cwd: args.workdir,
+        stdin,
+        timeout_ms,
     };
-    let deadline = args
-        .exec_timeout
-        .map_or(app.timeout, |t| app.timeout.max(t + REPLY_MARGIN));
-    let reply: ExecReply = app
-        .bus
-        .request(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Exec),
-            &req,
-            deadline,
-        )
-        .await?;
-    let result = match reply {
-        ExecReply::Wrapped { result } | ExecReply::Bare(result) => result,
-    };
+    let result = send(app, &vm, exec, args.exec_timeout).await?;
     if app.json {
         output::print_json(&result)?;
     } else {
@@ -126,6 +110,32 @@ pub(crate) async fn run(app: &App, args: ExecArgs) -> anyhow::Result<u8> {
         );
     }
     Ok(status_of(&result))
+}
+
+/// Runs `exec` in `vm` through its controller and returns the collected result. The bus
+/// deadline covers the command's own `timeout` plus a margin for the reply.
+pub(crate) async fn send(
+    app: &App,
+    vm: &VmInfo,
+    exec: ExecRequest,
+    timeout: Option<Duration>,
+) -> Result<ExecResult, banger_bus::RequestError> {
+    let deadline = timeout.map_or(app.timeout, |t| app.timeout.max(t + REPLY_MARGIN));
+    let req = VmExecRequest {
+        id: vm.id.clone(),
+        exec,
+    };
+    let reply: ExecReply = app
+        .bus
+        .request(
+            app.bus.subjects().host_vm(&vm.host, VmOp::Exec),
+            &req,
+            deadline,
+        )
+        .await?;
+    Ok(match reply {
+        ExecReply::Wrapped { result } | ExecReply::Bare(result) => result,
+    })
 }
 
 /// The exit status that mirrors the guest command's.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use banger_proto::ErrorCode;
 use banger_proto::subject::VmOp;
-use banger_proto::vm::{LogSource, LogsReply, LogsRequest};
+use banger_proto::vm::{LogSource, LogsReply, LogsRequest, VmInfo};
 
 use crate::{App, exit};
 
@@ -35,7 +35,6 @@ pub struct LogsArgs {
 /// Runs `banger vm logs`.
 pub(crate) async fn run(app: &App, args: LogsArgs) -> anyhow::Result<u8> {
     let vm = super::resolve_single(app, &args.vm).await?;
-    let subject = app.bus.subjects().host_vm(&vm.host, VmOp::Logs);
     let source = if args.vmm {
         LogSource::Vmm
     } else {
@@ -47,7 +46,7 @@ pub(crate) async fn run(app: &App, args: LogsArgs) -> anyhow::Result<u8> {
         offset: None,
         max_bytes: Some(args.tail),
     };
-    let first: LogsReply = app.bus.request(subject.clone(), &req, app.timeout).await?;
+    let first = read(app, &vm, &req).await?;
     emit(app, &first)?;
     if !args.follow {
         return Ok(exit::OK);
@@ -61,11 +60,7 @@ pub(crate) async fn run(app: &App, args: LogsArgs) -> anyhow::Result<u8> {
             _ = &mut ctrl_c => return Ok(exit::OK),
             () = tokio::time::sleep(FOLLOW_POLL) => {}
         }
-        match app
-            .bus
-            .request::<_, LogsReply>(subject.clone(), &req, app.timeout)
-            .await
-        {
+        match read(app, &vm, &req).await {
             Ok(r) => {
                 emit(app, &r)?;
                 req.offset = Some(r.next_offset);
@@ -77,6 +72,21 @@ pub(crate) async fn run(app: &App, args: LogsArgs) -> anyhow::Result<u8> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Reads one window of a VM's log through its controller.
+pub(crate) async fn read(
+    app: &App,
+    vm: &VmInfo,
+    req: &LogsRequest,
+) -> Result<LogsReply, banger_bus::RequestError> {
+    app.bus
+        .request(
+            app.bus.subjects().host_vm(&vm.host, VmOp::Logs),
+            req,
+            app.timeout,
+        )
+        .await
 }
 
 fn emit(app: &App, r: &LogsReply) -> anyhow::Result<()> {

@@ -11,11 +11,11 @@ pub mod exec;
 pub mod inspect;
 pub mod list;
 pub mod logs;
-mod resolve;
+pub(crate) mod resolve;
 pub mod show;
-mod snapshot;
+pub(crate) mod snapshot;
 pub mod ssh;
-mod units;
+pub(crate) mod units;
 
 use banger_proto::subject::VmOp;
 use banger_proto::vm::VmInfo;

@@ -1,11 +1,16 @@
 //! `banger vm ssh REF [-- SSH_ARGS]`: ssh into the guest as root with the runtime bundle's key,
-//! and when the session ends while the VM still runs, say so and how to stop it.
+//! and when the session ends while the VM still runs (its controller's `vm.health` answers),
+//! say so and how to stop it. `banger tui` runs sessions through the same functions.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_proto::vm::{VmInfo, VmState};
+use banger_bus::RequestError;
+use banger_proto::subject::VmOp;
+use banger_proto::vm::{VmInfo, VmRefRequest, VmState};
 use banger_proto::{ApiError, ErrorCode};
+
+use super::inspect::HealthReply;
 
 use crate::{App, exit};
 
@@ -77,6 +82,22 @@ pub(crate) fn reminder(vm: &VmInfo) -> Option<String> {
 /// Runs `banger vm ssh`.
 pub(crate) async fn run(app: &App, args: SshArgs) -> anyhow::Result<u8> {
     let vm = super::resolve_single(app, &args.vm).await?;
+    let argv = argv_for(app, &vm, &args.user, &args.ssh_args)?;
+    let status = run_ssh(&argv).await?;
+    if let Some(r) = reminder_after_session(app, &vm).await {
+        eprintln!("{r}");
+    }
+    Ok(exit_status(status))
+}
+
+/// The `ssh` arguments for a session in `vm` as `user`, or a `conflict` error when the VM is
+/// not running (it has no address to reach).
+pub(crate) fn argv_for(
+    app: &App,
+    vm: &VmInfo,
+    user: &str,
+    extra: &[String],
+) -> Result<Vec<String>, ApiError> {
     let ip = match (&vm.network, vm.state) {
         (Some(n), VmState::Running) => n.ip.clone(),
         _ => {
@@ -86,29 +107,58 @@ pub(crate) async fn run(app: &App, args: SshArgs) -> anyhow::Result<u8> {
                     "{} is {}, not running: start it with `banger vm start {}`",
                     vm.name, vm.state, vm.name
                 ),
-            )
-            .into());
+            ));
         }
     };
     let key: PathBuf = app.config.state_dir.join(BUNDLE_KEY);
     let key = key.is_file().then_some(key);
-    let argv = ssh_argv(&ip, &args.user, key.as_deref(), &args.ssh_args);
+    Ok(ssh_argv(&ip, user, key.as_deref(), extra))
+}
+
+/// Runs `ssh` with `argv` on this terminal and waits for the session to end.
+pub(crate) async fn run_ssh(argv: &[String]) -> anyhow::Result<std::process::ExitStatus> {
     tracing::debug!(?argv, "running ssh");
-    let status = tokio::process::Command::new("ssh")
-        .args(&argv)
+    tokio::process::Command::new("ssh")
+        .args(argv)
         .status()
         .await
-        .map_err(|e| anyhow::anyhow!("running ssh (is openssh-client installed?): {e}"))?;
-    // The session is over; is the VM still up? Ask its controller rather than guess.
-    match super::show::get(app, &vm, app.timeout.min(REMINDER_CHECK)).await {
-        Ok(now) => {
-            if let Some(r) = reminder(&now) {
-                eprintln!("{r}");
+        .map_err(|e| anyhow::anyhow!("running ssh (is openssh-client installed?): {e}"))
+}
+
+/// After a session: is the VM still up? Asks its controller's `vm.health` (an answer means the
+/// VM runs; `conflict` or `not_found` mean it does not), falling back to `vm.get` when the
+/// agent cannot say, and returns the reminder to print when it still runs.
+pub(crate) async fn reminder_after_session(app: &App, vm: &VmInfo) -> Option<String> {
+    let timeout = app.timeout.min(REMINDER_CHECK);
+    let health = app
+        .bus
+        .request::<_, HealthReply>(
+            app.bus.subjects().host_vm(&vm.host, VmOp::Health),
+            &VmRefRequest { id: vm.id.clone() },
+            timeout,
+        )
+        .await;
+    match health {
+        Ok(_) => reminder(&VmInfo {
+            state: VmState::Running,
+            ..vm.clone()
+        }),
+        Err(RequestError::Remote(e))
+            if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound) =>
+        {
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "asking the VM's health after ssh");
+            match super::show::get(app, vm, timeout).await {
+                Ok(now) => reminder(&now),
+                Err(e) => {
+                    tracing::debug!(error = %e, "checking the VM after ssh");
+                    None
+                }
             }
         }
-        Err(e) => tracing::debug!(error = %e, "checking the VM after ssh"),
     }
-    Ok(exit_status(status))
 }
 
 fn exit_status(status: std::process::ExitStatus) -> u8 {
