@@ -13,9 +13,12 @@ pub mod lease;
 pub mod link;
 pub mod nat;
 pub mod ops;
+pub mod peers;
 pub mod reconcile;
+pub mod route;
 pub mod state;
 pub mod store;
+pub mod subnets;
 pub mod tap;
 
 use std::sync::Arc;
@@ -26,8 +29,11 @@ use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
 use banger_proto::service;
 
-use crate::config::{ConfigError, NetConfig, NetdFile};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::config::{ConfigError, LabConfig, NetConfig, NetdFile};
 use crate::state::{Netd, StartError};
+use crate::subnets::ClaimError;
 
 /// Command-line flags of `banger-netd`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -48,9 +54,16 @@ pub struct Args {
     #[arg(long, env = "BANGER_NETD_BRIDGE")]
     pub bridge: Option<String>,
 
-    /// VM subnet in CIDR form [default: [netd] subnet, else 172.16.0.0/24]
+    /// VM subnet in CIDR form [default: [netd] subnet, else one allocated from [netd]
+    /// lab_range, else 172.16.0.0/24]
     #[arg(long, env = "BANGER_NETD_SUBNET")]
     pub subnet: Option<String>,
+
+    /// This host's address on the lab network, where the other hosts route this host's VM
+    /// subnet [default: [netd] host_address, else the source address the kernel uses towards
+    /// the first non-loopback NATS URL]
+    #[arg(long, env = "BANGER_NETD_HOST_ADDRESS")]
+    pub host_address: Option<String>,
 
     /// The bridge's address, the VMs' gateway [default: [netd] gateway, else the subnet's
     /// first host]
@@ -70,32 +83,120 @@ pub enum RunError {
     /// Start-up failed.
     #[error("starting netd")]
     Start(#[from] StartError),
+    /// No VM subnet could be claimed in the lab.
+    #[error("claiming this host's VM subnet")]
+    Claim(#[from] ClaimError),
 }
 
 /// Resolves the `[netd]` table and the flags into a validated configuration.
 pub fn resolve_config(ctx: &Context, args: &Args) -> Result<NetConfig, RunError> {
     let mut file: NetdFile = ctx.config.section(service::NETD)?;
-    if let Some(b) = &args.bridge {
-        file.bridge.clone_from(b);
-    }
     if let Some(s) = &args.subnet {
-        file.subnet.clone_from(s);
+        file.subnet = Some(s.clone());
         // A gateway from the file belongs to the file's subnet: a new subnet brings its own
         // default unless a gateway flag is given as well.
         file.gateway = None;
     }
+    resolve_config_from(file, args)
+}
+
+/// Resolves the configuration like [`resolve_config`], and in lab mode first claims this host's
+/// subnet ([`subnets::claim`]); fills in the default host address ([`default_host_address`]).
+pub async fn resolve_lab_config(ctx: &Context, args: &Args) -> Result<NetConfig, RunError> {
+    let mut file: NetdFile = ctx.config.section(service::NETD)?;
+    if let Some(s) = &args.subnet {
+        file.subnet = Some(s.clone());
+    }
+    if let Some(lab) = LabConfig::from_file(&file)? {
+        let fixed = match &file.subnet {
+            Some(s) => Some(s.parse().map_err(|source| ConfigError::SubnetSyntax {
+                value: s.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let subnet = subnets::claim(&ctx.bus, &ctx.config.host, &lab, fixed).await?;
+        file.subnet = Some(subnet.to_string());
+        // The gateway of an allocated subnet is its first host.
+        if fixed.is_none() {
+            file.gateway = None;
+        }
+    }
+    let mut cfg = resolve_config_from(file, args)?;
+    fill_host_address(&mut cfg, &ctx.config.nats.urls).await;
+    Ok(cfg)
+}
+
+fn resolve_config_from(mut file: NetdFile, args: &Args) -> Result<NetConfig, RunError> {
+    if let Some(b) = &args.bridge {
+        file.bridge.clone_from(b);
+    }
     if let Some(g) = &args.gateway {
         file.gateway = Some(g.clone());
     }
+    if let Some(a) = &args.host_address {
+        file.host_address = Some(a.clone());
+    }
     Ok(NetConfig::from_file(file)?)
+}
+
+async fn fill_host_address(cfg: &mut NetConfig, nats_urls: &[String]) {
+    if cfg.peers.host_address.is_none() {
+        cfg.peers.host_address = default_host_address(nats_urls).await;
+        match cfg.peers.host_address {
+            Some(a) => tracing::info!(host_address = %a, "host address (from the route to NATS)"),
+            None => tracing::info!(
+                "no host address: every NATS URL is loopback; other hosts cannot route to this \
+                 host's VMs (set [netd] host_address)"
+            ),
+        }
+    }
+}
+
+/// The source address the kernel would use towards the first NATS URL that is not loopback
+/// (a UDP `connect` sends nothing; it only asks the kernel for a route). None when every URL
+/// is loopback or unresolvable: a single-host stack has no lab address.
+pub async fn default_host_address(urls: &[String]) -> Option<Ipv4Addr> {
+    for url in urls {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let hostport = if hostport.contains(':') {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:4222")
+        };
+        let Ok(addrs) = tokio::net::lookup_host(hostport).await else {
+            continue;
+        };
+        for addr in addrs {
+            if !addr.is_ipv4() || addr.ip().is_loopback() {
+                continue;
+            }
+            let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+                continue;
+            };
+            if sock.connect(addr).await.is_err() {
+                continue;
+            }
+            if let Ok(local) = sock.local_addr()
+                && let IpAddr::V4(a) = local.ip()
+                && route::usable_next_hop(local.ip())
+            {
+                return Some(a);
+            }
+        }
+    }
+    None
 }
 
 /// Runs netd until `shutdown` is cancelled, then applies the exit policy ([`exit`]): with no VM
 /// holding its network the table and the bridge are removed; otherwise taps, bridge and rules
 /// outlive the process, so VMs keep their network while netd restarts.
 pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Result<(), RunError> {
-    let cfg = resolve_config(&ctx, &args)?;
+    let cfg = resolve_lab_config(&ctx, &args).await?;
     let subnet = cfg.subnet.to_string();
+    let host_addr = cfg.peers.host_address;
     let netd = Arc::new(
         Netd::start(
             ctx.bus.clone(),
@@ -117,11 +218,21 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
         &ctx.config.host,
     )
     .with_meta(service::META_SUBNET, subnet);
+    let spec = match host_addr {
+        Some(a) => spec.with_meta(service::META_HOST_ADDR, a.to_string()),
+        None => spec,
+    };
     let mut host = ServiceHost::start(&ctx.bus, spec).await?;
     ops::register(&mut host, &netd).await?;
     host.spawn(events::watch(netd.clone(), subs, shutdown.clone()));
     host.spawn(reconcile::periodic(netd.clone(), shutdown.clone()));
+    host.spawn(peers::periodic(netd.clone(), shutdown.clone()));
     host.run(shutdown).await;
+    match peers::remove_all(&netd).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(routes = n, "removed the routes to peer hosts"),
+        Err(e) => tracing::warn!(error = %chain(&e), "removing the routes to peer hosts failed"),
+    }
     if let Err(e) = exit::on_exit(&netd).await {
         tracing::warn!(error = %chain(&e), "cleaning up on exit failed");
     }
