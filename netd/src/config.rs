@@ -327,13 +327,12 @@ impl NetConfig {
             (None, None) => DEFAULT_SUBNET.to_owned(),
             (None, Some(_)) => return Err(ConfigError::SubnetUnallocated),
         };
-        let subnet: Ipv4Net =
-            subnet_text
-                .parse()
-                .map_err(|source| ConfigError::SubnetSyntax {
-                    value: subnet_text.clone(),
-                    source,
-                })?;
+        let subnet: Ipv4Net = subnet_text
+            .parse()
+            .map_err(|source| ConfigError::SubnetSyntax {
+                value: subnet_text.clone(),
+                source,
+            })?;
         if subnet.trunc() != subnet {
             return Err(ConfigError::SubnetNotNetwork {
                 value: subnet,
@@ -508,7 +507,9 @@ mod tests {
         };
         let ok = lab(|_| {}).unwrap();
         assert_eq!(
-            ok.lab.as_ref().map(|l| (l.range.to_string(), l.subnet_prefix)),
+            ok.lab
+                .as_ref()
+                .map(|l| (l.range.to_string(), l.subnet_prefix)),
             Some(("10.77.0.0/16".to_owned(), 24))
         );
         assert_eq!(ok.peers.route_protocol, DEFAULT_ROUTE_PROTOCOL);
@@ -524,10 +525,7 @@ mod tests {
         // A lab range without a subnet needs an allocation first.
         assert!(err(|f| f.subnet = None).contains("no subnet"));
         let addr = lab(|f| f.host_address = Some("192.0.2.11".into())).unwrap();
-        assert_eq!(
-            addr.peers.host_address,
-            Some(Ipv4Addr::new(192, 0, 2, 11))
-        );
+        assert_eq!(addr.peers.host_address, Some(Ipv4Addr::new(192, 0, 2, 11)));
     }
 
     #[test]

@@ -558,13 +558,19 @@ mod tests {
         assert_eq!(rules.len(), lab.base_rule_count());
         let json = serde_json::to_string(&rules).unwrap();
         let masq = serde_json::to_string(&rules[0]).unwrap();
-        assert!(masq.contains(r#""daddr""#) && masq.contains(r#""op":"!=""#), "{masq}");
+        assert!(
+            masq.contains(r#""daddr""#) && masq.contains(r#""op":"!=""#),
+            "{masq}"
+        );
         assert!(
             masq.contains(r#""prefix":{"addr":"10.77.0.0","len":16}"#),
             "{masq}"
         );
         let last = serde_json::to_string(&rules[rules.len() - 1]).unwrap();
-        assert!(last.contains(r#""saddr""#) && last.contains("10.77.0.0"), "{json}");
+        assert!(
+            last.contains(r#""saddr""#) && last.contains("10.77.0.0"),
+            "{json}"
+        );
     }
 
     #[test]

@@ -125,11 +125,11 @@ pub async fn refresh(netd: &Netd) -> Result<(), RouteError> {
             instances.iter().filter_map(PeerInfo::from_instance),
             Instant::now(),
         ),
-        Err(e) => tracing::debug!(error = %chain(&e), "peer discovery failed; keeping what is known"),
+        Err(e) => {
+            tracing::debug!(error = %chain(&e), "peer discovery failed; keeping what is known")
+        }
     }
-    let current = netd
-        .peers
-        .current(Instant::now(), netd.cfg.peers.expiry);
+    let current = netd.peers.current(Instant::now(), netd.cfg.peers.expiry);
     let want = wanted_routes(netd.host.as_str(), netd.cfg.subnet, &current);
     let done = netd.routes.sync(&want).await?;
     for r in &done.install {
@@ -205,10 +205,10 @@ mod tests {
         let peers = [
             peer("h1", "10.77.1.0/24", Some([192, 0, 2, 1])), // me
             peer("h2", "10.77.2.0/24", Some([192, 0, 2, 2])),
-            peer("h3", "10.77.3.0/24", None),                  // no address
+            peer("h3", "10.77.3.0/24", None), // no address
             peer("h4", "10.77.1.128/25", Some([192, 0, 2, 4])), // overlaps me
-            peer("h5", "10.77.2.0/23", Some([192, 0, 2, 5])),  // overlaps h2
-            peer("h6", "10.77.6.0/24", Some([127, 0, 0, 1])),  // loopback
+            peer("h5", "10.77.2.0/23", Some([192, 0, 2, 5])), // overlaps h2
+            peer("h6", "10.77.6.0/24", Some([127, 0, 0, 1])), // loopback
             peer("h7", "10.77.7.0/24", Some([192, 0, 2, 7])),
         ];
         let got = wanted_routes("h1", me, &peers);

@@ -205,31 +205,41 @@ pub async fn claim(
     Ok(mine)
 }
 
+/// Opens the bucket, creating its stream when missing. The stream is created directly with the
+/// settings `kv.create_key_value` would use (one value per key, `discard: new`, direct get),
+/// because `create_key_value` first reads the account info, which async-nats 0.51 cannot parse
+/// from nats-server 2.9 (Debian's). Creating an identical stream twice is not an error, so two
+/// hosts starting together both succeed.
 async fn open_bucket(bus: &Bus, bucket: &str, replicas: usize) -> Result<kv::Store, ClaimError> {
     let js = jetstream::new(bus.client().clone());
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
     let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.to_owned(),
-            description: "banger netd: VM subnet -> host id".to_owned(),
-            history: 1,
-            num_replicas: replicas,
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("banger netd: VM subnet -> host id".to_owned()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
             storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas,
+            discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()
         })
         .await;
+    let err = |message: String| ClaimError::Bucket {
+        bucket: bucket.to_owned(),
+        message,
+    };
     match created {
-        Ok(store) => Ok(store),
-        // Created by another host meanwhile.
-        Err(e) => js
+        Ok(_) => js
             .get_key_value(bucket)
             .await
-            .map_err(|_| ClaimError::Bucket {
-                bucket: bucket.to_owned(),
-                message: e.to_string(),
-            }),
+            .map_err(|e| err(e.to_string())),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 
@@ -265,7 +275,10 @@ mod tests {
     fn keys_round_trip_and_are_valid_kv_keys() {
         let k = key_of(net("10.77.3.0/24"));
         assert_eq!(k, "10.77.3.0_24");
-        assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        assert!(
+            k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        );
         assert_eq!(subnet_of(&k), Some(net("10.77.3.0/24")));
         assert_eq!(subnet_of("junk"), None);
         assert_eq!(bucket_name("lab.a-1"), "LAB_A_1_NETD_SUBNETS");
