@@ -115,7 +115,14 @@ pub async fn resolve_lab_config(ctx: &Context, args: &Args) -> Result<NetConfig,
             })?),
             None => None,
         };
-        let subnet = subnets::claim(&ctx.bus, &ctx.config.host, &lab, fixed).await?;
+        let subnet = subnets::claim_patiently(
+            &ctx.bus,
+            &ctx.config.host,
+            &lab,
+            fixed,
+            subnets::CLAIM_PATIENCE,
+        )
+        .await?;
         file.subnet = Some(subnet.to_string());
         // The gateway of an allocated subnet is its first host.
         if fixed.is_none() {

@@ -10,6 +10,7 @@
 //! host's subnet is its identity in the lab for as long as the bucket lives.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use banger_bus::Bus;
@@ -61,19 +62,10 @@ pub enum ClaimError {
     },
 }
 
-/// The bucket name for a subject prefix: `banger` -> `BANGER_NETD_SUBNETS`.
+/// The bucket name for a subject prefix: `banger` -> `BANGER_NETD_SUBNETS` (defined in the
+/// contract, because the CLI reads the lab's members from it).
 pub fn bucket_name(prefix: &str) -> String {
-    let p: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{p}_NETD_SUBNETS")
+    banger_proto::net::subnet_bucket(prefix)
 }
 
 /// The key of `subnet`: `10.77.3.0_24`.
@@ -128,6 +120,35 @@ pub fn choose(
         })
         .unwrap_or_default();
     Choice::Try(free)
+}
+
+/// How long start-up keeps trying while JetStream is not ready (the connection is still being
+/// made, or a cluster is still electing its leader).
+pub const CLAIM_PATIENCE: Duration = Duration::from_secs(60);
+
+/// [`claim`], retried with backoff for up to `patience` while the bucket cannot be reached;
+/// a definite answer (taken, exhausted) is returned at once.
+pub async fn claim_patiently(
+    bus: &Bus,
+    host: &HostId,
+    lab: &LabConfig,
+    fixed: Option<Ipv4Net>,
+    patience: Duration,
+) -> Result<Ipv4Net, ClaimError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match claim(bus, host, lab, fixed).await {
+            Err(e @ (ClaimError::Bucket { .. } | ClaimError::Kv { .. }))
+                if tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::info!(error = %e, "subnet bucket not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Claims this host's subnet: `fixed` (the configured one) or one allocated from the lab range.
@@ -281,7 +302,7 @@ mod tests {
         );
         assert_eq!(subnet_of(&k), Some(net("10.77.3.0/24")));
         assert_eq!(subnet_of("junk"), None);
-        assert_eq!(bucket_name("lab.a-1"), "LAB_A_1_NETD_SUBNETS");
+        assert_eq!(bucket_name("banger"), "BANGER_NETD_SUBNETS");
     }
 
     #[test]
