@@ -226,11 +226,15 @@ pub async fn claim(
     Ok(mine)
 }
 
-/// Opens the bucket, creating its stream when missing. The stream is created directly with the
-/// settings `kv.create_key_value` would use (one value per key, `discard: new`, direct get),
-/// because `create_key_value` first reads the account info, which async-nats 0.51 cannot parse
-/// from nats-server 2.9 (Debian's). Creating an identical stream twice is not an error, so two
-/// hosts starting together both succeed.
+/// Opens the bucket, creating its stream when missing.
+///
+/// The stream is created directly, not with `create_key_value`, which first reads the account
+/// info that async-nats 0.51 cannot parse from nats-server 2.9 (Debian's). Its settings are
+/// those of a KV bucket (one value per key, `discard: new`, rollups, no deletes) except direct
+/// get, which is off: reads go to the stream leader and never to a replica on a host that is
+/// cut off (nats-server 2.9 was seen to send direct gets there and leave them unanswered).
+/// Creating an identical stream twice is not an error, so two hosts starting together both
+/// succeed.
 async fn open_bucket(bus: &Bus, bucket: &str, replicas: usize) -> Result<kv::Store, ClaimError> {
     let js = jetstream::new(bus.client().clone());
     if let Ok(store) = js.get_key_value(bucket).await {
@@ -245,7 +249,7 @@ async fn open_bucket(bus: &Bus, bucket: &str, replicas: usize) -> Result<kv::Sto
             storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            allow_direct: false,
             num_replicas: replicas,
             discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()

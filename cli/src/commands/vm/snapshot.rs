@@ -21,7 +21,7 @@ const LIST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The longest the lab's membership (netd's subnet claims) may take to read; read alongside
 /// discovery, so it only costs time when the bucket is slow.
-const MEMBERS_WAIT: Duration = Duration::from_millis(1500);
+const MEMBERS_WAIT: Duration = Duration::from_secs(3);
 
 /// Every VM that the answering controllers reported.
 #[derive(Debug, Default)]
