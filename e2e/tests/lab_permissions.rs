@@ -271,7 +271,9 @@ struct Client {
 impl Client {
     async fn connect(url: &str, user: &str) -> Self {
         let (tx, errors) = mpsc::unbounded_channel();
+        // Each role reads its replies on its own inbox prefix, as the services are configured.
         let nats = ConnectOptions::with_user_and_password(user.into(), password(user).into())
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
             .event_callback(move |event| {
                 let tx = tx.clone();
                 async move {
@@ -566,6 +568,14 @@ fn the_services_run_with_their_role_credentials() {
     ns.block_on(|| async {
         let server = LabServer::single();
         let dir = tempfile::tempdir().unwrap();
+        // netd in lab mode, so its role's right to claim a subnet in the KV bucket and to
+        // discover the other netds is exercised too.
+        let config = dir.path().join("banger.toml");
+        std::fs::write(
+            &config,
+            "[netd]\nlab_range = \"10.77.0.0/16\"\npeer_interval_secs = 1\n",
+        )
+        .unwrap();
         let services = [
             ("banger-vm-controller", "vm-controller"),
             ("banger-netd", "netd"),
@@ -582,8 +592,12 @@ fn the_services_run_with_their_role_credentials() {
                     .arg(dir.path().join("state"))
                     .arg("--runtime-dir")
                     .arg(dir.path().join("run"))
+                    .arg("--config")
+                    .arg(&config)
                     .env("BANGER_NATS_USER", user)
                     .env("BANGER_NATS_PASSWORD", password(user))
+                    .env("BANGER_NATS_INBOX_PREFIX", format!("_INBOX_{user}"))
+                    .env("BANGER_NATS_REQUIRE_AUTH", "true")
                     .env("RUST_LOG", "warn")
                     .stderr(std::fs::File::create(&log).unwrap());
                 ((*user).to_owned(), Process::spawn(bin, cmd), log)
@@ -630,6 +644,16 @@ fn the_services_run_with_their_role_credentials() {
                 "{subject}: no reply ({reply:?})"
             );
         }
+        // netd claimed its subnet from the lab range with its role's rights.
+        let status: banger_proto::net::NetStatus = bus
+            .request(
+                format!("banger.host.{HOST}.net.status"),
+                &banger_proto::net::NetStatusRequest {},
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(status.subnet.starts_with("10.77."), "{}", status.subnet);
 
         // A clean stop, then no service logged a permissions violation.
         for (user, p, _) in &mut procs {
@@ -780,4 +804,130 @@ fn the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate() {
         let event = format!("banger.events.{HOST}.vm.{VM_ID}.started");
         assert!(delivered(&controller, &mut events, &event, DELIVERY_WAIT).await);
     });
+}
+
+/// Replies travel on per-role inboxes: a role may read its own (`_INBOX_<role>.>`) and no one
+/// else's, so a logged-in service cannot read the operator's replies.
+#[test]
+fn one_role_cannot_read_another_roles_replies() {
+    let test = "one_role_cannot_read_another_roles_replies";
+    if !nats_server_here(test) {
+        return;
+    }
+    let server = LabServer::single();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = server.url();
+        // netd answers its own subject, as the real netd does.
+        let netd = Client::connect(&url, "netd").await;
+        let subject = format!("banger.host.{HOST}.net.status");
+        let mut requests = netd.nats.subscribe(subject.clone()).await.unwrap();
+        netd.nats.flush().await.unwrap();
+        let responder = netd.nats.clone();
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder.publish(reply, "secret".into()).await;
+                }
+            }
+        });
+
+        // dnsd tries to read the operator's replies, and every reply: both refused.
+        let mut dnsd = Client::connect(&url, "dnsd").await;
+        let mut snoop = dnsd.nats.subscribe("_INBOX_cli.>").await.unwrap();
+        dnsd.expect_violation("dnsd reading the cli's replies", "_INBOX_cli.>")
+            .await;
+        let _all = dnsd.nats.subscribe("_INBOX.>").await.unwrap();
+        dnsd.expect_violation("dnsd reading the shared inbox", "_INBOX.>")
+            .await;
+        // Its own inbox is fine.
+        let _own = dnsd.nats.subscribe("_INBOX_dnsd.>").await.unwrap();
+        dnsd.expect_no_errors("dnsd reading its own replies").await;
+
+        // The operator's request is answered on its own inbox, and the snooper got nothing.
+        let cli = Client::connect(&url, "cli").await;
+        let reply = tokio::time::timeout(
+            DELIVERY_WAIT,
+            cli.nats.request(subject.clone(), "{}".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(reply.payload.as_ref(), b"secret");
+        assert!(
+            tokio::time::timeout(SHORT, snoop.next()).await.is_err(),
+            "dnsd received a reply meant for the cli"
+        );
+        // The old shared prefix is no longer anyone's: a cli client that does not set its
+        // prefix cannot even receive its replies.
+        let plain = ConnectOptions::with_user_and_password("cli".into(), password("cli").into())
+            .connect(&url)
+            .await
+            .unwrap();
+        let refused =
+            tokio::time::timeout(DELIVERY_WAIT, plain.request(subject, "{}".into())).await;
+        assert!(
+            !matches!(refused, Ok(Ok(_))),
+            "a reply arrived on the shared _INBOX prefix: {refused:?}"
+        );
+    });
+}
+
+/// Told that the lab requires auth, a service refuses an open server even when it was given
+/// credentials (an open server accepts any), and so does the CLI; without credentials it
+/// refuses before connecting.
+#[test]
+fn services_refuse_an_open_server_when_the_lab_requires_auth() {
+    let test = "services_refuse_an_open_server_when_the_lab_requires_auth";
+    if !nats_server_here(test) {
+        return;
+    }
+    let open = banger_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |bin: &str, args: &[&str], creds: bool| {
+        let mut cmd = Command::new(bin_path(bin));
+        cmd.args([
+            "--nats-url",
+            &open.url(),
+            "--host-id",
+            HOST,
+            "--nats-require-auth",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if creds {
+            cmd.args(["--nats-user", "stord", "--nats-password", "anything"]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // It must exit by itself, promptly; a service that started serving would not.
+        wait_until_blocking(
+            &format!("{bin} to refuse and exit"),
+            Duration::from_secs(30),
+            || matches!(child.try_wait(), Ok(Some(_))),
+        );
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run("banger-stord", &[], true);
+    assert!(!ok, "stord ran against an open server: {text}");
+    assert!(text.contains("does not require any"), "{text}");
+    let (ok, text) = run("banger-stord", &[], false);
+    assert!(!ok, "stord ran without credentials: {text}");
+    assert!(text.contains("requires NATS credentials"), "{text}");
+    let (ok, text) = run("banger", &["vm", "list"], true);
+    assert!(!ok, "the CLI used an open server: {text}");
+    assert!(text.contains("does not require any"), "{text}");
 }

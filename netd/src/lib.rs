@@ -5,6 +5,10 @@
 //! ([`reconcile`]). Kernel state goes through [`link`] (rtnetlink), [`tap`] (tun ioctls) and
 //! [`nat`] (one nftables table); leases live in SQLite ([`store`]). What is left behind on exit
 //! is decided in [`exit`].
+//!
+//! Lab mode (several hosts on one NATS cluster): the host's VM subnet is claimed in a JetStream
+//! KV bucket ([`subnets`]), the other hosts' subnets and addresses are learned from their
+//! service-API metadata ([`peers`]), and routes to them are kept with rtnetlink ([`route`]).
 
 pub mod config;
 pub mod events;
