@@ -931,3 +931,153 @@ fn services_refuse_an_open_server_when_the_lab_requires_auth() {
     assert!(!ok, "the CLI used an open server: {text}");
     assert!(text.contains("does not require any"), "{text}");
 }
+
+/// `scripts/lab-init` writes the configs, one password per role (private files, never
+/// overwritten), and logins that work as written: the operator's CLI config connects (with its
+/// inbox prefix and `require_auth`), a service's environment file logs it in as its role.
+#[test]
+fn lab_init_writes_credentials_that_log_in_with_their_role() {
+    let test = "lab_init_writes_credentials_that_log_in_with_their_role";
+    if !nats_server_here(test) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab-init");
+    let out = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(&script)
+            .arg(out.path())
+            .args(["--url", "nats://127.0.0.1:4222"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    for f in [
+        "nats/passwords.env",
+        "services/stord.env",
+        "services/netd.env",
+        "cli/operator.toml",
+        "cli/viewer.toml",
+    ] {
+        let mode = std::fs::metadata(out.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f} is readable by others");
+    }
+    let again = run();
+    assert!(
+        !again.status.success(),
+        "a second run overwrote the passwords"
+    );
+
+    // nats-server from the generated config and passwords.
+    let env: Vec<(String, String)> = std::fs::read_to_string(out.path().join("nats/passwords.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(env.len(), PASSWORDS.len(), "{env:?}");
+    let conf = out.path().join("nats/lab-single.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        STORE_DIR_LINE,
+        &format!(
+            "store_dir: {:?}",
+            out.path().join("js").display().to_string()
+        ),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let (port, monitor) = (free_port(), free_port());
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c")
+        .arg(&conf)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+        ])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Process::spawn("nats-server", cmd);
+    let monitor = format!("127.0.0.1:{monitor}");
+    wait_until_blocking("nats-server to be healthy", Duration::from_secs(30), || {
+        http_get_ok(&monitor, "/healthz")
+    });
+    let url = format!("nats://127.0.0.1:{port}");
+
+    // The operator's CLI config, as written (the URL aside).
+    let cli = Command::new(bin_path("banger"))
+        .arg("--config")
+        .arg(out.path().join("cli/operator.toml"))
+        .args(["--nats-url", &url, "ping"])
+        .env("XDG_CONFIG_HOME", out.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "the generated operator config cannot log in: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    // A service's environment file logs it in as its role, which holds its role's rights.
+    let stord: Vec<(String, String)> =
+        std::fs::read_to_string(out.path().join("services/stord.env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    let get = |k: &str| {
+        stord
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("BANGER_NATS_USER"), "stord");
+    assert_eq!(get("BANGER_NATS_INBOX_PREFIX"), "_INBOX_stord");
+    assert_eq!(get("BANGER_NATS_REQUIRE_AUTH"), "true");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (tx, mut errors) = mpsc::unbounded_channel();
+        let client = ConnectOptions::with_user_and_password(
+            get("BANGER_NATS_USER"),
+            get("BANGER_NATS_PASSWORD"),
+        )
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(e)) = event {
+                    let _ = tx.send(e);
+                }
+            }
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+        let _own = client
+            .subscribe(format!("banger.host.{HOST}.store.>"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        assert!(
+            errors.try_recv().is_err(),
+            "stord may not read its own subjects"
+        );
+        let _other = client
+            .subscribe(format!("banger.host.{HOST}.vm.>"))
+            .await
+            .unwrap();
+        let e = tokio::time::timeout(VIOLATION_WAIT, errors.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e.to_lowercase().contains("permissions violation"), "{e}");
+    });
+}
