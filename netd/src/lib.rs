@@ -92,8 +92,8 @@ pub enum RunError {
     Claim(#[from] ClaimError),
 }
 
-/// Resolves the `[netd]` table and the flags into a validated configuration.
-pub fn resolve_config(ctx: &Context, args: &Args) -> Result<NetConfig, RunError> {
+/// The `[netd]` table with the flags applied over it.
+pub fn file_with_flags(ctx: &Context, args: &Args) -> Result<NetdFile, RunError> {
     let mut file: NetdFile = ctx.config.section(service::NETD)?;
     if let Some(s) = &args.subnet {
         file.subnet = Some(s.clone());
@@ -101,16 +101,23 @@ pub fn resolve_config(ctx: &Context, args: &Args) -> Result<NetConfig, RunError>
         // default unless a gateway flag is given as well.
         file.gateway = None;
     }
-    resolve_config_from(file, args)
+    if let Some(b) = &args.bridge {
+        file.bridge.clone_from(b);
+    }
+    if let Some(g) = &args.gateway {
+        file.gateway = Some(g.clone());
+    }
+    if let Some(a) = &args.host_address {
+        file.host_address = Some(a.clone());
+    }
+    Ok(file)
 }
 
-/// Resolves the configuration like [`resolve_config`], and in lab mode first claims this host's
-/// subnet ([`subnets::claim`]); fills in the default host address ([`default_host_address`]).
-pub async fn resolve_lab_config(ctx: &Context, args: &Args) -> Result<NetConfig, RunError> {
-    let mut file: NetdFile = ctx.config.section(service::NETD)?;
-    if let Some(s) = &args.subnet {
-        file.subnet = Some(s.clone());
-    }
+/// Resolves the `[netd]` table and the flags into a validated configuration. In lab mode
+/// (`lab_range`), this host's subnet is claimed first ([`subnets::claim_patiently`]); the host
+/// address defaults to [`default_host_address`].
+pub async fn resolve_config(ctx: &Context, args: &Args) -> Result<NetConfig, RunError> {
+    let mut file = file_with_flags(ctx, args)?;
     if let Some(lab) = LabConfig::from_file(&file)? {
         let fixed = match &file.subnet {
             Some(s) => Some(s.parse().map_err(|source| ConfigError::SubnetSyntax {
@@ -127,28 +134,15 @@ pub async fn resolve_lab_config(ctx: &Context, args: &Args) -> Result<NetConfig,
             subnets::CLAIM_PATIENCE,
         )
         .await?;
-        file.subnet = Some(subnet.to_string());
-        // The gateway of an allocated subnet is its first host.
         if fixed.is_none() {
+            // An allocated subnet's gateway is its first host.
+            file.subnet = Some(subnet.to_string());
             file.gateway = None;
         }
     }
-    let mut cfg = resolve_config_from(file, args)?;
+    let mut cfg = NetConfig::from_file(file)?;
     fill_host_address(&mut cfg, &ctx.config.nats.urls).await;
     Ok(cfg)
-}
-
-fn resolve_config_from(mut file: NetdFile, args: &Args) -> Result<NetConfig, RunError> {
-    if let Some(b) = &args.bridge {
-        file.bridge.clone_from(b);
-    }
-    if let Some(g) = &args.gateway {
-        file.gateway = Some(g.clone());
-    }
-    if let Some(a) = &args.host_address {
-        file.host_address = Some(a.clone());
-    }
-    Ok(NetConfig::from_file(file)?)
 }
 
 async fn fill_host_address(cfg: &mut NetConfig, nats_urls: &[String]) {
@@ -205,7 +199,7 @@ pub async fn default_host_address(urls: &[String]) -> Option<Ipv4Addr> {
 /// holding its network the table and the bridge are removed; otherwise taps, bridge and rules
 /// outlive the process, so VMs keep their network while netd restarts.
 pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Result<(), RunError> {
-    let cfg = resolve_lab_config(&ctx, &args).await?;
+    let cfg = resolve_config(&ctx, &args).await?;
     let subnet = cfg.subnet.to_string();
     let host_addr = cfg.peers.host_address;
     let netd = Arc::new(
@@ -248,4 +242,19 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
         tracing::warn!(error = %chain(&e), "cleaning up on exit failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loopback_only_bus_gives_no_host_address() {
+        let urls = [
+            "nats://127.0.0.1:4222".to_owned(),
+            "nats://localhost".to_owned(),
+        ];
+        assert_eq!(default_host_address(&urls).await, None);
+        assert_eq!(default_host_address(&[]).await, None);
+    }
 }
