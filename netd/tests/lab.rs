@@ -262,6 +262,20 @@ fn vms_on_two_hosts_reach_each_other_by_address_through_netds_routes() {
         b.has_route(&sa, ADDR_A)
     });
 
+    // B moves to another subnet: A replaces its route (the old one goes, nothing else stays).
+    b.stop_netd();
+    let moved = "10.77.200.0/24";
+    let config = std::fs::read_to_string(b.config()).unwrap();
+    std::fs::write(
+        b.config(),
+        config.replace("[netd]\n", &format!("[netd]\nsubnet = \"{moved}\"\n")),
+    )
+    .unwrap();
+    assert_eq!(b.start_netd().subnet, moved);
+    wait_until_blocking("A to route B's new subnet, and only that", CONVERGE, || {
+        a.has_route(moved, ADDR_B) && a.routes().len() == 1
+    });
+
     // A host that goes away for longer than peer_expiry_secs loses its route; only netd's
     // own routes were ever touched (the lab link's route is still there).
     b.stop_netd();
