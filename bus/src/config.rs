@@ -20,6 +20,7 @@
 //! user = "banger"
 //! password = "..."
 //! # token, nkey_seed_file, creds_file, tls_ca, tls_cert, tls_key, require_tls, require_auth
+//! # inbox_prefix = "_INBOX_netd"   # where replies to this process arrive (per-role permissions)
 //!
 //! [netd]
 //! bridge = "banger0"
@@ -117,6 +118,16 @@ pub struct CommonArgs {
     #[arg(long, env = "BANGER_NATS_TLS_KEY", global = true)]
     pub nats_tls_key: Option<PathBuf>,
 
+    /// Refuse to run unless credentials are given and the NATS server demands them (its INFO
+    /// says auth_required): for a shared lab [default: [nats] require_auth]
+    #[arg(long, env = "BANGER_NATS_REQUIRE_AUTH", global = true)]
+    pub nats_require_auth: bool,
+
+    /// Subject prefix of this process's reply inboxes, e.g. _INBOX_netd, so a lab's permissions
+    /// can let each role read only its own replies [default: [nats] inbox_prefix, else _INBOX]
+    #[arg(long, env = "BANGER_NATS_INBOX_PREFIX", global = true)]
+    pub nats_inbox_prefix: Option<String>,
+
     /// Subject prefix shared by every service of one installation [default: banger]
     #[arg(long, env = "BANGER_PREFIX", global = true)]
     pub prefix: Option<String>,
@@ -169,9 +180,12 @@ pub struct NatsFile {
     /// Refuse to connect without TLS.
     #[serde(default)]
     pub require_tls: bool,
-    /// Refuse to start without credentials (a shared lab).
+    /// Refuse to start without credentials, or against a server that does not demand them
+    /// (a shared lab).
     #[serde(default)]
     pub require_auth: bool,
+    /// Prefix of reply inboxes (`_INBOX_<role>`).
+    pub inbox_prefix: Option<String>,
 }
 
 /// The shared (top-level) part of the config file.
@@ -218,8 +232,10 @@ pub struct NatsOptions {
     pub tls_client: Option<(PathBuf, PathBuf)>,
     /// Require TLS.
     pub require_tls: bool,
-    /// Refuse to connect without credentials.
+    /// Refuse to connect without credentials, or to a server that does not require them.
     pub require_auth: bool,
+    /// Prefix of reply inboxes; `None`: async-nats's `_INBOX`.
+    pub inbox_prefix: Option<String>,
     /// Connection name shown by `nats server report connections`.
     pub name: String,
 }
@@ -234,6 +250,7 @@ impl NatsOptions {
             tls_client: None,
             require_tls: false,
             require_auth: false,
+            inbox_prefix: None,
             name: name.into(),
         }
     }
@@ -359,7 +376,12 @@ impl CommonConfig {
             tls_ca: args.nats_tls_ca.clone().or(shared.nats.tls_ca.clone()),
             tls_client,
             require_tls: shared.nats.require_tls,
-            require_auth: shared.nats.require_auth,
+            require_auth: args.nats_require_auth || shared.nats.require_auth,
+            inbox_prefix: check_inbox_prefix(
+                args.nats_inbox_prefix
+                    .clone()
+                    .or(shared.nats.inbox_prefix.clone()),
+            )?,
             name: name.to_owned(),
         };
 
@@ -413,6 +435,26 @@ impl CommonConfig {
     /// The service's own state directory: `<state_dir>/<service>`.
     pub fn service_state_dir(&self, service: &str) -> PathBuf {
         self.state_dir.join(service)
+    }
+}
+
+/// A reply-inbox prefix must be a plain subject prefix: tokens of printable characters without
+/// wildcards, not ending in a dot (the client appends `.<unique id>`).
+fn check_inbox_prefix(prefix: Option<String>) -> Result<Option<String>, BusError> {
+    let Some(p) = prefix else {
+        return Ok(None);
+    };
+    let ok = !p.is_empty()
+        && p.split('.').all(|t| {
+            !t.is_empty() && t != "*" && t != ">" && t.bytes().all(|b| b.is_ascii_graphic())
+        });
+    if ok {
+        Ok(Some(p))
+    } else {
+        Err(BusError::Config(format!(
+            "NATS inbox prefix {p:?} is not a subject prefix such as _INBOX_netd (no spaces, \
+             wildcards or empty tokens)"
+        )))
     }
 }
 
@@ -527,6 +569,33 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Svc {
         bridge: Option<String>,
+    }
+
+    #[test]
+    fn the_inbox_prefix_and_require_auth_come_from_flag_or_file() {
+        let c = resolve(&CommonArgs::default(), "").unwrap();
+        assert_eq!(c.nats.inbox_prefix, None);
+        assert!(!c.nats.require_auth);
+        let file = "[nats]\ninbox_prefix = '_INBOX_netd'\nrequire_auth = true";
+        let c = resolve(&CommonArgs::default(), file).unwrap();
+        assert_eq!(c.nats.inbox_prefix.as_deref(), Some("_INBOX_netd"));
+        assert!(c.nats.require_auth);
+        let args = CommonArgs {
+            nats_inbox_prefix: Some("_INBOX_cli".into()),
+            nats_require_auth: true,
+            ..CommonArgs::default()
+        };
+        let c = resolve(&args, "").unwrap();
+        assert_eq!(c.nats.inbox_prefix.as_deref(), Some("_INBOX_cli"));
+        assert!(c.nats.require_auth);
+        for bad in ["", "_INBOX.", "_INBOX.>", "a b", "x.*.y"] {
+            let args = CommonArgs {
+                nats_inbox_prefix: Some(bad.into()),
+                ..CommonArgs::default()
+            };
+            let e = resolve(&args, "").unwrap_err().to_string();
+            assert!(e.contains("inbox prefix"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub async fn connect_observed(
     if opts.require_tls {
         o = o.require_tls(true);
     }
+    if let Some(prefix) = &opts.inbox_prefix {
+        o = o.custom_inbox_prefix(prefix);
+    }
     o = o
         .name(&opts.name)
         .connection_timeout(CONNECT_TIMEOUT)
@@ -94,9 +97,14 @@ pub async fn connect_observed(
         .map(|u| u.parse())
         .collect::<Result<_, _>>()
         .map_err(|e| BusError::Config(format!("invalid NATS URL in {urls:?}: {e}")))?;
-    o.connect(addrs)
+    let client = o
+        .connect(addrs)
         .await
-        .map_err(|source| BusError::Connect { urls, source })
+        .map_err(|source| BusError::Connect { urls, source })?;
+    if opts.require_auth {
+        check_server_demands_auth(&client).await?;
+    }
+    Ok(client)
 }
 
 /// Logs a connection event at the level an operator wants it.
@@ -109,6 +117,29 @@ async fn log_event(event: Event) {
         other => tracing::debug!(event = %other, "NATS event"),
     }
 }
+
+/// With `require_auth`, credentials are not enough: an open server accepts any credentials, so
+/// a service pointed at the wrong (or a reconfigured) server would run unprotected. The
+/// server's INFO says whether it demands authentication; refuse when it does not. A service
+/// that is still waiting for its first connection waits here until the server answers.
+async fn check_server_demands_auth(client: &async_nats::Client) -> Result<(), BusError> {
+    while client.connection_state() != async_nats::connection::State::Connected {
+        tokio::time::sleep(AUTH_CHECK_POLL).await;
+    }
+    let info = client.server_info();
+    if info.auth_required {
+        Ok(())
+    } else {
+        Err(BusError::Config(format!(
+            "this installation requires NATS authentication (nats.require_auth), but the server \
+             {} ({}) does not require any: refusing to run against an open server",
+            info.server_name, info.host
+        )))
+    }
+}
+
+/// How often the auth check looks whether the first connection is made.
+const AUTH_CHECK_POLL: Duration = Duration::from_millis(50);
 
 /// Delay before connection attempt `attempts` (async-nats counts from 1, and asks before the
 /// very first attempt too): none for the first, so a CLI command does not start with a pause,

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod error;
 pub mod events;
 pub mod history;
+pub mod lab;
 pub mod propagation;
 pub mod runtime;
 pub mod service;

@@ -5,6 +5,8 @@
 //! and subnet, so stacks of parallel tests never meet, and the host's network is never
 //! touched. Dropping a stack runs `banger down` and removes its files, even after a failure.
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU8, Ordering};

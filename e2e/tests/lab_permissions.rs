@@ -271,7 +271,9 @@ struct Client {
 impl Client {
     async fn connect(url: &str, user: &str) -> Self {
         let (tx, errors) = mpsc::unbounded_channel();
+        // Each role reads its replies on its own inbox prefix, as the services are configured.
         let nats = ConnectOptions::with_user_and_password(user.into(), password(user).into())
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
             .event_callback(move |event| {
                 let tx = tx.clone();
                 async move {
@@ -566,6 +568,14 @@ fn the_services_run_with_their_role_credentials() {
     ns.block_on(|| async {
         let server = LabServer::single();
         let dir = tempfile::tempdir().unwrap();
+        // netd in lab mode, so its role's right to claim a subnet in the KV bucket and to
+        // discover the other netds is exercised too.
+        let config = dir.path().join("banger.toml");
+        std::fs::write(
+            &config,
+            "[netd]\nlab_range = \"10.77.0.0/16\"\npeer_interval_secs = 1\n",
+        )
+        .unwrap();
         let services = [
             ("banger-vm-controller", "vm-controller"),
             ("banger-netd", "netd"),
@@ -582,8 +592,12 @@ fn the_services_run_with_their_role_credentials() {
                     .arg(dir.path().join("state"))
                     .arg("--runtime-dir")
                     .arg(dir.path().join("run"))
+                    .arg("--config")
+                    .arg(&config)
                     .env("BANGER_NATS_USER", user)
                     .env("BANGER_NATS_PASSWORD", password(user))
+                    .env("BANGER_NATS_INBOX_PREFIX", format!("_INBOX_{user}"))
+                    .env("BANGER_NATS_REQUIRE_AUTH", "true")
                     .env("RUST_LOG", "warn")
                     .stderr(std::fs::File::create(&log).unwrap());
                 ((*user).to_owned(), Process::spawn(bin, cmd), log)
@@ -630,6 +644,16 @@ fn the_services_run_with_their_role_credentials() {
                 "{subject}: no reply ({reply:?})"
             );
         }
+        // netd claimed its subnet from the lab range with its role's rights.
+        let status: banger_proto::net::NetStatus = bus
+            .request(
+                format!("banger.host.{HOST}.net.status"),
+                &banger_proto::net::NetStatusRequest {},
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(status.subnet.starts_with("10.77."), "{}", status.subnet);
 
         // A clean stop, then no service logged a permissions violation.
         for (user, p, _) in &mut procs {
@@ -779,5 +803,281 @@ fn the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate() {
         .unwrap();
         let event = format!("banger.events.{HOST}.vm.{VM_ID}.started");
         assert!(delivered(&controller, &mut events, &event, DELIVERY_WAIT).await);
+    });
+}
+
+/// Replies travel on per-role inboxes: a role may read its own (`_INBOX_<role>.>`) and no one
+/// else's, so a logged-in service cannot read the operator's replies.
+#[test]
+fn one_role_cannot_read_another_roles_replies() {
+    let test = "one_role_cannot_read_another_roles_replies";
+    if !nats_server_here(test) {
+        return;
+    }
+    let server = LabServer::single();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = server.url();
+        // netd answers its own subject, as the real netd does.
+        let netd = Client::connect(&url, "netd").await;
+        let subject = format!("banger.host.{HOST}.net.status");
+        let mut requests = netd.nats.subscribe(subject.clone()).await.unwrap();
+        netd.nats.flush().await.unwrap();
+        let responder = netd.nats.clone();
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder.publish(reply, "secret".into()).await;
+                }
+            }
+        });
+
+        // dnsd tries to read the operator's replies, and every reply: both refused.
+        let mut dnsd = Client::connect(&url, "dnsd").await;
+        let mut snoop = dnsd.nats.subscribe("_INBOX_cli.>").await.unwrap();
+        dnsd.expect_violation("dnsd reading the cli's replies", "_INBOX_cli.>")
+            .await;
+        let _all = dnsd.nats.subscribe("_INBOX.>").await.unwrap();
+        dnsd.expect_violation("dnsd reading the shared inbox", "_INBOX.>")
+            .await;
+        // Its own inbox is fine.
+        let _own = dnsd.nats.subscribe("_INBOX_dnsd.>").await.unwrap();
+        dnsd.expect_no_errors("dnsd reading its own replies").await;
+
+        // The operator's request is answered on its own inbox, and the snooper got nothing.
+        let cli = Client::connect(&url, "cli").await;
+        let reply = tokio::time::timeout(
+            DELIVERY_WAIT,
+            cli.nats.request(subject.clone(), "{}".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(reply.payload.as_ref(), b"secret");
+        assert!(
+            tokio::time::timeout(SHORT, snoop.next()).await.is_err(),
+            "dnsd received a reply meant for the cli"
+        );
+        // The old shared prefix is no longer anyone's: a cli client that does not set its
+        // prefix cannot even receive its replies.
+        let plain = ConnectOptions::with_user_and_password("cli".into(), password("cli").into())
+            .connect(&url)
+            .await
+            .unwrap();
+        let refused =
+            tokio::time::timeout(DELIVERY_WAIT, plain.request(subject, "{}".into())).await;
+        assert!(
+            !matches!(refused, Ok(Ok(_))),
+            "a reply arrived on the shared _INBOX prefix: {refused:?}"
+        );
+    });
+}
+
+/// Told that the lab requires auth, a service refuses an open server even when it was given
+/// credentials (an open server accepts any), and so does the CLI; without credentials it
+/// refuses before connecting.
+#[test]
+fn services_refuse_an_open_server_when_the_lab_requires_auth() {
+    let test = "services_refuse_an_open_server_when_the_lab_requires_auth";
+    if !nats_server_here(test) {
+        return;
+    }
+    let open = banger_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |bin: &str, args: &[&str], creds: bool| {
+        let mut cmd = Command::new(bin_path(bin));
+        cmd.args([
+            "--nats-url",
+            &open.url(),
+            "--host-id",
+            HOST,
+            "--nats-require-auth",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--runtime-dir")
+        .arg(dir.path().join("run"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if creds {
+            cmd.args(["--nats-user", "stord", "--nats-password", "anything"]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // It must exit by itself, promptly; a service that started serving would not.
+        wait_until_blocking(
+            &format!("{bin} to refuse and exit"),
+            Duration::from_secs(30),
+            || matches!(child.try_wait(), Ok(Some(_))),
+        );
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run("banger-stord", &[], true);
+    assert!(!ok, "stord ran against an open server: {text}");
+    assert!(text.contains("does not require any"), "{text}");
+    let (ok, text) = run("banger-stord", &[], false);
+    assert!(!ok, "stord ran without credentials: {text}");
+    assert!(text.contains("requires NATS credentials"), "{text}");
+    let (ok, text) = run("banger", &["vm", "list"], true);
+    assert!(!ok, "the CLI used an open server: {text}");
+    assert!(text.contains("does not require any"), "{text}");
+}
+
+/// `scripts/lab-init` writes the configs, one password per role (private files, never
+/// overwritten), and logins that work as written: the operator's CLI config connects (with its
+/// inbox prefix and `require_auth`), a service's environment file logs it in as its role.
+#[test]
+fn lab_init_writes_credentials_that_log_in_with_their_role() {
+    let test = "lab_init_writes_credentials_that_log_in_with_their_role";
+    if !nats_server_here(test) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab-init");
+    let out = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(&script)
+            .arg(out.path())
+            .args(["--url", "nats://127.0.0.1:4222"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    for f in [
+        "nats/passwords.env",
+        "services/stord.env",
+        "services/netd.env",
+        "cli/operator.toml",
+        "cli/viewer.toml",
+    ] {
+        let mode = std::fs::metadata(out.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f} is readable by others");
+    }
+    let again = run();
+    assert!(
+        !again.status.success(),
+        "a second run overwrote the passwords"
+    );
+
+    // nats-server from the generated config and passwords.
+    let env: Vec<(String, String)> = std::fs::read_to_string(out.path().join("nats/passwords.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(env.len(), PASSWORDS.len(), "{env:?}");
+    let conf = out.path().join("nats/lab-single.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        STORE_DIR_LINE,
+        &format!(
+            "store_dir: {:?}",
+            out.path().join("js").display().to_string()
+        ),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let (port, monitor) = (free_port(), free_port());
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c")
+        .arg(&conf)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+        ])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Process::spawn("nats-server", cmd);
+    let monitor = format!("127.0.0.1:{monitor}");
+    wait_until_blocking("nats-server to be healthy", Duration::from_secs(30), || {
+        http_get_ok(&monitor, "/healthz")
+    });
+    let url = format!("nats://127.0.0.1:{port}");
+
+    // The operator's CLI config, as written (the URL aside).
+    let cli = Command::new(bin_path("banger"))
+        .arg("--config")
+        .arg(out.path().join("cli/operator.toml"))
+        .args(["--nats-url", &url, "ping"])
+        .env("XDG_CONFIG_HOME", out.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "the generated operator config cannot log in: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    // A service's environment file logs it in as its role, which holds its role's rights.
+    let stord: Vec<(String, String)> =
+        std::fs::read_to_string(out.path().join("services/stord.env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    let get = |k: &str| {
+        stord
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("BANGER_NATS_USER"), "stord");
+    assert_eq!(get("BANGER_NATS_INBOX_PREFIX"), "_INBOX_stord");
+    assert_eq!(get("BANGER_NATS_REQUIRE_AUTH"), "true");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (tx, mut errors) = mpsc::unbounded_channel();
+        let client = ConnectOptions::with_user_and_password(
+            get("BANGER_NATS_USER"),
+            get("BANGER_NATS_PASSWORD"),
+        )
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(ServerError::Other(e)) = event {
+                    let _ = tx.send(e);
+                }
+            }
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+        let _own = client
+            .subscribe(format!("banger.host.{HOST}.store.>"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        assert!(
+            errors.try_recv().is_err(),
+            "stord may not read its own subjects"
+        );
+        let _other = client
+            .subscribe(format!("banger.host.{HOST}.vm.>"))
+            .await
+            .unwrap();
+        let e = tokio::time::timeout(VIOLATION_WAIT, errors.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e.to_lowercase().contains("permissions violation"), "{e}");
     });
 }

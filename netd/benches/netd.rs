@@ -171,7 +171,7 @@ async fn measure(url: String, state_dir: std::path::PathBuf) {
     let host = HostId::new("bench").unwrap();
     let cfg = NetConfig::from_file(NetdFile {
         bridge: BRIDGE.into(),
-        subnet: "10.200.0.0/23".into(),
+        subnet: Some("10.200.0.0/23".into()),
         nft_table: "bbench".into(),
         ..NetdFile::default()
     })

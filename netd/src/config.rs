@@ -12,6 +12,15 @@
 //! reconcile_grace_secs = 10     # leases changed this recently are not judged by vm.list
 //! uplinks = []                  # masquerade only towards these; empty: every other interface
 //! teardown_group = 48879        # netdevice group used to delete many taps in one operation
+//!
+//! # lab mode (several hosts): see the crate README
+//! lab_range = "10.77.0.0/16"    # every host's VM subnet lies here; not masqueraded between hosts
+//! subnet_prefix = 24            # size of the subnet allocated from lab_range when subnet is unset
+//! host_address = "192.0.2.11"   # where peers route this host's VM subnet [default: see README]
+//! peer_interval_secs = 5        # how often the other hosts' netds are asked for their subnet
+//! peer_expiry_secs = 60         # routes of a host silent this long are removed
+//! route_protocol = 77           # rtnetlink protocol number marking netd's routes
+//! subnet_bucket_replicas = 1    # replicas of the JetStream KV bucket holding subnet claims
 //! ```
 
 use std::net::Ipv4Addr;
@@ -37,6 +46,16 @@ pub const DEFAULT_GRACE_SECS: u64 = 10;
 /// Default netdevice group for taps about to be deleted together (0xbeef; group 0 is the
 /// kernel's default group and can never be deleted by group).
 pub const DEFAULT_TEARDOWN_GROUP: u32 = 0xbeef;
+/// Default size of a subnet allocated from the lab range: 253 VMs per host.
+pub const DEFAULT_SUBNET_PREFIX: u8 = 24;
+/// Default period of peer discovery: a new host's VMs are reachable within seconds.
+pub const DEFAULT_PEER_INTERVAL_SECS: u64 = 5;
+/// Default time after which a silent peer's route goes: long enough to ride out a NATS
+/// reconnect or a netd restart, short enough that a removed host does not linger.
+pub const DEFAULT_PEER_EXPIRY_SECS: u64 = 60;
+/// Default route protocol number of netd's routes (`ip route show proto 77`). 77 is not
+/// assigned in iproute2's `rt_protos`; it only has to differ from what other daemons use.
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 77;
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -47,8 +66,9 @@ pub const MAX_IFNAME: usize = 15;
 pub struct NetdFile {
     /// Bridge name.
     pub bridge: String,
-    /// VM subnet (CIDR, the network address).
-    pub subnet: String,
+    /// VM subnet (CIDR, the network address); `None`: allocated from `lab_range` when set,
+    /// else [`DEFAULT_SUBNET`].
+    pub subnet: Option<String>,
     /// The bridge's address inside the subnet; `None`: the subnet's first host.
     pub gateway: Option<String>,
     /// MTU of the bridge and taps.
@@ -63,13 +83,27 @@ pub struct NetdFile {
     pub uplinks: Vec<String>,
     /// Netdevice group used for batch teardown.
     pub teardown_group: u32,
+    /// Lab mode: the range every host's VM subnet lies in.
+    pub lab_range: Option<String>,
+    /// Prefix length of a subnet allocated from `lab_range`.
+    pub subnet_prefix: u8,
+    /// This host's address on the lab network.
+    pub host_address: Option<String>,
+    /// Seconds between peer discoveries.
+    pub peer_interval_secs: u64,
+    /// Seconds after which a silent peer's route is removed.
+    pub peer_expiry_secs: u64,
+    /// Route protocol number of netd's routes.
+    pub route_protocol: u8,
+    /// Replicas of the subnet-claim KV bucket (at most the cluster's size).
+    pub subnet_bucket_replicas: usize,
 }
 
 impl Default for NetdFile {
     fn default() -> Self {
         Self {
             bridge: DEFAULT_BRIDGE.to_owned(),
-            subnet: DEFAULT_SUBNET.to_owned(),
+            subnet: None,
             gateway: None,
             mtu: DEFAULT_MTU,
             nft_table: DEFAULT_TABLE.to_owned(),
@@ -77,6 +111,13 @@ impl Default for NetdFile {
             reconcile_grace_secs: DEFAULT_GRACE_SECS,
             uplinks: Vec::new(),
             teardown_group: DEFAULT_TEARDOWN_GROUP,
+            lab_range: None,
+            subnet_prefix: DEFAULT_SUBNET_PREFIX,
+            host_address: None,
+            peer_interval_secs: DEFAULT_PEER_INTERVAL_SECS,
+            peer_expiry_secs: DEFAULT_PEER_EXPIRY_SECS,
+            route_protocol: DEFAULT_ROUTE_PROTOCOL,
+            subnet_bucket_replicas: 1,
         }
     }
 }
@@ -143,6 +184,100 @@ pub enum ConfigError {
     /// The teardown group is the default group.
     #[error("[netd] teardown_group must not be 0 (the kernel's default group)")]
     Group,
+    /// The lab range is not a network CIDR.
+    #[error("[netd] lab_range {0:?} is not an IPv4 network in CIDR form such as 10.77.0.0/16")]
+    LabRange(String),
+    /// The allocation prefix does not fit the lab range.
+    #[error("[netd] subnet_prefix {prefix} must be between lab_range's /{range_prefix} and /30")]
+    SubnetPrefix {
+        /// The prefix.
+        prefix: u8,
+        /// The lab range's prefix.
+        range_prefix: u8,
+    },
+    /// The subnet lies outside the lab range.
+    #[error("[netd] subnet {subnet} is not inside lab_range {range}")]
+    SubnetOutsideLab {
+        /// The subnet.
+        subnet: Ipv4Net,
+        /// The range.
+        range: Ipv4Net,
+    },
+    /// The host address is not an address.
+    #[error("[netd] host_address {0:?} is not a unicast IPv4 address")]
+    HostAddress(String),
+    /// A period is zero.
+    #[error("[netd] peer_interval_secs and peer_expiry_secs must be at least 1")]
+    PeerTiming,
+    /// The route protocol is one the kernel or a common daemon uses.
+    #[error("[netd] route_protocol {0} is reserved (0-4 belong to the kernel); pick e.g. 77")]
+    RouteProtocol(u8),
+    /// The bucket replicas are out of range.
+    #[error("[netd] subnet_bucket_replicas must be 1 to 5")]
+    Replicas,
+    /// No subnet was given and none was allocated (a caller bug: allocate first).
+    #[error("[netd] no subnet: set [netd] subnet, or lab_range to have one allocated")]
+    SubnetUnallocated,
+}
+
+/// Lab-mode settings: subnets from a shared range, routes to the other hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabConfig {
+    /// Every host's VM subnet lies here.
+    pub range: Ipv4Net,
+    /// Prefix length of an allocated subnet.
+    pub subnet_prefix: u8,
+    /// Replicas of the claim bucket.
+    pub bucket_replicas: usize,
+}
+
+/// How netd finds and routes to the other hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// This host's address on the lab network (published; peers route via it). `None`: no
+    /// address known, so peers cannot route here, and routes are still installed towards them.
+    pub host_address: Option<Ipv4Addr>,
+    /// Discovery period.
+    pub interval: Duration,
+    /// A peer silent this long loses its route.
+    pub expiry: Duration,
+    /// Route protocol number marking netd's routes.
+    pub route_protocol: u8,
+}
+
+impl LabConfig {
+    /// Parses the lab settings of `file` (None when `lab_range` is unset).
+    pub fn from_file(file: &NetdFile) -> Result<Option<Self>, ConfigError> {
+        let Some(r) = &file.lab_range else {
+            return Ok(None);
+        };
+        let range: Ipv4Net = r.parse().map_err(|_| ConfigError::LabRange(r.clone()))?;
+        if range.trunc() != range {
+            return Err(ConfigError::LabRange(r.clone()));
+        }
+        if file.subnet_prefix < range.prefix_len() || file.subnet_prefix > 30 {
+            return Err(ConfigError::SubnetPrefix {
+                prefix: file.subnet_prefix,
+                range_prefix: range.prefix_len(),
+            });
+        }
+        if !(1..=5).contains(&file.subnet_bucket_replicas) {
+            return Err(ConfigError::Replicas);
+        }
+        Ok(Some(Self {
+            range,
+            subnet_prefix: file.subnet_prefix,
+            bucket_replicas: file.subnet_bucket_replicas,
+        }))
+    }
+}
+
+/// Parses a configured host address.
+pub fn parse_host_address(value: &str) -> Result<Ipv4Addr, ConfigError> {
+    match value.parse::<Ipv4Addr>() {
+        Ok(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => Ok(a),
+        _ => Err(ConfigError::HostAddress(value.to_owned())),
+    }
 }
 
 /// The validated configuration.
@@ -166,6 +301,10 @@ pub struct NetConfig {
     pub uplinks: Vec<String>,
     /// Netdevice group for batch teardown.
     pub teardown_group: u32,
+    /// Lab mode, when `lab_range` is set.
+    pub lab: Option<LabConfig>,
+    /// Peer discovery and routes.
+    pub peers: PeerConfig,
 }
 
 impl NetConfig {
@@ -182,11 +321,16 @@ impl NetConfig {
         for u in &file.uplinks {
             check_ifname("uplink", u)?;
         }
-        let subnet: Ipv4Net = file
-            .subnet
+        let lab = LabConfig::from_file(&file)?;
+        let subnet_text = match (&file.subnet, &lab) {
+            (Some(s), _) => s.clone(),
+            (None, None) => DEFAULT_SUBNET.to_owned(),
+            (None, Some(_)) => return Err(ConfigError::SubnetUnallocated),
+        };
+        let subnet: Ipv4Net = subnet_text
             .parse()
             .map_err(|source| ConfigError::SubnetSyntax {
-                value: file.subnet.clone(),
+                value: subnet_text.clone(),
                 source,
             })?;
         if subnet.trunc() != subnet {
@@ -235,6 +379,25 @@ impl NetConfig {
         if file.teardown_group == 0 {
             return Err(ConfigError::Group);
         }
+        if let Some(lab) = &lab
+            && !lab.range.contains(&subnet)
+        {
+            return Err(ConfigError::SubnetOutsideLab {
+                subnet,
+                range: lab.range,
+            });
+        }
+        let host_address = file
+            .host_address
+            .as_deref()
+            .map(parse_host_address)
+            .transpose()?;
+        if file.peer_interval_secs == 0 || file.peer_expiry_secs == 0 {
+            return Err(ConfigError::PeerTiming);
+        }
+        if file.route_protocol <= 4 {
+            return Err(ConfigError::RouteProtocol(file.route_protocol));
+        }
         Ok(Self {
             bridge: file.bridge,
             subnet,
@@ -245,6 +408,13 @@ impl NetConfig {
             reconcile_grace: Duration::from_secs(file.reconcile_grace_secs),
             uplinks: file.uplinks,
             teardown_group: file.teardown_group,
+            lab,
+            peers: PeerConfig {
+                host_address,
+                interval: Duration::from_secs(file.peer_interval_secs),
+                expiry: Duration::from_secs(file.peer_expiry_secs),
+                route_protocol: file.route_protocol,
+            },
         })
     }
 }
@@ -293,9 +463,9 @@ mod tests {
             f(&mut file);
             NetConfig::from_file(file).unwrap_err().to_string()
         };
-        assert!(bad(|f| f.subnet = "172.16.0.5/24".into()).contains("172.16.0.0/24"));
-        assert!(bad(|f| f.subnet = "nope".into()).contains("subnet"));
-        assert!(bad(|f| f.subnet = "10.0.0.0/31".into()).contains("too small"));
+        assert!(bad(|f| f.subnet = Some("172.16.0.5/24".into())).contains("172.16.0.0/24"));
+        assert!(bad(|f| f.subnet = Some("nope".into())).contains("subnet"));
+        assert!(bad(|f| f.subnet = Some("10.0.0.0/31".into())).contains("too small"));
         assert!(bad(|f| f.bridge = "a-very-long-bridge-name".into()).contains("15"));
         assert!(bad(|f| f.bridge = "bgr0".into()).contains("reserved"));
         assert!(bad(|f| f.mtu = 10).contains("mtu"));
@@ -310,7 +480,7 @@ mod tests {
     #[test]
     fn an_explicit_gateway_is_used_and_never_leased() {
         let file = NetdFile {
-            subnet: "10.0.0.0/29".into(),
+            subnet: Some("10.0.0.0/29".into()),
             gateway: Some("10.0.0.6".into()),
             ..NetdFile::default()
         };
@@ -322,6 +492,40 @@ mod tests {
             c.gateway,
             Ipv4Addr::new(10, 0, 0, 1)
         ));
+    }
+
+    #[test]
+    fn lab_settings_are_checked_against_each_other() {
+        let lab = |f: fn(&mut NetdFile)| {
+            let mut file = NetdFile {
+                lab_range: Some("10.77.0.0/16".into()),
+                subnet: Some("10.77.3.0/24".into()),
+                ..NetdFile::default()
+            };
+            f(&mut file);
+            NetConfig::from_file(file)
+        };
+        let ok = lab(|_| {}).unwrap();
+        assert_eq!(
+            ok.lab
+                .as_ref()
+                .map(|l| (l.range.to_string(), l.subnet_prefix)),
+            Some(("10.77.0.0/16".to_owned(), 24))
+        );
+        assert_eq!(ok.peers.route_protocol, DEFAULT_ROUTE_PROTOCOL);
+        let err = |f| lab(f).unwrap_err().to_string();
+        assert!(err(|f| f.subnet = Some("10.78.0.0/24".into())).contains("not inside lab_range"));
+        assert!(err(|f| f.lab_range = Some("10.77.1.0/16".into())).contains("lab_range"));
+        assert!(err(|f| f.subnet_prefix = 8).contains("subnet_prefix"));
+        assert!(err(|f| f.subnet_prefix = 31).contains("subnet_prefix"));
+        assert!(err(|f| f.host_address = Some("0.0.0.0".into())).contains("host_address"));
+        assert!(err(|f| f.route_protocol = 4).contains("route_protocol"));
+        assert!(err(|f| f.peer_expiry_secs = 0).contains("peer_"));
+        assert!(err(|f| f.subnet_bucket_replicas = 0).contains("replicas"));
+        // A lab range without a subnet needs an allocation first.
+        assert!(err(|f| f.subnet = None).contains("no subnet"));
+        let addr = lab(|f| f.host_address = Some("192.0.2.11".into())).unwrap();
+        assert_eq!(addr.peers.host_address, Some(Ipv4Addr::new(192, 0, 2, 11)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr <subnet> oifname != "<bridge>" masquerade      # comment "banger:base"
 //!   }                                                        # (one rule per uplink if set)
+//!                          # lab mode adds `ip daddr != <lab range>` before `masquerade`
 //!   chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
 //!     fib daddr type local tcp dport 8080 dnat to <vm ip>:80  # comment "banger:vm:<id>"
 //!   }
@@ -16,6 +17,7 @@
 //!     iifname "<bridge>" accept                               # comment "banger:base"
 //!     oifname "<bridge>" ct state established,related accept  # comment "banger:base"
 //!     oifname "<bridge>" ct status dnat accept                # comment "banger:base"
+//!     oifname "<bridge>" ip saddr <lab range> accept          # lab mode only
 //!   }
 //! }
 //! ```
@@ -114,6 +116,8 @@ pub struct Nat {
     bridge: String,
     subnet: Ipv4Net,
     uplinks: Vec<String>,
+    /// Lab mode: VM-to-VM traffic within this range crosses hosts unmasqueraded.
+    lab_range: Option<Ipv4Net>,
     /// One change at a time: rule handles are read, then used.
     lock: Mutex<()>,
 }
@@ -165,8 +169,17 @@ impl Nat {
             bridge: bridge.to_owned(),
             subnet,
             uplinks: uplinks.to_vec(),
+            lab_range: None,
             lock: Mutex::new(()),
         }
+    }
+
+    /// Lab mode: traffic from the VM subnet to `range` (the other hosts' VM subnets) keeps its
+    /// source address, and traffic from `range` may be forwarded onto the bridge.
+    #[must_use]
+    pub fn with_lab_range(mut self, range: Option<Ipv4Net>) -> Self {
+        self.lab_range = range;
+        self
     }
 
     /// The table's name.
@@ -220,21 +233,21 @@ impl Nat {
 
     /// The base rules, in order.
     fn base_rules(&self) -> Vec<NfListObject<'static>> {
-        let saddr = matches(
-            payload("ip", "saddr"),
-            Operator::EQ,
+        let prefix = |net: Ipv4Net| {
             Expression::Named(NamedExpression::Prefix(Prefix {
-                addr: Box::new(s(self.subnet.network().to_string())),
-                len: u32::from(self.subnet.prefix_len()),
-            })),
-        );
+                addr: Box::new(s(net.network().to_string())),
+                len: u32::from(net.prefix_len()),
+            }))
+        };
+        let saddr = matches(payload("ip", "saddr"), Operator::EQ, prefix(self.subnet));
         let mut out = Vec::new();
         let masq = |oif: Statement<'static>| {
-            self.rule(
-                POSTROUTING,
-                vec![saddr.clone(), oif, Statement::Masquerade(None)],
-                BASE_COMMENT.to_owned(),
-            )
+            let mut expr = vec![saddr.clone(), oif];
+            if let Some(lab) = self.lab_range {
+                expr.push(matches(payload("ip", "daddr"), Operator::NEQ, prefix(lab)));
+            }
+            expr.push(Statement::Masquerade(None));
+            self.rule(POSTROUTING, expr, BASE_COMMENT.to_owned())
         };
         if self.uplinks.is_empty() {
             out.push(masq(matches(
@@ -274,12 +287,23 @@ impl Nat {
         out.push(self.rule(
             FORWARD,
             vec![
-                oif,
+                oif.clone(),
                 matches(ct("status"), Operator::IN, s("dnat")),
                 Statement::Accept(None),
             ],
             BASE_COMMENT.to_owned(),
         ));
+        if let Some(lab) = self.lab_range {
+            out.push(self.rule(
+                FORWARD,
+                vec![
+                    oif,
+                    matches(payload("ip", "saddr"), Operator::EQ, prefix(lab)),
+                    Statement::Accept(None),
+                ],
+                BASE_COMMENT.to_owned(),
+            ));
+        }
         out
     }
 
@@ -318,7 +342,7 @@ impl Nat {
     }
 
     fn base_rule_count(&self) -> usize {
-        self.uplinks.len().max(1) + 3
+        self.uplinks.len().max(1) + 3 + usize::from(self.lab_range.is_some())
     }
 
     async fn apply(&self, what: &'static str, batch: Batch<'static>) -> Result<(), NatError> {
@@ -525,6 +549,28 @@ mod tests {
         assert_eq!(nat(&[]).base_rule_count(), 4);
         let with = nat(&["eth0".into(), "eth1".into()]);
         assert_eq!(with.base_rules().len(), with.base_rule_count());
+    }
+
+    #[test]
+    fn lab_mode_exempts_the_lab_range_from_masquerade_and_forwards_it_to_the_bridge() {
+        let lab = nat(&["eth0".into()]).with_lab_range(Some("10.77.0.0/16".parse().unwrap()));
+        let rules = lab.base_rules();
+        assert_eq!(rules.len(), lab.base_rule_count());
+        let json = serde_json::to_string(&rules).unwrap();
+        let masq = serde_json::to_string(&rules[0]).unwrap();
+        assert!(
+            masq.contains(r#""daddr""#) && masq.contains(r#""op":"!=""#),
+            "{masq}"
+        );
+        assert!(
+            masq.contains(r#""prefix":{"addr":"10.77.0.0","len":16}"#),
+            "{masq}"
+        );
+        let last = serde_json::to_string(&rules[rules.len() - 1]).unwrap();
+        assert!(
+            last.contains(r#""saddr""#) && last.contains("10.77.0.0"),
+            "{json}"
+        );
     }
 
     #[test]

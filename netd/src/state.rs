@@ -18,6 +18,8 @@ use crate::config::NetConfig;
 use crate::lease;
 use crate::link::{LinkError, Links};
 use crate::nat::{Nat, NatError, VmRules};
+use crate::peers::PeerTable;
+use crate::route::{RouteError, Routes};
 use crate::store::{LeaseRow, LeaseStore, StoreError};
 
 /// Where the kernel's IPv4 forwarding switch lives (per network namespace).
@@ -38,6 +40,9 @@ pub enum StartError {
     /// The NAT table.
     #[error("installing the nftables table")]
     Nat(#[from] NatError),
+    /// The routing netlink socket.
+    #[error("opening the route socket")]
+    Routes(#[from] RouteError),
 }
 
 /// Why the rules could not be restored from the lease store.
@@ -105,6 +110,10 @@ pub struct Netd {
     pub gate: RwLock<()>,
     /// Per-VM locks.
     pub locks: VmLocks,
+    /// The other hosts' netds, as discovered (lab mode).
+    pub peers: PeerTable,
+    /// Routes to the other hosts' VM subnets.
+    pub routes: Routes,
 }
 
 impl Netd {
@@ -120,7 +129,9 @@ impl Netd {
             .await
             .map_err(StoreError::Join)??;
         let links = Links::connect()?;
-        let nat = Nat::new(&cfg.table, &cfg.bridge, cfg.subnet, &cfg.uplinks);
+        let nat = Nat::new(&cfg.table, &cfg.bridge, cfg.subnet, &cfg.uplinks)
+            .with_lab_range(cfg.lab.as_ref().map(|l| l.range));
+        let routes = Routes::connect(cfg.peers.route_protocol)?;
         let netd = Self {
             cfg,
             host,
@@ -130,6 +141,8 @@ impl Netd {
             nat,
             gate: RwLock::new(()),
             locks: VmLocks::default(),
+            peers: PeerTable::default(),
+            routes,
         };
         netd.ensure_bridge().await?;
         enable_forwarding().await.map_err(StartError::Forwarding)?;

@@ -176,3 +176,32 @@ mod tests {
         }
     }
 }
+
+/// The JetStream key-value bucket in which the hosts of a lab claim their VM subnets (netd's
+/// `lab_range` mode): `banger` -> `BANGER_NETD_SUBNETS`. Key: the subnet with `/` written `_`
+/// (`10.77.3.0_24`); value: the host id holding it. Every host with a claim is a member of the
+/// lab, so the CLI can name a member that does not answer instead of not knowing it exists.
+pub fn subnet_bucket(prefix: &str) -> String {
+    let p: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{p}_NETD_SUBNETS")
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn the_subnet_bucket_name_is_valid_for_any_prefix() {
+        assert_eq!(subnet_bucket("banger"), "BANGER_NETD_SUBNETS");
+        assert_eq!(subnet_bucket("lab.a-1"), "LAB_A_1_NETD_SUBNETS");
+    }
+}

@@ -305,6 +305,7 @@ fn start_nats(
         tls_client: None,
         require_tls: false,
         require_auth: false,
+        inbox_prefix: None,
         name: "banger-cli".into(),
     })
 }

@@ -19,6 +19,10 @@ const DISCOVERY_WINDOW: Duration = Duration::from_millis(1000);
 /// hear about it rather than wait for the full request timeout.
 const LIST_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The longest the lab's membership (netd's subnet claims) may take to read; read alongside
+/// discovery, so it only costs time when the bucket is slow.
+const MEMBERS_WAIT: Duration = Duration::from_secs(3);
+
 /// Every VM that the answering controllers reported.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
@@ -42,14 +46,17 @@ impl Snapshot {
     }
 }
 
-/// Discovers the controllers and gathers their `vm.list` answers.
+/// Discovers the controllers and gathers their `vm.list` answers. A lab member (a host with a
+/// subnet claim, [`banger_bus::lab::lab_hosts`]) that no controller answered for is named
+/// unreachable too: a host cut off from the bus answers no discovery either.
 ///
 /// Fails with `unavailable` when no controller is running at all.
 pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
-    let controllers = app
-        .bus
-        .ping(Some(service::VM_CONTROLLER), DISCOVERY_WINDOW)
-        .await?;
+    let (controllers, members) = tokio::join!(
+        app.bus.ping(Some(service::VM_CONTROLLER), DISCOVERY_WINDOW),
+        banger_bus::lab::lab_hosts(&app.bus, MEMBERS_WAIT)
+    );
+    let controllers = controllers?;
     if controllers.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -80,6 +87,7 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
     let mut unreachable: Vec<String> = controllers
         .iter()
         .filter_map(|c| c.host())
+        .chain(members.iter().map(String::as_str))
         .filter(|h| !answered.iter().any(|a| a == h))
         .map(str::to_owned)
         .collect();
