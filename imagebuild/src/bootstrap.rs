@@ -28,13 +28,16 @@ pub(crate) fn debootstrap_command(
     packages: &[String],
     tree: &Path,
     cache: Option<&Path>,
+    tarball: Option<&Path>,
 ) -> Command {
     let mut c = in_private_mounts("debootstrap");
     c.arg("--variant=minbase").arg("--components=main");
     if !packages.is_empty() {
         c.arg(format!("--include={}", packages.join(",")));
     }
-    if let Some(dir) = cache {
+    if let Some(t) = tarball {
+        c.arg(format!("--unpack-tarball={}", t.display()));
+    } else if let Some(dir) = cache {
         c.arg(format!("--cache-dir={}", dir.display()));
     }
     c.arg(suite).arg(tree).arg(mirror);
@@ -48,6 +51,7 @@ pub(crate) fn debootstrap(
     mirror: &str,
     packages: &[String],
     tree: &Path,
+    tarball: Option<&Path>,
 ) -> Result<(), BuildError> {
     let cache = std::env::var_os(DEBOOTSTRAP_CACHE_ENV)
         .map(std::path::PathBuf::from)
@@ -63,7 +67,7 @@ pub(crate) fn debootstrap(
     run(
         cancel,
         Stage::Debootstrap,
-        &mut debootstrap_command(suite, mirror, packages, tree, cache.as_deref()),
+        &mut debootstrap_command(suite, mirror, packages, tree, cache.as_deref(), tarball),
     )
     .map(drop)
     .map_err(|e| match e {
@@ -146,6 +150,7 @@ mod tests {
             &["openssh-server".into(), "git".into()],
             Path::new("/s/root"),
             None,
+            None,
         );
         assert_eq!(
             argv(&c),
@@ -164,9 +169,26 @@ mod tests {
                 "http://deb.debian.org/debian"
             ]
         );
-        let cached = debootstrap_command("sid", "http://m", &[], Path::new("/t"), Some(Path::new("/c")));
+        let cached = debootstrap_command(
+            "sid",
+            "http://m",
+            &[],
+            Path::new("/t"),
+            Some(Path::new("/c")),
+            None,
+        );
         assert!(argv(&cached).contains(&"--cache-dir=/c".to_owned()));
         assert!(!argv(&cached).iter().any(|a| a.starts_with("--include")));
+        let offline = debootstrap_command(
+            "sid",
+            "http://m",
+            &[],
+            Path::new("/t"),
+            Some(Path::new("/c")),
+            Some(Path::new("/p.tgz")),
+        );
+        assert!(argv(&offline).contains(&"--unpack-tarball=/p.tgz".to_owned()));
+        assert!(!argv(&offline).iter().any(|a| a.starts_with("--cache-dir")));
     }
 
     #[test]

@@ -159,10 +159,24 @@ pub fn build(
     let packages = spec.all_packages();
 
     match &spec.family {
-        Family::Debian { suite, mirror } => {
-            let what = format!("debootstrap {suite} from {mirror} (a few minutes)");
+        Family::Debian {
+            suite,
+            mirror,
+            tarball,
+        } => {
+            let from = tarball
+                .as_ref()
+                .map_or_else(|| mirror.clone(), |t| t.display().to_string());
+            let what = format!("debootstrap {suite} from {from} (a few minutes)");
             stage(Stage::Debootstrap, &what, &mut || {
-                bootstrap::debootstrap(cancel, suite.as_str(), mirror, &packages, &tree)?;
+                bootstrap::debootstrap(
+                    cancel,
+                    suite.as_str(),
+                    mirror,
+                    &packages,
+                    &tree,
+                    tarball.as_deref(),
+                )?;
                 Ok(format!("{} packages added to minbase", packages.len()))
             })?;
         }

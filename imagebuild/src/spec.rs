@@ -158,6 +158,9 @@ pub enum Family {
         suite: Suite,
         /// The mirror URL.
         mirror: String,
+        /// Packages from a tarball made by `debootstrap --make-tarball` instead of the mirror
+        /// (offline builds, CI caches).
+        tarball: Option<PathBuf>,
     },
     /// Void Linux, from a rootfs tarball the user downloaded.
     Void {
@@ -243,6 +246,16 @@ impl BuildSpec {
     pub fn validate(&self) -> Result<(), BuildError> {
         for p in &self.packages {
             check_package_name(p).map_err(BuildError::Invalid)?;
+        }
+        if let Family::Debian {
+            tarball: Some(t), ..
+        } = &self.family
+            && !t.is_file()
+        {
+            return Err(BuildError::Invalid(format!(
+                "the debootstrap tarball {} does not exist or is not a file",
+                t.display()
+            )));
         }
         if let Family::Void { tarball, .. } = &self.family {
             if !tarball.is_file() {
@@ -439,6 +452,7 @@ mod tests {
             family: Family::Debian {
                 suite: "bookworm".parse().unwrap(),
                 mirror: DEFAULT_MIRROR.into(),
+                tarball: None,
             },
             size: ImageSize::default(),
             packages: vec!["git".into(), "openssh-server".into()],

@@ -60,6 +60,10 @@ pub struct DebianArgs {
     /// Debian mirror to bootstrap from
     #[arg(long, value_name = "URL", default_value = DEFAULT_MIRROR)]
     pub mirror: String,
+    /// Take the packages from a tarball made by `debootstrap --make-tarball` (same suite and
+    /// packages, see imagebuild/README.md) instead of the mirror: offline builds, CI caches
+    #[arg(long, value_name = "PATH")]
+    pub debootstrap_tarball: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonBuildArgs,
 }
@@ -179,6 +183,12 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
             Family::Debian {
                 suite: a.suite,
                 mirror: a.mirror,
+                tarball: a
+                    .debootstrap_tarball
+                    .as_deref()
+                    .map(std::path::absolute)
+                    .transpose()
+                    .map_err(invalid)?,
             },
             a.common,
             "debian",
