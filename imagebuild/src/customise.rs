@@ -22,14 +22,14 @@ pub enum Init {
 /// Where Void's runit looks for enabled services.
 pub const RUNIT_DEFAULT_DIR: &str = "etc/runit/runsvdir/default";
 
-/// The service manager of the tree at `root`, if it has a known one.
+/// The service manager of the tree at `root`, if it has a known one. systemd wins: Debian ships
+/// `/etc/sv` and `/etc/runit` too (runit-helper), but boots systemd.
 pub fn detect_init(root: &Path) -> Option<Init> {
-    if root.join(RUNIT_DEFAULT_DIR).is_dir() || root.join("etc/sv").is_dir() {
-        Some(Init::Runit)
-    } else if root.join("lib/systemd/systemd").exists()
-        || root.join("usr/lib/systemd/systemd").exists()
+    if root.join("lib/systemd/systemd").exists() || root.join("usr/lib/systemd/systemd").exists()
     {
         Some(Init::Systemd)
+    } else if root.join(RUNIT_DEFAULT_DIR).is_dir() || root.join("etc/sv").is_dir() {
+        Some(Init::Runit)
     } else {
         None
     }
@@ -253,7 +253,8 @@ mod tests {
 
     /// A tree that looks like a bootstrapped Debian (only what customisation touches).
     fn debian_tree(root: &Path) {
-        for d in ["lib/systemd", "etc/ssh", "etc/skel", "root", "bin"] {
+        // Debian has runit-helper's directories too: systemd must still win.
+        for d in ["lib/systemd", "etc/ssh", "etc/skel", "root", "bin", "etc/sv/ssh", RUNIT_DEFAULT_DIR] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         fs::write(root.join("lib/systemd/systemd"), "").unwrap();
@@ -290,6 +291,7 @@ mod tests {
         debian_tree(&root);
         assert_eq!(detect_init(&root), Some(Init::Systemd));
         customise(&root, Init::Systemd, &agent(dir.path()), "ssh-ed25519 AAAA k\n").unwrap();
+        assert!(!root.join("etc/sv/banger-agent").exists());
 
         assert_eq!(mode(&root.join("usr/local/bin/banger-agent")), 0o755);
         let units = root.join("etc/systemd/system");

@@ -145,9 +145,13 @@ fn link_resolves(img: &Image<'_>, link: &str) -> Result<Result<String, String>, 
 
 fn agent_service(img: &Image<'_>) -> Result<Check, DebugfsError> {
     const NAME: &str = "agent service";
-    let runit = img
-        .stat(&format!("/{RUNIT_DEFAULT_DIR}"))?
-        .is_some_and(|s| s.kind == Kind::Directory);
+    // systemd wins when present: Debian ships runit-helper's /etc/runit too.
+    let systemd = img.stat("/usr/lib/systemd/systemd")?.is_some()
+        || img.stat("/lib/systemd/systemd")?.is_some();
+    let runit = !systemd
+        && img
+            .stat(&format!("/{RUNIT_DEFAULT_DIR}"))?
+            .is_some_and(|s| s.kind == Kind::Directory);
     if runit {
         let link = format!("/{RUNIT_DEFAULT_DIR}/banger-agent");
         return Ok(match link_resolves(img, &link)? {

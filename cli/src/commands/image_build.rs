@@ -268,17 +268,22 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
         plan,
     });
     let cancel = Arc::new(banger_imagebuild::Cancel::new());
+    // Listen for Ctrl-C and SIGTERM before the build starts, so a signal that comes at once is
+    // not lost (a listener only sees signals delivered after it was made).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("installing the SIGTERM handler: {e}"))?;
     let built = {
         let (spec, worker_cancel, progress) =
             (spec.clone(), Arc::clone(&cancel), Arc::clone(&progress));
         let mut task = tokio::task::spawn_blocking(move || {
             banger_imagebuild::build(&spec, &worker_cancel, &*progress)
         });
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| anyhow::anyhow!("installing the SIGTERM handler: {e}"))?;
         tokio::select! {
             r = &mut task => r,
-            _ = tokio::signal::ctrl_c() => { cancel.cancel(); task.await }
+            _ = sigint.recv() => { cancel.cancel(); task.await }
             _ = sigterm.recv() => { cancel.cancel(); task.await }
         }
         .map_err(|e| anyhow::anyhow!("the build thread failed: {e}"))?

@@ -140,6 +140,9 @@ pub(crate) fn spawn(
     let image = match root_drive {
         Some(root) if is_root && image_has_agent(root) => Some(root.to_owned()),
         Some(root) => {
+            log::serial(&format!(
+                "the root drive has no {IMAGE_AGENT}: the host's agent runs (SIMULATOR)"
+            ));
             log::info(&format!(
                 "SIMULATOR: image {} has no agent ({IMAGE_AGENT}{}), running the host's agent {}",
                 root.display(),
@@ -228,11 +231,17 @@ pub(crate) fn spawn(
     let child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     match (&image, &disk) {
-        (Some(root), _) => log::info(&format!(
-            "agent pid {pid} runs from inside image {} (chroot; root drive and work disk \
-             loop-mounted in a private mount namespace)",
-            root.display()
-        )),
+        (Some(root), _) => {
+            log::info(&format!(
+                "agent pid {pid} runs from inside image {} (chroot; root drive and work disk \
+                 loop-mounted in a private mount namespace)",
+                root.display()
+            ));
+            log::serial(&format!(
+                "{IMAGE_AGENT} from the root drive runs chrooted into it (SIMULATOR: the \
+                 image's init does not run)"
+            ));
+        }
         (None, Some(d)) => log::info(&format!(
             "agent pid {pid} runs with work disk {} loop-mounted at /root in a private mount \
              namespace",
