@@ -84,15 +84,26 @@ fn assert_nothing_left(stack: &Stack, context: &str) {
                 .collect()
         })
         .unwrap_or_default();
-    assert!(files.is_empty(), "{context}: left in {}: {files:?}", images.display());
+    assert!(
+        files.is_empty(),
+        "{context}: left in {}: {files:?}",
+        images.display()
+    );
     let dir = stack.dir.to_string_lossy().into_owned();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
     assert!(ours.is_empty(), "{context}: mounts left: {ours:?}");
-    assert!(loops_under(&stack.dir).is_empty(), "{context}: loop devices left");
+    assert!(
+        loops_under(&stack.dir).is_empty(),
+        "{context}: loop devices left"
+    );
     let list: serde_json::Value =
         serde_json::from_str(&stack.banger_ok(&["--json", "image", "list"])).unwrap();
-    assert_eq!(list["images"], serde_json::json!([]), "{context}: registered");
+    assert_eq!(
+        list["images"],
+        serde_json::json!([]),
+        "{context}: registered"
+    );
 }
 
 /// `losetup -a` lines naming a file under `dir`.
@@ -126,7 +137,11 @@ fn tiny_void_tree(root: &Path, filler_mib: u64) {
     ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::write(root.join("etc/ssh/sshd_config"), "PasswordAuthentication yes\n").unwrap();
+    std::fs::write(
+        root.join("etc/ssh/sshd_config"),
+        "PasswordAuthentication yes\n",
+    )
+    .unwrap();
     std::fs::write(root.join("usr/sbin/sshd"), "#!/bin/sh\n").unwrap();
     std::fs::write(
         root.join("etc/os-release"),
@@ -192,11 +207,17 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_left() {
     let k = k.to_str().unwrap();
 
     // Refused by the command line itself.
-    let out = stack.banger(&["image", "build", "debian", "--suite", "buster", "--kernel", k]);
+    let out = stack.banger(&[
+        "image", "build", "debian", "--suite", "buster", "--kernel", k,
+    ]);
     assert_refused(&out, USAGE, "unknown Debian suite \"buster\"");
     assert_refused(&out, USAGE, "bookworm, trixie, bullseye, sid");
     let out = stack.banger(&["image", "build", "debian", "--size", "64M", "--kernel", k]);
-    assert_refused(&out, USAGE, "image size 64M is too small: the minimum is 256M");
+    assert_refused(
+        &out,
+        USAGE,
+        "image size 64M is too small: the minimum is 256M",
+    );
     assert_nothing_left(&stack, "flags");
 
     // No SSH key: says how to make one.
@@ -286,7 +307,10 @@ fn a_void_image_from_a_tarball_builds_verifies_and_runs_its_own_agent() {
     assert!(out.contains("built and registered image tiny"), "{out}");
     let report = stack.banger_ok(&["image", "verify", "tiny"]);
     assert!(report.contains("verify: all 6 checks passed"), "{report}");
-    assert!(report.contains("runit: /etc/runit/runsvdir/default/banger-agent enabled"), "{report}");
+    assert!(
+        report.contains("runit: /etc/runit/runsvdir/default/banger-agent enabled"),
+        "{report}"
+    );
 
     stack.banger_ok(&["vm", "create", "v1", "--image", "tiny", "--wait"]);
     let health: serde_json::Value =
@@ -296,7 +320,11 @@ fn a_void_image_from_a_tarball_builds_verifies_and_runs_its_own_agent() {
     let os = stack.banger_ok(&["vm", "exec", "v1", "--", "cat", "/etc/os-release"]);
     assert!(os.contains("tiny void (banger e2e)"), "{os}");
     stack.banger_ok(&["vm", "delete", "v1"]);
-    assert!(loops_under(&stack.dir).is_empty(), "{:?}", loops_under(&stack.dir));
+    assert!(
+        loops_under(&stack.dir).is_empty(),
+        "{:?}",
+        loops_under(&stack.dir)
+    );
 }
 
 /// Whether deb.debian.org answers on port 80 from the host's namespace.
@@ -334,7 +362,11 @@ fn debootstrap_tarball(stack: &Stack) -> PathBuf {
         .arg("http://deb.debian.org/debian")
         .output()
         .unwrap();
-    assert!(out.status.success(), "debootstrap --make-tarball: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "debootstrap --make-tarball: {}",
+        text(&out)
+    );
     let _ = std::fs::remove_dir_all(&work);
     eprintln!(
         "fetched the bookworm packages in {:.1}s",
@@ -350,7 +382,10 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
         return;
     }
     if banger_imagebuild::spec::find_in_path("debootstrap").is_none() {
-        skip(TEST, "debootstrap is not installed (./scripts/setup installs it)");
+        skip(
+            TEST,
+            "debootstrap is not installed (./scripts/setup installs it)",
+        );
         return;
     }
     if let Err(why) = mirror_reachable() {
@@ -404,7 +439,10 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
     assert!(!status.success(), "{seen}{rest}");
     assert!(rest.contains("image build cancelled"), "{seen}{rest}");
     assert_nothing_left(&stack, "Ctrl-C");
-    let debootstraps = Command::new("pgrep").args(["-f", "debootstrap"]).output().unwrap();
+    let debootstraps = Command::new("pgrep")
+        .args(["-f", "debootstrap"])
+        .output()
+        .unwrap();
     let stray: Vec<String> = String::from_utf8_lossy(&debootstraps.stdout)
         .lines()
         .filter(|pid| {
@@ -445,7 +483,8 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
     assert!(report.contains("verify: all 6 checks passed"), "{report}");
     assert!(report.contains("the runtime bundle's key"), "{report}");
     assert!(
-        report.contains("systemd: /etc/systemd/system/multi-user.target.wants/banger-agent.service"),
+        report
+            .contains("systemd: /etc/systemd/system/multi-user.target.wants/banger-agent.service"),
         "{report}"
     );
 
@@ -459,12 +498,31 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
     // Files only the image has (the host has neither).
     let fstab = stack.banger_ok(&["vm", "exec", "web", "--", "cat", "/etc/fstab"]);
     assert!(fstab.contains("/dev/vdb  /root"), "{fstab}");
-    stack.banger_ok(&["vm", "exec", "web", "--", "test", "-x", "/usr/local/lib/banger/guest-setup"]);
+    stack.banger_ok(&[
+        "vm",
+        "exec",
+        "web",
+        "--",
+        "test",
+        "-x",
+        "/usr/local/lib/banger/guest-setup",
+    ]);
     let logs = stack.banger_ok(&["vm", "logs", "web"]);
-    assert!(logs.contains("from the root drive runs chrooted into it"), "{logs}");
+    assert!(
+        logs.contains("from the root drive runs chrooted into it"),
+        "{logs}"
+    );
 
     // The work disk is /root and keeps its files across stop and start.
-    stack.banger_ok(&["vm", "exec", "web", "--", "sh", "-c", "echo kept > /root/note"]);
+    stack.banger_ok(&[
+        "vm",
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/note",
+    ]);
     stack.banger_ok(&["vm", "stop", "web"]);
     wait_until_blocking("the loop devices to go", Duration::from_secs(10), || {
         loops_under(&stack.dir).is_empty()
@@ -473,7 +531,11 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
     let note = stack.banger_ok(&["vm", "exec", "web", "--", "cat", "/root/note"]);
     assert_eq!(note.trim(), "kept");
     stack.banger_ok(&["vm", "delete", "web"]);
-    assert!(loops_under(&stack.dir).is_empty(), "{:?}", loops_under(&stack.dir));
+    assert!(
+        loops_under(&stack.dir).is_empty(),
+        "{:?}",
+        loops_under(&stack.dir)
+    );
 
     // A broken image: verify names the failed check and exits 1.
     let broken = stack.dir.join("broken.ext4");

@@ -933,9 +933,17 @@ fn image_tree_with_agent(tree: &Path) {
     for d in ["usr/local/bin", "bin", "etc", "root"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
-    std::fs::copy(bin_path("banger-agent"), tree.join("usr/local/bin/banger-agent")).unwrap();
+    std::fs::copy(
+        bin_path("banger-agent"),
+        tree.join("usr/local/bin/banger-agent"),
+    )
+    .unwrap();
     std::fs::write(tree.join("etc/os-release"), "ID=fcsim-test-image\n").unwrap();
-    let mut needed = vec!["/bin/sh".to_owned(), "/bin/cat".to_owned(), "/bin/sleep".to_owned()];
+    let mut needed = vec![
+        "/bin/sh".to_owned(),
+        "/bin/cat".to_owned(),
+        "/bin/sleep".to_owned(),
+    ];
     for bin in [bin_path("banger-agent"), PathBuf::from("/bin/sleep")] {
         let ldd = Command::new("ldd").arg(bin).output().unwrap();
         needed.extend(
@@ -959,7 +967,15 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
     if !require_root(test) {
         return;
     }
-    for p in ["mkfs.ext4", "losetup", "unshare", "mount", "chroot", "debugfs", "ldd"] {
+    for p in [
+        "mkfs.ext4",
+        "losetup",
+        "unshare",
+        "mount",
+        "chroot",
+        "debugfs",
+        "ldd",
+    ] {
         if !have_program(p) {
             skip(test, &format!("no {p}"));
             return;
@@ -969,7 +985,10 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
     let tree = tmp.path().join("tree");
     image_tree_with_agent(&tree);
     let root = tmp.path().join("root.ext4");
-    std::fs::File::create(&root).unwrap().set_len(128 << 20).unwrap();
+    std::fs::File::create(&root)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
     banger_testkit::netns::run_ok(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
@@ -977,7 +996,10 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
             .arg(&root),
     );
     let work = tmp.path().join("work.ext4");
-    std::fs::File::create(&work).unwrap().set_len(32 << 20).unwrap();
+    std::fs::File::create(&work)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
 
     let dir = tmp.path().join("run");
@@ -986,8 +1008,15 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
     sim.configure("console=ttyS0 reboot=k", &root, &work).await;
     sim.fc.instance_start().await.unwrap();
     sim.wait_healthy().await;
-    assert!(sim.log().contains("runs from inside image"), "{}", sim.log());
-    assert!(!loops_of(&root).is_empty(), "the root drive is loop-mounted");
+    assert!(
+        sim.log().contains("runs from inside image"),
+        "{}",
+        sim.log()
+    );
+    assert!(
+        !loops_of(&root).is_empty(),
+        "the root drive is loop-mounted"
+    );
     assert!(!loops_of(&work).is_empty(), "the work disk is loop-mounted");
     let agent = sim.agent();
     // The image's files, not the host's.
@@ -998,7 +1027,11 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
     assert_eq!(os.stdout, "ID=fcsim-test-image\n", "{os:?}");
     // /root is the work disk, inside the image.
     let out = agent
-        .exec_collect(&ExecRequest::new(["sh", "-c", "echo on-work > /root/f && cat /root/f"]))
+        .exec_collect(&ExecRequest::new([
+            "sh",
+            "-c",
+            "echo on-work > /root/f && cat /root/f",
+        ]))
         .await
         .unwrap();
     assert_eq!(out.stdout, "on-work\n", "{out:?}");
@@ -1015,8 +1048,16 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
     assert_eq!(daemon.exit_code, Some(0), "{daemon:?}");
     sim.fc.send_ctrl_alt_del().await.unwrap();
     assert!(sim.wait_exit().await.success());
-    assert_eq!(loops_of(&root), "", "the root drive's loop device is released");
-    assert_eq!(loops_of(&work), "", "the work disk's loop device is released");
+    assert_eq!(
+        loops_of(&root),
+        "",
+        "the root drive's loop device is released"
+    );
+    assert_eq!(
+        loops_of(&work),
+        "",
+        "the work disk's loop device is released"
+    );
     // The work disk kept the file.
     let dump = Command::new("debugfs")
         .args(["-R", "cat /f"])

@@ -127,7 +127,12 @@ mount --rbind /dev "$root/dev"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 exec chroot "$root" xbps-install -Suy $repo "$@""#;
     let mut c = in_private_mounts("sh");
-    c.arg("-c").arg(script).arg("sh").arg(tree).arg(repo).args(packages);
+    c.arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(tree)
+        .arg(repo)
+        .args(packages);
     run(cancel, Stage::Customise, &mut c).map(drop)
 }
 
@@ -198,8 +203,11 @@ mod tests {
         std::fs::create_dir_all(src.join("etc/sv")).unwrap();
         std::fs::write(src.join("etc/sv/run"), "#!/bin/sh\n").unwrap();
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(src.join("etc/sv/run"), std::fs::Permissions::from_mode(0o750))
-            .unwrap();
+        std::fs::set_permissions(
+            src.join("etc/sv/run"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         let tarball = dir.path().join("void.tar.xz");
         let ok = Command::new("tar")
             .arg("-cJf")
@@ -212,7 +220,10 @@ mod tests {
         assert!(ok.success());
         let tree = dir.path().join("tree");
         unpack(&Cancel::new(), &tarball, &tree).unwrap();
-        let mode = std::fs::metadata(tree.join("etc/sv/run")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(tree.join("etc/sv/run"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o750);
         let e = unpack(&Cancel::new(), &dir.path().join("missing.tar"), &tree)
             .unwrap_err()

@@ -25,8 +25,7 @@ pub const RUNIT_DEFAULT_DIR: &str = "etc/runit/runsvdir/default";
 /// The service manager of the tree at `root`, if it has a known one. systemd wins: Debian ships
 /// `/etc/sv` and `/etc/runit` too (runit-helper), but boots systemd.
 pub fn detect_init(root: &Path) -> Option<Init> {
-    if root.join("lib/systemd/systemd").exists() || root.join("usr/lib/systemd/systemd").exists()
-    {
+    if root.join("lib/systemd/systemd").exists() || root.join("usr/lib/systemd/systemd").exists() {
         Some(Init::Systemd)
     } else if root.join(RUNIT_DEFAULT_DIR).is_dir() || root.join("etc/sv").is_dir() {
         Some(Init::Runit)
@@ -103,7 +102,11 @@ pub fn customise(root: &Path, init: Init, agent_bin: &Path, ssh_key: &str) -> io
 
 fn systemd(root: &Path) -> io::Result<()> {
     let units = root.join("etc/systemd/system");
-    write(&units.join("banger-agent.service"), files::AGENT_UNIT, 0o644)?;
+    write(
+        &units.join("banger-agent.service"),
+        files::AGENT_UNIT,
+        0o644,
+    )?;
     write(
         &units.join("banger-guest-setup.service"),
         files::GUEST_SETUP_UNIT,
@@ -198,9 +201,7 @@ fn ctx(e: io::Error, what: &str) -> io::Error {
 
 fn mkdirs(dir: Option<&Path>) -> io::Result<()> {
     match dir {
-        Some(d) => {
-            fs::create_dir_all(d).map_err(|e| ctx(e, &format!("creating {}", d.display())))
-        }
+        Some(d) => fs::create_dir_all(d).map_err(|e| ctx(e, &format!("creating {}", d.display()))),
         None => Ok(()),
     }
 }
@@ -254,7 +255,15 @@ mod tests {
     /// A tree that looks like a bootstrapped Debian (only what customisation touches).
     fn debian_tree(root: &Path) {
         // Debian has runit-helper's directories too: systemd must still win.
-        for d in ["lib/systemd", "etc/ssh", "etc/skel", "root", "bin", "etc/sv/ssh", RUNIT_DEFAULT_DIR] {
+        for d in [
+            "lib/systemd",
+            "etc/ssh",
+            "etc/skel",
+            "root",
+            "bin",
+            "etc/sv/ssh",
+            RUNIT_DEFAULT_DIR,
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         fs::write(root.join("lib/systemd/systemd"), "").unwrap();
@@ -290,7 +299,13 @@ mod tests {
         let root = dir.path().join("root");
         debian_tree(&root);
         assert_eq!(detect_init(&root), Some(Init::Systemd));
-        customise(&root, Init::Systemd, &agent(dir.path()), "ssh-ed25519 AAAA k\n").unwrap();
+        customise(
+            &root,
+            Init::Systemd,
+            &agent(dir.path()),
+            "ssh-ed25519 AAAA k\n",
+        )
+        .unwrap();
         assert!(!root.join("etc/sv/banger-agent").exists());
 
         assert_eq!(mode(&root.join("usr/local/bin/banger-agent")), 0o755);
@@ -309,7 +324,9 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
-        assert!(fs::read_link(units.join("multi-user.target.wants/banger-guest-setup.service")).is_ok());
+        assert!(
+            fs::read_link(units.join("multi-user.target.wants/banger-guest-setup.service")).is_ok()
+        );
         assert!(
             fs::read_to_string(root.join("etc/ssh/sshd_config"))
                 .unwrap()
@@ -336,7 +353,10 @@ mod tests {
         );
         assert!(!root.join("etc/hostname").exists());
         assert!(!root.join("etc/ssh/ssh_host_ed25519_key").exists());
-        assert_eq!(fs::read_to_string(root.join("etc/fstab")).unwrap(), files::FSTAB);
+        assert_eq!(
+            fs::read_to_string(root.join("etc/fstab")).unwrap(),
+            files::FSTAB
+        );
         assert_eq!(fs::read_to_string(root.join("etc/machine-id")).unwrap(), "");
         assert!(
             fs::read_to_string(root.join("etc/passwd"))
@@ -350,11 +370,20 @@ mod tests {
     fn a_void_tree_gets_runit_services_and_loses_dhcpcd() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        for d in [RUNIT_DEFAULT_DIR, "etc/sv/sshd", "etc/sv/agetty-ttyS0", "etc/ssh"] {
+        for d in [
+            RUNIT_DEFAULT_DIR,
+            "etc/sv/sshd",
+            "etc/sv/agetty-ttyS0",
+            "etc/ssh",
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         fs::write(root.join("etc/ssh/sshd_config"), "").unwrap();
-        symlink("/etc/sv/dhcpcd", root.join(RUNIT_DEFAULT_DIR).join("dhcpcd")).unwrap();
+        symlink(
+            "/etc/sv/dhcpcd",
+            root.join(RUNIT_DEFAULT_DIR).join("dhcpcd"),
+        )
+        .unwrap();
         assert_eq!(detect_init(&root), Some(Init::Runit));
         customise(&root, Init::Runit, &agent(dir.path()), "ssh-ed25519 AAAA k").unwrap();
         let enabled = root.join(RUNIT_DEFAULT_DIR);

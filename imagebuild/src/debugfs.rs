@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(image.read("/etc/hello").unwrap().as_deref(), Some("hi\n"));
         assert_eq!(image.read("/etc/missing").unwrap(), None);
         assert_eq!(image.read("/etc").unwrap(), None);
-        assert_eq!(image.list("/etc/d").unwrap(), Some(vec!["x.conf".to_owned()]));
+        assert_eq!(
+            image.list("/etc/d").unwrap(),
+            Some(vec!["x.conf".to_owned()])
+        );
         let l = image.stat("/etc/link").unwrap().unwrap();
         assert_eq!(l.kind, Kind::Symlink);
         assert_eq!(l.link_target.as_deref(), Some("/etc/hello"));

@@ -53,9 +53,16 @@ AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u
 
 /// `sshd_config` with [`SSHD_BLOCK`] at the top (once, however often it is applied).
 pub fn sshd_config(existing: &str) -> String {
-    let rest = match (existing.find("# banger: root logs in"), existing.find("# end banger\n")) {
+    let rest = match (
+        existing.find("# banger: root logs in"),
+        existing.find("# end banger\n"),
+    ) {
         (Some(start), Some(end)) if start < end => {
-            format!("{}{}", &existing[..start], &existing[end + "# end banger\n".len()..])
+            format!(
+                "{}{}",
+                &existing[..start],
+                &existing[end + "# end banger\n".len()..]
+            )
         }
         _ => existing.to_owned(),
     };
@@ -188,10 +195,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         skel(root);
-        run_setup(root, "console=ttyS0 reboot=k ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off\n");
+        run_setup(
+            root,
+            "console=ttyS0 reboot=k ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off\n",
+        );
         let home = root.join("root");
-        assert_eq!(std::fs::read_to_string(home.join(".bashrc")).unwrap(), "# skel bashrc\n");
-        assert_eq!(std::fs::read_to_string(home.join(".profile")).unwrap(), "# skel profile\n");
+        assert_eq!(
+            std::fs::read_to_string(home.join(".bashrc")).unwrap(),
+            "# skel bashrc\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join(".profile")).unwrap(),
+            "# skel profile\n"
+        );
         assert_eq!(
             std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
             "ssh-ed25519 AAAA key\n"
@@ -212,11 +228,18 @@ mod tests {
         skel(root);
         std::fs::create_dir_all(root.join("root/.ssh")).unwrap();
         std::fs::write(root.join("root/.bashrc"), "# mine\n").unwrap();
-        std::fs::write(root.join("root/.ssh/authorized_keys"), "ssh-rsa BBBB other\n").unwrap();
+        std::fs::write(
+            root.join("root/.ssh/authorized_keys"),
+            "ssh-rsa BBBB other\n",
+        )
+        .unwrap();
         let cmdline = "ip=10.0.0.2::10.0.0.1:255.255.255.0:web:eth0:off:10.0.0.53\n";
         run_setup(root, cmdline);
         run_setup(root, cmdline);
-        assert_eq!(std::fs::read_to_string(root.join("root/.bashrc")).unwrap(), "# mine\n");
+        assert_eq!(
+            std::fs::read_to_string(root.join("root/.bashrc")).unwrap(),
+            "# mine\n"
+        );
         assert_eq!(
             std::fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap(),
             "ssh-rsa BBBB other\nssh-ed25519 AAAA key\n"
@@ -256,10 +279,7 @@ mod tests {
 
     #[test]
     fn fstab_mounts_the_work_disk_at_root_without_blocking_boot() {
-        let work = FSTAB
-            .lines()
-            .find(|l| l.starts_with("/dev/vdb"))
-            .unwrap();
+        let work = FSTAB.lines().find(|l| l.starts_with("/dev/vdb")).unwrap();
         let fields: Vec<&str> = work.split_whitespace().collect();
         assert_eq!(fields[1], "/root");
         assert_eq!(fields[2], "ext4");

@@ -144,7 +144,12 @@ pub fn build(
 
     stage(Stage::Validate, "checking the inputs", &mut || {
         spec.validate()?;
-        Ok(format!("{} image {:?}, {}", spec.family.name(), spec.name, spec.size))
+        Ok(format!(
+            "{} image {:?}, {}",
+            spec.family.name(),
+            spec.name,
+            spec.size
+        ))
     })?;
     let key = std::fs::read_to_string(&spec.ssh_public_key)
         .map_err(|e| BuildError::Invalid(format!("reading the SSH key: {e}")))?;
@@ -189,20 +194,24 @@ pub fn build(
         }
     }
 
-    stage(Stage::Customise, "installing the agent, SSH, console and mounts", &mut || {
-        if let Family::Void { mirror, .. } = &spec.family {
-            bootstrap::xbps_install(cancel, &tree, mirror.as_deref(), &packages)?;
-        }
-        let init = customise::detect_init(&tree).ok_or_else(|| {
-            BuildError::stage(
-                Stage::Customise,
-                "the tree has neither systemd nor runit: not a Debian or Void root file system",
-            )
-        })?;
-        customise::customise(&tree, init, &spec.agent_bin, &key)
-            .map_err(|e| BuildError::stage(Stage::Customise, e.to_string()))?;
-        Ok(format!("{init:?} guest"))
-    })?;
+    stage(
+        Stage::Customise,
+        "installing the agent, SSH, console and mounts",
+        &mut || {
+            if let Family::Void { mirror, .. } = &spec.family {
+                bootstrap::xbps_install(cancel, &tree, mirror.as_deref(), &packages)?;
+            }
+            let init = customise::detect_init(&tree).ok_or_else(|| {
+                BuildError::stage(
+                    Stage::Customise,
+                    "the tree has neither systemd nor runit: not a Debian or Void root file system",
+                )
+            })?;
+            customise::customise(&tree, init, &spec.agent_bin, &key)
+                .map_err(|e| BuildError::stage(Stage::Customise, e.to_string()))?;
+            Ok(format!("{init:?} guest"))
+        },
+    )?;
 
     stage(Stage::Mkfs, "making the ext4 image", &mut || {
         let tree_mib = mkfs::tree_mib(&tree)

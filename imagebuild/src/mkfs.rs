@@ -64,8 +64,9 @@ pub(crate) fn mkfs(
     size: ImageSize,
     label: &str,
 ) -> Result<(), BuildError> {
-    let f = std::fs::File::create(image)
-        .map_err(|e| BuildError::stage(Stage::Mkfs, format!("creating {}: {e}", image.display())))?;
+    let f = std::fs::File::create(image).map_err(|e| {
+        BuildError::stage(Stage::Mkfs, format!("creating {}: {e}", image.display()))
+    })?;
     f.set_len(size.mib() << 20)
         .map_err(|e| BuildError::stage(Stage::Mkfs, format!("sizing the image: {e}")))?;
     drop(f);

@@ -175,7 +175,12 @@ mod tests {
 
     #[test]
     fn output_is_returned_on_success() {
-        let out = run(&Cancel::new(), Stage::Verify, Command::new("echo").arg("hi")).unwrap();
+        let out = run(
+            &Cancel::new(),
+            Stage::Verify,
+            Command::new("echo").arg("hi"),
+        )
+        .unwrap();
         assert_eq!(out, "hi\n");
     }
 

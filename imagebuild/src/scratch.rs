@@ -94,8 +94,12 @@ mod tests {
         drop(s);
         assert!(leftovers(dir.path()).is_empty());
         // A dead build's directory goes; a live one's stays.
-        let dead = dir.path().join(format!("{SCRATCH_PREFIX}deb-{}", u32::MAX - 1));
-        let live = dir.path().join(format!("{SCRATCH_PREFIX}deb-{}", std::process::id()));
+        let dead = dir
+            .path()
+            .join(format!("{SCRATCH_PREFIX}deb-{}", u32::MAX - 1));
+        let live = dir
+            .path()
+            .join(format!("{SCRATCH_PREFIX}deb-{}", std::process::id()));
         std::fs::create_dir_all(&dead).unwrap();
         std::fs::create_dir_all(&live).unwrap();
         sweep_stale(dir.path());

@@ -136,9 +136,8 @@ pub fn check_package_name(p: &str) -> Result<(), String> {
     let ok = p.len() >= 2
         && p.len() <= 100
         && p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && p.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.')
-        });
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'));
     if ok {
         Ok(())
     } else {
@@ -257,14 +256,15 @@ impl BuildSpec {
                 t.display()
             )));
         }
-        if let Family::Void { tarball, .. } = &self.family {
-            if !tarball.is_file() {
-                return Err(BuildError::Invalid(format!(
-                    "the Void rootfs tarball {} does not exist or is not a file (download \
-                     void-x86_64-ROOTFS-<date>.tar.xz from https://repo-default.voidlinux.org/live/current/)",
-                    tarball.display()
-                )));
-            }
+        if let Family::Void { tarball, .. } = &self.family
+            && !tarball.is_file()
+        {
+            return Err(BuildError::Invalid(format!(
+                "the Void rootfs tarball {} does not exist or is not a file (download \
+                 void-x86_64-ROOTFS-<date>.tar.xz from \
+                 https://repo-default.voidlinux.org/live/current/)",
+                tarball.display()
+            )));
         }
         check_ssh_key(&self.ssh_public_key)?;
         check_agent(&self.agent_bin)?;
@@ -401,7 +401,10 @@ mod tests {
         assert_eq!("300".parse::<ImageSize>().unwrap().mib(), 300);
         assert_eq!("1T".parse::<ImageSize>().unwrap().mib(), 1 << 20);
         let small = "100M".parse::<ImageSize>().unwrap_err();
-        assert!(small.contains("too small") && small.contains("256M"), "{small}");
+        assert!(
+            small.contains("too small") && small.contains("256M"),
+            "{small}"
+        );
         for bad in ["", "G", "4X", "-1G", "2T", "99999999999999999999G"] {
             assert!(bad.parse::<ImageSize>().is_err(), "{bad:?}");
         }
@@ -425,7 +428,10 @@ mod tests {
         let key = dir.path().join("ssh/id_ed25519.pub");
         let e = check_ssh_key(&key).unwrap_err().to_string();
         assert!(e.contains("ssh-keygen -t ed25519"), "{e}");
-        assert!(e.contains(&dir.path().join("ssh/id_ed25519").display().to_string()), "{e}");
+        assert!(
+            e.contains(&dir.path().join("ssh/id_ed25519").display().to_string()),
+            "{e}"
+        );
         std::fs::create_dir_all(key.parent().unwrap()).unwrap();
         std::fs::write(&key, "not a key\n").unwrap();
         assert!(check_ssh_key(&key).is_err());
@@ -438,11 +444,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        let e = check_writable(&file.join("images")).unwrap_err().to_string();
+        let e = check_writable(&file.join("images"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("state directory is not writable"), "{e}");
         check_writable(&dir.path().join("images")).unwrap();
         // The probe file is gone.
-        assert_eq!(std::fs::read_dir(dir.path().join("images")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("images"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -469,6 +482,9 @@ mod tests {
         let dev = spec.all_packages();
         assert!(dev.contains(&"build-essential".to_owned()));
         assert_eq!(dev.iter().filter(|p| *p == "git").count(), 1);
-        assert_eq!(spec.output(), PathBuf::from("/var/lib/banger/images/deb.ext4"));
+        assert_eq!(
+            spec.output(),
+            PathBuf::from("/var/lib/banger/images/deb.ext4")
+        );
     }
 }

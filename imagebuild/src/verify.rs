@@ -101,19 +101,17 @@ fn fsck(image: &Path) -> Check {
 fn agent(img: &Image<'_>) -> Result<Check, DebugfsError> {
     Ok(match img.stat(AGENT_PATH)? {
         None => check("agent", false, format!("{AGENT_PATH} is missing")),
-        Some(s) if s.kind != Kind::Regular => {
-            check("agent", false, format!("{AGENT_PATH} is not a regular file"))
-        }
+        Some(s) if s.kind != Kind::Regular => check(
+            "agent",
+            false,
+            format!("{AGENT_PATH} is not a regular file"),
+        ),
         Some(s) if s.mode & 0o111 == 0 => check(
             "agent",
             false,
             format!("{AGENT_PATH} is not executable (mode {:04o})", s.mode),
         ),
-        Some(s) => check(
-            "agent",
-            true,
-            format!("{AGENT_PATH} (mode {:04o})", s.mode),
-        ),
+        Some(s) => check("agent", true, format!("{AGENT_PATH} (mode {:04o})", s.mode)),
     })
 }
 
@@ -124,11 +122,13 @@ fn link_resolves(img: &Image<'_>, link: &str) -> Result<Result<String, String>, 
     };
     let Some(target) = s.link_target.filter(|_| s.kind == Kind::Symlink) else {
         // A slow (long) symlink has no "Fast link dest"; accept any symlink or a real entry.
-        return Ok(if s.kind == Kind::Symlink || s.kind == Kind::Regular || s.kind == Kind::Directory {
-            Ok(link.to_owned())
-        } else {
-            Err(format!("{link} is not a link"))
-        });
+        return Ok(
+            if s.kind == Kind::Symlink || s.kind == Kind::Regular || s.kind == Kind::Directory {
+                Ok(link.to_owned())
+            } else {
+                Err(format!("{link} is not a link"))
+            },
+        );
     };
     let abs = if target.starts_with('/') {
         target.clone()
@@ -284,7 +284,11 @@ pub(crate) fn effective_password_auth(
 fn sshd_passwords(img: &Image<'_>) -> Result<Check, DebugfsError> {
     const NAME: &str = "sshd password login off";
     if img.stat("/usr/sbin/sshd")?.is_none() {
-        return Ok(check(NAME, false, "/usr/sbin/sshd is missing: no SSH server"));
+        return Ok(check(
+            NAME,
+            false,
+            "/usr/sbin/sshd is missing: no SSH server",
+        ));
     }
     let mut err = None;
     let (value, source) = {
@@ -319,7 +323,10 @@ fn work_disk(img: &Image<'_>) -> Result<Check, DebugfsError> {
         Some(l) => check(
             NAME,
             true,
-            format!("/etc/fstab: {}", l.split_whitespace().collect::<Vec<_>>().join(" ")),
+            format!(
+                "/etc/fstab: {}",
+                l.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
         ),
         None => check(NAME, false, "/etc/fstab has no entry for /root"),
     })
@@ -354,7 +361,10 @@ mod tests {
                 "/etc/ssh/sshd_config",
                 "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\n",
             ),
-            ("/etc/ssh/sshd_config.d/50-cloud.conf", "PasswordAuthentication yes\n"),
+            (
+                "/etc/ssh/sshd_config.d/50-cloud.conf",
+                "PasswordAuthentication yes\n",
+            ),
         ]);
         assert_eq!(v, "yes");
         assert_eq!(src, "/etc/ssh/sshd_config.d/50-cloud.conf");
@@ -363,14 +373,20 @@ mod tests {
         );
         let (v, _) = effective(&[
             ("/etc/ssh/sshd_config", with_banger.as_str()),
-            ("/etc/ssh/sshd_config.d/50-cloud.conf", "PasswordAuthentication yes\n"),
+            (
+                "/etc/ssh/sshd_config.d/50-cloud.conf",
+                "PasswordAuthentication yes\n",
+            ),
         ]);
         assert_eq!(v, "no");
     }
 
     #[test]
     fn unset_means_openssh_default_yes_and_match_blocks_are_not_global() {
-        assert_eq!(effective(&[("/etc/ssh/sshd_config", "#PasswordAuthentication no\n")]).0, "yes");
+        assert_eq!(
+            effective(&[("/etc/ssh/sshd_config", "#PasswordAuthentication no\n")]).0,
+            "yes"
+        );
         assert_eq!(
             effective(&[(
                 "/etc/ssh/sshd_config",

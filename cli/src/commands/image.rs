@@ -44,7 +44,8 @@ pub enum ImageCommand {
     #[command(subcommand)]
     Build(super::image_build::BuildCommand),
     /// Check an image file without booting it: fsck, agent, SSH key, services (exit 1 on a failure)
-    #[command(after_help = "Checks, read from the image file with e2fsck -fn and debugfs (no mount):
+    #[command(
+        after_help = "Checks, read from the image file with e2fsck -fn and debugfs (no mount):
   filesystem            e2fsck -fn finds no error
   agent                 /usr/local/bin/banger-agent is a regular, executable file
   agent service         enabled: the systemd symlink in multi-user.target.wants, or the runit link
@@ -53,7 +54,8 @@ pub enum ImageCommand {
   work disk at /root    /etc/fstab mounts a disk at /root
 
 Runs on the host of the image's stord (the file is read locally).
-Exit status: 0 every check passed; 1 a check failed (the report names it); 4 image not found.")]
+Exit status: 0 every check passed; 1 a check failed (the report names it); 4 image not found."
+    )]
     Verify(RefArgs),
 }
 

@@ -217,6 +217,14 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
             kernel.display()
         )));
     }
+    if let Some(why) = not_a_firecracker_kernel(&kernel) {
+        eprintln!(
+            "warning: {} {why}: Firecracker boots only an uncompressed x86_64 ELF vmlinux (see \
+             Firecracker's docs/rootfs-and-kernel-setup.md); the simulator boots no kernel and \
+             does not mind",
+            kernel.display()
+        );
+    }
     let disk = common
         .disk
         .as_deref()
@@ -253,8 +261,10 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
             ))
             .into());
         }
-        Err(e) if e.downcast_ref::<banger_bus::RequestError>().map(|r| r.code())
-            == Some(ErrorCode::NotFound) => {}
+        Err(e)
+            if e.downcast_ref::<banger_bus::RequestError>()
+                .map(|r| r.code())
+                == Some(ErrorCode::NotFound) => {}
         Err(e) => return Err(e),
     }
 
@@ -342,6 +352,22 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// Why the file at `path` is not a kernel Firecracker can boot (an uncompressed x86_64 ELF),
+/// or `None` when it looks like one.
+fn not_a_firecracker_kernel(path: &std::path::Path) -> Option<&'static str> {
+    use std::io::Read as _;
+    let mut head = [0u8; 20];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_err() || &head[..4] != b"\x7fELF" {
+        return Some("is not an ELF file (a bzImage or compressed kernel?)");
+    }
+    // e_machine (bytes 18-19, little-endian): 0x3e is x86-64.
+    if head[5] != 1 || u16::from_le_bytes([head[18], head[19]]) != 0x3e {
+        return Some("is an ELF file but not an x86_64 one");
+    }
+    None
+}
+
 /// Runs `banger image verify NAME`.
 pub async fn verify(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let host = target_host(app, a.host.host).await?;
@@ -390,7 +416,12 @@ pub async fn verify(app: &App, a: RefArgs) -> anyhow::Result<u8> {
 /// The report as people read it: one line per check, then a verdict naming what failed.
 fn render_report(name: &str, report: &banger_imagebuild::Report) -> String {
     let mut s = format!("image {name}: {}\n", report.image.display());
-    let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
     for c in &report.checks {
         let mut lines = c.detail.lines();
         let first = lines.next().unwrap_or("");
@@ -405,7 +436,10 @@ fn render_report(name: &str, report: &banger_imagebuild::Report) -> String {
     }
     let failed: Vec<&str> = report.failed().map(|c| c.name).collect();
     if failed.is_empty() {
-        s.push_str(&format!("verify: all {} checks passed\n", report.checks.len()));
+        s.push_str(&format!(
+            "verify: all {} checks passed\n",
+            report.checks.len()
+        ));
     } else {
         s.push_str(&format!(
             "verify: {} of {} checks failed: {}\n",
@@ -446,7 +480,13 @@ mod tests {
     #[test]
     fn packages_split_on_commas() {
         let cli = parse(&[
-            "image", "build", "debian", "--packages", "git,curl", "--size", "2G",
+            "image",
+            "build",
+            "debian",
+            "--packages",
+            "git,curl",
+            "--size",
+            "2G",
             "--dev-baseline",
         ])
         .unwrap();
@@ -496,12 +536,39 @@ mod tests {
             ],
         };
         let text = render_report("debian", &report);
-        assert!(text.contains("  ok    filesystem  e2fsck -fn: clean\n"), "{text}");
+        assert!(
+            text.contains("  ok    filesystem  e2fsck -fn: clean\n"),
+            "{text}"
+        );
         assert!(
             text.contains("  FAIL  agent       /usr/local/bin/banger-agent is missing\n"),
             "{text}"
         );
-        assert!(text.ends_with("verify: 1 of 2 checks failed: agent\n"), "{text}");
+        assert!(
+            text.ends_with("verify: 1 of 2 checks failed: agent\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_an_x86_64_elf_counts_as_a_firecracker_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "not a kernel").unwrap();
+        assert!(not_a_firecracker_kernel(&p).unwrap().contains("not an ELF"));
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[5] = 1;
+        elf[18] = 0x3e;
+        std::fs::write(&p, &elf).unwrap();
+        assert_eq!(not_a_firecracker_kernel(&p), None);
+        elf[18] = 0xb7; // aarch64
+        std::fs::write(&p, &elf).unwrap();
+        assert!(
+            not_a_firecracker_kernel(&p)
+                .unwrap()
+                .contains("not an x86_64")
+        );
     }
 
     #[test]

@@ -146,7 +146,11 @@ pub(crate) fn spawn(
             log::info(&format!(
                 "SIMULATOR: image {} has no agent ({IMAGE_AGENT}{}), running the host's agent {}",
                 root.display(),
-                if is_root { "" } else { " not looked for: not root" },
+                if is_root {
+                    ""
+                } else {
+                    " not looked for: not root"
+                },
                 agent_bin.display()
             ));
             None
@@ -171,19 +175,30 @@ pub(crate) fn spawn(
             ""
         };
         let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", CHROOT_SCRIPT])
-            .arg(root)
-            .arg(&mnt)
-            .arg(disk.as_deref().unwrap_or(Path::new("")))
-            .arg(sockdir)
-            .arg(loop_opt)
-            .arg(IMAGE_AGENT)
-            .arg("--listen")
-            .arg(inner_listen)
-            .arg("--allow-exec");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            CHROOT_SCRIPT,
+        ])
+        .arg(root)
+        .arg(&mnt)
+        .arg(disk.as_deref().unwrap_or(Path::new("")))
+        .arg(sockdir)
+        .arg(loop_opt)
+        .arg(IMAGE_AGENT)
+        .arg("--listen")
+        .arg(inner_listen)
+        .arg("--allow-exec");
         // The guest's environment, not the simulator's.
         c.env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", "/root")
             .env(
                 "RUST_LOG",
