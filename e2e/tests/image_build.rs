@@ -528,6 +528,10 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
         loops_under(&stack.dir).is_empty()
     });
     stack.banger_ok(&["vm", "start", "web"]);
+    // `vm start` returns when the VM runs; the agent needs its moment (mounts, chroot).
+    wait_until_blocking("the agent after start", Duration::from_secs(30), || {
+        stack.banger(&["vm", "health", "web"]).status.success()
+    });
     let note = stack.banger_ok(&["vm", "exec", "web", "--", "cat", "/root/note"]);
     assert_eq!(note.trim(), "kept");
     stack.banger_ok(&["vm", "delete", "web"]);
