@@ -1088,3 +1088,70 @@ async fn an_image_without_the_agent_runs_the_hosts_and_says_so() {
     sim.fc.send_ctrl_alt_del().await.unwrap();
     assert!(sim.wait_exit().await.success());
 }
+
+#[tokio::test]
+async fn a_crash_with_the_image_agent_releases_both_loop_devices() {
+    let test = "a_crash_with_the_image_agent_releases_both_loop_devices";
+    if !require_root(test) {
+        return;
+    }
+    for p in [
+        "mkfs.ext4",
+        "losetup",
+        "unshare",
+        "mount",
+        "chroot",
+        "debugfs",
+        "ldd",
+    ] {
+        if !have_program(p) {
+            skip(test, &format!("no {p}"));
+            return;
+        }
+    }
+    let tmp = TempDir::new().unwrap();
+    let tree = tmp.path().join("tree");
+    image_tree_with_agent(&tree);
+    let root = tmp.path().join("root.ext4");
+    std::fs::File::create(&root)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&root),
+    );
+    let work = tmp.path().join("work.ext4");
+    std::fs::File::create(&work)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
+    let dir = tmp.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sim = spawn(
+        &dir,
+        Opts {
+            faults: &["crash-after=4000"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    assert!(
+        !loops_of(&root).is_empty(),
+        "the root drive is loop-mounted"
+    );
+    let status = sim.wait_exit().await;
+    assert!(!status.success(), "the fault makes the simulator exit 1");
+    // The agent died with the simulator (PDEATHSIG): its namespace, mounts and loop devices go.
+    wait_until("both loop devices to be released", WAIT, || {
+        let released = loops_of(&root).is_empty() && loops_of(&work).is_empty();
+        async move { released }
+    })
+    .await;
+}
