@@ -323,7 +323,6 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
         }
     };
     if app.json {
-        progress.progress.set_message("");
         return output::print_json(&BuildOutput {
             host: host.as_str(),
             image: &info,
