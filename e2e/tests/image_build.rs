@@ -9,7 +9,8 @@
 //!   from inside the image;
 //! - the Debian image, built from Debian's packages with debootstrap: Ctrl-C in the middle
 //!   leaves nothing; the build verifies; a VM boots it under the simulator, which runs the agent
-//!   from inside the image; a file in /root survives stop/start; no loop device is left; verify
+//!   from inside the image; the image's sshd lets root in with the bundle key and refuses
+//!   passwords; a file in /root survives stop/start; no loop device is left; verify
 //!   names the check an image with its agent removed fails.
 //!
 //! The stack's namespace has no route out, so debootstrap cannot reach the mirror from inside
@@ -511,6 +512,57 @@ fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
     assert!(
         logs.contains("from the root drive runs chrooted into it"),
         "{logs}"
+    );
+
+    // SSH for real: the image's own sshd (started by hand: the simulator runs no init) lets root
+    // in with the runtime bundle's key and refuses passwords.
+    stack.banger_ok(&[
+        "vm",
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "ssh-keygen -A >/dev/null && mkdir -p /run/sshd && /usr/sbin/sshd -t && /usr/sbin/sshd",
+    ]);
+    let ssh = stack.banger(&[
+        "vm",
+        "ssh",
+        "web",
+        "--",
+        "-o",
+        "BatchMode=yes",
+        "cat",
+        "/etc/debian_version",
+    ]);
+    assert!(
+        ssh.status.success(),
+        "ssh with the bundle key: {}",
+        text(&ssh)
+    );
+    assert!(
+        String::from_utf8_lossy(&ssh.stdout).starts_with("12."),
+        "{}",
+        text(&ssh)
+    );
+    let password = stack.banger(&[
+        "vm",
+        "ssh",
+        "web",
+        "--",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-o",
+        "PreferredAuthentications=password,keyboard-interactive",
+        "true",
+    ]);
+    assert!(!password.status.success(), "{}", text(&password));
+    assert!(
+        text(&password).contains("Permission denied (publickey)"),
+        "{}",
+        text(&password)
     );
 
     // The work disk is /root and keeps its files across stop and start.

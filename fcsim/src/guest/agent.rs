@@ -97,6 +97,8 @@ mount -t sysfs sysfs "$mnt/sys" || exit 97
 mount --rbind /dev "$mnt/dev" || exit 97
 mount -t tmpfs -o mode=0755 tmpfs "$mnt/run" || exit 97
 mkdir -p "$mnt/run/banger-fcsim" && mount --bind "$sockdir" "$mnt/run/banger-fcsim" || exit 97
+# A guest's init runs its services with umask 022 (the simulator inherits Firecracker's 000).
+umask 022
 exec chroot "$mnt" "$@""#;
 
 /// A running agent.
