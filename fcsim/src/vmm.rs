@@ -516,6 +516,11 @@ impl Vmm {
             .iter()
             .find(|d| !d.is_root_device)
             .and_then(|d| d.path_on_host.clone());
+        let root_drive = self
+            .drives
+            .iter()
+            .find(|d| d.is_root_device)
+            .and_then(|d| d.path_on_host.clone());
         let plan = BootPlan {
             hostname: ip
                 .and_then(|i| i.hostname)
@@ -523,6 +528,7 @@ impl Vmm {
             cmdline,
             net,
             work_disk,
+            root_drive,
             agent_bin: self.agent_bin.clone(),
             runtime_dir: crate::guest::runtime_dir(),
             slow_boot: self.faults.slow_boot(),

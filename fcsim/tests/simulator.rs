@@ -925,3 +925,233 @@ async fn a_file_written_on_the_work_disk_survives_a_restart_and_no_loop_device_l
         assert!(agents_of(pid).is_empty(), "no agent left");
     }
 }
+
+/// A root tree holding the real agent at `/usr/local/bin/banger-agent` with the C library it
+/// needs, `sh`, `cat` and `sleep`, and an os-release that names it: what `banger image build`
+/// leaves in an image, reduced to what the test needs.
+fn image_tree_with_agent(tree: &Path) {
+    for d in ["usr/local/bin", "bin", "etc", "root"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy(
+        bin_path("banger-agent"),
+        tree.join("usr/local/bin/banger-agent"),
+    )
+    .unwrap();
+    std::fs::write(tree.join("etc/os-release"), "ID=fcsim-test-image\n").unwrap();
+    let mut needed = vec![
+        "/bin/sh".to_owned(),
+        "/bin/cat".to_owned(),
+        "/bin/sleep".to_owned(),
+    ];
+    for bin in [bin_path("banger-agent"), PathBuf::from("/bin/sleep")] {
+        let ldd = Command::new("ldd").arg(bin).output().unwrap();
+        needed.extend(
+            String::from_utf8_lossy(&ldd.stdout)
+                .split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(str::to_owned),
+        );
+    }
+    for path in needed {
+        let real = std::fs::canonicalize(&path).unwrap();
+        let dest = tree.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(real, dest).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices() {
+    let test = "an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices";
+    if !require_root(test) {
+        return;
+    }
+    for p in [
+        "mkfs.ext4",
+        "losetup",
+        "unshare",
+        "mount",
+        "chroot",
+        "debugfs",
+        "ldd",
+    ] {
+        if !have_program(p) {
+            skip(test, &format!("no {p}"));
+            return;
+        }
+    }
+    let tmp = TempDir::new().unwrap();
+    let tree = tmp.path().join("tree");
+    image_tree_with_agent(&tree);
+    let root = tmp.path().join("root.ext4");
+    std::fs::File::create(&root)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&root),
+    );
+    let work = tmp.path().join("work.ext4");
+    std::fs::File::create(&work)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
+
+    let dir = tmp.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sim = spawn(&dir, Opts::default()).await;
+    sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    assert!(
+        sim.log().contains("runs from inside image"),
+        "{}",
+        sim.log()
+    );
+    assert!(
+        !loops_of(&root).is_empty(),
+        "the root drive is loop-mounted"
+    );
+    assert!(!loops_of(&work).is_empty(), "the work disk is loop-mounted");
+    let agent = sim.agent();
+    // The image's files, not the host's.
+    let os = agent
+        .exec_collect(&ExecRequest::new(["cat", "/etc/os-release"]))
+        .await
+        .unwrap();
+    assert_eq!(os.stdout, "ID=fcsim-test-image\n", "{os:?}");
+    // /root is the work disk, inside the image.
+    let out = agent
+        .exec_collect(&ExecRequest::new([
+            "sh",
+            "-c",
+            "echo on-work > /root/f && cat /root/f",
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "on-work\n", "{out:?}");
+    assert!(!tree.join("root/f").exists());
+    // A daemon left behind by a command must not keep the loop devices.
+    let daemon = agent
+        .exec_collect(&ExecRequest::new([
+            "sh",
+            "-c",
+            "sleep 600 </dev/null >/dev/null 2>&1 &",
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(daemon.exit_code, Some(0), "{daemon:?}");
+    sim.fc.send_ctrl_alt_del().await.unwrap();
+    assert!(sim.wait_exit().await.success());
+    assert_eq!(
+        loops_of(&root),
+        "",
+        "the root drive's loop device is released"
+    );
+    assert_eq!(
+        loops_of(&work),
+        "",
+        "the work disk's loop device is released"
+    );
+    // The work disk kept the file.
+    let dump = Command::new("debugfs")
+        .args(["-R", "cat /f"])
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dump.stdout), "on-work\n");
+}
+
+#[tokio::test]
+async fn an_image_without_the_agent_runs_the_hosts_and_says_so() {
+    let test = "an_image_without_the_agent_runs_the_hosts_and_says_so";
+    if !require_root(test) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(tmp.path(), Opts::default()).await;
+    if !sim.configure_plain(test).await {
+        return;
+    }
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    assert!(
+        sim.log().contains("SIMULATOR: image") && sim.log().contains("has no agent"),
+        "{}",
+        sim.log()
+    );
+    sim.fc.send_ctrl_alt_del().await.unwrap();
+    assert!(sim.wait_exit().await.success());
+}
+
+#[tokio::test]
+async fn a_crash_with_the_image_agent_releases_both_loop_devices() {
+    let test = "a_crash_with_the_image_agent_releases_both_loop_devices";
+    if !require_root(test) {
+        return;
+    }
+    for p in [
+        "mkfs.ext4",
+        "losetup",
+        "unshare",
+        "mount",
+        "chroot",
+        "debugfs",
+        "ldd",
+    ] {
+        if !have_program(p) {
+            skip(test, &format!("no {p}"));
+            return;
+        }
+    }
+    let tmp = TempDir::new().unwrap();
+    let tree = tmp.path().join("tree");
+    image_tree_with_agent(&tree);
+    let root = tmp.path().join("root.ext4");
+    std::fs::File::create(&root)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&root),
+    );
+    let work = tmp.path().join("work.ext4");
+    std::fs::File::create(&work)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
+    let dir = tmp.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sim = spawn(
+        &dir,
+        Opts {
+            faults: &["crash-after=4000"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    assert!(
+        !loops_of(&root).is_empty(),
+        "the root drive is loop-mounted"
+    );
+    let status = sim.wait_exit().await;
+    assert!(!status.success(), "the fault makes the simulator exit 1");
+    // The agent died with the simulator (PDEATHSIG): its namespace, mounts and loop devices go.
+    wait_until("both loop devices to be released", WAIT, || {
+        let released = loops_of(&root).is_empty() && loops_of(&work).is_empty();
+        async move { released }
+    })
+    .await;
+}

@@ -40,6 +40,23 @@ pub enum ImageCommand {
     Register(RegisterArgs),
     /// Forget an image (refused while a VM uses it; its files are left in place)
     Remove(RefArgs),
+    /// Build a guest image (Debian or Void) on this host and register it (needs root)
+    #[command(subcommand)]
+    Build(super::image_build::BuildCommand),
+    /// Check an image file without booting it: fsck, agent, SSH key, services (exit 1 on a failure)
+    #[command(
+        after_help = "Checks, read from the image file with e2fsck -fn and debugfs (no mount):
+  filesystem            e2fsck -fn finds no error
+  agent                 /usr/local/bin/banger-agent is a regular, executable file
+  agent service         enabled: the systemd symlink in multi-user.target.wants, or the runit link
+  ssh key for root      the runtime bundle's key (<state_dir>/ssh/id_ed25519.pub) is authorised
+  sshd password login off  the effective PasswordAuthentication of sshd_config is no
+  work disk at /root    /etc/fstab mounts a disk at /root
+
+Runs on the host of the image's stord (the file is read locally).
+Exit status: 0 every check passed; 1 a check failed (the report names it); 4 image not found."
+    )]
+    Verify(RefArgs),
 }
 
 /// `--host`.
@@ -56,7 +73,7 @@ pub struct RefArgs {
     /// Image name
     pub name: ImageName,
     #[command(flatten)]
-    host: HostArg,
+    pub host: HostArg,
 }
 
 /// `banger image register`.
@@ -98,6 +115,8 @@ pub async fn run(app: &App, cmd: ImageCommand) -> anyhow::Result<u8> {
         ImageCommand::Show(a) => show(app, a).await,
         ImageCommand::Register(a) => register(app, a).await,
         ImageCommand::Remove(a) => remove(app, a).await,
+        ImageCommand::Build(c) => super::image_build::build(app, c).await,
+        ImageCommand::Verify(a) => super::image_build::verify(app, a).await,
     }
 }
 
@@ -118,7 +137,7 @@ fn no_stord() -> anyhow::Error {
 }
 
 /// The host a single-image command talks to.
-async fn target_host(app: &App, host: Option<HostId>) -> anyhow::Result<HostId> {
+pub(crate) async fn target_host(app: &App, host: Option<HostId>) -> anyhow::Result<HostId> {
     if let Some(h) = host {
         return Ok(h);
     }
@@ -140,7 +159,7 @@ async fn target_host(app: &App, host: Option<HostId>) -> anyhow::Result<HostId> 
     }
 }
 
-async fn request<Req, Resp>(
+pub(crate) async fn request<Req, Resp>(
     app: &App,
     host: &HostId,
     op: StoreOp,
@@ -318,7 +337,7 @@ fn absolute(p: &str) -> anyhow::Result<String> {
 }
 
 /// Parses `--disk`: MiB as a number (`4096`) or a size with a unit (`512M`, `8G`, `1T`).
-fn parse_disk(s: &str) -> Result<MemMib, String> {
+pub(crate) fn parse_disk(s: &str) -> Result<MemMib, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod down;
 pub mod events;
 pub mod image;
+pub mod image_build;
 pub mod ping;
 pub mod status;
 pub mod tui;
@@ -33,7 +34,7 @@ pub enum Command {
     Vm(vm::VmCommand),
     /// Watch VM lifecycle events as they happen
     Events(events::EventsArgs),
-    /// Register and inspect the images VMs boot from
+    /// Build, register, verify and inspect the images VMs boot from
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Check that a service answers on the bus (exit 0) or not (exit 4), for health checks

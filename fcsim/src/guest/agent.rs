@@ -1,22 +1,30 @@
-//! The guest's userspace: the real `banger-agent`, started as the guest's init would start it.
+//! The guest's userspace: a real `banger-agent`, started as the guest's init would start it.
 //!
-//! With root and an ext4 work disk, the agent runs in a private mount namespace where the work
-//! disk is loop-mounted at `/root`, as the guest sees it:
+//! Three ways, best first:
 //!
-//! ```text
-//! unshare --mount --propagation private -- \
-//!     sh -c 'mount -o loop -t ext4 "$0" /root || exit 97; exec "$@"' <image> \
-//!     banger-agent --listen unix:<sock> --allow-exec
-//! ```
+//! 1. **The image's own agent.** With root, when the root drive is an ext4 image holding
+//!    `/usr/local/bin/banger-agent` (as `banger image build` makes them; checked with `debugfs`,
+//!    no mount), the agent runs *from inside the image*: in a private mount namespace the root
+//!    drive is loop-mounted, the work disk loop-mounted at `<root>/root`, `/proc`, `/sys`,
+//!    `/dev` and a tmpfs `/run` mounted, the simulator's socket directory bound at
+//!    `/run/banger-fcsim`, and the agent exec'd chrooted into the image:
 //!
-//! `unshare` without `--fork` execs in place, so the agent *is* the process that owns the
-//! namespace: when it exits the namespace dies, the mount goes with it and util-linux's
-//! `-o loop` (LO_FLAGS_AUTOCLEAR) releases the loop device. Nothing else holds the image, so
-//! there is no loop device to leak. The agent gets PR_SET_PDEATHSIG(SIGKILL) so it also dies
-//! when the simulator does (the flag survives both execs).
+//!    ```text
+//!    unshare --mount --propagation private -- sh -c '<mounts>; exec chroot <mnt> \
+//!        /usr/local/bin/banger-agent --listen unix:/run/banger-fcsim/agent-52.sock --allow-exec'
+//!    ```
 //!
-//! Without root (or without an ext4 work disk) the agent runs without the mount, and the log
-//! says why.
+//!    So `vm exec` runs the image's binaries and sees the image's `/etc/os-release`.
+//! 2. **The host's agent with the work disk.** With root and an ext4 work disk (and a root drive
+//!    without an agent), the host's agent runs in a private mount namespace where the work disk
+//!    is loop-mounted at `/root`; the log says `SIMULATOR: image has no agent`.
+//! 3. **The host's agent alone**, without root or a work disk; the log says why.
+//!
+//! `unshare` without `--fork` execs in place, so the agent *is* the process that owns the mount
+//! namespace: when it exits (and the commands it started are gone: [`Agent::stop`] kills any
+//! left in that namespace) the namespace dies, its mounts go with it and util-linux's `-o loop`
+//! (LO_FLAGS_AUTOCLEAR) releases the loop devices. The agent gets PR_SET_PDEATHSIG(SIGKILL) so
+//! it also dies when the simulator does (the flag survives the execs).
 
 use std::fs;
 use std::io;
@@ -31,7 +39,7 @@ use tokio::process::{Child, Command};
 
 use crate::log;
 
-/// Exit code of the wrapper when the work disk cannot be mounted.
+/// Exit code of the wrapper when the root drive or the work disk cannot be mounted.
 pub(crate) const MOUNT_FAILED_EXIT: i32 = 97;
 
 /// How long the agent may take to exit after SIGTERM (it lets in-flight replies finish for up
@@ -55,27 +63,67 @@ pub(crate) fn is_ext4(path: &Path) -> bool {
     f.seek(SeekFrom::Start(1080)).is_ok() && f.read_exact(&mut magic).is_ok() && magic == EXT4_MAGIC
 }
 
+/// Where the agent binary sits in a banger image.
+pub(crate) const IMAGE_AGENT: &str = "/usr/local/bin/banger-agent";
+
+/// Where the simulator's socket directory appears inside the image.
+const IMAGE_SOCKET_DIR: &str = "/run/banger-fcsim";
+
+/// Whether the ext4 image (file or block device) at `root` holds the banger agent, read with
+/// `debugfs` (no mount).
+pub(crate) fn image_has_agent(root: &Path) -> bool {
+    std::process::Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {IMAGE_AGENT}"))
+        .arg(root)
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Type: regular")
+        })
+}
+
+/// The shell script that mounts the image and execs its agent chrooted (see the module doc).
+/// Arguments: `$0` the root drive, `$1` the mount point, `$2` the work disk (or empty), `$3` the
+/// socket directory on the host, `$4` `-o loop` options for the root (`loop` or empty), then
+/// the agent's arguments.
+const CHROOT_SCRIPT: &str = r#"root="$0"; mnt="$1"; disk="$2"; sockdir="$3"; rootopt="$4"; shift 4
+mount -t ext4 ${rootopt:+-o "$rootopt"} "$root" "$mnt" || exit 97
+if [ -n "$disk" ]; then
+    mkdir -p "$mnt/root" && mount -o loop -t ext4 "$disk" "$mnt/root" || exit 97
+fi
+mkdir -p "$mnt/proc" "$mnt/sys" "$mnt/dev" "$mnt/run"
+mount -t proc proc "$mnt/proc" || exit 97
+mount -t sysfs sysfs "$mnt/sys" || exit 97
+mount --rbind /dev "$mnt/dev" || exit 97
+mount -t tmpfs -o mode=0755 tmpfs "$mnt/run" || exit 97
+mkdir -p "$mnt/run/banger-fcsim" && mount --bind "$sockdir" "$mnt/run/banger-fcsim" || exit 97
+# A guest's init runs its services with umask 022 (the simulator inherits Firecracker's 000).
+umask 022
+exec chroot "$mnt" "$@""#;
+
 /// A running agent.
 #[derive(Debug)]
 pub(crate) struct Agent {
     child: Child,
-    /// The image mounted at `/root` in its namespace, if any.
-    work_disk: Option<PathBuf>,
+    /// The images loop-mounted in its namespace (their loop devices are waited for at stop).
+    images: Vec<PathBuf>,
 }
 
-/// Starts `agent_bin` listening on `socket`, with `work_disk` mounted at `/root` when it can.
+/// Starts the agent listening on `socket`: the image's own when the root drive holds one, else
+/// `agent_bin`, with `work_disk` mounted at `/root` when it can (see the module doc).
 pub(crate) fn spawn(
     agent_bin: &Path,
     socket: &Path,
     work_disk: Option<&Path>,
+    root_drive: Option<&Path>,
 ) -> io::Result<Agent> {
-    let listen = format!("unix:{}", socket.display());
-    let mount = match work_disk {
+    let is_root = nix::unistd::geteuid().is_root();
+    let disk = match work_disk {
         None => {
             log::info("no work disk: the agent runs without /root mounted");
             None
         }
-        Some(_) if !nix::unistd::geteuid().is_root() => {
+        Some(_) if !is_root => {
             log::warn(
                 "not root: the work disk is not mounted at /root (loop mounts need root); \
                  the agent runs in the host's mount namespace",
@@ -91,20 +139,94 @@ pub(crate) fn spawn(
         }
         Some(disk) => Some(disk.to_owned()),
     };
-    let mut cmd = match &mount {
-        Some(disk) => {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-                .arg(format!(
-                    r#"mount -o loop -t ext4 "$0" /root || exit {MOUNT_FAILED_EXIT}; exec "$@""#
-                ))
-                .arg(disk)
-                .arg(agent_bin);
-            c
+    let image = match root_drive {
+        Some(root) if is_root && image_has_agent(root) => Some(root.to_owned()),
+        Some(root) => {
+            log::serial(&format!(
+                "the root drive has no {IMAGE_AGENT}: the host's agent runs (SIMULATOR)"
+            ));
+            log::info(&format!(
+                "SIMULATOR: image {} has no agent ({IMAGE_AGENT}{}), running the host's agent {}",
+                root.display(),
+                if is_root {
+                    ""
+                } else {
+                    " not looked for: not root"
+                },
+                agent_bin.display()
+            ));
+            None
         }
-        None => Command::new(agent_bin),
+        None => None,
     };
-    cmd.arg("--listen").arg(&listen).arg("--allow-exec");
+    let listen = format!("unix:{}", socket.display());
+    let mut images = Vec::new();
+    let mut cmd = if let Some(root) = &image {
+        let sockdir = socket.parent().unwrap_or(Path::new("/"));
+        let mnt = sockdir.join("rootfs");
+        fs::create_dir_all(&mnt)?;
+        let file_name = socket.file_name().map(|n| n.to_string_lossy().into_owned());
+        let inner_listen = format!(
+            "unix:{IMAGE_SOCKET_DIR}/{}",
+            file_name.unwrap_or_else(|| "agent.sock".into())
+        );
+        let loop_opt = if fs::metadata(root).is_ok_and(|m| m.is_file()) {
+            images.push(root.clone());
+            "loop"
+        } else {
+            ""
+        };
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            CHROOT_SCRIPT,
+        ])
+        .arg(root)
+        .arg(&mnt)
+        .arg(disk.as_deref().unwrap_or(Path::new("")))
+        .arg(sockdir)
+        .arg(loop_opt)
+        .arg(IMAGE_AGENT)
+        .arg("--listen")
+        .arg(inner_listen)
+        .arg("--allow-exec");
+        // The guest's environment, not the simulator's.
+        c.env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", "/root")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        c
+    } else if let Some(disk) = &disk {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                r#"mount -o loop -t ext4 "$0" /root || exit {MOUNT_FAILED_EXIT}; exec "$@""#
+            ))
+            .arg(disk)
+            .arg(agent_bin)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--allow-exec");
+        c
+    } else {
+        let mut c = Command::new(agent_bin);
+        c.arg("--listen").arg(&listen).arg("--allow-exec");
+        c
+    };
+    if let Some(d) = &disk {
+        images.push(d.clone());
+    }
     // The guest's console is the serial port: the agent's log goes there.
     let console = io::stdout().as_fd().try_clone_to_owned()?;
     cmd.stdin(Stdio::null())
@@ -124,17 +246,27 @@ pub(crate) fn spawn(
         });
     }
     let child = cmd.spawn()?;
-    if let Some(disk) = &mount {
-        log::info(&format!(
-            "agent pid {} runs with work disk {} loop-mounted at /root in a private mount namespace",
-            child.id().unwrap_or(0),
-            disk.display()
-        ));
+    let pid = child.id().unwrap_or(0);
+    match (&image, &disk) {
+        (Some(root), _) => {
+            log::info(&format!(
+                "agent pid {pid} runs from inside image {} (chroot; root drive and work disk \
+                 loop-mounted in a private mount namespace)",
+                root.display()
+            ));
+            log::serial(&format!(
+                "{IMAGE_AGENT} from the root drive runs chrooted into it (SIMULATOR: the \
+                 image's init does not run)"
+            ));
+        }
+        (None, Some(d)) => log::info(&format!(
+            "agent pid {pid} runs with work disk {} loop-mounted at /root in a private mount \
+             namespace",
+            d.display()
+        )),
+        (None, None) => {}
     }
-    Ok(Agent {
-        child,
-        work_disk: mount,
-    })
+    Ok(Agent { child, images })
 }
 
 impl Agent {
@@ -155,9 +287,16 @@ impl Agent {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Stops the agent (SIGTERM, then SIGKILL after a grace period), then waits for the loop
-    /// device behind the work disk to be released.
+    /// Stops the agent (SIGTERM, then SIGKILL after a grace period), kills whatever it left in
+    /// its mount namespace, then waits for the loop devices behind its images to be released.
     pub(crate) async fn stop(mut self) {
+        // The agent's own mount namespace: never the simulator's (the agent may not have
+        // unshared yet, or may run without a namespace of its own).
+        let own = fs::read_link("/proc/self/ns/mnt").ok();
+        let namespace = self
+            .pid()
+            .and_then(|p| fs::read_link(format!("/proc/{p}/ns/mnt")).ok())
+            .filter(|ns| Some(ns) != own.as_ref());
         self.signal(Signal::SIGCONT);
         self.signal(Signal::SIGTERM);
         match tokio::time::timeout(AGENT_STOP_GRACE, self.child.wait()).await {
@@ -168,21 +307,33 @@ impl Agent {
                 let _ = self.child.kill().await;
             }
         }
-        if let Some(disk) = &self.work_disk {
+        // Daemons a command started keep the namespace (and its loop devices) alive: in a real
+        // guest they die with the kernel, so here they die with the agent.
+        if !self.images.is_empty()
+            && let Some(ns) = namespace
+        {
+            let left = kill_namespace_members(&ns);
+            if left > 0 {
+                log::info(&format!(
+                    "killed {left} process(es) the agent left in the guest's mount namespace"
+                ));
+            }
+        }
+        for image in &self.images {
             let deadline = tokio::time::Instant::now() + LOOP_RELEASE_WAIT;
             loop {
-                let held = loop_devices_backed_by(disk);
+                let held = loop_devices_backed_by(image);
                 if held.is_empty() {
                     log::info(&format!(
-                        "work disk {} unmounted, loop device released",
-                        disk.display()
+                        "{} unmounted, loop device released",
+                        image.display()
                     ));
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
                     log::error(&format!(
-                        "work disk {} still attached to {} after the agent exited",
-                        disk.display(),
+                        "{} still attached to {} after the agent exited",
+                        image.display(),
                         held.join(", ")
                     ));
                     break;
@@ -191,6 +342,23 @@ impl Agent {
             }
         }
     }
+}
+
+/// SIGKILLs every process whose mount namespace is `ns` (a `/proc/<pid>/ns/mnt` link target);
+/// returns how many.
+fn kill_namespace_members(ns: &Path) -> usize {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l == ns)
+            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// The loop devices (`loop3`, ...) whose backing file is `image`.

@@ -6,7 +6,9 @@
 //!   network interface names (opened at `PUT /network-interfaces`, as Firecracker does), so the
 //!   namespace's kernel network stack answers ARP, ping and TCP ([`net`]);
 //! - the real `banger-agent` starts in that namespace, with the work disk loop-mounted at
-//!   `/root` in a private mount namespace when possible ([`agent`]);
+//!   `/root` in a private mount namespace when possible; when the root drive is an image with
+//!   the agent in it (`/usr/local/bin/banger-agent`, as `banger image build` makes), the root
+//!   drive is mounted too and the image's own agent runs chrooted into it ([`agent`]);
 //! - the agent's Unix socket is registered as guest vsock port 52, so hybrid vsock
 //!   `CONNECT 52` reaches it ([`vsock`]);
 //! - the serial console (stdout) shows boot lines, each marked `[SIMULATED GUEST]`.
@@ -44,6 +46,8 @@ pub(crate) struct BootPlan {
     pub(crate) cmdline: String,
     pub(crate) net: Option<(Tap, GuestIface)>,
     pub(crate) work_disk: Option<PathBuf>,
+    /// The root drive's backing file (or block device).
+    pub(crate) root_drive: Option<PathBuf>,
     pub(crate) agent_bin: PathBuf,
     /// Where the guest's Unix sockets go (created here, removed at shutdown).
     pub(crate) runtime_dir: PathBuf,
@@ -110,6 +114,7 @@ impl Guest {
             bin: plan.agent_bin,
             dir: plan.runtime_dir.clone(),
             work_disk: plan.work_disk,
+            root_drive: plan.root_drive,
             slow_boot: plan.slow_boot,
             hostname: plan.hostname,
         };
@@ -203,6 +208,7 @@ struct Userspace {
     /// The runtime directory (the agent's socket goes there).
     dir: PathBuf,
     work_disk: Option<PathBuf>,
+    root_drive: Option<PathBuf>,
     slow_boot: Option<Duration>,
     hostname: String,
 }
@@ -217,6 +223,7 @@ async fn start_agent(
         bin,
         dir,
         work_disk,
+        root_drive,
         slow_boot,
         hostname,
     } = userspace;
@@ -240,7 +247,14 @@ async fn start_agent(
     // Spawned by the guest thread: in the guest network namespace, with that thread as its
     // PR_SET_PDEATHSIG parent.
     let spawned = netns
-        .run(move || agent::spawn(&bin, &spawn_socket, work_disk.as_deref()))
+        .run(move || {
+            agent::spawn(
+                &bin,
+                &spawn_socket,
+                work_disk.as_deref(),
+                root_drive.as_deref(),
+            )
+        })
         .await
         .and_then(|r| r);
     let agent = match spawned {
@@ -266,7 +280,7 @@ async fn start_agent(
             && let Some(status) = a.try_exit()
         {
             let why = if status.code() == Some(agent::MOUNT_FAILED_EXIT) {
-                "mounting the work disk at /root failed".to_owned()
+                "mounting the root drive or the work disk failed".to_owned()
             } else {
                 format!("it exited: {status}")
             };
