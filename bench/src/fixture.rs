@@ -172,8 +172,8 @@ impl Bench {
         c
     }
 
-    /// Pids of the simulator processes (`banger-fcsim`) of this stack: those whose command
-    /// line names the stack's directory.
+    /// Pids of the simulator processes of this stack: named `banger-fcsim`, with the stack's
+    /// directory on their command line.
     pub(crate) fn simulator_pids(&self) -> Vec<i32> {
         let needle = self.stack.dir.to_string_lossy().into_owned();
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -182,10 +182,10 @@ impl Bench {
         entries
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains(&needle) && c.contains("banger-fcsim")
-                })
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "banger-fcsim")
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
             })
             .collect()
     }
