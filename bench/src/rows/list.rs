@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use super::scale::commands;
+use super::scale::in_batches;
 use super::{Samples, compare};
-use crate::fixture::{Bench, run_concurrently, time};
+use crate::fixture::{Bench, time};
 use crate::stats::{format_duration, per_item};
 use crate::table::Row;
 
@@ -44,19 +44,14 @@ pub(crate) fn measure(bench: &Bench, counts: &[usize], reps: usize) -> Vec<Row> 
     let mut have = 0;
     for &k in counts {
         let started = Instant::now();
-        let mut failed = Vec::new();
-        while have < k {
-            let names: Vec<String> = (have..k.min(have + CREATE_BATCH))
-                .map(|i| format!("l{i}"))
-                .collect();
-            have += names.len();
-            let cmds = commands(
-                bench,
-                &names,
-                &["vm", "create", "{}", "--no-start", "--disk", "64M"],
-            );
-            failed.extend(run_concurrently(cmds).1);
-        }
+        let names: Vec<String> = (have..k).map(|i| format!("l{i}")).collect();
+        let failed = in_batches(
+            bench,
+            &names,
+            &["vm", "create", "{}", "--no-start", "--disk", "64M"],
+            CREATE_BATCH,
+        );
+        have = have.max(k);
         let filled = started.elapsed();
         let listed = sample(bench, reps);
         let what = format!("vm list, {k} VMs, not started (ref: banger --version)");

@@ -54,6 +54,20 @@ pub(crate) fn commands(bench: &Bench, names: &[String], args: &[&str]) -> Vec<Co
         .collect()
 }
 
+/// Runs step `args` for every name, `batch` commands at a time (for filling a stack, untimed);
+/// returns every failure.
+pub(crate) fn in_batches(
+    bench: &Bench,
+    names: &[String],
+    args: &[&str],
+    batch: usize,
+) -> Vec<String> {
+    names
+        .chunks(batch.max(1))
+        .flat_map(|chunk| run_concurrently(commands(bench, chunk, args)).1)
+        .collect()
+}
+
 /// Runs the four steps over `k` VMs named `<prefix><k>-<i>`, concurrently or serially.
 fn lifecycle(bench: &Bench, k: usize, prefix: &str, concurrent: bool) -> Vec<Batch> {
     let names: Vec<String> = (0..k).map(|i| format!("{prefix}{k}-{i}")).collect();
