@@ -28,8 +28,7 @@ pub(crate) enum Group {
 }
 
 impl Group {
-    /// Every group, in the order they run: the ones without a stack first (see the README on
-    /// why the bus row runs before the stacks).
+    /// Every group, in the order they run: the short ones without a stack first.
     pub(crate) const ALL: [Self; 6] = [
         Self::Bus,
         Self::Dns,

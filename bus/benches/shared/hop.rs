@@ -40,12 +40,16 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     for i in 0..warmup {
-        call(i as u64).await?;
+        call(i as u64)
+            .await
+            .map_err(|e| format!("warm-up request {i}: {e}"))?;
     }
     let mut samples = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let t = Instant::now();
-        call(i as u64).await?;
+        call(i as u64)
+            .await
+            .map_err(|e| format!("timed request {i}: {e}"))?;
         samples.push(t.elapsed());
     }
     Ok(samples)
@@ -100,6 +104,22 @@ pub(crate) async fn measure_hops(
         .map_err(|e| format!("flushing: {e}"))?;
 
     let bus = Bus::new(client.clone(), Subjects::default());
+    // The endpoint's subscription reaches the server through the service's own machinery:
+    // wait until it answers before anything is timed.
+    let deadline = Instant::now() + TIMEOUT;
+    let probe = Echo {
+        name: "probe".into(),
+        n: 0,
+    };
+    while let Err(e) = bus
+        .request::<_, Echo>("bench.ours".to_owned(), &probe, TIMEOUT)
+        .await
+    {
+        if Instant::now() > deadline {
+            return Err(format!("the echo endpoint never answered: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ours = measure(warmup, rounds, |n| {
         let bus = &bus;
         async move {
