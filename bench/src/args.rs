@@ -145,6 +145,20 @@ impl Args {
     }
 }
 
+impl Settings {
+    /// The settings as JSON, for the results file.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "reps": self.reps,
+            "scale": self.scale,
+            "serial_max": self.serial_max,
+            "list_vms": self.list_vms,
+            "footprint_vms": self.footprint_vms,
+            "groups": self.groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// `bench/results` in the source tree this binary was built from.
 pub(crate) fn default_results_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
@@ -184,6 +198,8 @@ mod tests {
         assert_eq!(s.footprint_vms, 100);
         assert_eq!(s.groups, Group::ALL);
         assert_eq!(s.out, Some(default_results_dir()));
+        assert_eq!(s.json()["scale"], serde_json::json!([1, 10, 50, 100]));
+        assert_eq!(s.json()["groups"][0], "bus");
         let s = Args::parse_from(["banger-bench", "--quick"]).settings();
         assert_eq!((s.reps, s.scale, s.serial_max), (5, vec![1, 10], 10));
         let s = Args::parse_from([

@@ -26,7 +26,7 @@ fn main() {
     println!();
     print!("{table}{footer}");
     if let Some(dir) = &settings.out {
-        let json = report::to_json(&rows, &machine, &load_at_end);
+        let json = report::to_json(&rows, &machine, &settings.json(), &load_at_end);
         let markdown = format!("{header}\n{table}{footer}");
         match report::write(dir, &machine.file_stem(), &markdown, &json) {
             Ok(paths) => eprintln!("wrote {paths}"),

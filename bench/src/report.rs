@@ -26,11 +26,16 @@ pub(crate) fn write(
     Ok(format!("{} and {}", md.display(), js.display()))
 }
 
-/// `{hypervisor, profile, machine, load_at_end, rows: [{group, what, unit, ours_p50,
+/// `{hypervisor, profile, machine, settings, load_at_end, rows: [{group, what, unit, ours_p50,
 /// ours_p99, reference, ratio, shares, skipped, note}]}`: times in microseconds, memory in
 /// bytes, rates per second; absent numbers are null, `skipped` is the reason or null, `shares`
 /// maps a service to its share (0 to 1) of the command's time.
-pub(crate) fn to_json(rows: &[Row], machine: &Machine, load_at_end: &str) -> Value {
+pub(crate) fn to_json(
+    rows: &[Row],
+    machine: &Machine,
+    settings: &Value,
+    load_at_end: &str,
+) -> Value {
     let value = |q: Option<Quantity>| q.map(Quantity::value);
     let rows: Vec<Value> = rows
         .iter()
@@ -76,6 +81,7 @@ pub(crate) fn to_json(rows: &[Row], machine: &Machine, load_at_end: &str) -> Val
         "hypervisor": "simulator",
         "profile": crate::header::profile(),
         "machine": machine.json(),
+        "settings": settings,
         "load_at_end": load_at_end,
         "rows": rows,
     })
@@ -102,8 +108,9 @@ mod tests {
             Row::quantities("rss", Quantity::Bytes(4096), None, None),
             Row::skipped("vm list", "needs root"),
         ];
-        let v = to_json(&rows, &Machine::read(), "0.5 0.5 0.5");
+        let v = to_json(&rows, &Machine::read(), &json!({"reps": 3}), "0.5 0.5 0.5");
         assert_eq!(v["hypervisor"], "simulator");
+        assert_eq!(v["settings"]["reps"], 3);
         assert!(v["machine"]["cpus"].as_u64().is_some_and(|n| n > 0), "{v}");
         assert_eq!(v["rows"][0]["group"], "latency");
         assert_eq!(v["rows"][0]["unit"], "us");
