@@ -76,6 +76,11 @@ pub(crate) struct Args {
     /// VM counts of the `vm list` rows, comma separated [default: 10,1000, or 10,100 with --quick]
     #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = parse_list)]
     pub(crate) list_vms: Option<Vec<usize>>,
+    /// Start the `vm list` rows' VMs (by default they are created with `--no-start`: records
+    /// and volumes, no simulator process or tap). Each idle simulator takes ~1% of a CPU: 1,000
+    /// of them saturate a 2-CPU machine
+    #[arg(long)]
+    pub(crate) list_started: bool,
     /// VMs running when the footprint is read [default: 100, or 10 with --quick]
     #[arg(long, value_name = "N", value_parser = parse_scale)]
     pub(crate) footprint_vms: Option<usize>,
@@ -105,6 +110,8 @@ pub(crate) struct Settings {
     pub(crate) serial_max: usize,
     /// VM counts of the `vm list` rows, ascending.
     pub(crate) list_vms: Vec<usize>,
+    /// Whether the `vm list` rows' VMs are started.
+    pub(crate) list_started: bool,
     /// VMs running when the footprint is read.
     pub(crate) footprint_vms: usize,
     /// Groups to run, in run order.
@@ -138,6 +145,7 @@ impl Args {
             scale: self.scale.clone().unwrap_or(scale),
             serial_max: self.serial_max.unwrap_or(serial_max),
             list_vms,
+            list_started: self.list_started,
             footprint_vms: self.footprint_vms.unwrap_or(footprint_vms),
             groups,
             out,
@@ -153,6 +161,7 @@ impl Settings {
             "scale": self.scale,
             "serial_max": self.serial_max,
             "list_vms": self.list_vms,
+            "list_started": self.list_started,
             "footprint_vms": self.footprint_vms,
             "groups": self.groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
         })
@@ -196,6 +205,7 @@ mod tests {
             (20, &[1, 10, 50, 100][..], 100, &[10, 1000][..])
         );
         assert_eq!(s.footprint_vms, 100);
+        assert!(!s.list_started);
         assert_eq!(s.groups, Group::ALL);
         assert_eq!(s.out, Some(default_results_dir()));
         assert_eq!(s.json()["scale"], serde_json::json!([1, 10, 50, 100]));
@@ -216,8 +226,10 @@ mod tests {
             "--only",
             "dns,latency",
             "--no-save",
+            "--list-started",
         ])
         .settings();
+        assert!(s.list_started);
         assert_eq!((s.reps, s.scale, s.serial_max), (3, vec![2, 4], 2));
         assert_eq!(s.list_vms, [7, 30]);
         assert_eq!(s.groups, [Group::Dns, Group::Latency]);

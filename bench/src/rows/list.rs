@@ -2,9 +2,10 @@
 //! --version`) as the floor.
 //!
 //! The listed VMs are created with `vm create --no-start --disk 64M`: real records in the
-//! controller's database and real volumes from stord, but no simulator process and no tap, so
-//! 1,000 of them fit on a 2-CPU machine (the footprint group gives the memory a running
-//! simulated VM costs). What `vm list` reads and prints is the same for a stopped VM.
+//! controller's database and real volumes from stord, but no simulator process and no tap.
+//! Memory would allow running ones (~6 MiB resident per simulator in release, see the
+//! footprint group), CPU does not: each idle simulator takes ~1% of a CPU, and 840 of them
+//! drove a 2-CPU machine to a load average of 260. `--list-started` starts them anyway.
 
 use std::time::Instant;
 
@@ -27,7 +28,13 @@ fn sample(bench: &Bench, reps: usize) -> Samples {
 }
 
 /// The floor, the empty list, then the list at each of `counts` (ascending) VMs.
-pub(crate) fn measure(bench: &Bench, counts: &[usize], reps: usize) -> Vec<Row> {
+pub(crate) fn measure(bench: &Bench, counts: &[usize], started: bool, reps: usize) -> Vec<Row> {
+    let create: &[&str] = if started {
+        &["vm", "create", "{}", "--disk", "64M"]
+    } else {
+        &["vm", "create", "{}", "--no-start", "--disk", "64M"]
+    };
+    let state = if started { "running" } else { "not started" };
     let mut floor = Samples::default();
     for _ in 0..reps {
         floor.push(time(&mut bench.banger(&["--version"])));
@@ -45,16 +52,11 @@ pub(crate) fn measure(bench: &Bench, counts: &[usize], reps: usize) -> Vec<Row> 
     for &k in counts {
         let started = Instant::now();
         let names: Vec<String> = (have..k).map(|i| format!("l{i}")).collect();
-        let failed = in_batches(
-            bench,
-            &names,
-            &["vm", "create", "{}", "--no-start", "--disk", "64M"],
-            CREATE_BATCH,
-        );
+        let failed = in_batches(bench, &names, create, CREATE_BATCH);
         have = have.max(k);
         let filled = started.elapsed();
         let listed = sample(bench, reps);
-        let what = format!("vm list, {k} VMs, not started (ref: banger --version)");
+        let what = format!("vm list, {k} VMs {state} (ref: banger --version)");
         let mut row = with_per_vm(compare(&what, &listed, &floor), &listed, &empty, k);
         row = row.add_note(&format!("filled in {}", format_duration(filled)));
         if let Some(first) = failed.first() {

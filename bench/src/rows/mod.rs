@@ -70,7 +70,14 @@ fn run(group: Group, settings: &Settings, stack_ready: &Result<(), String>) -> V
                 wide_subnet: true,
                 ..StackOptions::plain("bv")
             },
-            |bench| list::measure(bench, &settings.list_vms, settings.reps),
+            |bench| {
+                list::measure(
+                    bench,
+                    &settings.list_vms,
+                    settings.list_started,
+                    settings.reps,
+                )
+            },
         ),
         Group::Footprint => with_stack("footprint", StackOptions::plain("bf"), |bench| {
             footprint::measure(bench, settings.footprint_vms)
