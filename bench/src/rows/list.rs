@@ -56,7 +56,7 @@ pub(crate) fn measure(bench: &Bench, counts: &[usize], started: bool, reps: usiz
         have = have.max(k);
         let filled = started.elapsed();
         let listed = sample(bench, reps);
-        let what = format!("vm list, {k} VMs {state} (ref: banger --version)");
+        let what = format!("vm list, {k} VMs, {state} (ref: banger --version)");
         let mut row = with_per_vm(compare(&what, &listed, &floor), &listed, &empty, k);
         row = row.add_note(&format!("filled in {}", format_duration(filled)));
         if let Some(first) = failed.first() {
