@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_e2e::Stack;
+use banger_testkit::otlp::OtlpReceiver;
 use banger_testkit::{have_program, is_root};
 
 /// The image every benchmark VM boots.
@@ -51,27 +52,96 @@ pub(crate) fn preflight() -> Result<(), String> {
     Ok(())
 }
 
+/// How a benchmark stack differs from the e2e default.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StackOptions {
+    /// A few letters naming the namespace.
+    pub(crate) tag: &'static str,
+    /// stord's `[stord] backend`.
+    pub(crate) backend: Backend,
+    /// Export every process's spans to an OTLP receiver in the stack's namespace.
+    pub(crate) trace: bool,
+    /// A /16 VM subnet instead of the fixture's /24, for more than 250 VMs.
+    pub(crate) wide_subnet: bool,
+}
+
+/// The stord back-ends the harness measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `sparse`: a hole-preserving copy of the image, in the stack's directory under `$TMPDIR`.
+    Sparse,
+    /// `reflink`: a FICLONE clone; the stack's directory is a loop-mounted xfs made for it.
+    Reflink,
+}
+
+impl Backend {
+    /// The `[stord] backend` value.
+    pub(crate) fn config_value(self) -> &'static str {
+        match self {
+            Self::Sparse => "sparse",
+            Self::Reflink => "reflink",
+        }
+    }
+
+    /// The row label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Sparse => "sparse-copy",
+            Self::Reflink => "reflink",
+        }
+    }
+}
+
+impl StackOptions {
+    /// A plain stack on the sparse-copy back-end, no tracing, /24 subnet.
+    pub(crate) fn plain(tag: &'static str) -> Self {
+        Self {
+            tag,
+            backend: Backend::Sparse,
+            trace: false,
+            wide_subnet: false,
+        }
+    }
+}
+
 /// A running stack with the benchmark image registered, and a scratch directory for the
-/// references' files.
+/// references' files. Fields drop in order: the stack (`banger down`, files removed) before
+/// the receiver and the loop-mounted file system under it.
 pub(crate) struct Bench {
     /// The stack (dropping it runs `banger down` and removes its files).
     pub(crate) stack: Stack,
+    /// The OTLP receiver every process exports its spans to, when tracing.
+    pub(crate) receiver: Option<OtlpReceiver>,
     /// The stack's bridge, which netd creates and the start reference enslaves taps to.
     pub(crate) bridge: String,
     /// The registered image's root file system, which the create reference copies.
     pub(crate) rootfs: PathBuf,
     /// Where references write their files (under the stack's directory, so removed with it).
     pub(crate) scratch: PathBuf,
+    /// The loop-mounted xfs under the stack's directory (reflink), unmounted last.
+    _fs: Option<LoopXfs>,
 }
 
 impl Bench {
-    /// Starts a stack and registers [`IMAGE`].
+    /// Starts a stack as `opts` say and registers [`IMAGE`].
     ///
     /// # Panics
     /// When the stack cannot be built (the e2e fixture asserts; its message says what failed).
-    pub(crate) fn start() -> Result<Self, String> {
-        let stack = Stack::new("bn");
+    pub(crate) fn start(opts: StackOptions) -> Result<Self, String> {
+        let mut stack = Stack::new(opts.tag);
+        let fs = match opts.backend {
+            Backend::Reflink => Some(LoopXfs::mount_over(&stack.dir)?),
+            Backend::Sparse => None,
+        };
         let bridge = bridge_of(&stack.dir)?;
+        edit_config(&stack.dir, opts)?;
+        let receiver = opts.trace.then(|| {
+            // The receiver's socket lives in the stack's namespace, where the services are.
+            let receiver = stack.ns.run(OtlpReceiver::start);
+            stack.env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint());
+            stack.env("OTEL_BSP_SCHEDULE_DELAY", "1000");
+            receiver
+        });
         stack.up();
         stack.register_image(IMAGE);
         let rootfs = stack.dir.join("image").join(IMAGE).join("rootfs.ext4");
@@ -80,9 +150,11 @@ impl Bench {
             .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
         Ok(Self {
             stack,
+            receiver,
             bridge,
             rootfs,
             scratch,
+            _fs: fs,
         })
     }
 
@@ -99,6 +171,154 @@ impl Bench {
         c.args(["-c", script]);
         c
     }
+
+    /// Pids of the simulator processes of this stack: named `banger-fcsim`, with the stack's
+    /// directory on their command line.
+    pub(crate) fn simulator_pids(&self) -> Vec<i32> {
+        let needle = self.stack.dir.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "banger-fcsim")
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+            })
+            .collect()
+    }
+}
+
+/// Adds the options' settings to the stack's config (which `banger up` carries into the stack
+/// file every service reads).
+fn edit_config(dir: &Path, opts: StackOptions) -> Result<(), String> {
+    let path = dir.join("banger.toml");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut text = with_settings(&text, opts);
+    text.push('\n');
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// `config` with the stord back-end set and, for `wide_subnet`, the /24 subnet made a /16.
+fn with_settings(config: &str, opts: StackOptions) -> String {
+    let mut out: Vec<String> = config
+        .lines()
+        .map(|l| {
+            if opts.wide_subnet && l.trim_start().starts_with("subnet") {
+                l.replace("/24", "/16")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    out.push(String::new());
+    out.push("[stord]".to_owned());
+    out.push(format!("backend = \"{}\"", opts.backend.config_value()));
+    out.join("\n")
+}
+
+/// A sparse image file formatted as xfs with reflink, loop-mounted over a directory (whose
+/// files are carried over); unmounted, detached and removed when dropped.
+struct LoopXfs {
+    point: PathBuf,
+    dev: String,
+    image: PathBuf,
+}
+
+/// Size of the xfs: room for the 20 work disks of a latency run (each mostly holes).
+const XFS_BYTES: u64 = 24 << 30;
+
+impl LoopXfs {
+    fn mount_over(dir: &Path) -> Result<Self, String> {
+        for program in ["mkfs.xfs", "losetup", "mount", "umount"] {
+            if !have_program(program) {
+                return Err(format!("`{program}` is not on PATH (reflink needs xfs)"));
+            }
+        }
+        let image = dir.with_extension("xfs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(XFS_BYTES))
+            .map_err(|e| format!("creating {}: {e}", image.display()))?;
+        let image_s = image.to_string_lossy().into_owned();
+        let cleanup_image = |e: String| {
+            let _ = std::fs::remove_file(&image);
+            e
+        };
+        run_ok("mkfs.xfs", &["-q", "-m", "reflink=1", &image_s]).map_err(cleanup_image)?;
+        let dev = run_ok("losetup", &["--find", "--show", &image_s])
+            .map_err(cleanup_image)?
+            .trim()
+            .to_owned();
+        // Keep what the fixture already wrote (its config, the state directory).
+        let saved = std::fs::read(dir.join("banger.toml"))
+            .map_err(|e| format!("reading {}/banger.toml: {e}", dir.display()));
+        let fs = Self {
+            point: dir.to_owned(),
+            dev,
+            image,
+        };
+        let saved = saved?;
+        run_ok("mount", &[&fs.dev, &dir.to_string_lossy()])?;
+        std::fs::write(dir.join("banger.toml"), saved)
+            .and_then(|()| std::fs::create_dir_all(dir.join("state")))
+            .map_err(|e| format!("restoring the stack's files on the xfs: {e}"))?;
+        Ok(fs)
+    }
+}
+
+impl Drop for LoopXfs {
+    fn drop(&mut self) {
+        // Normally the stack is down by now; after a failed start it may not be.
+        banger_e2e::kill_processes_mentioning(&self.point);
+        let unmounted = Command::new("umount")
+            .arg(&self.point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir_all(&self.point);
+    }
+}
+
+/// Runs `program args` and returns its stdout, or why it failed.
+fn run_ok(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Resident memory (`VmRSS`) of process `pid` in bytes, from `/proc/<pid>/status`.
+pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+/// The `VmRSS:` line of a `/proc/<pid>/status` text, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The bridge name the e2e fixture wrote into the stack's config.
@@ -193,5 +413,28 @@ mod tests {
         std::fs::write(dir.join("banger.toml"), "[netd]\n").unwrap();
         assert!(bridge_of(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_config_gets_the_backend_and_a_wide_subnet_when_asked() {
+        let config = "[netd]\nbridge = \"bgt104\"\nsubnet = \"10.104.0.0/24\"\n";
+        let mut opts = StackOptions::plain("t");
+        let plain = with_settings(config, opts);
+        assert!(plain.contains("10.104.0.0/24"), "{plain}");
+        assert!(plain.ends_with("[stord]\nbackend = \"sparse\""), "{plain}");
+        opts.wide_subnet = true;
+        opts.backend = Backend::Reflink;
+        let wide = with_settings(config, opts);
+        assert!(wide.contains("subnet = \"10.104.0.0/16\""), "{wide}");
+        assert!(wide.contains("bridge = \"bgt104\""), "{wide}");
+        assert!(wide.ends_with("backend = \"reflink\""), "{wide}");
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_proc_status() {
+        let status = "Name:\tbanger-netd\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(5 << 20));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(rss_bytes(std::process::id().cast_signed()).is_some_and(|b| b > 0));
     }
 }

@@ -7,6 +7,7 @@ mod fixture;
 mod header;
 mod report;
 mod rows;
+mod spans;
 mod stats;
 mod table;
 
@@ -15,16 +16,19 @@ use clap::Parser as _;
 fn main() {
     let args = args::Args::parse();
     let settings = args.settings();
-    // Before anything else: this may re-execute the binary.
-    let ready = fixture::preflight().and_then(|()| fixture::binaries_built());
-    let header = header::text(&settings);
+    let machine = header::Machine::read();
+    let header = header::text(&settings, &machine);
     print!("{header}");
-    let rows = rows::all(&settings, ready);
+    let rows = rows::all(&settings);
+    let load_at_end = header::load_average();
     let table = table::render(&rows);
+    let footer = format!("\nload average (1/5/15 min) at the end: {load_at_end}\n");
     println!();
-    print!("{table}");
-    if let Some(dir) = &args.out {
-        match report::write(dir, &format!("{header}\n{table}"), &rows) {
+    print!("{table}{footer}");
+    if let Some(dir) = &settings.out {
+        let json = report::to_json(&rows, &machine, &settings.json(), &load_at_end);
+        let markdown = format!("{header}\n{table}{footer}");
+        match report::write(dir, &machine.file_stem(), &markdown, &json) {
             Ok(paths) => eprintln!("wrote {paths}"),
             Err(e) => {
                 eprintln!("banger-bench: {e}");

@@ -75,6 +75,43 @@ pub(crate) fn format_duration(d: Duration) -> String {
     }
 }
 
+/// A size in bytes with a binary unit: `512 B`, `12.3 KiB`, `45.6 MiB`, `1.20 GiB`.
+pub(crate) fn format_bytes(b: u64) -> String {
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a memory size printed with three significant digits"
+    )]
+    let f = b as f64;
+    if b < 1024 {
+        format!("{b} B")
+    } else if f < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", f / 1024.0)
+    } else if f < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", f / (1024.0 * 1024.0))
+    } else {
+        format!("{:.2} GiB", f / (1024.0 * 1024.0 * 1024.0))
+    }
+}
+
+/// A rate per second, whole, with thousands separated: `48,213/s`.
+pub(crate) fn format_rate(r: f64) -> String {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a non-negative rate rounded for printing"
+    )]
+    let whole = r.max(0.0).round() as u64;
+    let digits = whole.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out + "/s"
+}
+
 /// `total` split evenly over `count` items (the per-VM cost of a batch); `count` 0 gives 0.
 pub(crate) fn per_item(total: Duration, count: usize) -> Duration {
     match u32::try_from(count) {
@@ -133,5 +170,17 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(per_item(Duration::from_secs(1), 0), Duration::ZERO);
+    }
+
+    #[test]
+    fn sizes_and_rates_print_with_units() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(45 << 20), "45.0 MiB");
+        assert_eq!(format_bytes(3 << 30), "3.00 GiB");
+        assert_eq!(format_rate(999.4), "999/s");
+        assert_eq!(format_rate(48_213.0), "48,213/s");
+        assert_eq!(format_rate(1_234_567.0), "1,234,567/s");
+        assert_eq!(format_rate(-1.0), "0/s");
     }
 }

@@ -34,6 +34,10 @@ pub struct Span {
     pub links: Vec<(String, String)>,
     /// String-valued attributes.
     pub attributes: Vec<(String, String)>,
+    /// Start time, nanoseconds since the Unix epoch.
+    pub start_unix_nano: u64,
+    /// End time, nanoseconds since the Unix epoch.
+    pub end_unix_nano: u64,
 }
 
 impl Span {
@@ -43,6 +47,11 @@ impl Span {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// How long the span lasted (zero when its clock ran backwards).
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end_unix_nano.saturating_sub(self.start_unix_nano))
     }
 }
 
@@ -200,6 +209,8 @@ async fn receive(
                             string_value(kv.value.as_ref()).map(|v| (kv.key.clone(), v))
                         })
                         .collect(),
+                    start_unix_nano: s.start_time_unix_nano,
+                    end_unix_nano: s.end_time_unix_nano,
                 });
             }
         }

@@ -1,35 +1,74 @@
 //! Control-plane latency: each VM operation through the CLI, interleaved with the kernel and
-//! disk work that operation cannot avoid, done directly in the same namespace.
+//! disk work that operation cannot avoid, done directly in the same namespace; once per stord
+//! back-end. The stack exports its spans, so each row also says how much of the command's time
+//! each service spent serving it.
 //!
 //! | operation | reference |
 //! |---|---|
-//! | `vm create --no-start` | `cp --sparse=always` of the image's rootfs + `truncate` + `mkfs.ext4` of the work disk |
+//! | `vm create --no-start` | `cp --sparse=always` (sparse-copy) or `cp --reflink=always` (reflink) of the image's rootfs + `truncate` + `mkfs.ext4` of the work disk |
 //! | `vm start` | `ip tuntap add mode tap` + `ip link set master <bridge> up` |
 //! | `vm stop` | `ip link del` of that tap |
 //! | `vm delete` | `rm` of the two disk files |
 //! | `banger --version` | none: the CLI's process start, the floor of every row |
 
+use std::time::{Duration, Instant};
+
 use super::{Samples, compare};
-use crate::fixture::{Bench, WORK_DISK_MIB, time};
+use crate::fixture::{Backend, Bench, WORK_DISK_MIB, time};
+use crate::spans;
 use crate::table::Row;
+
+/// How long to wait for the last spans to be exported after the last command.
+const SPAN_WAIT: Duration = Duration::from_secs(30);
+
+/// One operation: its label, the CLI command that names its trace, and its samples.
+struct Op {
+    what: String,
+    command: &'static str,
+    ours: Samples,
+    reference: Samples,
+}
 
 /// The samples of one latency run.
 pub(crate) struct Latency {
-    ops: [(&'static str, Samples, Samples); 4],
+    ops: Vec<Op>,
     /// `banger --version`: the floor.
     pub(crate) version: Samples,
+    backend: Backend,
 }
 
 impl Latency {
-    /// One row per operation, then the floor.
-    pub(crate) fn rows(&self) -> Vec<Row> {
+    /// One row per operation with each service's share when the stack was traced, then the
+    /// floor.
+    pub(crate) fn rows(&self, bench: &Bench) -> Vec<Row> {
+        let spans = bench.receiver.as_ref().map(|r| {
+            wait_for_spans(r, self.ops.last().map_or(0, |op| op.ours.ok_count()));
+            r.spans()
+        });
         let mut rows: Vec<Row> = self
             .ops
             .iter()
-            .map(|(what, ours, reference)| compare(what, ours, reference))
+            .map(|op| {
+                let row = compare(&op.what, &op.ours, &op.reference);
+                match spans.as_deref().map(|s| spans::shares(s, op.command)) {
+                    Some(Some((shares, n))) => {
+                        let mut row = row.add_note(&format!(
+                            "spans of {n}: {} of the command",
+                            spans::describe(&shares)
+                        ));
+                        row.shares = shares;
+                        row
+                    }
+                    Some(None) => row.add_note("no spans of this command arrived"),
+                    None => row,
+                }
+            })
             .collect();
         rows.push(compare(
-            "banger --version (CLI floor, no ref)",
+            &format!(
+                "{}: banger --version (CLI floor, no ref)",
+                self.backend.label()
+            ),
             &self.version,
             &Samples::default(),
         ));
@@ -37,29 +76,38 @@ impl Latency {
     }
 }
 
+/// Waits (polling, up to [`SPAN_WAIT`]) until `deletes` `banger vm delete` commands have been
+/// exported: the last command of every cycle, so the rest are in by then.
+fn wait_for_spans(receiver: &banger_testkit::otlp::OtlpReceiver, deletes: usize) {
+    let end = Instant::now() + SPAN_WAIT;
+    while Instant::now() < end
+        && spans::roots(&receiver.spans(), "banger vm delete").len() < deletes
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs `reps` create/start/stop/delete cycles of one VM, each step followed by its reference.
-pub(crate) fn measure(bench: &Bench, reps: usize) -> Latency {
-    let mut ops = [
-        (
-            "vm create --no-start (ref: cp+mkfs)",
-            Samples::default(),
-            Samples::default(),
+pub(crate) fn measure(bench: &Bench, backend: Backend, reps: usize) -> Latency {
+    let label = backend.label();
+    let copy = match backend {
+        Backend::Sparse => "--sparse=always",
+        Backend::Reflink => "--reflink=always",
+    };
+    let op = |what: &str, command| Op {
+        what: format!("{label}: {what}"),
+        command,
+        ours: Samples::default(),
+        reference: Samples::default(),
+    };
+    let mut ops = vec![
+        op(
+            &format!("vm create --no-start (ref: cp {copy}+mkfs)"),
+            "banger vm create",
         ),
-        (
-            "vm start (ref: tap add+enslave)",
-            Samples::default(),
-            Samples::default(),
-        ),
-        (
-            "vm stop (ref: tap del)",
-            Samples::default(),
-            Samples::default(),
-        ),
-        (
-            "vm delete (ref: rm disks)",
-            Samples::default(),
-            Samples::default(),
-        ),
+        op("vm start (ref: tap add+enslave)", "banger vm start"),
+        op("vm stop (ref: tap del)", "banger vm stop"),
+        op("vm delete (ref: rm disks)", "banger vm delete"),
     ];
     let mut version = Samples::default();
     for i in 0..reps {
@@ -72,7 +120,7 @@ pub(crate) fn measure(bench: &Bench, reps: usize) -> Latency {
             (
                 &["vm", "create", &name, "--no-start"],
                 format!(
-                    "cp --sparse=always {rootfs} {root} && truncate -s {WORK_DISK_MIB}M {work} \
+                    "cp {copy} {rootfs} {root} && truncate -s {WORK_DISK_MIB}M {work} \
                      && mkfs.ext4 -q -F {work}"
                 ),
             ),
@@ -87,14 +135,14 @@ pub(crate) fn measure(bench: &Bench, reps: usize) -> Latency {
             (&["vm", "delete", &name], format!("rm -f {root} {work}")),
         ];
         let mut failed = false;
-        for ((args, script), (_, ours, reference)) in steps.iter().zip(ops.iter_mut()) {
+        for ((args, script), op) in steps.iter().zip(ops.iter_mut()) {
             if failed {
                 break;
             }
             let run = time(&mut bench.banger(args));
             failed = run.is_err();
-            ours.push(run);
-            reference.push(time(&mut bench.sh(script)));
+            op.ours.push(run);
+            op.reference.push(time(&mut bench.sh(script)));
         }
         if failed {
             // Leave nothing behind for the next cycle: untimed.
@@ -103,5 +151,9 @@ pub(crate) fn measure(bench: &Bench, reps: usize) -> Latency {
         }
         version.push(time(&mut bench.banger(&["--version"])));
     }
-    Latency { ops, version }
+    Latency {
+        ops,
+        version,
+        backend,
+    }
 }

@@ -1,56 +1,112 @@
-//! The rows of the table, one module per group: control-plane latency, scale, `vm list`.
+//! The rows of the table, one module per group (see [`Group`]). Each group runs on its own
+//! stack (or none), and a group that fails is one `skipped` row with the reason, not the end
+//! of the run.
 
+mod bus;
+mod dns;
+mod footprint;
 mod latency;
 mod list;
 mod scale;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use crate::args::Settings;
-use crate::fixture::Bench;
+use crate::args::{Group, Settings};
+use crate::fixture::{Backend, Bench, StackOptions, binaries_built, preflight};
 use crate::stats::Summary;
 use crate::table::Row;
 
-/// Every row, measured against one stack; or every group skipped with `why` when the stack
-/// cannot run here.
-pub(crate) fn all(settings: &Settings, ready: Result<(), String>) -> Vec<Row> {
-    let bench = ready.and_then(|()| Bench::start());
-    let bench = match bench {
-        Ok(b) => b,
-        Err(why) => {
-            let mut rows = vec![
-                Row::skipped("control-plane latency (vm create/start/stop/delete)", &why),
-                Row::skipped("vm list", &why),
-            ];
-            rows.extend(
-                settings
-                    .scale
-                    .iter()
-                    .map(|k| Row::skipped(format!("scale {k} VMs"), &why)),
-            );
-            return rows;
+/// Every row of the groups `settings` ask for, each tagged with its group.
+pub(crate) fn all(settings: &Settings) -> Vec<Row> {
+    // Checked once: every stack group needs root, the tools and the built binaries.
+    let stack_ready = preflight().and_then(|()| binaries_built());
+    let mut rows = Vec::new();
+    for &group in &settings.groups {
+        eprintln!("banger-bench: {} ...", group.name());
+        let mut group_rows = guarded(group.name(), || run(group, settings, &stack_ready));
+        for r in &mut group_rows {
+            r.group = group.name();
         }
-    };
-    let list_empty = list::sample(&bench, settings.reps);
-    let lat = latency::measure(&bench, settings.reps);
-    let floor = lat.version.clone();
-    let mut rows = lat.rows();
-    rows.push(list::row(
-        "vm list, 0 VMs (ref: banger --version)",
-        &list_empty,
-        &floor,
-        None,
-    ));
-    for &k in &settings.scale {
-        rows.extend(scale::measure(
-            &bench,
-            k,
-            settings.reps,
-            &list_empty,
-            &floor,
-        ));
+        rows.extend(group_rows);
     }
     rows
+}
+
+fn run(group: Group, settings: &Settings, stack_ready: &Result<(), String>) -> Vec<Row> {
+    let needs_stack = !matches!(group, Group::Bus | Group::Dns);
+    if let (true, Err(why)) = (needs_stack, stack_ready) {
+        return vec![Row::skipped(group.name(), why)];
+    }
+    match group {
+        Group::Latency => [("bl", Backend::Sparse), ("br", Backend::Reflink)]
+            .into_iter()
+            .flat_map(|(tag, backend)| {
+                let what = format!("latency, {}", backend.label());
+                guarded(&what.clone(), || {
+                    with_stack(
+                        &what,
+                        StackOptions {
+                            tag,
+                            backend,
+                            trace: true,
+                            wide_subnet: false,
+                        },
+                        |bench| latency::measure(bench, backend, settings.reps).rows(bench),
+                    )
+                })
+            })
+            .collect(),
+        Group::Scale => with_stack("scale", StackOptions::plain("bs"), |bench| {
+            settings
+                .scale
+                .iter()
+                .flat_map(|&k| scale::measure(bench, k, k <= settings.serial_max))
+                .collect()
+        }),
+        Group::List => with_stack(
+            "vm list",
+            StackOptions {
+                wide_subnet: true,
+                ..StackOptions::plain("bv")
+            },
+            |bench| {
+                list::measure(
+                    bench,
+                    &settings.list_vms,
+                    settings.list_started,
+                    settings.reps,
+                )
+            },
+        ),
+        Group::Footprint => with_stack("footprint", StackOptions::plain("bf"), |bench| {
+            footprint::measure(bench, settings.footprint_vms)
+        }),
+        Group::Bus => bus::measure(),
+        Group::Dns => dns::measure(),
+    }
+}
+
+/// `f`'s rows on a fresh stack, or one skipped row when the stack cannot start.
+fn with_stack(what: &str, opts: StackOptions, f: impl FnOnce(&Bench) -> Vec<Row>) -> Vec<Row> {
+    match Bench::start(opts) {
+        Ok(bench) => f(&bench),
+        Err(why) => vec![Row::skipped(what, why)],
+    }
+}
+
+/// `f()`, or one skipped row saying how it panicked (the e2e fixture asserts when a stack
+/// cannot be built; its message is on stderr too).
+fn guarded(what: &str, f: impl FnOnce() -> Vec<Row>) -> Vec<Row> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic".to_owned());
+        let first = msg.lines().next().unwrap_or_default().to_owned();
+        vec![Row::skipped(what, format!("failed: {first}"))]
+    })
 }
 
 /// Timings of repeated runs of one command, and how the failed runs failed.
@@ -67,6 +123,11 @@ impl Samples {
             Ok(d) => self.ok.push(d),
             Err(e) => self.errors.push(e),
         }
+    }
+
+    /// How many runs succeeded.
+    pub(crate) fn ok_count(&self) -> usize {
+        self.ok.len()
     }
 
     /// p50/p99 of the successful runs.
@@ -102,4 +163,29 @@ pub(crate) fn compare(what: &str, ours: &Samples, reference: &Samples) -> Row {
     }
     Row::measured(what, s.p50, Some(s.p99), reference.summary().map(|r| r.p50))
         .with_note(notes.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_group_becomes_one_skipped_row() {
+        let rows = guarded("dns", || panic!("knotd never served\nmore"));
+        assert_eq!(rows, [Row::skipped("dns", "failed: knotd never served")]);
+        let rows = guarded("bus", || vec![Row::skipped("x", "y")]);
+        assert_eq!(rows, [Row::skipped("x", "y")]);
+    }
+
+    #[test]
+    fn samples_count_failures_and_summarise_successes() {
+        let mut s = Samples::default();
+        s.push(Ok(Duration::from_millis(3)));
+        s.push(Err("exit status: 1: boom".to_owned()));
+        s.push(Ok(Duration::from_millis(1)));
+        assert_eq!(s.ok_count(), 2);
+        assert_eq!(s.failures(), "1 of 3 failed: exit status: 1: boom");
+        let row = compare("op", &s, &Samples::default());
+        assert!(row.note.contains("1 of 3 failed"), "{row:?}");
+    }
 }

@@ -1,0 +1,136 @@
+//! DNS: dnsd serving 1,000 and 10,000 VMs (2 names each) under `dnsperf` load, against Knot
+//! DNS (`knotd`) serving the same zone under the same load in the same run, and the delay from
+//! a `started` event to the record being served; with the measuring code of
+//! `cargo bench -p banger-dnsd --bench dns_serve` (`dnsd/benches/shared/load.rs`: dnsd runs
+//! in-process, fed by a stand-in controller answering `vm.list`).
+
+#[path = "../../../dnsd/benches/shared/load.rs"]
+mod load;
+
+use std::time::Duration;
+
+use banger_testkit::have_program;
+
+use super::{Samples, compare};
+use crate::stats::format_duration;
+use crate::table::{Quantity, Row};
+
+/// Fleet sizes measured.
+const SIZES: [usize; 2] = [1_000, 10_000];
+
+/// The DNS rows.
+pub(crate) fn measure() -> Vec<Row> {
+    if !have_program("nats-server") {
+        return vec![Row::skipped("dns", "`nats-server` is not on PATH")];
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return vec![Row::skipped("dns", format!("starting tokio: {e}"))],
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return vec![Row::skipped("dns", format!("scratch directory: {e}"))],
+    };
+    SIZES
+        .iter()
+        .flat_map(|&n| {
+            let result = runtime.block_on(load::measure_size(dir.path(), n));
+            rows(&result)
+        })
+        .collect()
+}
+
+fn samples(d: &[Duration]) -> Samples {
+    let mut s = Samples::default();
+    d.iter().for_each(|d| s.push(Ok(*d)));
+    s
+}
+
+fn rows(r: &load::SizeResult) -> Vec<Row> {
+    let n = r.vms;
+    let knot = r.knot.as_ref();
+    let no_knot = "knotd not installed (apt-get install knot): no reference";
+    let mut rows = Vec::new();
+
+    let what = format!("dns {n} VMs: dnsperf queries/s (ref: knotd)");
+    rows.push(match &r.dnsd.dnsperf {
+        None => Row::skipped(what, "dnsperf not installed (apt-get install dnsperf)"),
+        Some(ours) => {
+            let reference = knot.and_then(|k| k.dnsperf.as_ref());
+            Row::quantities(
+                what,
+                Quantity::Rate(ours.qps),
+                None,
+                reference.map(|k| Quantity::Rate(k.qps)),
+            )
+            .with_note(format!(
+                "{} s, {} records, dnsperf {}; lost {}{}",
+                load::LOAD_SECS,
+                2 * n,
+                load::DNSPERF_FLAGS.join(" "),
+                ours.lost,
+                reference.map_or_else(
+                    || format!("; {no_knot}"),
+                    |k| format!(", knotd lost {}", k.lost)
+                )
+            ))
+        }
+    });
+    if let Some(ours) = &r.dnsd.dnsperf {
+        let reference = knot.and_then(|k| k.dnsperf.as_ref());
+        rows.push(Row::measured(
+            format!("dns {n} VMs: dnsperf mean latency (ref: knotd)"),
+            ours.avg,
+            None,
+            reference.map(|k| k.avg),
+        ));
+    }
+
+    let ours = samples(&r.dnsd.latencies);
+    let reference = knot.map_or_else(Samples::default, |k| samples(&k.latencies));
+    let knot_note = knot.map_or_else(
+        || no_knot.to_owned(),
+        |k| {
+            format!(
+                "knotd p99 {}, {:.0} answers/s",
+                reference
+                    .summary()
+                    .map(|s| format_duration(s.p99))
+                    .unwrap_or_default(),
+                k.builtin_qps
+            )
+        },
+    );
+    rows.push(
+        compare(
+            &format!(
+                "dns {n} VMs: latency, {} clients 1 in flight (ref: knotd)",
+                load::BUILTIN_CLIENTS
+            ),
+            &ours,
+            &reference,
+        )
+        .add_note(&format!(
+            "dnsd {:.0} answers/s; {knot_note}",
+            r.dnsd.builtin_qps
+        )),
+    );
+    rows.push(
+        compare(
+            &format!("dns {n} VMs: started event -> served (no ref)"),
+            &samples(&r.events),
+            &Samples::default(),
+        )
+        .add_note(&format!("{} events", r.events.len())),
+    );
+    rows.push(Row::measured(
+        format!(
+            "dns {n} VMs: start to all {} records served (no ref)",
+            2 * n
+        ),
+        r.load_time,
+        None,
+        None,
+    ));
+    rows
+}
