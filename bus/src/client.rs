@@ -233,7 +233,9 @@ impl Bus {
     /// with a stall timer: it returns [`DISCOVERY_STALL`] after the latest answer, or after
     /// `wait` at the latest. With every instance on one host or a LAN the answers arrive
     /// within a millisecond or two of each other; the stall leaves room for a spread of
-    /// 100 ms, and every `vm` command no longer pays the whole window.
+    /// 100 ms, and every `vm` command no longer pays the whole window. When no instance exists
+    /// at all, the server's "no responders" status ends it at once, so a long `wait` only costs
+    /// time when instances exist but are slow to answer.
     pub async fn service_verb(
         &self,
         subject: String,
@@ -256,6 +258,12 @@ impl Bus {
         let window_end = tokio::time::Instant::now() + wait;
         let mut end = window_end;
         while let Ok(Some(msg)) = tokio::time::timeout_at(end, sub.next()).await {
+            // The server answers "no responders" at once when nothing subscribes to the verb:
+            // no instance exists, so there is nothing to wait for. (It is sent only then, so it
+            // never cuts short a gather that real instances answer.)
+            if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                break;
+            }
             if let Ok(v) = serde_json::from_slice(&msg.payload) {
                 out.push(v);
             }
@@ -302,4 +310,74 @@ pub fn decode_reply<Resp: DeserializeOwned>(
         subject: subject.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+    use banger_testkit::NatsServer;
+
+    async fn bus(nats: &NatsServer) -> Bus {
+        let client = async_nats::connect(nats.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test nats-server: {e}"));
+        Bus::new(client, Subjects::default())
+    }
+
+    /// Nothing runs the service: the server's "no responders" ends discovery, rather than the
+    /// (here absurdly long) window. The outer deadline only turns a hang into a failure.
+    #[tokio::test]
+    async fn discovery_of_a_service_nobody_runs_ends_at_no_responders() {
+        let nats = NatsServer::start();
+        let bus = bus(&nats).await;
+        let found = tokio::time::timeout(
+            Duration::from_secs(30),
+            bus.ping(Some("nobody-runs-this"), Duration::from_secs(3600)),
+        )
+        .await;
+        match found {
+            Ok(Ok(found)) => assert!(found.is_empty(), "found {found:?}"),
+            Ok(Err(e)) => panic!("ping failed: {e}"),
+            Err(_) => panic!("discovery waited for its window although nobody listens"),
+        }
+    }
+
+    /// An instance that takes longer than the stall timer to give its first answer is still
+    /// found: the stall only starts after an answer.
+    #[tokio::test]
+    async fn a_slow_instance_is_found_within_the_window() {
+        let nats = NatsServer::start();
+        let bus = bus(&nats).await;
+        let mut sub = bus
+            .client()
+            .subscribe(format!("{}.slow", banger_proto::service::SRV_PING))
+            .await
+            .unwrap_or_else(|e| panic!("subscribe: {e}"));
+        bus.client()
+            .flush()
+            .await
+            .unwrap_or_else(|e| panic!("flush: {e}"));
+        let responder = bus.client().clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                // A loaded host: the answer comes well after DISCOVERY_STALL.
+                tokio::time::sleep(DISCOVERY_STALL * 5).await;
+                let instance = ServiceInstance {
+                    name: "slow".into(),
+                    id: "1".into(),
+                    version: "0".into(),
+                    metadata: HashMap::new(),
+                };
+                if let (Some(reply), Ok(body)) = (msg.reply, serde_json::to_vec(&instance)) {
+                    let _ = responder.publish(reply, body.into()).await;
+                }
+            }
+        });
+        let found = bus
+            .ping(Some("slow"), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("ping failed: {e}"));
+        let names: Vec<&str> = found.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["slow"]);
+    }
 }
