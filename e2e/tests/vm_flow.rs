@@ -94,6 +94,9 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
         // Commands run inside, through the agent.
         let out = stack.banger_ok(&["vm", "exec", name, "--", "uname", "-s"]);
         assert_eq!(out.trim(), "Linux");
+        // The guest is named after the VM (the `ip=` boot argument's hostname field).
+        let out = stack.banger_ok(&["vm", "exec", name, "--", "uname", "-n"]);
+        assert_eq!(out.trim(), name);
     }
 
     // Stats join the hypervisor's process, its own metrics and the guest agent's view.

@@ -71,8 +71,13 @@ pub fn is_leasable(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> bool {
 }
 
 /// The kernel's `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>` argument.
-pub fn kernel_ip_arg(ip: Ipv4Addr, gateway: Ipv4Addr, subnet: Ipv4Net) -> String {
-    format!("ip={ip}::{gateway}:{}::eth0:off", subnet.netmask())
+/// The hostname is the VM's name (a DNS label, so it never holds a `:`): the kernel sets it at
+/// boot, and guests built by `banger image build` read it too.
+pub fn kernel_ip_arg(ip: Ipv4Addr, gateway: Ipv4Addr, subnet: Ipv4Net, hostname: &str) -> String {
+    format!(
+        "ip={ip}::{gateway}:{}:{hostname}:eth0:off",
+        subnet.netmask()
+    )
 }
 
 #[cfg(test)]
@@ -139,9 +144,10 @@ mod tests {
             kernel_ip_arg(
                 Ipv4Addr::new(172, 16, 0, 2),
                 Ipv4Addr::new(172, 16, 0, 1),
-                subnet
+                subnet,
+                "web"
             ),
-            "ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off"
+            "ip=172.16.0.2::172.16.0.1:255.255.255.0:web:eth0:off"
         );
     }
 }

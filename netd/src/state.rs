@@ -189,7 +189,12 @@ impl Netd {
             ip: l.ip.to_string(),
             prefix_len: self.cfg.subnet.prefix_len(),
             gateway: self.cfg.gateway.to_string(),
-            kernel_ip_arg: lease::kernel_ip_arg(l.ip, self.cfg.gateway, self.cfg.subnet),
+            kernel_ip_arg: lease::kernel_ip_arg(
+                l.ip,
+                self.cfg.gateway,
+                self.cfg.subnet,
+                l.vm_name.as_str(),
+            ),
             port_forwards: l.port_forwards.clone(),
             tap_present,
         }

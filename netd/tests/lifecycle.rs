@@ -52,7 +52,7 @@ fn attach_puts_each_vm_tap_on_the_bridge_with_a_stable_lease() {
     assert_eq!(la.prefix_len, 24);
     assert_eq!(
         la.kernel_ip_arg,
-        format!("ip={}::{gw}:255.255.255.0::eth0:off", la.ip)
+        format!("ip={}::{gw}:255.255.255.0:alpha:eth0:off", la.ip)
     );
     let mut expected = vec![la.tap.clone(), lb.tap.clone()];
     expected.sort();
