@@ -16,17 +16,7 @@ pub const EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The stream name for a subject prefix: `banger` -> `BANGER_EVENTS`.
 pub fn stream_name(prefix: &str) -> String {
-    let p: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{p}_EVENTS")
+    banger_proto::subject::jetstream_name(prefix, "EVENTS")
 }
 
 /// Creates the event stream if it does not exist (idempotent).

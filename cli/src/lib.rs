@@ -167,13 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         _ => {}
     }
-    let client = banger_bus::connect::connect(&config.nats, false)
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(e).context(
-                "cannot reach the banger bus: is the stack running? start it with `banger up`",
-            )
-        })?;
+    let client = connect_bus(&config, None).await?;
     let app = App {
         bus: Bus::new(client, config.subjects.clone()),
         config,
@@ -185,4 +179,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         tracing::debug!(error = %e, "flushing");
     }
     Ok(code)
+}
+
+/// Connects to the bus for a command, telling the user what to do when it is not there.
+/// `events` receives the connection's state changes (the TUI shows them).
+pub(crate) async fn connect_bus(
+    config: &CommonConfig,
+    events: Option<tokio::sync::mpsc::UnboundedSender<async_nats::Event>>,
+) -> anyhow::Result<async_nats::Client> {
+    banger_bus::connect::connect_observed(&config.nats, false, events)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(e).context(
+                "cannot reach the banger bus: is the stack running? start it with `banger up`",
+            )
+        })
 }

@@ -182,17 +182,7 @@ mod tests {
 /// (`10.77.3.0_24`); value: the host id holding it. Every host with a claim is a member of the
 /// lab, so the CLI can name a member that does not answer instead of not knowing it exists.
 pub fn subnet_bucket(prefix: &str) -> String {
-    let p: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{p}_NETD_SUBNETS")
+    crate::subject::jetstream_name(prefix, "NETD_SUBNETS")
 }
 
 #[cfg(test)]

@@ -138,6 +138,24 @@ op_names!(StoreOp {
 });
 op_names!(DnsOp { Records => "records", Lookup => "lookup", Status => "status" });
 
+/// The name of a JetStream stream or key-value bucket that belongs to the installation under
+/// subject `prefix`: the prefix upper-cased, every other character `_`, then `_<suffix>`
+/// (`banger` + `EVENTS` -> `BANGER_EVENTS`). JetStream names may not contain `.`, so two
+/// installations sharing a server keep apart exactly as their subjects do.
+pub fn jetstream_name(prefix: &str, suffix: &str) -> String {
+    let p: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{p}_{suffix}")
+}
+
 /// Builds subjects under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {

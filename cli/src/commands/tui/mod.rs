@@ -68,13 +68,7 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
         .into());
     }
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
-    let client = banger_bus::connect::connect_observed(&config.nats, false, Some(conn_tx))
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(e).context(
-                "cannot reach the banger bus: is the stack running? start it with `banger up`",
-            )
-        })?;
+    let client = crate::connect_bus(&config, Some(conn_tx)).await?;
     let app = App {
         bus: Bus::new(client, config.subjects.clone()),
         config,
