@@ -97,6 +97,9 @@ pub struct NetdFile {
     pub route_protocol: u8,
     /// Replicas of the subnet-claim KV bucket (at most the cluster's size).
     pub subnet_bucket_replicas: usize,
+    /// DNS servers handed to guests in the kernel `ip=` argument (at most two). `None`: the
+    /// host's own non-loopback nameservers; `[]`: none.
+    pub guest_dns: Option<Vec<String>>,
 }
 
 impl Default for NetdFile {
@@ -118,6 +121,7 @@ impl Default for NetdFile {
             peer_expiry_secs: DEFAULT_PEER_EXPIRY_SECS,
             route_protocol: DEFAULT_ROUTE_PROTOCOL,
             subnet_bucket_replicas: 1,
+            guest_dns: None,
         }
     }
 }
@@ -215,6 +219,11 @@ pub enum ConfigError {
     /// The bucket replicas are out of range.
     #[error("[netd] subnet_bucket_replicas must be 1 to 5")]
     Replicas,
+    /// A guest DNS server is not an address, or there are more than two.
+    #[error(
+        "[netd] guest_dns {0:?}: give at most two unicast IPv4 addresses, e.g. [\"10.0.0.53\"]"
+    )]
+    GuestDns(Vec<String>),
     /// No subnet was given and none was allocated (a caller bug: allocate first).
     #[error("[netd] no subnet: set [netd] subnet, or lab_range to have one allocated")]
     SubnetUnallocated,
@@ -305,6 +314,8 @@ pub struct NetConfig {
     pub lab: Option<LabConfig>,
     /// Peer discovery and routes.
     pub peers: PeerConfig,
+    /// DNS servers guests are told about through `ip=` (at most two).
+    pub guest_dns: Vec<Ipv4Addr>,
 }
 
 impl NetConfig {
@@ -398,6 +409,10 @@ impl NetConfig {
         if file.route_protocol <= 4 {
             return Err(ConfigError::RouteProtocol(file.route_protocol));
         }
+        let guest_dns = match &file.guest_dns {
+            Some(list) => parse_guest_dns(list)?,
+            None => host_nameservers(),
+        };
         Ok(Self {
             bridge: file.bridge,
             subnet,
@@ -415,8 +430,55 @@ impl NetConfig {
                 expiry: Duration::from_secs(file.peer_expiry_secs),
                 route_protocol: file.route_protocol,
             },
+            guest_dns,
         })
     }
+}
+
+/// Where the host's upstream nameservers are written: systemd-resolved's list of real
+/// upstreams first (`/etc/resolv.conf` then only names its 127.0.0.53 stub), then the classic
+/// file.
+const RESOLV_CONF_PATHS: &[&str] = &["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"];
+
+fn parse_guest_dns(list: &[String]) -> Result<Vec<Ipv4Addr>, ConfigError> {
+    let bad = || ConfigError::GuestDns(list.to_vec());
+    if list.len() > 2 {
+        return Err(bad());
+    }
+    list.iter()
+        .map(|a| match a.trim().parse::<Ipv4Addr>() {
+            Ok(ip) if !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast()) => Ok(ip),
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// The host's nameservers a guest can reach through NAT: the first file of
+/// [`RESOLV_CONF_PATHS`] that names any, loopback ones left out (a guest's loopback is its
+/// own). Empty when there are none: guests then fall back to their gateway.
+fn host_nameservers() -> Vec<Ipv4Addr> {
+    RESOLV_CONF_PATHS
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| nameservers_in(&text))
+        .find(|found| !found.is_empty())
+        .unwrap_or_default()
+}
+
+/// The usable IPv4 `nameserver` lines of a resolv.conf, at most two.
+pub fn nameservers_in(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .take(2)
+        .collect()
 }
 
 fn check_ifname(what: &'static str, value: &str) -> Result<(), ConfigError> {
@@ -475,6 +537,37 @@ mod tests {
         assert!(bad(|f| f.nft_table = "a b".into()).contains("nft_table"));
         assert!(bad(|f| f.reconcile_interval_secs = 0).contains("reconcile"));
         assert!(bad(|f| f.teardown_group = 0).contains("group"));
+        assert!(bad(|f| f.guest_dns = Some(vec!["dns.example".into()])).contains("guest_dns"));
+        assert!(bad(|f| f.guest_dns = Some(vec!["0.0.0.0".into()])).contains("guest_dns"));
+        assert!(
+            bad(|f| f.guest_dns = Some(vec!["1.1.1.1".into(), "8.8.8.8".into(), "9.9.9.9".into()]))
+                .contains("at most two")
+        );
+    }
+
+    #[test]
+    fn guest_dns_is_what_the_file_says_or_nothing_when_told_so() {
+        let with = |dns: Vec<&str>| {
+            let file = NetdFile {
+                guest_dns: Some(dns.into_iter().map(str::to_owned).collect()),
+                ..NetdFile::default()
+            };
+            NetConfig::from_file(file).unwrap().guest_dns
+        };
+        assert_eq!(with(vec!["10.0.0.53"]), [Ipv4Addr::new(10, 0, 0, 53)]);
+        assert_eq!(with(vec![]), Vec::<Ipv4Addr>::new());
+    }
+
+    #[test]
+    fn the_hosts_resolvers_are_read_without_loopback_ones() {
+        let conf = "# generated\nsearch lan\nnameserver 127.0.0.53\nnameserver 192.168.1.1\n\
+                    nameserver fe80::1\nnameserver 10.0.0.53 # second\nnameserver 10.0.0.54\n";
+        assert_eq!(
+            nameservers_in(conf),
+            [Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(10, 0, 0, 53)]
+        );
+        assert!(nameservers_in("nameserver 127.0.0.53\noptions edns0\n").is_empty());
+        assert!(nameservers_in("").is_empty());
     }
 
     #[test]

@@ -72,12 +72,23 @@ pub fn is_leasable(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> bool {
 
 /// The kernel's `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>` argument.
 /// The hostname is the VM's name (a DNS label, so it never holds a `:`): the kernel sets it at
-/// boot, and guests built by `banger image build` read it too.
-pub fn kernel_ip_arg(ip: Ipv4Addr, gateway: Ipv4Addr, subnet: Ipv4Net, hostname: &str) -> String {
-    format!(
+/// boot, and guests built by `banger image build` read it too. `dns` (at most two) become the
+/// `<dns0>:<dns1>` fields that follow, the guest's resolvers.
+pub fn kernel_ip_arg(
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    subnet: Ipv4Net,
+    hostname: &str,
+    dns: &[Ipv4Addr],
+) -> String {
+    let mut arg = format!(
         "ip={ip}::{gateway}:{}:{hostname}:eth0:off",
         subnet.netmask()
-    )
+    );
+    for server in dns.iter().take(2) {
+        arg.push_str(&format!(":{server}"));
+    }
+    arg
 }
 
 #[cfg(test)]
@@ -145,9 +156,27 @@ mod tests {
                 Ipv4Addr::new(172, 16, 0, 2),
                 Ipv4Addr::new(172, 16, 0, 1),
                 subnet,
-                "web"
+                "web",
+                &[]
             ),
             "ip=172.16.0.2::172.16.0.1:255.255.255.0:web:eth0:off"
         );
+        // Resolvers follow as <dns0>:<dns1>; a third is never written.
+        let dns = [
+            Ipv4Addr::new(10, 0, 0, 53),
+            Ipv4Addr::new(10, 0, 0, 54),
+            Ipv4Addr::new(10, 0, 0, 55),
+        ];
+        let arg = |dns: &[Ipv4Addr]| {
+            kernel_ip_arg(
+                Ipv4Addr::new(172, 16, 0, 2),
+                Ipv4Addr::new(172, 16, 0, 1),
+                subnet,
+                "web",
+                dns,
+            )
+        };
+        assert!(arg(&dns[..1]).ends_with(":web:eth0:off:10.0.0.53"));
+        assert!(arg(&dns).ends_with(":web:eth0:off:10.0.0.53:10.0.0.54"));
     }
 }

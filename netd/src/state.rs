@@ -194,6 +194,7 @@ impl Netd {
                 self.cfg.gateway,
                 self.cfg.subnet,
                 l.vm_name.as_str(),
+                &self.cfg.guest_dns,
             ),
             port_forwards: l.port_forwards.clone(),
             tap_present,

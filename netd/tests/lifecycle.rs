@@ -19,7 +19,7 @@ use banger_proto::net::{
 };
 use banger_proto::subject::NetOp;
 use banger_testkit::require_root;
-use common::{Fixture, Options, vm_id};
+use common::{Fixture, GUEST_DNS, Options, vm_id};
 
 fn tcp(host: u16, guest: u16) -> PortForward {
     PortForward {
@@ -52,7 +52,10 @@ fn attach_puts_each_vm_tap_on_the_bridge_with_a_stable_lease() {
     assert_eq!(la.prefix_len, 24);
     assert_eq!(
         la.kernel_ip_arg,
-        format!("ip={}::{gw}:255.255.255.0:alpha:eth0:off", la.ip)
+        format!(
+            "ip={}::{gw}:255.255.255.0:alpha:eth0:off:{GUEST_DNS}",
+            la.ip
+        )
     );
     let mut expected = vec![la.tap.clone(), lb.tap.clone()];
     expected.sort();

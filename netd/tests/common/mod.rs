@@ -25,6 +25,9 @@ use banger_testkit::{NatsServer, Process, wait_until_blocking};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// The resolver the fixture's netd hands to guests (`[netd] guest_dns`).
+pub(crate) const GUEST_DNS: &str = "10.0.0.53";
+
 /// Host id every fixture uses.
 pub(crate) const HOST: &str = "testhost";
 
@@ -81,7 +84,8 @@ impl Fixture {
             dir.path().join("banger.toml"),
             format!(
                 "[netd]\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\nnft_table = \"{table}\"\n\
-                 reconcile_interval_secs = {}\nreconcile_grace_secs = 0\n",
+                 reconcile_interval_secs = {}\nreconcile_grace_secs = 0\n\
+                 guest_dns = [\"{GUEST_DNS}\"]\n",
                 opts.reconcile_secs
             ),
         )
