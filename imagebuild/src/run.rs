@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 
 use crate::{BuildError, Stage};
@@ -97,12 +98,21 @@ pub(crate) fn run(cancel: &Cancel, stage: Stage, cmd: &mut Command) -> Result<St
     {
         let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
     }
-    let status = child.wait();
+    // Wait for the tool to exit but leave it unreaped: while its zombie holds the pid, the
+    // group id cannot name anyone else, so the kills below (and a Ctrl-C meanwhile) can only
+    // reach the tool's own group.
+    if let Some(pg) = pgid {
+        let _ = waitid(
+            Id::Pid(Pid::from_raw(pg)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        );
+    }
     cancel.set_running(None);
     // Whatever the tool left running in its group (debootstrap's helpers) goes with it.
     if let Some(pg) = pgid {
         let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
     }
+    let status = child.wait();
     cancel.check()?;
     let status =
         status.map_err(|e| BuildError::stage(stage, format!("waiting for {what}: {e}")))?;

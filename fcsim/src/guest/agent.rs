@@ -29,6 +29,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsFd as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -291,12 +292,18 @@ impl Agent {
     /// its mount namespace, then waits for the loop devices behind its images to be released.
     pub(crate) async fn stop(mut self) {
         // The agent's own mount namespace: never the simulator's (the agent may not have
-        // unshared yet, or may run without a namespace of its own).
-        let own = fs::read_link("/proc/self/ns/mnt").ok();
+        // unshared yet, or may run without a namespace of its own). Held open, so the
+        // namespace outlives the agent while its members are looked for: a namespace that died
+        // can have its identity (the nsfs inode) reused at once by a new one — `ip netns exec`
+        // makes one per command — and a scan by that identity would kill a stranger.
+        let own = namespace_id(Path::new("/proc/self/ns/mnt"));
         let namespace = self
             .pid()
-            .and_then(|p| fs::read_link(format!("/proc/{p}/ns/mnt")).ok())
-            .filter(|ns| Some(ns) != own.as_ref());
+            .and_then(|p| fs::File::open(format!("/proc/{p}/ns/mnt")).ok())
+            .filter(|ns| {
+                let id = ns.metadata().ok().map(|m| (m.dev(), m.ino()));
+                id.is_some() && id != own
+            });
         self.signal(Signal::SIGCONT);
         self.signal(Signal::SIGTERM);
         match tokio::time::timeout(AGENT_STOP_GRACE, self.child.wait()).await {
@@ -310,15 +317,17 @@ impl Agent {
         // Daemons a command started keep the namespace (and its loop devices) alive: in a real
         // guest they die with the kernel, so here they die with the agent.
         if !self.images.is_empty()
-            && let Some(ns) = namespace
+            && let Some(ns) = &namespace
         {
-            let left = kill_namespace_members(&ns);
+            let left = kill_namespace_members(ns);
             if left > 0 {
                 log::info(&format!(
                     "killed {left} process(es) the agent left in the guest's mount namespace"
                 ));
             }
         }
+        // Let go of the namespace: an open handle keeps it, and so its mounts and loop devices.
+        drop(namespace);
         for image in &self.images {
             let deadline = tokio::time::Instant::now() + LOOP_RELEASE_WAIT;
             loop {
@@ -344,15 +353,24 @@ impl Agent {
     }
 }
 
-/// SIGKILLs every process whose mount namespace is `ns` (a `/proc/<pid>/ns/mnt` link target);
-/// returns how many.
-fn kill_namespace_members(ns: &Path) -> usize {
+/// A namespace's identity: the device and inode of its nsfs file (what `stat` on
+/// `/proc/<pid>/ns/mnt` reports). Unique only while the namespace lives.
+fn namespace_id(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// SIGKILLs every process whose mount namespace is `ns` (an open `/proc/<pid>/ns/mnt`, which
+/// keeps the namespace and so its identity alive); returns how many.
+fn kill_namespace_members(ns: &fs::File) -> usize {
+    let Some(target) = ns.metadata().ok().map(|m| (m.dev(), m.ino())) else {
+        return 0;
+    };
     let Ok(entries) = fs::read_dir("/proc") else {
         return 0;
     };
     let mut killed = 0;
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        if fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l == ns)
+        if namespace_id(Path::new(&format!("/proc/{pid}/ns/mnt"))) == Some(target)
             && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
         {
             killed += 1;
