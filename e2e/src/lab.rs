@@ -281,20 +281,7 @@ impl Lab {
     pub fn register_image(&self, name: &str) {
         let dir = self.dir.join("image").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let kernel = dir.join("vmlinux");
-        std::fs::write(
-            &kernel,
-            b"banger lab e2e: simulator stand-in for a kernel\n",
-        )
-        .unwrap();
-        let rootfs = dir.join("rootfs.ext4");
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&rootfs)
-            .arg("32M")
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "mkfs.ext4 failed: {}", text(&made));
+        let (kernel, rootfs) = crate::stand_in_image_files(&dir);
         for h in &self.hosts {
             self.banger_ok(
                 0,

@@ -142,16 +142,7 @@ impl Stack {
     pub fn register_image(&self, name: &str) {
         let dir = self.dir.join("image").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let kernel = dir.join("vmlinux");
-        std::fs::write(&kernel, b"banger e2e: simulator stand-in for a kernel\n").unwrap();
-        let rootfs = dir.join("rootfs.ext4");
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&rootfs)
-            .arg("32M")
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "mkfs.ext4 failed: {}", text(&made));
+        let (kernel, rootfs) = stand_in_image_files(&dir);
         self.banger_ok(&[
             "image",
             "register",
@@ -213,6 +204,26 @@ impl Drop for Stack {
 /// When `name` or `id` are not valid.
 pub fn sample_event(name: &str, id: &str, kind: EventKind, seq: u64) -> VmEvent {
     banger_proto::testing::vm_event(name, id, "h1", kind, seq, banger_bus::now_ms())
+}
+
+/// A kernel stand-in (the simulator boots none) and an empty 32 MiB ext4 root drive in `dir`,
+/// the files `banger image register` needs.
+///
+/// # Panics
+/// When the files cannot be made.
+#[allow(clippy::unwrap_used, reason = "test fixture")]
+pub fn stand_in_image_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, b"banger e2e: simulator stand-in for a kernel\n").unwrap();
+    let rootfs = dir.join("rootfs.ext4");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&rootfs)
+        .arg("32M")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "mkfs.ext4 failed: {}", text(&made));
+    (kernel, rootfs)
 }
 
 /// SIGKILLs every process whose command line mentions `dir`.

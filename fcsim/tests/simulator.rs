@@ -961,12 +961,10 @@ fn image_tree_with_agent(tree: &Path) {
     }
 }
 
-#[tokio::test]
-async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices() {
-    let test = "an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices";
-    if !require_root(test) {
-        return;
-    }
+/// A root drive holding the agent (an ext4 image of [`image_tree_with_agent`]), an empty ext4
+/// work disk and a run directory, all under the returned temp dir; `None` (skipped, with the
+/// reason) when a program the chroot mode needs is missing.
+fn image_with_agent_and_work_disk(test: &str) -> Option<(TempDir, PathBuf, PathBuf, PathBuf)> {
     for p in [
         "mkfs.ext4",
         "losetup",
@@ -978,7 +976,7 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
     ] {
         if !have_program(p) {
             skip(test, &format!("no {p}"));
-            return;
+            return None;
         }
     }
     let tmp = TempDir::new().unwrap();
@@ -1001,9 +999,20 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
         .set_len(32 << 20)
         .unwrap();
     banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
-
     let dir = tmp.path().join("run");
     std::fs::create_dir(&dir).unwrap();
+    Some((tmp, root, work, dir))
+}
+
+#[tokio::test]
+async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices() {
+    let test = "an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices";
+    if !require_root(test) {
+        return;
+    }
+    let Some((tmp, root, work, dir)) = image_with_agent_and_work_disk(test) else {
+        return;
+    };
     let mut sim = spawn(&dir, Opts::default()).await;
     sim.configure("console=ttyS0 reboot=k", &root, &work).await;
     sim.fc.instance_start().await.unwrap();
@@ -1035,7 +1044,7 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
         .await
         .unwrap();
     assert_eq!(out.stdout, "on-work\n", "{out:?}");
-    assert!(!tree.join("root/f").exists());
+    assert!(!tmp.path().join("tree/root/f").exists());
     // A daemon left behind by a command must not keep the loop devices.
     let daemon = agent
         .exec_collect(&ExecRequest::new([
@@ -1095,42 +1104,9 @@ async fn a_crash_with_the_image_agent_releases_both_loop_devices() {
     if !require_root(test) {
         return;
     }
-    for p in [
-        "mkfs.ext4",
-        "losetup",
-        "unshare",
-        "mount",
-        "chroot",
-        "debugfs",
-        "ldd",
-    ] {
-        if !have_program(p) {
-            skip(test, &format!("no {p}"));
-            return;
-        }
-    }
-    let tmp = TempDir::new().unwrap();
-    let tree = tmp.path().join("tree");
-    image_tree_with_agent(&tree);
-    let root = tmp.path().join("root.ext4");
-    std::fs::File::create(&root)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
-    banger_testkit::netns::run_ok(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&tree)
-            .arg(&root),
-    );
-    let work = tmp.path().join("work.ext4");
-    std::fs::File::create(&work)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    banger_testkit::netns::run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&work));
-    let dir = tmp.path().join("run");
-    std::fs::create_dir(&dir).unwrap();
+    let Some((_tmp, root, work, dir)) = image_with_agent_and_work_disk(test) else {
+        return;
+    };
     let mut sim = spawn(
         &dir,
         Opts {
