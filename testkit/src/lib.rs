@@ -5,58 +5,20 @@
 //! - [`Process`]: a child process (a service binary) killed and reaped on drop.
 //! - [`wait_until`]: poll a condition with a deadline instead of sleeping.
 //! - [`bin_path`]: where cargo put a workspace binary.
-//! - [`require_root`] / [`skip`]: announce, never hide, a test that cannot run here.
+//! - [`skip`] / [`require_root`]: announce, never hide, a test that cannot run here, under
+//!   the test's own name (derived from libtest's thread name, never typed).
 //! - [`netns::NetNs`]: a private network namespace, deleted on drop.
 
 pub mod netns;
 pub mod otlp;
+mod skip;
+
+pub use skip::{SKIP_LOG_ENV, current_test, have_program, is_root, require_root, skip};
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The environment variable naming the file where skips are recorded; `scripts/test` sets it
-/// and counts the lines, because cargo hides the output of tests that pass.
-pub const SKIP_LOG_ENV: &str = "BANGER_SKIP_LOG";
-
-/// Announces that `test` cannot run here and why: printed, and appended to the skip log so the
-/// test command's summary counts it as skipped. Return right after calling it.
-pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
-    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{test}: {why}");
-        }
-    }
-}
-
-/// Whether we run as root; tests that need namespaces, taps or nftables call this first and
-/// [`skip`] when it is false.
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Whether `program` is on PATH.
-pub fn have_program(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-/// Returns true when the test may run; otherwise prints a skip line and returns false.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        skip(test, "needs root (network namespaces, taps, nftables)");
-        false
-    }
-}
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the caller to use), never one this
 /// process handed out before: the kernel readily returns a port just released, so two calls

@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn a_namespace_is_private_and_removed_on_drop() {
-        if !crate::require_root("a_namespace_is_private_and_removed_on_drop") {
+        if !crate::require_root() {
             return;
         }
         let ns = NetNs::create("t");
