@@ -394,7 +394,6 @@ async fn legacy_ping_helper_keys_are_accepted_with_a_deprecation_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vsock_listen_binds_and_exits_zero_on_sigterm() {
-    const TEST: &str = "vsock_listen_binds_and_exits_zero_on_sigterm";
     // A port of our own, so parallel runs on one host rarely collide.
     let port = 40_000 + std::process::id() % 20_000;
     match tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
@@ -403,7 +402,7 @@ async fn vsock_listen_binds_and_exits_zero_on_sigterm() {
     )) {
         Ok(probe) => drop(probe),
         Err(e) => {
-            banger_testkit::skip(TEST, &format!("AF_VSOCK is not available here: {e}"));
+            banger_testkit::skip(&format!("AF_VSOCK is not available here: {e}"));
             return;
         }
     }

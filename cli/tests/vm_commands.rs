@@ -252,9 +252,9 @@ struct Lab {
 
 impl Lab {
     /// Starts a nats-server; `None` (after announcing the skip) when it is not installed.
-    fn start(test: &str) -> Option<Self> {
+    fn start() -> Option<Self> {
         if !banger_testkit::have_program("nats-server") {
-            banger_testkit::skip(test, "nats-server is not installed");
+            banger_testkit::skip("nats-server is not installed");
             return None;
         }
         Some(Self {
@@ -415,7 +415,7 @@ async fn two_hosts(lab: &Lab) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_a_a_b_missing_stops_each_vm_once_in_typed_order_and_reports_missing() {
-    let Some(lab) = Lab::start("stop_a_a_b_missing") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -453,7 +453,7 @@ async fn stop_a_a_b_missing_stops_each_vm_once_in_typed_order_and_reports_missin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambiguous_prefix_lists_the_candidates_and_the_other_refs_still_run() {
-    let Some(lab) = Lab::start("ambiguous_prefix") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     lab.controller(
@@ -504,7 +504,7 @@ async fn an_ambiguous_prefix_lists_the_candidates_and_the_other_refs_still_run()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refs_that_all_miss_exit_4_and_a_refused_operation_exits_1() {
-    let Some(lab) = Lab::start("all_missing") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     lab.controller("h1", vec![vm("stuck", A, "h1", VmState::Running)], true)
@@ -519,7 +519,7 @@ async fn refs_that_all_miss_exit_4_and_a_refused_operation_exits_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_or_negative_cpus_or_memory_are_refused_before_anything_is_sent() {
-    let Some(lab) = Lab::start("non_positive_settings") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -590,7 +590,7 @@ async fn zero_or_negative_cpus_or_memory_are_refused_before_anything_is_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_sends_the_new_settings_to_every_vm_once() {
-    let Some(lab) = Lab::start("set_batch") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -615,7 +615,7 @@ async fn set_sends_the_new_settings_to_every_vm_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_names_the_hosts_that_did_not_answer() {
-    let Some(lab) = Lab::start("list_unreachable") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -662,7 +662,7 @@ async fn list_names_the_hosts_that_did_not_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_exits_with_the_guest_commands_status_and_passes_its_output() {
-    let Some(lab) = Lab::start("exec_status") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -677,7 +677,7 @@ async fn exec_exits_with_the_guest_commands_status_and_passes_its_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_uses_the_bundle_key_and_reminds_that_the_vm_still_runs() {
-    let Some(lab) = Lab::start("ssh_reminder") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     lab.controller(
@@ -752,7 +752,7 @@ fn write_script(path: &Path, body: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_wait_health_and_stats_ask_the_vms_own_controller() {
-    let Some(lab) = Lab::start("create_wait_health_stats") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -785,7 +785,7 @@ async fn create_wait_health_and_stats_ask_the_vms_own_controller() {
 async fn logs_print_the_tail_and_follow_until_interrupted() {
     use tokio::io::AsyncBufReadExt as _;
 
-    let Some(lab) = Lab::start("logs_follow") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     two_hosts(&lab).await;
@@ -826,7 +826,7 @@ async fn logs_print_the_tail_and_follow_until_interrupted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_wait_gives_up_at_once_when_the_vm_failed() {
-    let Some(lab) = Lab::start("create_wait_failed") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     lab.controller("h1", vec![], true).await;
@@ -854,7 +854,7 @@ async fn create_wait_gives_up_at_once_when_the_vm_failed() {
 /// escape sequence, even with NO_COLOR unset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_wait_off_a_terminal_prints_plain_lines_without_escape_codes() {
-    let Some(lab) = Lab::start("create_wait_no_tty") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     lab.controller("h1", vec![], true).await;
@@ -879,10 +879,10 @@ async fn create_wait_off_a_terminal_prints_plain_lines_without_escape_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_wait_on_a_terminal_shows_a_spinner_unless_no_color() {
     if !banger_testkit::have_program("script") {
-        banger_testkit::skip("create_wait_tty", "util-linux `script` is not installed");
+        banger_testkit::skip("util-linux `script` is not installed");
         return;
     }
-    let Some(lab) = Lab::start("create_wait_tty") else {
+    let Some(lab) = Lab::start() else {
         return;
     };
     lab.controller("h1", vec![], true).await;

@@ -79,145 +79,132 @@ fn expected_names() -> Vec<String> {
 
 #[test]
 fn every_service_registers_and_answers_srv_ping_with_its_host() {
-    in_private_netns(
-        "every_service_registers_and_answers_srv_ping_with_its_host",
-        || async {
-            let (_nats, _dir, _procs, bus) = start_every_service().await;
-            for s in bus.ping(None, Duration::from_millis(200)).await.unwrap() {
-                assert_eq!(
-                    s.host(),
-                    Some(HOST),
-                    "{} metadata: {:?}",
-                    s.name,
-                    s.metadata
-                );
-                assert_eq!(
-                    s.metadata.get("contract").map(String::as_str),
-                    Some(banger_proto::CONTRACT_VERSION)
-                );
-            }
-        },
-    );
+    in_private_netns(|| async {
+        let (_nats, _dir, _procs, bus) = start_every_service().await;
+        for s in bus.ping(None, Duration::from_millis(200)).await.unwrap() {
+            assert_eq!(
+                s.host(),
+                Some(HOST),
+                "{} metadata: {:?}",
+                s.name,
+                s.metadata
+            );
+            assert_eq!(
+                s.metadata.get("contract").map(String::as_str),
+                Some(banger_proto::CONTRACT_VERSION)
+            );
+        }
+    });
 }
 
 /// A request carrying a `traceparent` is handled in the same trace: the reply's
 /// `traceparent` has the caller's trace id and a new span id (the service's span).
 #[test]
 fn a_request_continues_the_callers_trace_in_every_service() {
-    in_private_netns(
-        "a_request_continues_the_callers_trace_in_every_service",
-        || async {
-            let (_nats, _dir, _procs, bus) = start_every_service().await;
+    in_private_netns(|| async {
+        let (_nats, _dir, _procs, bus) = start_every_service().await;
 
-            let s = Subjects::default();
-            let host = banger_proto::HostId::new(HOST).unwrap();
-            let subjects = [
-                s.vm_list(),
-                s.host_net(&host, banger_proto::subject::NetOp::Status),
-                s.host_store(&host, banger_proto::subject::StoreOp::ImageList),
-                s.dns(banger_proto::subject::DnsOp::Status),
-            ];
-            let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-            let parent_span = "00f067aa0ba902b7";
-            for subject in subjects {
-                let mut headers = HeaderMap::new();
-                headers.insert(
-                    "traceparent",
-                    format!("00-{trace_id}-{parent_span}-01").as_str(),
-                );
-                let reply = bus
-                    .client()
-                    .request_with_headers(
-                        subject.clone(),
-                        headers,
-                        bytes::Bytes::from_static(b"{}"),
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("{subject}: {e}"));
-                let tp = reply
+        let s = Subjects::default();
+        let host = banger_proto::HostId::new(HOST).unwrap();
+        let subjects = [
+            s.vm_list(),
+            s.host_net(&host, banger_proto::subject::NetOp::Status),
+            s.host_store(&host, banger_proto::subject::StoreOp::ImageList),
+            s.dns(banger_proto::subject::DnsOp::Status),
+        ];
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let parent_span = "00f067aa0ba902b7";
+        for subject in subjects {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "traceparent",
+                format!("00-{trace_id}-{parent_span}-01").as_str(),
+            );
+            let reply = bus
+                .client()
+                .request_with_headers(subject.clone(), headers, bytes::Bytes::from_static(b"{}"))
+                .await
+                .unwrap_or_else(|e| panic!("{subject}: {e}"));
+            let tp = reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("traceparent"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_else(|| panic!("{subject}: reply has no traceparent"));
+            let parts: Vec<&str> = tp.split('-').collect();
+            assert_eq!(parts.len(), 4, "{subject}: {tp}");
+            assert_eq!(
+                parts[1], trace_id,
+                "{subject}: trace id not continued: {tp}"
+            );
+            assert_ne!(
+                parts[2], parent_span,
+                "{subject}: the service made no span of its own"
+            );
+            assert!(
+                reply
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get("traceparent"))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_else(|| panic!("{subject}: reply has no traceparent"));
-                let parts: Vec<&str> = tp.split('-').collect();
-                assert_eq!(parts.len(), 4, "{subject}: {tp}");
-                assert_eq!(
-                    parts[1], trace_id,
-                    "{subject}: trace id not continued: {tp}"
-                );
-                assert_ne!(
-                    parts[2], parent_span,
-                    "{subject}: the service made no span of its own"
-                );
-                assert!(
-                    reply
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Service-Error"))
-                        .is_none(),
-                    "{subject}: unexpected error reply"
-                );
-            }
-        },
-    );
+                    .and_then(|h| h.get("Nats-Service-Error"))
+                    .is_none(),
+                "{subject}: unexpected error reply"
+            );
+        }
+    });
 }
 
 #[test]
 fn a_service_answers_again_after_nats_server_restarts() {
-    in_private_netns(
-        "a_service_answers_again_after_nats_server_restarts",
-        || async {
-            let mut nats = NatsServer::start();
-            let dir = tempfile_dir();
-            let _netd = start_service("banger-netd", &nats, dir.path());
-            let bus_before = bus(&nats).await;
-            wait_until("netd to answer", Duration::from_secs(20), || async {
-                names_answering_ping(&bus_before).await == ["netd"]
-            })
-            .await;
+    in_private_netns(|| async {
+        let mut nats = NatsServer::start();
+        let dir = tempfile_dir();
+        let _netd = start_service("banger-netd", &nats, dir.path());
+        let bus_before = bus(&nats).await;
+        wait_until("netd to answer", Duration::from_secs(20), || async {
+            names_answering_ping(&bus_before).await == ["netd"]
+        })
+        .await;
 
-            nats.restart();
+        nats.restart();
 
-            // A fresh client, so only the service's reconnect is under test.
-            let bus_after = bus(&nats).await;
-            wait_until(
-                "netd to answer after the restart",
-                Duration::from_secs(30),
-                || async { names_answering_ping(&bus_after).await == ["netd"] },
-            )
-            .await;
-            // The service API subscriptions and the endpoint subscriptions are restored separately,
-            // so wait for a real request to succeed rather than assuming their order.
-            let subject = Subjects::default().host_net(
-                &banger_proto::HostId::new(HOST).unwrap(),
-                banger_proto::subject::NetOp::Status,
-            );
-            let status = std::sync::Mutex::new(serde_json::Value::Null);
-            wait_until(
-                "netd to answer a request after the restart",
-                Duration::from_secs(30),
-                || async {
-                    let r = bus_after
-                        .request::<_, serde_json::Value>(
-                            subject.clone(),
-                            &serde_json::json!({}),
-                            Duration::from_secs(1),
-                        )
-                        .await;
-                    r.map(|v| *status.lock().unwrap() = v).is_ok()
-                },
-            )
-            .await;
-            let status = status.into_inner().unwrap();
-            assert!(status.get("bridge").is_some(), "{status}");
-        },
-    );
+        // A fresh client, so only the service's reconnect is under test.
+        let bus_after = bus(&nats).await;
+        wait_until(
+            "netd to answer after the restart",
+            Duration::from_secs(30),
+            || async { names_answering_ping(&bus_after).await == ["netd"] },
+        )
+        .await;
+        // The service API subscriptions and the endpoint subscriptions are restored separately,
+        // so wait for a real request to succeed rather than assuming their order.
+        let subject = Subjects::default().host_net(
+            &banger_proto::HostId::new(HOST).unwrap(),
+            banger_proto::subject::NetOp::Status,
+        );
+        let status = std::sync::Mutex::new(serde_json::Value::Null);
+        wait_until(
+            "netd to answer a request after the restart",
+            Duration::from_secs(30),
+            || async {
+                let r = bus_after
+                    .request::<_, serde_json::Value>(
+                        subject.clone(),
+                        &serde_json::json!({}),
+                        Duration::from_secs(1),
+                    )
+                    .await;
+                r.map(|v| *status.lock().unwrap() = v).is_ok()
+            },
+        )
+        .await;
+        let status = status.into_inner().unwrap();
+        assert!(status.get("bridge").is_some(), "{status}");
+    });
 }
 
 #[test]
 fn every_service_exits_cleanly_on_sigterm() {
-    in_private_netns("every_service_exits_cleanly_on_sigterm", || async {
+    in_private_netns(|| async {
         let nats = NatsServer::start();
         let dir = tempfile_dir();
         let mut procs: Vec<(&str, Process)> = SERVICES
@@ -243,12 +230,12 @@ fn every_service_exits_cleanly_on_sigterm() {
 /// Runs a test body inside a private network namespace (as root): netd creates a real bridge
 /// and nftables table and turns on IP forwarding, which must never touch the host's network.
 /// nats-server and every service started in `body` run in the namespace too.
-fn in_private_netns<F, Fut>(test: &str, body: F)
+fn in_private_netns<F, Fut>(body: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
     let ns = NetNs::create("bf");
@@ -289,25 +276,22 @@ impl Drop for TempDir {
 /// stopping at once) used to hang in its drain, waiting on the dead connection.
 #[test]
 fn a_service_exits_on_sigterm_even_when_nats_is_gone() {
-    in_private_netns(
-        "a_service_exits_on_sigterm_even_when_nats_is_gone",
-        || async {
-            let mut nats = NatsServer::start();
-            let dir = tempfile_dir();
-            let mut netd = start_service("banger-netd", &nats, dir.path());
-            let bus = bus(&nats).await;
-            wait_until("netd to answer", Duration::from_secs(20), || async {
-                names_answering_ping(&bus).await == ["netd"]
-            })
-            .await;
-            nats.stop();
-            let status = netd
-                .terminate(Duration::from_secs(15))
-                .expect("exit status");
-            assert!(
-                status.success(),
-                "netd exited with {status} on SIGTERM while NATS was down"
-            );
-        },
-    );
+    in_private_netns(|| async {
+        let mut nats = NatsServer::start();
+        let dir = tempfile_dir();
+        let mut netd = start_service("banger-netd", &nats, dir.path());
+        let bus = bus(&nats).await;
+        wait_until("netd to answer", Duration::from_secs(20), || async {
+            names_answering_ping(&bus).await == ["netd"]
+        })
+        .await;
+        nats.stop();
+        let status = netd
+            .terminate(Duration::from_secs(15))
+            .expect("exit status");
+        assert!(
+            status.success(),
+            "netd exited with {status} on SIGTERM while NATS was down"
+        );
+    });
 }

@@ -146,7 +146,7 @@ async fn events_since_without_history_says_why() {
 
 #[test]
 fn events_show_a_vm_created_meanwhile_on_a_real_stack() {
-    if !banger_testkit::require_root("events_show_a_vm_created_meanwhile_on_a_real_stack") {
+    if !banger_testkit::require_root() {
         return;
     }
     let stack = banger_e2e::Stack::new("ev");

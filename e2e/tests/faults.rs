@@ -110,7 +110,7 @@ fn assert_converged(stack: &Stack) {
 
 #[test]
 fn killed_services_and_nats_come_back_and_the_system_converges() {
-    if !require_root("killed_services_and_nats_come_back_and_the_system_converges") {
+    if !require_root() {
         return;
     }
     let mut stack = Stack::new("flt");

@@ -199,7 +199,7 @@ fn tiny_void_tarball(dir: &Path, filler_mib: u64) -> PathBuf {
 
 #[test]
 fn bad_input_is_refused_with_a_clear_error_and_nothing_left() {
-    if !require_root("bad_input_is_refused_with_a_clear_error_and_nothing_left") {
+    if !require_root() {
         return;
     }
     let stack = Stack::new("imgbad");
@@ -245,8 +245,8 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_left() {
         assert_refused(&out, USAGE, "state directory is not writable");
     } else {
         skip(
-            "bad_input_is_refused_with_a_clear_error_and_nothing_left (unwritable state dir)",
-            "chattr +i is not supported on this file system",
+            "the unwritable-state-dir case did not run: chattr +i is not supported on this file \
+             system",
         );
     }
     assert_nothing_left(&stack, "unwritable state dir");
@@ -284,7 +284,7 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_left() {
 
 #[test]
 fn a_void_image_from_a_tarball_builds_verifies_and_runs_its_own_agent() {
-    if !require_root("a_void_image_from_a_tarball_builds_verifies_and_runs_its_own_agent") {
+    if !require_root() {
         return;
     }
     let stack = Stack::new("imgvoid");
@@ -378,19 +378,15 @@ fn debootstrap_tarball(stack: &Stack) -> PathBuf {
 
 #[test]
 fn the_debian_image_builds_verifies_and_boots_with_its_own_agent() {
-    const TEST: &str = "the_debian_image_builds_verifies_and_boots_with_its_own_agent";
-    if !require_root(TEST) {
+    if !require_root() {
         return;
     }
     if banger_imagebuild::spec::find_in_path("debootstrap").is_none() {
-        skip(
-            TEST,
-            "debootstrap is not installed (./scripts/setup installs it)",
-        );
+        skip("debootstrap is not installed (./scripts/setup installs it)");
         return;
     }
     if let Err(why) = mirror_reachable() {
-        skip(TEST, &format!("the Debian mirror is unreachable: {why}"));
+        skip(&format!("the Debian mirror is unreachable: {why}"));
         return;
     }
     let stack = Stack::new("imgdeb");

@@ -114,12 +114,9 @@ fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
-fn can_run(test: &str) -> bool {
+fn can_run() -> bool {
     if !have_program("mkfs.ext4") {
-        skip(
-            test,
-            "mkfs.ext4 is not installed (apt-get install e2fsprogs)",
-        );
+        skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
         return false;
     }
     true
@@ -127,7 +124,7 @@ fn can_run(test: &str) -> bool {
 
 #[test]
 fn image_register_list_show_remove_through_the_cli() {
-    if !can_run("image_register_list_show_remove_through_the_cli") {
+    if !can_run() {
         return;
     }
     let s = Stack::start();
@@ -218,7 +215,7 @@ fn image_register_list_show_remove_through_the_cli() {
 
 #[test]
 fn bad_image_input_gets_a_clear_error_and_exit_code() {
-    if !can_run("bad_image_input_gets_a_clear_error_and_exit_code") {
+    if !can_run() {
         return;
     }
     let mut s = Stack::start();

@@ -181,13 +181,12 @@ fn guest_pings(lab: &Lab, from: &str, to_ip: &str) -> bool {
 
 #[test]
 fn a_three_host_lab_routes_resolves_survives_a_cut_and_converges() {
-    let name = "a_three_host_lab_routes_resolves_survives_a_cut_and_converges";
-    if !require_root(name) {
+    if !require_root() {
         return;
     }
     for program in ["nats-server", "dig", "mkfs.ext4"] {
         if !have_program(program) {
-            skip(name, &format!("{program} is not installed"));
+            skip(&format!("{program} is not installed"));
             return;
         }
     }

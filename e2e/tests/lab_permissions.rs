@@ -73,11 +73,11 @@ fn password(user: &str) -> &'static str {
         .unwrap()
 }
 
-fn nats_server_here(test: &str) -> bool {
+fn nats_server_here() -> bool {
     if have_program("nats-server") {
         true
     } else {
-        skip(test, "nats-server is not installed");
+        skip("nats-server is not installed");
         false
     }
 }
@@ -337,8 +337,7 @@ async fn delivered(
 
 #[test]
 fn every_server_config_passes_nats_server_check() {
-    let test = "every_server_config_passes_nats_server_check";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     for config in SERVER_CONFIGS {
@@ -376,8 +375,7 @@ fn every_server_config_passes_nats_server_check() {
 /// Unauthenticated and wrongly authenticated clients are refused.
 #[test]
 fn a_client_without_credentials_is_refused() {
-    let test = "a_client_without_credentials_is_refused";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     let server = LabServer::single();
@@ -397,8 +395,7 @@ fn a_client_without_credentials_is_refused() {
 /// on another service's subjects.
 #[test]
 fn a_service_role_cannot_use_another_services_subjects() {
-    let test = "a_service_role_cannot_use_another_services_subjects";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     let server = LabServer::single();
@@ -479,8 +476,7 @@ fn a_service_role_cannot_use_another_services_subjects() {
 /// The viewer watches events (live and replayed from the stream) but cannot create a VM.
 #[test]
 fn the_viewer_watches_events_but_cannot_create_a_vm() {
-    let test = "the_viewer_watches_events_but_cannot_create_a_vm";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     let server = LabServer::single();
@@ -557,8 +553,7 @@ fn the_viewer_watches_events_but_cannot_create_a_vm() {
 /// permissions violation while starting and serving.
 #[test]
 fn the_services_run_with_their_role_credentials() {
-    let test = "the_services_run_with_their_role_credentials";
-    if !nats_server_here(test) || !require_root(test) {
+    if !nats_server_here() || !require_root() {
         return;
     }
     // netd makes a bridge and nftables rules: inside a private namespace, like every process
@@ -678,8 +673,7 @@ fn the_services_run_with_their_role_credentials() {
 /// subscriber on node C, with the users and permissions of the configs on every node.
 #[test]
 fn the_three_cluster_configs_form_one_cluster() {
-    let test = "the_three_cluster_configs_form_one_cluster";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     let route_ports = [free_port(), free_port(), free_port()];
@@ -748,15 +742,11 @@ fn the_three_cluster_configs_form_one_cluster() {
 /// client needs the lab CA and, because of `verify: true`, a client certificate too.
 #[test]
 fn the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate() {
-    let test = "the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     if !have_program("openssl") {
-        skip(
-            test,
-            "openssl is not installed (it makes the test certificates)",
-        );
+        skip("openssl is not installed (it makes the test certificates)");
         return;
     }
     let tls = tempfile::tempdir().unwrap();
@@ -810,8 +800,7 @@ fn the_shown_tls_block_requires_the_lab_ca_and_a_client_certificate() {
 /// else's, so a logged-in service cannot read the operator's replies.
 #[test]
 fn one_role_cannot_read_another_roles_replies() {
-    let test = "one_role_cannot_read_another_roles_replies";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     let server = LabServer::single();
@@ -877,8 +866,7 @@ fn one_role_cannot_read_another_roles_replies() {
 /// refuses before connecting.
 #[test]
 fn services_refuse_an_open_server_when_the_lab_requires_auth() {
-    let test = "services_refuse_an_open_server_when_the_lab_requires_auth";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     let open = banger_testkit::NatsServer::start();
@@ -937,8 +925,7 @@ fn services_refuse_an_open_server_when_the_lab_requires_auth() {
 /// inbox prefix and `require_auth`), a service's environment file logs it in as its role.
 #[test]
 fn lab_init_writes_credentials_that_log_in_with_their_role() {
-    let test = "lab_init_writes_credentials_that_log_in_with_their_role";
-    if !nats_server_here(test) {
+    if !nats_server_here() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;

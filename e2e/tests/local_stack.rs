@@ -15,7 +15,7 @@ use banger_testkit::require_root;
 
 #[test]
 fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
-    if !require_root("up_starts_every_service_on_a_private_bus_and_down_leaves_no_process") {
+    if !require_root() {
         return;
     }
     let stack = Stack::new("up");

@@ -18,20 +18,15 @@ use std::time::Duration;
 use banger_e2e::Stack;
 use banger_testkit::{require_root, skip};
 
-const TEST: &str = "nats_py_sees_every_transition_of_every_vm_in_order";
-
 #[test]
 fn nats_py_sees_every_transition_of_every_vm_in_order() {
-    if !require_root(TEST) {
+    if !require_root() {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let python = repo.join(".venv-e2e/bin/python");
     if !python.exists() {
-        return skip(
-            TEST,
-            "nats-py is not installed in .venv-e2e: run ./scripts/setup",
-        );
+        return skip("nats-py is not installed in .venv-e2e: run ./scripts/setup");
     }
     let stack = Stack::new("py");
     stack.up();

@@ -64,7 +64,7 @@ fn assert_served_in_trace(spans: &[Span], root: &Span, service: &str, subject_pa
 
 #[test]
 fn banger_status_is_one_trace_across_the_services_it_asks() {
-    if !require_root("banger_status_is_one_trace_across_the_services_it_asks") {
+    if !require_root() {
         return;
     }
     let (stack, receiver) = stack_exporting_to("tr");
@@ -90,7 +90,7 @@ fn banger_status_is_one_trace_across_the_services_it_asks() {
 
 #[test]
 fn vm_create_is_one_trace_through_controller_stord_and_netd_linked_to_dns() {
-    if !require_root("vm_create_is_one_trace_through_controller_stord_and_netd_linked_to_dns") {
+    if !require_root() {
         return;
     }
     let (stack, receiver) = stack_exporting_to("tc");

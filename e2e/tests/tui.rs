@@ -220,13 +220,12 @@ fn listed_state(stack: &Stack, name: &str) -> Option<String> {
 
 #[test]
 fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
-    let test = "the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
     for program in ["tmux", "mkfs.ext4"] {
         if !have_program(program) {
-            return skip(test, &format!("{program} is not installed"));
+            return skip(&format!("{program} is not installed"));
         }
     }
     let stack = Stack::new("tui");
@@ -358,10 +357,9 @@ fn the_tui_creates_and_stops_a_vm_and_follows_events_from_elsewhere() {
 
 #[test]
 fn the_tui_shows_a_dropped_connection_and_restores_the_terminal_on_sigterm() {
-    let test = "the_tui_shows_a_dropped_connection_and_restores_the_terminal_on_sigterm";
     for program in ["tmux", "nats-server"] {
         if !have_program(program) {
-            return skip(test, &format!("{program} is not installed"));
+            return skip(&format!("{program} is not installed"));
         }
     }
     // A bus with no banger services on it: the list cannot be had, and the TUI says so.

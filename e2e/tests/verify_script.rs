@@ -36,7 +36,7 @@ fn verify(stack: &Stack, args: &[&str]) -> Output {
 
 #[test]
 fn verify_passes_on_a_healthy_vm_and_explains_a_missed_deadline() {
-    if !require_root("verify_passes_on_a_healthy_vm_and_explains_a_missed_deadline") {
+    if !require_root() {
         return;
     }
     let mut stack = Stack::new("vfy");

@@ -27,15 +27,11 @@ fn err(o: &Output) -> String {
 
 #[test]
 fn the_vm_commands_drive_the_real_controller_from_create_to_delete() {
-    let test = "the_vm_commands_drive_the_real_controller_from_create_to_delete";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
     if !have_program("mkfs.ext4") {
-        return skip(
-            test,
-            "mkfs.ext4 is not installed (apt-get install e2fsprogs)",
-        );
+        return skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
     }
     let stack = Stack::new("vmcli");
     stack.up();

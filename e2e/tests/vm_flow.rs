@@ -67,7 +67,7 @@ fn loops_under(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn a_user_session_from_up_to_down_leaves_nothing_behind() {
-    if !require_root("a_user_session_from_up_to_down_leaves_nothing_behind") {
+    if !require_root() {
         return;
     }
     let stack = Stack::new("flow");

@@ -147,9 +147,9 @@ impl Sim {
 
     /// Configures an ext4 root and a plain work disk; `false` (the test is skipped) without
     /// `mkfs.ext4`.
-    async fn configure_plain(&self, test: &str) -> bool {
+    async fn configure_plain(&self) -> bool {
         let Some(root) = ext4_image(&self.dir, "root.img") else {
-            skip(test, "no mkfs.ext4 (apt-get install e2fsprogs)");
+            skip("no mkfs.ext4 (apt-get install e2fsprogs)");
             return false;
         };
         let work = plain_file(&self.dir, "work.img");
@@ -227,12 +227,7 @@ async fn configured_through_the_client_it_boots_serves_the_agent_and_exits_on_ct
         "{err}"
     );
 
-    if !sim
-        .configure_plain(
-            "configured_through_the_client_it_boots_serves_the_agent_and_exits_on_ctrl_alt_del",
-        )
-        .await
-    {
+    if !sim.configure_plain().await {
         return;
     }
     let metrics = tmp.path().join("metrics.json");
@@ -401,10 +396,7 @@ async fn a_body_that_violates_the_definition_gets_a_400_with_fault_message() {
 async fn pre_boot_requests_after_start_are_rejected_like_firecracker() {
     let tmp = TempDir::new().unwrap();
     let mut sim = spawn(tmp.path(), Opts::default()).await;
-    if !sim
-        .configure_plain("pre_boot_requests_after_start_are_rejected_like_firecracker")
-        .await
-    {
+    if !sim.configure_plain().await {
         return;
     }
     sim.fc.instance_start().await.unwrap();
@@ -444,10 +436,7 @@ async fn fault_ignore_ctrl_alt_del_keeps_the_guest_running_until_sigterm() {
         },
     )
     .await;
-    if !sim
-        .configure_plain("fault_ignore_ctrl_alt_del_keeps_the_guest_running_until_sigterm")
-        .await
-    {
+    if !sim.configure_plain().await {
         return;
     }
     sim.fc.instance_start().await.unwrap();
@@ -478,10 +467,7 @@ async fn fault_slow_boot_delays_the_agent() {
         },
     )
     .await;
-    if !sim
-        .configure_plain("fault_slow_boot_delays_the_agent")
-        .await
-    {
+    if !sim.configure_plain().await {
         return;
     }
     sim.fc.instance_start().await.unwrap();
@@ -506,10 +492,7 @@ async fn fault_crash_after_exits_non_zero_and_leaves_the_socket() {
         },
     )
     .await;
-    if !sim
-        .configure_plain("fault_crash_after_exits_non_zero_and_leaves_the_socket")
-        .await
-    {
+    if !sim.configure_plain().await {
         return;
     }
     let pid = sim.proc.pid();
@@ -545,10 +528,7 @@ async fn fault_leave_socket_from_the_environment_for_this_vm_only() {
         },
     )
     .await;
-    if !sim
-        .configure_plain("fault_leave_socket_from_the_environment_for_this_vm_only")
-        .await
-    {
+    if !sim.configure_plain().await {
         return;
     }
     sim.fc.instance_start().await.unwrap();
@@ -630,8 +610,7 @@ fn members_of_netns(ns: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
-    let test = "the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
     for p in [
@@ -643,7 +622,7 @@ async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
         "mount",
     ] {
         if !have_program(p) {
-            skip(test, &format!("no {p}"));
+            skip(&format!("no {p}"));
             return;
         }
     }
@@ -864,13 +843,12 @@ fn loops_of(image: &Path) -> String {
 
 #[tokio::test]
 async fn a_file_written_on_the_work_disk_survives_a_restart_and_no_loop_device_leaks() {
-    let test = "a_file_written_on_the_work_disk_survives_a_restart_and_no_loop_device_leaks";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
     for p in ["mkfs.ext4", "losetup", "unshare", "mount"] {
         if !have_program(p) {
-            skip(test, &format!("no {p}"));
+            skip(&format!("no {p}"));
             return;
         }
     }
@@ -964,7 +942,7 @@ fn image_tree_with_agent(tree: &Path) {
 /// A root drive holding the agent (an ext4 image of [`image_tree_with_agent`]), an empty ext4
 /// work disk and a run directory, all under the returned temp dir; `None` (skipped, with the
 /// reason) when a program the chroot mode needs is missing.
-fn image_with_agent_and_work_disk(test: &str) -> Option<(TempDir, PathBuf, PathBuf, PathBuf)> {
+fn image_with_agent_and_work_disk() -> Option<(TempDir, PathBuf, PathBuf, PathBuf)> {
     for p in [
         "mkfs.ext4",
         "losetup",
@@ -975,7 +953,7 @@ fn image_with_agent_and_work_disk(test: &str) -> Option<(TempDir, PathBuf, PathB
         "ldd",
     ] {
         if !have_program(p) {
-            skip(test, &format!("no {p}"));
+            skip(&format!("no {p}"));
             return None;
         }
     }
@@ -1006,11 +984,10 @@ fn image_with_agent_and_work_disk(test: &str) -> Option<(TempDir, PathBuf, PathB
 
 #[tokio::test]
 async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices() {
-    let test = "an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
-    let Some((tmp, root, work, dir)) = image_with_agent_and_work_disk(test) else {
+    let Some((tmp, root, work, dir)) = image_with_agent_and_work_disk() else {
         return;
     };
     let mut sim = spawn(&dir, Opts::default()).await;
@@ -1078,13 +1055,12 @@ async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices
 
 #[tokio::test]
 async fn an_image_without_the_agent_runs_the_hosts_and_says_so() {
-    let test = "an_image_without_the_agent_runs_the_hosts_and_says_so";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
     let tmp = TempDir::new().unwrap();
     let mut sim = spawn(tmp.path(), Opts::default()).await;
-    if !sim.configure_plain(test).await {
+    if !sim.configure_plain().await {
         return;
     }
     sim.fc.instance_start().await.unwrap();
@@ -1100,11 +1076,10 @@ async fn an_image_without_the_agent_runs_the_hosts_and_says_so() {
 
 #[tokio::test]
 async fn a_crash_with_the_image_agent_releases_both_loop_devices() {
-    let test = "a_crash_with_the_image_agent_releases_both_loop_devices";
-    if !require_root(test) {
+    if !require_root() {
         return;
     }
-    let Some((_tmp, root, work, dir)) = image_with_agent_and_work_disk(test) else {
+    let Some((_tmp, root, work, dir)) = image_with_agent_and_work_disk() else {
         return;
     };
     let mut sim = spawn(

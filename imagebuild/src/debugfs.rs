@@ -189,10 +189,7 @@ mod tests {
             .arg("8M")
             .status();
         if !made.is_ok_and(|s| s.success()) {
-            banger_testkit::skip(
-                "a_real_image_is_read_without_mounting_it",
-                "mkfs.ext4 (e2fsprogs) is not installed",
-            );
+            banger_testkit::skip("mkfs.ext4 (e2fsprogs) is not installed");
             return;
         }
         let image = Image(&img);

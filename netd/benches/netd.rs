@@ -113,14 +113,11 @@ fn ip(ns: &str, args: &[&str]) -> Duration {
 
 fn main() {
     if !is_root() {
-        skip(
-            "netd bench",
-            "needs root (network namespace, taps, nftables)",
-        );
+        skip("needs root (network namespace, taps, nftables)");
         return;
     }
     if !have_program("nats-server") || !have_program("nft") {
-        skip("netd bench", "needs nats-server and nft on PATH");
+        skip("needs nats-server and nft on PATH");
         return;
     }
     let ns = NetNs::create("bench");

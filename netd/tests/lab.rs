@@ -191,7 +191,7 @@ impl Guest {
 
 #[test]
 fn vms_on_two_hosts_reach_each_other_by_address_through_netds_routes() {
-    if !require_root("vms_on_two_hosts_reach_each_other_by_address_through_netds_routes") {
+    if !require_root() {
         return;
     }
     let ns_a = NetNs::create("la");
@@ -302,10 +302,7 @@ fn lab(range: &str) -> LabConfig {
 #[test]
 fn racing_hosts_never_claim_the_same_subnet_and_a_host_gets_its_own_back() {
     if !banger_testkit::have_program("nats-server") {
-        banger_testkit::skip(
-            "racing_hosts_never_claim_the_same_subnet_and_a_host_gets_its_own_back",
-            "nats-server is not installed",
-        );
+        banger_testkit::skip("nats-server is not installed");
         return;
     }
     let nats = NatsServer::start();

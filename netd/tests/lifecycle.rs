@@ -35,7 +35,7 @@ fn status(fx: &Fixture) -> NetStatus {
 
 #[test]
 fn attach_puts_each_vm_tap_on_the_bridge_with_a_stable_lease() {
-    if !require_root("attach_puts_each_vm_tap_on_the_bridge_with_a_stable_lease") {
+    if !require_root() {
         return;
     }
     let fx = Fixture::start("at", Options::default());
@@ -112,7 +112,7 @@ fn attach_puts_each_vm_tap_on_the_bridge_with_a_stable_lease() {
 
 #[test]
 fn stopped_event_removes_the_tap_and_keeps_the_lease_and_deleted_releases_it() {
-    if !require_root("stopped_event_removes_the_tap_and_keeps_the_lease_and_deleted_releases_it") {
+    if !require_root() {
         return;
     }
     let fx = Fixture::start("ev", Options::default());
@@ -154,7 +154,7 @@ fn stopped_event_removes_the_tap_and_keeps_the_lease_and_deleted_releases_it() {
 
 #[test]
 fn restart_removes_orphan_taps_and_keeps_leases() {
-    if !require_root("restart_removes_orphan_taps_and_keeps_leases") {
+    if !require_root() {
         return;
     }
     let mut fx = Fixture::start("rs", Options::default());
@@ -206,7 +206,7 @@ fn restart_removes_orphan_taps_and_keeps_leases() {
 
 #[test]
 fn bad_input_gets_clear_errors_and_changes_nothing() {
-    if !require_root("bad_input_gets_clear_errors_and_changes_nothing") {
+    if !require_root() {
         return;
     }
     // A /29 holds the network, the gateway, five VMs and the broadcast address.
@@ -280,7 +280,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 
 #[test]
 fn detach_skips_rule_teardown_when_the_rules_are_already_gone_and_reconcile_restores_the_table() {
-    if !require_root("detach_skips_rule_teardown_when_the_rules_are_already_gone") {
+    if !require_root() {
         return;
     }
     let fx = Fixture::start(
@@ -322,7 +322,7 @@ fn detach_skips_rule_teardown_when_the_rules_are_already_gone_and_reconcile_rest
 
 #[test]
 fn an_idle_netd_removes_its_table_and_bridge_on_exit_and_keeps_the_leases() {
-    if !require_root("an_idle_netd_removes_its_table_and_bridge_on_exit_and_keeps_the_leases") {
+    if !require_root() {
         return;
     }
     let mut fx = Fixture::start("ex", Options::default());
@@ -352,7 +352,7 @@ fn an_idle_netd_removes_its_table_and_bridge_on_exit_and_keeps_the_leases() {
 
 #[test]
 fn a_busy_netd_leaves_taps_bridge_and_rules_on_exit_so_vms_keep_their_network() {
-    if !require_root("a_busy_netd_leaves_taps_bridge_and_rules_on_exit") {
+    if !require_root() {
         return;
     }
     let mut fx = Fixture::start("bz", Options::default());
@@ -377,7 +377,7 @@ fn a_busy_netd_leaves_taps_bridge_and_rules_on_exit_so_vms_keep_their_network() 
 
 #[test]
 fn a_burst_of_stopped_events_tears_all_taps_down_and_keeps_every_lease() {
-    if !require_root("a_burst_of_stopped_events_tears_all_taps_down_and_keeps_every_lease") {
+    if !require_root() {
         return;
     }
     let fx = Fixture::start("bu", Options::default());
@@ -419,7 +419,7 @@ fn a_burst_of_stopped_events_tears_all_taps_down_and_keeps_every_lease() {
 
 #[test]
 fn delete_many_removes_exactly_the_given_taps_in_one_group_delete() {
-    if !require_root("delete_many_removes_exactly_the_given_taps_in_one_group_delete") {
+    if !require_root() {
         return;
     }
     let ns = banger_testkit::netns::NetNs::create("dm");
@@ -453,7 +453,7 @@ fn delete_many_removes_exactly_the_given_taps_in_one_group_delete() {
 
 #[test]
 fn concurrent_deletions_are_merged_into_one_kernel_operation() {
-    if !require_root("concurrent_deletions_are_merged_into_one_kernel_operation") {
+    if !require_root() {
         return;
     }
     let ns = banger_testkit::netns::NetNs::create("cm");
@@ -492,7 +492,7 @@ fn concurrent_deletions_are_merged_into_one_kernel_operation() {
 
 #[test]
 fn a_stopped_event_overtaken_by_the_restarts_attach_leaves_the_new_tap_alone() {
-    if !require_root("a_stopped_event_overtaken_by_the_restarts_attach_leaves_the_new_tap_alone") {
+    if !require_root() {
         return;
     }
     let fx = Fixture::start("ov", Options::default());
@@ -531,7 +531,7 @@ fn a_stopped_event_overtaken_by_the_restarts_attach_leaves_the_new_tap_alone() {
 
 #[test]
 fn concurrent_interface_listings_on_one_connection_all_succeed() {
-    if !require_root("concurrent_interface_listings_on_one_connection_all_succeed") {
+    if !require_root() {
         return;
     }
     // Regression: concurrent detaches each list the interfaces, and the kernel refuses a second

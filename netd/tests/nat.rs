@@ -122,7 +122,7 @@ fn accepted_from(l: &TcpListener) -> IpAddr {
 
 #[test]
 fn the_outside_sees_the_hosts_address_when_a_guest_connects_out() {
-    if !require_root("the_outside_sees_the_hosts_address_when_a_guest_connects_out") {
+    if !require_root() {
         return;
     }
     let w = World::new("nat", vec![]);
@@ -157,7 +157,7 @@ fn the_outside_sees_the_hosts_address_when_a_guest_connects_out() {
 
 #[test]
 fn a_port_forward_reaches_the_guest_from_outside_and_from_the_host_and_goes_with_the_vm() {
-    if !require_root("a_port_forward_reaches_the_guest_from_outside_and_from_the_host") {
+    if !require_root() {
         return;
     }
     let forward = PortForward {

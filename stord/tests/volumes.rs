@@ -172,12 +172,11 @@ async fn sparse_copy_roots_are_private_and_keep_holes() {
 
 #[tokio::test]
 async fn reflink_roots_on_a_loop_mounted_xfs() {
-    let test = "reflink_roots_on_a_loop_mounted_xfs";
-    if !banger_testkit::require_root(test) {
+    if !banger_testkit::require_root() {
         return;
     }
     if !banger_testkit::have_program("mkfs.xfs") {
-        banger_testkit::skip(test, "mkfs.xfs is not installed (apt-get install xfsprogs)");
+        banger_testkit::skip("mkfs.xfs is not installed (apt-get install xfsprogs)");
         return;
     }
     let xfs = LoopMount::xfs();
@@ -218,16 +217,14 @@ async fn reflink_roots_on_a_loop_mounted_xfs() {
 
 #[tokio::test]
 async fn dm_snapshot_roots() {
-    let test = "dm_snapshot_roots";
     if !Path::new("/dev/mapper/control").exists() {
         banger_testkit::skip(
-            test,
             "this kernel has no device-mapper (/dev/mapper/control is missing); the dm table \
              and its sequencing are unit-tested in backend::dm",
         );
         return;
     }
-    if !banger_testkit::require_root(test) {
+    if !banger_testkit::require_root() {
         return;
     }
     let s = Stack::start("backend = 'dm'").await;

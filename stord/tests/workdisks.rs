@@ -171,8 +171,7 @@ async fn the_work_disk_grows_on_request_and_never_shrinks() {
 /// keeps the top-level copy and the nested one is kept aside.
 #[tokio::test]
 async fn a_stale_nested_home_is_flattened_on_the_next_start() {
-    let test = "a_stale_nested_home_is_flattened_on_the_next_start";
-    if !banger_testkit::require_root(test) {
+    if !banger_testkit::require_root() {
         return;
     }
     let (s, _files) = stack_with_image().await;
@@ -216,8 +215,7 @@ async fn a_stale_nested_home_is_flattened_on_the_next_start() {
 
 #[tokio::test]
 async fn busy_removal_is_retried_then_reported_and_finished_later() {
-    let test = "busy_removal_is_retried_then_reported_and_finished_later";
-    if !banger_testkit::require_root(test) {
+    if !banger_testkit::require_root() {
         return;
     }
     let (s, files) = stack_with_image().await;

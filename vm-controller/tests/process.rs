@@ -37,9 +37,9 @@ fn have_python() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-async fn harness(test: &str, grace_ms: u64) -> Option<Harness> {
+async fn harness(grace_ms: u64) -> Option<Harness> {
     if !have_python() {
-        banger_testkit::skip(test, "python3 is not available for the stand-in hypervisor");
+        banger_testkit::skip("python3 is not available for the stand-in hypervisor");
         return None;
     }
     let config = ControllerConfig {
@@ -74,8 +74,7 @@ impl Drop for Decoy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_stored_pid_is_not_trusted_and_the_process_behind_the_api_socket_is_killed() {
-    let test = "a_stale_stored_pid_is_not_trusted_and_the_process_behind_the_api_socket_is_killed";
-    let Some(h) = harness(test, 5_000).await else {
+    let Some(h) = harness(5_000).await else {
         return;
     };
     let vm = h.create("web").await;
@@ -112,8 +111,7 @@ async fn a_stale_stored_pid_is_not_trusted_and_the_process_behind_the_api_socket
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_process_ignoring_ctrl_alt_del_is_killed_after_the_grace_window() {
-    let test = "a_real_process_ignoring_ctrl_alt_del_is_killed_after_the_grace_window";
-    let Some(h) = harness(test, 300).await else {
+    let Some(h) = harness(300).await else {
         return;
     };
     let vm = h.create("stubborn").await;
@@ -127,8 +125,7 @@ async fn a_real_process_ignoring_ctrl_alt_del_is_killed_after_the_grace_window()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_process_that_honours_ctrl_alt_del_stops_without_force() {
-    let test = "a_real_process_that_honours_ctrl_alt_del_stops_without_force";
-    let Some(h) = harness(test, 10_000).await else {
+    let Some(h) = harness(10_000).await else {
         return;
     };
     let vm = h.create("polite").await;

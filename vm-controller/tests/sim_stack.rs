@@ -30,13 +30,12 @@ use sim::*;
 
 #[test]
 fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
-    let test = "a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind";
-    if !banger_testkit::require_root(test) {
+    if !banger_testkit::require_root() {
         return;
     }
     let bins = match bins() {
         Ok(b) => b,
-        Err(why) => return banger_testkit::skip(test, &why),
+        Err(why) => return banger_testkit::skip(&why),
     };
     let stack = Stack::start(bins, 5_000, "");
     let dir = stack.dir.path().to_owned();
@@ -180,13 +179,12 @@ fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
 
 #[test]
 fn a_simulated_guest_ignoring_ctrl_alt_del_is_stopped_by_force_and_the_reply_says_so() {
-    let test = "a_simulated_guest_ignoring_ctrl_alt_del_is_stopped_by_force_and_the_reply_says_so";
-    if !banger_testkit::require_root(test) {
+    if !banger_testkit::require_root() {
         return;
     }
     let bins = match bins() {
         Ok(b) => b,
-        Err(why) => return banger_testkit::skip(test, &why),
+        Err(why) => return banger_testkit::skip(&why),
     };
     let grace_ms = 500;
     let stack = Stack::start(bins, grace_ms, "stubborn=ignore-ctrl-alt-del");

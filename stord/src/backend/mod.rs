@@ -341,8 +341,7 @@ mod tests {
     /// and succeeds once the holder lets go.
     #[test]
     fn a_real_busy_unlink_is_retried_until_the_holder_lets_go() {
-        let test = "a_real_busy_unlink_is_retried_until_the_holder_lets_go";
-        if !banger_testkit::require_root(test) {
+        if !banger_testkit::require_root() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
