@@ -12,13 +12,10 @@
     reason = "a benchmark binary: a failure aborts the run"
 )]
 
-#[path = "shared/hop.rs"]
-mod hop;
-
 use std::time::Duration;
 
 use banger_testkit::NatsServer;
-use hop::{ROUNDS, WARMUP};
+use banger_testkit::bus_hop::{self as hop, ROUNDS, WARMUP};
 
 /// The `pct`th percentile (0..=100) of sorted samples, nearest rank.
 fn percentile(sorted: &[Duration], pct: usize) -> Duration {

@@ -3,7 +3,7 @@
 //! served. Load comes from `dnsperf` when it is installed and from a small built-in UDP load
 //! generator always (which also gives percentiles). When Knot DNS (`knotd`) is installed, the
 //! same zone is served by it in the same run as a reference row. The measuring part lives in
-//! `shared/load.rs`, which the `banger-bench` harness runs too.
+//! `banger_testkit::dns_load`, which the `banger-bench` harness runs too.
 //!
 //! Run: `cargo bench -p banger-dnsd --bench dns_serve` (needs nats-server; dnsperf and knot are
 //! optional: `apt-get install dnsperf knot`). Numbers depend on the machine; this prints them, it
@@ -19,13 +19,10 @@
     reason = "a benchmark program: a panic is a failed run, printing is its job"
 )]
 
-#[path = "shared/load.rs"]
-mod load;
-
 use std::time::Duration;
 
+use banger_testkit::dns_load::{self as load, BUILTIN_CLIENTS, LOAD_SECS, Load};
 use banger_testkit::have_program;
-use load::{BUILTIN_CLIENTS, LOAD_SECS, Load};
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)

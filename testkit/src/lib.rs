@@ -8,10 +8,30 @@
 //! - [`skip`] / [`require_root`]: announce, never hide, a test that cannot run here, under
 //!   the test's own name (derived from libtest's thread name, never typed).
 //! - [`netns::NetNs`]: a private network namespace, deleted on drop.
+//! - [`otlp::OtlpReceiver`]: an OTLP trace receiver inside the test.
+//! - [`dns_packets`]: DNS queries built by hand, sent raw over UDP or TCP.
+//!
+//! The harnesses shared by tests and benchmarks that need banger's own crates, behind features
+//! so other crates' tests do not build them:
+//!
+//! - feature `bus`: `stand_in_controller` (a stand-in vm-controller answering `vm.list`, VM
+//!   snapshots, lifecycle events) and `bus_hop` (one request/reply hop through the service
+//!   runtime against bare async-nats, measured).
+//! - feature `dnsd` (implies `bus`): `dnsd_in_process` (a dnsd in this process or as the real
+//!   binary) and `dns_load` (dnsd under load against Knot DNS, measured).
 
+#[cfg(feature = "bus")]
+pub mod bus_hop;
+#[cfg(feature = "dnsd")]
+pub mod dns_load;
+pub mod dns_packets;
+#[cfg(feature = "dnsd")]
+pub mod dnsd_in_process;
 pub mod netns;
 pub mod otlp;
 mod skip;
+#[cfg(feature = "bus")]
+pub mod stand_in_controller;
 
 pub use skip::{SKIP_LOG_ENV, current_test, have_program, is_root, require_root, skip};
 

@@ -1,14 +1,8 @@
 //! Bus overhead: one request/reply hop through banger's service runtime against a bare
 //! async-nats request/reply, on one nats-server, with the measuring code of
-//! `cargo bench -p banger-bus --bench bus_hop` (`bus/benches/shared/hop.rs`).
+//! `cargo bench -p banger-bus --bench bus_hop` (`banger_testkit::bus_hop`).
 
-#[allow(
-    clippy::missing_docs_in_private_items,
-    reason = "the bus crate's bench code, compiled into this crate too"
-)]
-#[path = "../../../bus/benches/shared/hop.rs"]
-mod hop;
-
+use banger_testkit::bus_hop as hop;
 use banger_testkit::{NatsServer, have_program};
 
 use super::Samples;

@@ -1,14 +1,12 @@
 //! DNS: dnsd serving 1,000 and 10,000 VMs (2 names each) under `dnsperf` load, against Knot
 //! DNS (`knotd`) serving the same zone under the same load in the same run, and the delay from
 //! a `started` event to the record being served; with the measuring code of
-//! `cargo bench -p banger-dnsd --bench dns_serve` (`dnsd/benches/shared/load.rs`: dnsd runs
+//! `cargo bench -p banger-dnsd --bench dns_serve` (`banger_testkit::dns_load`: dnsd runs
 //! in-process, fed by a stand-in controller answering `vm.list`).
-
-#[path = "../../../dnsd/benches/shared/load.rs"]
-mod load;
 
 use std::time::Duration;
 
+use banger_testkit::dns_load as load;
 use banger_testkit::have_program;
 
 use super::{Samples, compare};

@@ -1,0 +1,162 @@
+//! One bus hop, measured: the code shared by `cargo bench -p banger-bus --bench bus_hop` and the
+//! `banger-bench` harness's bus row. One request/reply hop through banger's service runtime
+//! (typed request, trace-context headers, service-API endpoint, JSON reply) against a bare
+//! async-nats request/reply to a bare subscriber answering the same JSON body, in the same run,
+//! on the same nats-server. [`measure_hops`] asserts nothing, it measures.
+
+use std::time::{Duration, Instant};
+
+use banger_bus::Bus;
+use banger_bus::service::{ServiceHost, ServiceSpec};
+use banger_bus::shutdown::CancellationToken;
+use banger_proto::{HostId, Subjects};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+/// Requests sent before timing starts, per path.
+pub const WARMUP: usize = 200;
+/// Timed sequential requests per path.
+pub const ROUNDS: usize = 3_000;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Echo {
+    name: String,
+    n: u64,
+}
+
+/// The round-trip times of both paths, in the order they were taken.
+#[derive(Debug, Default)]
+pub struct HopSamples {
+    /// Through the service runtime (`Bus::request` to a `ServiceHost` endpoint).
+    pub ours: Vec<Duration>,
+    /// Bare async-nats `request` to a bare subscriber.
+    pub bare: Vec<Duration>,
+}
+
+async fn measure<F, Fut>(warmup: usize, rounds: usize, mut call: F) -> Result<Vec<Duration>, String>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    for i in 0..warmup {
+        call(i as u64)
+            .await
+            .map_err(|e| format!("warm-up request {i}: {e}"))?;
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let t = Instant::now();
+        call(i as u64)
+            .await
+            .map_err(|e| format!("timed request {i}: {e}"))?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}
+
+/// Measures `rounds` sequential requests (after `warmup` untimed ones) on each path against
+/// the nats-server at `nats_url`.
+pub async fn measure_hops(
+    nats_url: &str,
+    warmup: usize,
+    rounds: usize,
+) -> Result<HopSamples, String> {
+    let connect = |what: &'static str| async move {
+        async_nats::connect(nats_url)
+            .await
+            .map_err(|e| format!("connecting the {what} to {nats_url}: {e}"))
+    };
+    let server_client = connect("server").await?;
+    let client = connect("client").await?;
+
+    // Ours: a typed endpoint on the service runtime, called through Bus::request.
+    let host = HostId::new("bench").map_err(|e| e.to_string())?;
+    let server_bus = Bus::new(server_client.clone(), Subjects::default());
+    let mut service = ServiceHost::start(&server_bus, ServiceSpec::new("bench", "echo", &host))
+        .await
+        .map_err(|e| format!("starting the echo service: {e}"))?;
+    service
+        .endpoint("echo", "bench.ours".to_owned(), |req: Echo| async move {
+            Ok(req)
+        })
+        .await
+        .map_err(|e| format!("adding the echo endpoint: {e}"))?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(service.run(shutdown.clone()));
+
+    // Reference: a bare subscriber answering the same JSON body.
+    let mut sub = server_client
+        .subscribe("bench.bare")
+        .await
+        .map_err(|e| format!("subscribing: {e}"))?;
+    let responder = server_client.clone();
+    let bare_task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    server_client
+        .flush()
+        .await
+        .map_err(|e| format!("flushing: {e}"))?;
+
+    let bus = Bus::new(client.clone(), Subjects::default());
+    // The endpoint's subscription reaches the server through the service's own machinery:
+    // wait until it answers before anything is timed.
+    let deadline = Instant::now() + TIMEOUT;
+    let probe = Echo {
+        name: "probe".into(),
+        n: 0,
+    };
+    while let Err(e) = bus
+        .request::<_, Echo>("bench.ours".to_owned(), &probe, TIMEOUT)
+        .await
+    {
+        if Instant::now() > deadline {
+            return Err(format!("the echo endpoint never answered: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ours = measure(warmup, rounds, |n| {
+        let bus = &bus;
+        async move {
+            let req = Echo {
+                name: "web".into(),
+                n,
+            };
+            let _: Echo = bus
+                .request("bench.ours".to_owned(), &req, TIMEOUT)
+                .await
+                .map_err(|e| format!("service-runtime request: {e}"))?;
+            Ok(())
+        }
+    })
+    .await;
+    let bare = measure(warmup, rounds, |n| {
+        let client = &client;
+        async move {
+            let body = serde_json::to_vec(&Echo {
+                name: "web".into(),
+                n,
+            })
+            .map_err(|e| e.to_string())?;
+            let reply = client
+                .request("bench.bare", body.into())
+                .await
+                .map_err(|e| format!("bare request: {e}"))?;
+            let _: Echo = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let _ = running.await;
+    bare_task.abort();
+    Ok(HopSamples {
+        ours: ours?,
+        bare: bare?,
+    })
+}

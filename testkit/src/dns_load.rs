@@ -1,0 +1,328 @@
+//! dnsd under load, measured: the code shared by `cargo bench -p banger-dnsd --bench dns_serve`
+//! and the `banger-bench` harness's DNS rows. dnsd runs in-process ([`InProcess`]), fed by a
+//! stand-in controller answering `vm.list` with N running VMs ([`FakeController`]), under load
+//! from `dnsperf` and a small built-in UDP load generator; Knot DNS (`knotd`) serves the same
+//! zone in the same run as the reference; and the delay from a `started` event to its record
+//! being served. [`measure_size`] does one fleet size; it asserts nothing, it measures.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    reason = "benchmark code: a panic is a failed run; casts turn small counts into rates"
+)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use banger_proto::dns::{DnsStatus, DnsStatusRequest};
+use banger_proto::event::EventKind;
+use banger_proto::subject::DnsOp;
+use banger_proto::vm::VmInfo;
+
+use crate::dns_packets::{NOERROR, query_packet, raw_udp, rcode};
+use crate::dnsd_in_process::InProcess;
+use crate::stand_in_controller::{FakeController, bus, publish, running};
+use crate::{NatsServer, Process, free_port, have_program, wait_until};
+
+/// How long each load run lasts.
+pub const LOAD_SECS: u64 = 5;
+/// Concurrent clients of the built-in generator (each keeps one query in flight).
+pub const BUILTIN_CLIENTS: usize = 16;
+/// Events measured per size.
+pub const EVENT_SAMPLES: usize = 50;
+/// dnsperf's flags besides server, port, duration and query file.
+pub const DNSPERF_FLAGS: [&str; 6] = ["-c", "8", "-q", "200", "-t", "2"];
+
+fn vm_name(i: usize) -> String {
+    format!("vm-{i:05}")
+}
+
+fn vm_ip(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+fn fleet(n: usize) -> Vec<VmInfo> {
+    (0..n)
+        .map(|i| {
+            running(
+                u32::try_from(i + 1).unwrap(),
+                &vm_name(i),
+                "lab1",
+                &vm_ip(i),
+            )
+        })
+        .collect()
+}
+
+/// dnsperf's query file: both name forms of every VM.
+fn query_file(dir: &Path, n: usize) -> PathBuf {
+    let mut s = String::new();
+    for i in 0..n {
+        let _ = writeln!(s, "{}.vm A", vm_name(i));
+        let _ = writeln!(s, "{}.lab1.vm A", vm_name(i));
+    }
+    let p = dir.join(format!("queries-{n}.txt"));
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// What `dnsperf` reported.
+#[derive(Debug, Clone)]
+pub struct Dnsperf {
+    /// Queries per second.
+    pub qps: f64,
+    /// Average latency.
+    pub avg: Duration,
+    /// Its "Queries lost" line.
+    pub lost: String,
+}
+
+/// One server under load.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// `dnsperf`'s numbers, when it is installed and its output could be read.
+    pub dnsperf: Option<Dnsperf>,
+    /// Answers per second of the built-in generator.
+    pub builtin_qps: f64,
+    /// Latencies of the built-in generator's answered queries, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+/// One fleet size: dnsd, the knotd reference, and the event delay.
+#[derive(Debug, Clone)]
+pub struct SizeResult {
+    /// VMs in the fleet (each has two names: records = 2 × vms).
+    pub vms: usize,
+    /// dnsd's start until every record was served (its `vm.list` load).
+    pub load_time: Duration,
+    /// dnsd under load.
+    pub dnsd: Load,
+    /// knotd under the same load, when installed.
+    pub knot: Option<Load>,
+    /// `started` event published → record served, sorted.
+    pub events: Vec<Duration>,
+}
+
+fn dnsperf(port: u16, file: &Path) -> Option<Dnsperf> {
+    if !have_program("dnsperf") {
+        return None;
+    }
+    let out = Command::new("dnsperf")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-l",
+            &LOAD_SECS.to_string(),
+        ])
+        .args(DNSPERF_FLAGS)
+        .arg("-d")
+        .arg(file)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+    };
+    let qps = field("Queries per second:")?.parse().ok()?;
+    let avg: f64 = field("Average Latency (s):")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let lost = field("Queries lost:").unwrap_or_default();
+    Some(Dnsperf {
+        qps,
+        avg: Duration::from_secs_f64(avg),
+        lost,
+    })
+}
+
+/// The built-in generator: `BUILTIN_CLIENTS` sockets, each sending the next query as soon as
+/// the previous one was answered, for `LOAD_SECS`. Returns answers per second and the sorted
+/// latencies.
+async fn builtin_load(addr: SocketAddr, n: usize) -> (f64, Vec<Duration>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for c in 0..BUILTIN_CLIENTS {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            sock.connect(addr).await.unwrap();
+            let mut lat = Vec::new();
+            let mut buf = vec![0u8; 1500];
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let id = (i & 0xffff) as u16;
+                let q = query_packet(id, &format!("{}.vm", vm_name(i % n)), 1, 1, 0);
+                let t = Instant::now();
+                sock.send(&q).await.unwrap();
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await
+                {
+                    lat.push(t.elapsed());
+                }
+                i += BUILTIN_CLIENTS;
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(LOAD_SECS)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / secs, all)
+}
+
+async fn load(addr: SocketAddr, n: usize, file: &Path) -> Load {
+    let dnsperf = dnsperf(addr.port(), file);
+    let (builtin_qps, latencies) = builtin_load(addr, n).await;
+    Load {
+        dnsperf,
+        builtin_qps,
+        latencies,
+    }
+}
+
+/// Publishes `started` for new VMs one at a time and measures until each is answered.
+async fn event_to_served(nats: &NatsServer, addr: SocketAddr, base: usize) -> Vec<Duration> {
+    let bus = bus(nats).await;
+    let mut out = Vec::new();
+    for k in 0..EVENT_SAMPLES {
+        let i = base + k;
+        let vm = running(
+            u32::try_from(i + 1).unwrap(),
+            &vm_name(i),
+            "lab2",
+            &vm_ip(i),
+        );
+        let q = query_packet(7, &format!("{}.vm", vm_name(i)), 1, 1, 0);
+        let t = Instant::now();
+        publish(&bus, EventKind::Started, k as u64 + 1, &vm).await;
+        loop {
+            if let Some(r) = raw_udp(addr, &q, Duration::from_secs(1)).await
+                && rcode(&r) == NOERROR
+                && r[7] > 0
+            {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "event never served");
+        }
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+/// Serves the same records with knotd, when installed.
+fn start_knot(dir: &Path, n: usize) -> Option<(Process, SocketAddr)> {
+    if !have_program("knotd") {
+        return None;
+    }
+    let port = free_port();
+    let mut zone = String::from(
+        "$ORIGIN vm.\n$TTL 5\n@ SOA localhost. nobody.invalid. 1 3600 600 86400 5\n@ NS localhost.\n",
+    );
+    for i in 0..n {
+        let _ = writeln!(zone, "{} A {}", vm_name(i), vm_ip(i));
+        let _ = writeln!(zone, "{}.lab1 A {}", vm_name(i), vm_ip(i));
+    }
+    let kdir = dir.join(format!("knot-{n}"));
+    std::fs::create_dir_all(&kdir).unwrap();
+    std::fs::write(kdir.join("vm.zone"), zone).unwrap();
+    let conf = format!(
+        "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
+         database:\n    storage: \"{d}\"\n\
+         template:\n  - id: default\n    storage: \"{d}\"\n    file: \"%s.zone\"\n\
+         zone:\n  - domain: vm\n",
+        d = kdir.display()
+    );
+    std::fs::write(kdir.join("knot.conf"), conf).unwrap();
+    let mut cmd = Command::new("knotd");
+    cmd.arg("-c").arg(kdir.join("knot.conf"));
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Some((
+        Process::spawn("knotd", cmd),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+    ))
+}
+
+/// Measures one fleet size `n` (`n` VMs, `2n` records): dnsd loaded from a stand-in
+/// controller, dnsperf and the built-in generator against it, the event delay, then knotd
+/// serving the same zone under the same load. Scratch files go under `dir`.
+///
+/// # Panics
+/// When a part cannot start (nats-server, dnsd, knotd not serving within 30 s).
+pub async fn measure_size(dir: &Path, n: usize) -> SizeResult {
+    // 10,000 VM snapshots in one `vm.list` answer are ~3.5 MB, over nats-server's default
+    // 1 MB max_payload: raise it for this run (the real controller needs this or paging).
+    let nats_conf = dir.join("nats.conf");
+    std::fs::write(&nats_conf, "max_payload: 8MB\n").unwrap();
+    let nats = NatsServer::start_with_args(&["-c", nats_conf.to_str().unwrap()]);
+    let _controller = FakeController::start(&nats, "lab1", fleet(n), true).await;
+    let t = Instant::now();
+    let dnsd = InProcess::start(
+        &nats,
+        "rebuild_interval_secs = 3600\ngather_timeout_ms = 10000",
+    )
+    .await;
+    let bus = bus(&nats).await;
+    wait_until(
+        "the fleet to be served",
+        Duration::from_secs(60),
+        || async {
+            bus.request::<_, DnsStatus>(
+                bus.subjects().dns(DnsOp::Status),
+                &DnsStatusRequest {},
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok_and(|s| s.records as usize == 2 * n)
+        },
+    )
+    .await;
+    let load_time = t.elapsed();
+    let file = query_file(dir, n);
+    let dnsd_load = load(dnsd.addr, n, &file).await;
+    let events = event_to_served(&nats, dnsd.addr, n).await;
+    dnsd.stop().await.unwrap();
+
+    let mut knot = None;
+    if let Some((_knot, addr)) = start_knot(dir, n) {
+        let q = query_packet(1, &format!("{}.vm", vm_name(n - 1)), 1, 1, 0);
+        wait_until(
+            "knotd to serve the zone",
+            Duration::from_secs(30),
+            || async {
+                raw_udp(addr, &q, Duration::from_millis(200))
+                    .await
+                    .is_some_and(|r| rcode(&r) == NOERROR && r[7] > 0)
+            },
+        )
+        .await;
+        knot = Some(load(addr, n, &file).await);
+    }
+    SizeResult {
+        vms: n,
+        load_time,
+        dnsd: dnsd_load,
+        knot,
+        events,
+    }
+}
