@@ -38,7 +38,7 @@ pub fn require_root() -> bool {
     if is_root() {
         true
     } else {
-        skip("needs root (network namespaces, taps, nftables)");
+        skip("needs root (network namespaces, taps, nftables, mounts or loop devices)");
         false
     }
 }
