@@ -56,7 +56,10 @@ pub fn run(config: &CommonConfig, args: &InitArgs) -> anyhow::Result<u8> {
     let stack_file = paths.stack_file();
     let (password, kept) = match existing_password(&stack_file)? {
         Some(p) => (p, true),
-        None => (stack::random_secret().context("generating the bus password")?, false),
+        None => (
+            stack::random_secret().context("generating the bus password")?,
+            false,
+        ),
     };
     let store = paths.nats_dir().join("jetstream");
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
@@ -112,10 +115,7 @@ fn render(
     paths: &StackPaths,
 ) -> anyhow::Result<String> {
     let mut t = toml::Table::new();
-    t.insert(
-        "state_dir".into(),
-        paths.state.display().to_string().into(),
-    );
+    t.insert("state_dir".into(), paths.state.display().to_string().into());
     t.insert(
         "runtime_dir".into(),
         paths.runtime.display().to_string().into(),
@@ -191,7 +191,10 @@ mod tests {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(stack["nats"]["urls"][0].as_str(), Some("nats://127.0.0.1:4333"));
+        assert_eq!(
+            stack["nats"]["urls"][0].as_str(),
+            Some("nats://127.0.0.1:4333")
+        );
         assert_eq!(stack["vm-controller"]["vmm"].as_str(), Some("sim"));
         assert_eq!(stack["stack"]["vmm"].as_str(), Some("sim"));
     }
