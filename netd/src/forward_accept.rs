@@ -145,13 +145,11 @@ impl ForwardAccept {
         if !self.available() {
             return Ok(Ensured::NotNeeded);
         }
-        let Some(forward) = self.list(FORWARD).await? else {
-            return Ok(Ensured::NotNeeded);
-        };
-        if !policy_drops(&forward) {
+        let rules = self.list().await?;
+        if !policy_drops(&rules) {
             return Ok(Ensured::NotNeeded);
         }
-        let chain = if self.list(DOCKER_USER).await?.is_some() {
+        let chain = if rules.lines().any(|l| l.trim() == "-N DOCKER-USER") {
             DOCKER_USER
         } else {
             FORWARD
@@ -178,28 +176,25 @@ impl ForwardAccept {
         Ok(Ensured::Present { chain, added })
     }
 
-    /// Removes every rule [`ensure`](Self::ensure) may have added, from both chains; returns
-    /// how many were removed.
+    /// Removes every rule carrying our comment, in any chain of iptables' filter table (so
+    /// also those of an older netd or another lab range); returns how many were removed.
     pub async fn remove(&self) -> Result<usize, ForwardAcceptError> {
         if !self.available() {
             return Ok(0);
         }
+        let rules = self.list().await?;
         let mut removed = 0;
-        for chain in [DOCKER_USER, FORWARD] {
-            let Some(rules) = self.list(chain).await? else {
+        for line in rules.lines().filter(|l| self.is_ours(l)) {
+            let mut words = split_rule(line);
+            // "-A CHAIN spec..." becomes "-D CHAIN spec...".
+            if words.len() < 3 {
                 continue;
-            };
-            // Every rule carrying our comment, whatever the spec was when it was added (a
-            // changed lab range, an older netd).
-            for line in rules.lines().filter(|l| self.is_ours(l)) {
-                let Some(spec) = line.strip_prefix(&format!("-A {chain} ")) else {
-                    continue;
-                };
-                let mut args = vec!["-w".to_owned(), "-D".into(), chain.into()];
-                args.extend(split_rule(spec));
-                self.run(&args).await?;
-                removed += 1;
             }
+            words[0] = "-D".into();
+            let mut args = vec!["-w".to_owned()];
+            args.extend(words);
+            self.run(&args).await?;
+            removed += 1;
         }
         if removed > 0 {
             tracing::info!(bridge = %self.bridge, rules = removed, "removed the iptables accept rules");
@@ -220,18 +215,10 @@ impl ForwardAccept {
         })
     }
 
-    /// `iptables -S CHAIN`, or `None` when the chain (or its table) does not exist.
-    async fn list(&self, chain: &str) -> Result<Option<String>, ForwardAcceptError> {
-        let args = ["-w".to_owned(), "-S".to_owned(), chain.to_owned()];
-        match self.run(&args).await {
-            Ok(out) => Ok(Some(out)),
-            Err(ForwardAcceptError::Failed { stderr, .. })
-                if stderr.contains("No chain") || stderr.contains("does not exist") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    /// `iptables -S`: the filter table's policies, chains and rules (the built-in chains'
+    /// default policies when the table does not exist yet).
+    async fn list(&self) -> Result<String, ForwardAcceptError> {
+        self.run(&["-w".to_owned(), "-S".to_owned()]).await
     }
 
     /// `iptables -C`: whether `chain` holds the rule.
