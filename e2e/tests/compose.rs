@@ -280,6 +280,31 @@ fn processes_in(ns: &NetNs) -> Vec<String> {
     found
 }
 
+/// `banger doctor`'s forward-policy check, run on the host (the test's namespace): its level
+/// and detail.
+fn forward_policy(ns: &NetNs, no_config: &Path) -> (String, String) {
+    let out = ns
+        .command(bin_path("banger").to_str().unwrap())
+        .arg("--config")
+        .arg(no_config)
+        .args(["--nats-url", "nats://127.0.0.1:1", "--json", "doctor"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}", text(&out)));
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "forward-policy")
+        .unwrap_or_else(|| panic!("no forward-policy check in {report}"))
+        .clone();
+    (
+        check["level"].as_str().unwrap().to_owned(),
+        check["detail"].as_str().unwrap().to_owned(),
+    )
+}
+
 #[test]
 fn compose_boots_a_vm_and_down_leaves_nothing() {
     const TEST: &str = "compose_boots_a_vm_and_down_leaves_nothing";
@@ -447,6 +472,15 @@ fn compose_boots_a_vm_and_down_leaves_nothing() {
         stack.ns.exec(&["ip", "-o", "link", "show"]).contains("bgr"),
         "the VM's tap is in the test's namespace"
     );
+    // Docker's FORWARD policy drops in this namespace; netd's accepts keep the VM reachable
+    // and doctor says so.
+    let (level, detail) = forward_policy(&stack.ns, &empty);
+    assert_eq!(level, "ok", "{detail}");
+    assert!(
+        detail.contains("DROP") && detail.contains("DOCKER-USER"),
+        "{detail}"
+    );
+
     // Down: nothing is left.
     let down_start = Instant::now();
     stack.run_ok(&["down", "-v", "--timeout", "60"]);
@@ -467,6 +501,13 @@ fn compose_boots_a_vm_and_down_leaves_nothing() {
     assert!(
         !iptables.contains("banger:"),
         "netd's iptables rules were left:\n{iptables}"
+    );
+    // With netd gone, doctor names the conflict that remains (Docker's policy).
+    let (level, detail) = forward_policy(&stack.ns, &empty);
+    assert_eq!(level, "warn", "{detail}");
+    assert!(
+        detail.contains("Docker") && detail.contains("missing"),
+        "{detail}"
     );
     let loops = loop_devices_under(&stack.docker.data_root());
     assert!(loops.is_empty(), "loop devices were left: {loops:?}");
