@@ -105,8 +105,9 @@ impl PrivateDocker {
             dockerd: None,
             containerd: None,
         };
-        // An empty config: nothing from /etc/containerd applies.
+        // Empty configs: nothing from /etc/containerd or /etc/docker applies.
         std::fs::write(dir.join("containerd.toml"), "version = 2\n").unwrap();
+        std::fs::write(dir.join("daemon.json"), "{}\n").unwrap();
         let mut c = nsenter(ns, CONTAINERD);
         c.arg("--config")
             .arg(dir.join("containerd.toml"))
@@ -123,7 +124,9 @@ impl PrivateDocker {
         // `ip netns exec` would remount /sys and hide the cgroup mounts dockerd needs; nsenter
         // enters the network namespace only.
         let mut d = nsenter(ns, DOCKERD);
-        d.arg("--containerd")
+        d.arg("--config-file")
+            .arg(dir.join("daemon.json"))
+            .arg("--containerd")
             .arg(docker.containerd_socket())
             .arg("--data-root")
             .arg(dir.join("data"))
