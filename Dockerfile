@@ -1,23 +1,20 @@
-# One image with every banger binary, for compose.yaml. Build from the repository root:
-#   docker compose build        (or: docker build -t banger:local .)
-FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends \
-        pkg-config libdevmapper-dev libclang-dev \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY . .
-RUN cargo build --release --locked --bins \
-    && mkdir -p /out \
-    && cp target/release/banger target/release/banger-vm-controller target/release/banger-netd \
-          target/release/banger-stord target/release/banger-dnsd target/release/banger-agent \
-          target/release/banger-fcsim /out/
-
-FROM debian:bookworm-slim
-# nats-server: the bus; nftables/iproute2: netd; e2fsprogs/util-linux/dmsetup: stord's disks;
-# libdevmapper: stord's device-mapper back-end.
-RUN apt-get update && apt-get install -y --no-install-recommends \
-        nats-server nftables iproute2 e2fsprogs util-linux dmsetup libdevmapper1.02.1 \
-        ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/ /usr/local/bin/
+# banger's container image, for compose.yaml: every banger binary, the Firecracker simulator,
+# nats-server and the host tools the services run, on nothing else.
+#
+# How it is built, and why: `FROM scratch`, from a root filesystem that ./scripts/docker-rootfs
+# assembles on the host out of the binaries ./scripts/setup (or cargo) already built and the
+# host's own Debian tools, each with the shared libraries ldd finds. No base image is pulled
+# (a machine without a reachable registry builds it as well as any other) and nothing is
+# compiled inside Docker (a second full build would take minutes). The cost: build on a Debian
+# bookworm host (the libraries come from it), and run the script before building:
+#
+#   ./scripts/setup && ./scripts/docker-rootfs && docker compose up -d --build
+#
+# The context is only target/docker-rootfs/ (see .dockerignore). The image holds the simulator
+# only, unless firecracker was on the host's PATH when the script ran: compose.yaml picks the
+# simulator unless BANGER_VMM=firecracker, and every CLI command in it says so.
+FROM scratch
+COPY target/docker-rootfs/ /
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENTRYPOINT []
+CMD ["banger", "--help"]

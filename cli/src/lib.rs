@@ -160,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         commands::Command::Up(args) => return commands::up::run(&config, args).await,
         commands::Command::Down(args) => return commands::down::run(&config, args).await,
+        commands::Command::Init(args) => return commands::init::run(&config, &args),
         commands::Command::Doctor(_) => return commands::doctor::run(&config, cli.json).await,
         // The TUI connects itself, to watch the connection's state.
         commands::Command::Tui(args) => {

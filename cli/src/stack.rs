@@ -95,6 +95,19 @@ pub fn random_secret() -> std::io::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The config of a stack's nats-server: listening on `listen` only, JetStream under `store`,
+/// one user with a password; `writer` names the command that wrote it.
+pub fn nats_conf(listen: &str, store: &Path, user: &str, password: &str, writer: &str) -> String {
+    format!(
+        "# Written by `{writer}`.\nlisten: \"{listen}\"\n\
+         # vm.list of a host with thousands of VMs is larger than the 1 MB default.\n\
+         max_payload: 8MB\n\
+         jetstream {{ store_dir: {store:?} }}\n\
+         authorization {{ user: {user:?}, password: {password:?} }}\n",
+        store = store.display().to_string(),
+    )
+}
+
 /// Starts `program` detached (own process group, no terminal), output appended to `log`,
 /// and records its pid in `pid_file`.
 pub fn spawn_detached(

@@ -5,6 +5,7 @@
 //! and subnet, so stacks of parallel tests never meet, and the host's network is never
 //! touched. Dropping a stack runs `banger down` and removes its files, even after a failure.
 
+pub mod docker;
 pub mod lab;
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 //!
 //! - When no VM holds its network (no active lease, no banger tap, nothing else enslaved to the
 //!   bridge), netd deletes its nftables table and the bridge, so stopping the stack leaves
-//!   nothing of banger on the host. Leases of stopped VMs stay in SQLite: they are data, not
+//!   nothing of banger on the host (nor the iptables accept rules of
+//!   [`crate::forward_accept`]). Leases of stopped VMs stay in SQLite: they are data, not
 //!   kernel state, and give a VM its old address when it starts again. IPv4 forwarding is left
 //!   as it is (it is a host-wide switch that something else may rely on).
 //! - When any VM still holds its network, the table, the bridge and the taps stay, so running
@@ -46,6 +47,9 @@ pub enum ExitError {
     /// nftables.
     #[error("removing the nftables table")]
     Nat(#[from] NatError),
+    /// iptables.
+    #[error("removing the iptables accept rules")]
+    ForwardAccept(#[from] crate::forward_accept::ForwardAcceptError),
 }
 
 /// Applies the exit policy (see the module docs).
@@ -73,6 +77,7 @@ pub async fn on_exit(netd: &Netd) -> Result<ExitOutcome, ExitError> {
         });
     }
     netd.nat.delete_table().await?;
+    netd.forward.remove().await?;
     if let Some(b) = bridge {
         netd.links.delete(b.index).await?;
     }

@@ -55,6 +55,9 @@ pub enum ReconcileError {
     /// Forwarding.
     #[error("enabling IPv4 forwarding")]
     Forwarding(#[source] std::io::Error),
+    /// The accepts beside a FORWARD policy that drops.
+    #[error("adding accept rules to iptables' FORWARD path")]
+    ForwardAccept(#[from] crate::forward_accept::ForwardAcceptError),
 }
 
 /// What reconciliation will do.
@@ -223,6 +226,8 @@ pub async fn reconcile(netd: &Netd) -> Result<(), ReconcileError> {
         );
         netd.restore_rules().await?;
     }
+    // Another firewall (Docker) may have set the FORWARD policy to DROP since the last pass.
+    netd.forward.ensure().await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use banger_proto::{HostId, VmId};
 use tokio::sync::{OwnedMutexGuard, RwLock};
 
 use crate::config::NetConfig;
+use crate::forward_accept::ForwardAccept;
 use crate::lease;
 use crate::link::{LinkError, Links};
 use crate::nat::{Nat, NatError, VmRules};
@@ -114,6 +115,8 @@ pub struct Netd {
     pub peers: PeerTable,
     /// Routes to the other hosts' VM subnets.
     pub routes: Routes,
+    /// Accepts for the bridge in iptables' FORWARD path, when its policy drops (Docker).
+    pub forward: ForwardAccept,
 }
 
 impl Netd {
@@ -132,6 +135,8 @@ impl Netd {
         let nat = Nat::new(&cfg.table, &cfg.bridge, cfg.subnet, &cfg.uplinks)
             .with_lab_range(cfg.lab.as_ref().map(|l| l.range));
         let routes = Routes::connect(cfg.peers.route_protocol)?;
+        let forward =
+            ForwardAccept::new(&cfg.bridge, &cfg.table, cfg.lab.as_ref().map(|l| l.range));
         let netd = Self {
             cfg,
             host,
@@ -143,6 +148,7 @@ impl Netd {
             locks: VmLocks::default(),
             peers: PeerTable::default(),
             routes,
+            forward,
         };
         netd.ensure_bridge().await?;
         enable_forwarding().await.map_err(StartError::Forwarding)?;

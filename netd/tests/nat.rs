@@ -9,7 +9,9 @@
 //! the hypervisor does. The outside has no route back to the VM subnet, so a connection from the
 //! guest only completes when the host masquerades it; the outside then sees the host's uplink
 //! address as the source. Port forwards are proven the same way, from the outside and from the
-//! host itself, and shown to stop with the VM.
+//! host itself, and shown to stop with the VM. And beside Docker: with iptables' FORWARD policy
+//! set to DROP as Docker sets it, a guest reaches the outside only once netd has put its
+//! accepts in `DOCKER-USER`, and they go when netd exits idle.
 
 #![allow(
     clippy::tests_outside_test_module,
@@ -26,7 +28,7 @@ use banger_netd::tap;
 use banger_proto::event::EventKind;
 use banger_proto::net::{Lease, PortForward, Protocol};
 use banger_testkit::netns::NetNs;
-use banger_testkit::require_root;
+use banger_testkit::{have_program, require_root, skip};
 use common::{Fixture, Options, Wire, vm_id};
 
 /// The host's address on the link to the outside.
@@ -189,5 +191,85 @@ fn a_port_forward_reaches_the_guest_from_outside_and_from_the_host_and_goes_with
     let table = w.fx.table_text().unwrap();
     assert!(!table.contains("dnat to"), "{table}");
     assert!(connect_from(&w.outside, forwarded).is_err());
+    w.fx.assert_nothing_leaked();
+}
+
+/// `iptables -S` in `ns`.
+fn iptables_rules(ns: &NetNs) -> String {
+    ns.exec(&["iptables", "-w", "-S"])
+}
+
+#[test]
+fn guests_reach_the_outside_beside_dockers_forward_drop_policy_and_the_accepts_go_with_netd() {
+    const TEST: &str =
+        "guests_reach_the_outside_beside_dockers_forward_drop_policy_and_the_accepts_go_with_netd";
+    if !require_root(TEST) {
+        return;
+    }
+    if !have_program("iptables") {
+        skip(
+            TEST,
+            "iptables is not installed (./scripts/setup installs it)",
+        );
+        return;
+    }
+    let mut w = World::new("dkr", vec![]);
+    let server = SocketAddr::new(OUTSIDE.into(), 7000);
+    let listener = listen_in(&w.outside, server);
+    // Forwarding works before Docker arrives, and netd touched nothing of iptables.
+    drop(connect_from(&w.guest, server).expect("guest to outside before Docker"));
+    accepted_from(&listener);
+    assert!(!iptables_rules(&w.fx.ns).contains("banger:"));
+
+    // What Docker does when it starts: its user chain first in FORWARD, policy DROP.
+    for rule in [
+        &["-N", "DOCKER-USER"][..],
+        &["-A", "DOCKER-USER", "-j", "RETURN"],
+        &["-I", "FORWARD", "-j", "DOCKER-USER"],
+        &["-P", "FORWARD", "DROP"],
+    ] {
+        let mut argv = vec!["iptables", "-w"];
+        argv.extend_from_slice(rule);
+        w.fx.ns.exec(&argv);
+    }
+    // Without netd's accepts the guest is cut off, although netd's own table accepts the
+    // bridge: a drop in any base chain at the hook wins.
+    assert!(w.fx.table_text().unwrap().contains("accept"));
+    let e = connect_from(&w.guest, server).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "{e}"
+    );
+
+    // A netd (re)starting sees the policy and puts its accepts first in DOCKER-USER.
+    w.fx.stop_netd();
+    w.fx.start_netd();
+    let rules = iptables_rules(&w.fx.ns);
+    let comment = format!("--comment \"banger:{}\"", w.fx.table);
+    let ours: Vec<&str> = rules.lines().filter(|l| l.contains(&comment)).collect();
+    assert_eq!(ours.len(), 3, "{rules}");
+    assert!(
+        ours.iter().all(|l| l.starts_with("-A DOCKER-USER ")),
+        "{rules}"
+    );
+    drop(connect_from(&w.guest, server).unwrap_or_else(|e| {
+        panic!(
+            "guest {} still cut off beside FORWARD DROP: {e}\n{rules}",
+            w.lease.ip
+        )
+    }));
+    assert_eq!(accepted_from(&listener), IpAddr::V4(UPLINK_HOST));
+
+    // Idle exit: the accepts go with the table; Docker's chain and policy stay as they were.
+    w.fx.detach(&vm_id(1), true);
+    w.fx.stop_netd();
+    let rules = iptables_rules(&w.fx.ns);
+    assert!(!rules.contains("banger:"), "{rules}");
+    assert!(rules.contains("-P FORWARD DROP"), "{rules}");
+    assert!(rules.contains("-A DOCKER-USER -j RETURN"), "{rules}");
+    assert!(w.fx.table_text().is_none(), "the nftables table went too");
     w.fx.assert_nothing_leaked();
 }

@@ -11,6 +11,7 @@
 //! stop_grace_ms = 10000        # how long a guest gets to honour CtrlAltDel
 //! reconcile_interval_ms = 5000
 //! agent_port = 52
+//! stop_vms_on_exit = false     # true: stop every running VM before exiting (containers)
 //! ```
 
 use std::fmt;
@@ -102,6 +103,9 @@ pub struct ControllerConfig {
     pub lab_name_check: bool,
     /// The hypervisor's log level (`--level`).
     pub vmm_log_level: String,
+    /// Stop every running VM before exiting on SIGTERM (in a container the VMs' processes die
+    /// with the controller's, so they are stopped properly first).
+    pub stop_vms_on_exit: bool,
 }
 
 impl Default for ControllerConfig {
@@ -122,6 +126,7 @@ impl Default for ControllerConfig {
             peer_timeout_ms: 60_000,
             lab_name_check: true,
             vmm_log_level: "Info".to_owned(),
+            stop_vms_on_exit: false,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod deps;
 pub mod endpoints;
+pub mod exit;
 pub mod halt;
 pub mod ids;
 pub mod locks;
@@ -67,6 +68,13 @@ pub struct Args {
     /// `[vm-controller] vmm`, else firecracker]
     #[arg(long, env = "BANGER_VMM")]
     pub vmm: Option<config::VmmKind>,
+
+    /// Stop every running VM (as `vm stop` does: taps, rules and DNS records follow) before
+    /// exiting on SIGTERM. For containers (compose.yaml), where the VMs' processes die with the
+    /// controller's container anyway [default: the config file's `[vm-controller]
+    /// stop_vms_on_exit`, else false: VMs outlive a controller restart]
+    #[arg(long, env = "BANGER_STOP_VMS_ON_EXIT")]
+    pub stop_vms_on_exit: bool,
 }
 
 /// Why the controller stopped.
@@ -87,6 +95,7 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
     if let Some(vmm) = args.vmm {
         config.vmm = vmm;
     }
+    config.stop_vms_on_exit |= args.stop_vms_on_exit;
     let host = ctx.config.host.clone();
     let dirs = Dirs {
         state: ctx.config.service_state_dir(service::VM_CONTROLLER),
@@ -161,6 +170,9 @@ pub async fn serve(
         reconcile_loop(loop_ctl, loop_bus, controllers, stop).await;
     });
     host.run(shutdown).await;
+    if ctl.config().stop_vms_on_exit {
+        ctl.stop_all_on_exit().await;
+    }
     Ok(())
 }
 

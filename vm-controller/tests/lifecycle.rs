@@ -583,3 +583,32 @@ async fn a_transient_netd_failure_on_stop_is_retried_and_the_tap_still_goes() {
         "the third attempt removed the tap"
     );
 }
+
+#[tokio::test]
+async fn with_stop_vms_on_exit_a_controller_shutdown_stops_every_running_vm_first() {
+    let config = banger_vm_controller::config::ControllerConfig {
+        stop_vms_on_exit: true,
+        ..test_config()
+    };
+    let mut h = Harness::start_with(config, Fakes::default()).await;
+    let web = h.create("web").await;
+    let db = h.create("db").await;
+    assert_eq!(h.fakes.vmm.live_count(), 2);
+    // The shutdown half of a restart is what SIGTERM does.
+    h.restart_controller().await;
+    h.wait_event("web", EventKind::Stopped).await;
+    h.wait_event("db", EventKind::Stopped).await;
+    assert_eq!(h.fakes.vmm.live_count(), 0, "no hypervisor left running");
+    for vm in [&web, &db] {
+        assert!(
+            !h.fakes.netd.has_tap(&vm.id),
+            "{}'s tap was detached",
+            vm.name
+        );
+        let got: VmInfo = h
+            .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+            .await
+            .unwrap();
+        assert_eq!(got.state, VmState::Stopped);
+    }
+}

@@ -166,6 +166,7 @@ fn local_checks(config: &CommonConfig) -> Vec<Check> {
             ),
         },
     );
+    out.push(super::doctor_forward::forward_policy_check(config));
     out.push(if Path::new("/dev/mapper/control").exists() {
         check(
             "device-mapper",

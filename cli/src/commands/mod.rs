@@ -2,10 +2,12 @@
 
 pub mod completions;
 pub mod doctor;
+pub mod doctor_forward;
 pub mod down;
 pub mod events;
 pub mod image;
 pub mod image_build;
+pub mod init;
 pub mod ping;
 pub mod status;
 pub mod tui;
@@ -21,6 +23,9 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop the local banger stack (VMs, services and the NATS it started)
     Down(down::DownArgs),
+    /// Write a stack's bus credentials and nats-server config once, start nothing (for
+    /// compose.yaml and service managers)
+    Init(init::InitArgs),
     /// Print a shell completion script (bash, zsh, fish, ...)
     Completions(completions::CompletionsArgs),
     /// Write man pages into a directory
@@ -54,6 +59,7 @@ pub async fn dispatch(app: &App, cmd: Command) -> anyhow::Result<u8> {
         // Handled before connecting (see `crate::run`): they manage the bus itself.
         Command::Up(_)
         | Command::Down(_)
+        | Command::Init(_)
         | Command::Doctor(_)
         | Command::Tui(_)
         | Command::Completions(_)

@@ -277,13 +277,12 @@ fn start_nats(
     let port = choose_port(&config.nats.urls);
     let dir = paths.nats_dir();
     std::fs::create_dir_all(dir.join("jetstream"))?;
-    let conf = format!(
-        "# Written by `banger up`.\nlisten: \"127.0.0.1:{port}\"\n\
-         # vm.list of a host with thousands of VMs is larger than the 1 MB default.\n\
-         max_payload: 8MB\n\
-         jetstream {{ store_dir: {store:?} }}\n\
-         authorization {{ user: {user:?}, password: {password:?} }}\n",
-        store = dir.join("jetstream").display().to_string(),
+    let conf = stack::nats_conf(
+        &format!("127.0.0.1:{port}"),
+        &dir.join("jetstream"),
+        &user,
+        &password,
+        "banger up",
     );
     let conf_path = dir.join("nats.conf");
     stack::write_private(&conf_path, &conf)?;
