@@ -307,19 +307,18 @@ fn forward_policy(ns: &NetNs, no_config: &Path) -> (String, String) {
 
 #[test]
 fn compose_boots_a_vm_and_down_leaves_nothing() {
-    const TEST: &str = "compose_boots_a_vm_and_down_leaves_nothing";
-    if !require_root(TEST) {
+    if !require_root() {
         return;
     }
     let started = Instant::now();
     if let Err(why) = docker::install_packages() {
-        skip(TEST, &format!("Docker cannot be installed here: {why}"));
+        skip(&format!("Docker cannot be installed here: {why}"));
         return;
     }
     let compose = match Compose::find() {
         Ok(c) => c,
         Err(why) => {
-            skip(TEST, &why);
+            skip(&why);
             return;
         }
     };
@@ -328,7 +327,7 @@ fn compose_boots_a_vm_and_down_leaves_nothing() {
     let docker = match PrivateDocker::start(&ns, &dir.join("docker")) {
         Ok(d) => d,
         Err(why) => {
-            skip(TEST, &format!("Docker cannot run here: {why}"));
+            skip(&format!("Docker cannot run here: {why}"));
             return;
         }
     };

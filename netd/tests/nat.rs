@@ -201,16 +201,11 @@ fn iptables_rules(ns: &NetNs) -> String {
 
 #[test]
 fn guests_reach_the_outside_beside_dockers_forward_drop_policy_and_the_accepts_go_with_netd() {
-    const TEST: &str =
-        "guests_reach_the_outside_beside_dockers_forward_drop_policy_and_the_accepts_go_with_netd";
-    if !require_root(TEST) {
+    if !require_root() {
         return;
     }
     if !have_program("iptables") {
-        skip(
-            TEST,
-            "iptables is not installed (./scripts/setup installs it)",
-        );
+        skip("iptables is not installed (./scripts/setup installs it)");
         return;
     }
     let mut w = World::new("dkr", vec![]);
