@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::service::ServiceExt;
-use banger_proto::{ApiError, ErrorCode};
 use banger_proto::error::ErrorReply;
+use banger_proto::{ApiError, ErrorCode};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -157,7 +157,12 @@ fn section<'a>(out: &'a str, title: &str) -> Vec<&'a str> {
 /// A process and when it started (the start time tells a reused pid apart).
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// Every process in the namespace and all their descendants (the simulated guests' agents run
@@ -176,7 +181,13 @@ fn stack_processes(ns: &NetNs) -> Vec<(i32, u64)> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             Some((pid, ppid))
         })
         .collect();
@@ -315,12 +326,18 @@ fn the_readmes_demo_runs_as_written_and_down_leaves_nothing() {
     );
     let mut watcher = None;
     for line in &commands {
-        let words: Vec<&str> = line.split('#').next().unwrap_or("").split_whitespace().collect();
+        let words: Vec<&str> = line
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         match words.get(1..).unwrap_or_default() {
             ["vm", "list"] => {
                 let o = env.run_ok(line);
                 assert!(
-                    o.lines().any(|l| l.starts_with("demo ") && l.contains("running")),
+                    o.lines()
+                        .any(|l| l.starts_with("demo ") && l.contains("running")),
                     "`{line}`:\n{o}"
                 );
             }
@@ -352,10 +369,7 @@ fn the_readmes_demo_runs_as_written_and_down_leaves_nothing() {
 
     // Nothing left: no tap or bridge, no nftables table, no loop device, no process.
     let links = env.ns.exec(&["ip", "-o", "link", "show"]);
-    let names: Vec<&str> = links
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .collect();
+    let names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
     assert_eq!(names, ["lo"], "links left after down:\n{links}");
     let tables = env.ns.exec(&["nft", "list", "tables"]);
     assert!(tables.trim().is_empty(), "nftables tables left: {tables}");

@@ -63,8 +63,9 @@ fn register_agent_without_libraries(stack: &Stack, name: &str) {
 
 #[test]
 fn a_guest_whose_agent_cannot_run_is_reported_with_its_exit_status_not_waited_out() {
-    if !require_root("a_guest_whose_agent_cannot_run_is_reported_with_its_exit_status_not_waited_out")
-    {
+    if !require_root(
+        "a_guest_whose_agent_cannot_run_is_reported_with_its_exit_status_not_waited_out",
+    ) {
         return;
     }
     let stack = Stack::new("gdie");
@@ -83,7 +84,10 @@ fn a_guest_whose_agent_cannot_run_is_reported_with_its_exit_status_not_waited_ou
     ]);
     let out = text(&create);
     assert_eq!(create.status.code(), Some(1), "{out}");
-    assert!(!out.contains("did not become healthy within"), "waited out:\n{out}");
+    assert!(
+        !out.contains("did not become healthy within"),
+        "waited out:\n{out}"
+    );
     for needed in [
         "broken is failed",
         "exit status 127",
@@ -104,7 +108,11 @@ fn a_guest_whose_agent_cannot_run_is_reported_with_its_exit_status_not_waited_ou
     assert!(human.contains("exit status 127"), "{human}");
     let health = stack.banger(&["vm", "health", "broken"]);
     assert!(!health.status.success());
-    assert!(text(&health).contains("exit status 127"), "{}", text(&health));
+    assert!(
+        text(&health).contains("exit status 127"),
+        "{}",
+        text(&health)
+    );
 
     // Nothing of it runs: no hypervisor, no tap.
     let dir = stack.dir.to_string_lossy().into_owned();

@@ -97,7 +97,10 @@ fn parse_panic(line: &str) -> Option<(String, Option<u32>)> {
     let cause = line[line.find(PANIC)? + PANIC.len()..].trim().to_owned();
     let status = cause
         .strip_prefix(KILLED_INIT)
-        .and_then(|rest| rest.split_whitespace().find_map(|w| w.strip_prefix("exitcode=")))
+        .and_then(|rest| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix("exitcode="))
+        })
         .and_then(|hex| u32::from_str_radix(hex.trim_start_matches("0x"), 16).ok());
     Some((cause, status))
 }
@@ -354,8 +357,9 @@ mod tests {
         let exit = hypervisor_exit(Some("exit status: 1"), Some(&line));
         assert!(exit.failed);
         assert!(
-            exit.reason
-                .starts_with("the hypervisor exited on its own (exit status: 1); its log's last error: "),
+            exit.reason.starts_with(
+                "the hypervisor exited on its own (exit status: 1); its log's last error: "
+            ),
             "{}",
             exit.reason
         );

@@ -182,10 +182,7 @@ impl Controller {
     /// the exit status and the log's last error, or `stopped` after a clean exit; a kernel panic
     /// on the console comes first (a guest booted with `panic=1 reboot=k` reboots after the
     /// panic, and the hypervisor then exits cleanly).
-    pub(crate) async fn end_exited_hypervisor(
-        &self,
-        rec: &VmRecord,
-    ) -> Result<VmRecord, ApiError> {
+    pub(crate) async fn end_exited_hypervisor(&self, rec: &VmRecord) -> Result<VmRecord, ApiError> {
         let id = rec.id().clone();
         let paths = self.paths(&id);
         let status = self.inner.vmm.exit_status(&paths, REAP_WAIT).await;

@@ -48,7 +48,10 @@ pub(crate) fn report_exit(status: ExitStatus, mount_failed: bool) {
     log::serial(&format!(
         "SIMULATOR: banger-agent, the guest's init, exited ({status}); a guest kernel panics:"
     ));
-    log::serial(&format!("{KILLED_INIT} exitcode=0x{:08x}", status.into_raw()));
+    log::serial(&format!(
+        "{KILLED_INIT} exitcode=0x{:08x}",
+        status.into_raw()
+    ));
 }
 
 /// What the guest does after a panic, from the kernel command line's `panic=` argument: reboot

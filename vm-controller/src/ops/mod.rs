@@ -47,13 +47,13 @@ pub(crate) fn require_running(rec: &VmRecord, what: &str) -> Result<(), ApiError
     } else {
         // A failed VM says why: that is what the user needs to fix before starting it again.
         let why = match (&rec.info.reason, rec.state()) {
-            (Some(reason), VmState::Failed) => format!(" ({reason})"),
+            (Some(reason), VmState::Failed) => format!("; why it failed: {reason}"),
             _ => String::new(),
         };
         Err(ApiError::new(
             ErrorCode::Conflict,
             format!(
-                "vm {} is {}{why}; {what} needs it running (banger vm start {})",
+                "vm {} is {}; {what} needs it running (banger vm start {}){why}",
                 rec.info.name,
                 rec.state(),
                 rec.info.name

@@ -560,7 +560,10 @@ mod tests {
         let first = s.lines().next().unwrap_or_default();
         assert!(first.contains("SIMULATED HYPERVISOR"), "{s}");
         let last = s.lines().last().unwrap_or_default();
-        assert!(last.contains("q quit") && !last.contains("SIMULATED"), "{s}");
+        assert!(
+            last.contains("q quit") && !last.contains("SIMULATED"),
+            "{s}"
+        );
     }
 
     #[test]
