@@ -138,6 +138,10 @@ pub enum ConsoleScan {
 /// earlier boot and are never quoted) for a kernel panic.
 pub fn scan_console(serial: &Path, boot_start: u64, scanned_to: u64) -> ConsoleScan {
     let len = file_len(serial);
+    if len <= scanned_to {
+        // Nothing new (the usual case, every round for every VM): no open, no read.
+        return ConsoleScan::Alive { scanned_to };
+    }
     let from = scanned_to.max(len.saturating_sub(SCAN_MAX)).max(boot_start);
     let Ok(bytes) = read_range(serial, from, Some(len)) else {
         return ConsoleScan::Alive { scanned_to };

@@ -106,8 +106,9 @@ impl Controller {
         self.watched().remove(id);
     }
 
-    /// Looks at VM `id`'s console for a panic (advancing its scan offset when there is none).
-    async fn look(&self, id: &VmId) -> Option<Finding> {
+    /// Looks at VM `id`'s console for a panic (advancing its scan offset when there is none),
+    /// then at its hypervisor; with the boot the finding is about.
+    async fn look(&self, id: &VmId) -> Option<(u64, Finding)> {
         let watch = *self.watched().get(id)?;
         let serial = self.paths(id).serial_log;
         let scan = tokio::task::spawn_blocking(move || {
@@ -115,6 +116,13 @@ impl Controller {
         })
         .await
         .ok()?;
+        let finding = self.judge(id, scan).await?;
+        Some((watch.console_from, finding))
+    }
+
+    /// What a console scan and the hypervisor's exit status say about VM `id` (advancing its
+    /// scan offset when the console shows no panic).
+    async fn judge(&self, id: &VmId, scan: ConsoleScan) -> Option<Finding> {
         match scan {
             ConsoleScan::Dead(death) => Some(Finding::GuestDied(death)),
             ConsoleScan::Alive { scanned_to } => {
@@ -131,18 +139,41 @@ impl Controller {
         }
     }
 
-    /// One round over every watched VM.
-    pub(crate) async fn watch_round(&self) {
-        let ids: Vec<VmId> = self.watched().keys().cloned().collect();
-        for id in ids {
-            if let Some(finding) = self.look(&id).await {
-                self.settle(&id, finding).await;
+    /// One round over every watched VM: every console read in one blocking task, then the
+    /// hypervisors' exit statuses (kept in memory), then the dead ones ended. The service runs
+    /// one every [`WATCH_INTERVAL`]; tests run one when they need it done.
+    pub async fn watch_round(&self) {
+        let watched: Vec<(VmId, Watch, std::path::PathBuf)> = self
+            .watched()
+            .iter()
+            .map(|(id, w)| (id.clone(), *w, self.paths(id).serial_log))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let Ok(scans) = tokio::task::spawn_blocking(move || {
+            watched
+                .into_iter()
+                .map(|(id, w, serial)| {
+                    let scan = postmortem::scan_console(&serial, w.console_from, w.scanned_to);
+                    (id, w.console_from, scan)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            return;
+        };
+        for (id, boot, scan) in scans {
+            if let Some(finding) = self.judge(&id, scan).await {
+                self.settle(&id, boot, finding).await;
             }
         }
     }
 
-    /// Ends a VM the watch found dead, under its lock (skipped this round when busy).
-    async fn settle(&self, id: &VmId, finding: Finding) {
+    /// Ends a VM the watch found dead in the boot whose console starts at `boot`, under its
+    /// lock (skipped this round when busy).
+    async fn settle(&self, id: &VmId, boot: u64, finding: Finding) {
         let Some(_guard) = self.try_lock(id) else {
             return;
         };
@@ -154,6 +185,21 @@ impl Controller {
                 return;
             }
         };
+        // Restarted since the look (a new boot, a new watch): the finding is about the last one.
+        if self.watched().get(id).map(|w| w.console_from) != Some(boot) {
+            return;
+        }
+        // The process this controller spawned exited; one holding the socket now is not it.
+        if matches!(finding, Finding::HypervisorExited)
+            && self
+                .inner
+                .vmm
+                .find_process(&self.paths(id), rec.pid)
+                .await
+                .is_some()
+        {
+            return;
+        }
         let result = match finding {
             Finding::GuestDied(death) => self.end_dead_guest(&rec, &death).await,
             Finding::HypervisorExited => self.end_exited_hypervisor(&rec).await.map(drop),
@@ -220,8 +266,8 @@ impl Controller {
     /// For `vm health` when the agent does not answer: whether the guest died, ending the VM
     /// when it did. The error to reply with in that case.
     pub(crate) async fn dead_guest_error(&self, id: &VmId) -> Option<ApiError> {
-        let finding = self.look(id).await?;
-        self.settle(id, finding).await;
+        let (boot, finding) = self.look(id).await?;
+        self.settle(id, boot, finding).await;
         let rec = self.inner.db.find(id).await.ok().flatten()?;
         let reason = rec.info.reason.clone().unwrap_or_default();
         let message = match rec.state() {

@@ -348,8 +348,9 @@ impl Vmm for ProcessVmm {
                     Some(Spawned::Exited(status)) => return Some(status.clone()),
                     Some(Spawned::Running(pid)) => *pid,
                 };
-                // Alive: no status to wait for. Gone: the reaper is about to record it.
-                if process::is_alive(pid) || Instant::now() >= end {
+                // Not asked to wait, or alive: no status yet. Gone: the reaper is about to
+                // record it.
+                if wait.is_zero() || process::is_alive(pid) || Instant::now() >= end {
                     return None;
                 }
                 tokio::time::sleep(REAP_POLL).await;
