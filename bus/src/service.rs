@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::service::ServiceExt;
-use banger_proto::ApiError;
 use banger_proto::error::ErrorReply;
+use banger_proto::{ApiError, ErrorCode};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -348,7 +348,24 @@ async fn handle<Req, Resp, H, Fut>(
         Ok(b) => b,
         Err(err) => {
             span.record("error.type", err.code.as_str());
-            span.in_scope(|| tracing::info!(code = %err.code, "{}", err.message));
+            span.in_scope(|| {
+                // What the caller asked could not be done as things are (not there, not yet,
+                // wrong state): the caller reports it, and a poll (`vm create --wait` asks for
+                // health every 500 ms while a guest boots) must not fill the log. A failure on
+                // this side is for the operator.
+                if matches!(
+                    err.code,
+                    ErrorCode::NotFound
+                        | ErrorCode::Ambiguous
+                        | ErrorCode::InvalidArgument
+                        | ErrorCode::Conflict
+                        | ErrorCode::Unavailable
+                ) {
+                    tracing::debug!(code = %err.code, "{}", err.message);
+                } else {
+                    tracing::info!(code = %err.code, "{}", err.message);
+                }
+            });
             if let Ok(mut m) = ctx.errors.lock() {
                 let c = m.entry(ctx.op.clone()).or_default();
                 c.errors += 1;

@@ -82,14 +82,22 @@ pub fn styled(stream: &impl std::io::IsTerminal) -> bool {
     stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// Prints the simulator banner on stderr when the local stack runs the simulator.
-fn announce_simulator(config: &CommonConfig) {
-    let vmm = config
+/// Whether the local stack `config` describes runs VMs under the simulator.
+pub fn stack_runs_simulator(config: &CommonConfig) -> bool {
+    config
         .file_table()
         .get("stack")
         .and_then(|t| t.get("vmm"))
-        .and_then(toml::Value::as_str);
-    if vmm == Some("sim") {
+        .and_then(toml::Value::as_str)
+        == Some("sim")
+}
+
+/// Prints the simulator banner on stderr when the local stack runs the simulator. Flushes
+/// stdout first, so the banner never lands in the middle of a line a command already printed.
+fn announce_simulator(config: &CommonConfig) {
+    if stack_runs_simulator(config) {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
         eprintln!("{}", simulator_banner());
     }
 }
@@ -156,7 +164,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         progress::suppress();
     }
     let config = CommonConfig::resolve(&cli.common, banger_bus::config::CLI_PROCESS)?;
-    announce_simulator(&config);
+    // The TUI owns the terminal: it shows the banner in its title line instead.
+    if !matches!(cli.command, commands::Command::Tui(_)) {
+        announce_simulator(&config);
+    }
     match cli.command {
         commands::Command::Up(args) => return commands::up::run(&config, args).await,
         commands::Command::Down(args) => return commands::down::run(&config, args).await,

@@ -15,7 +15,7 @@ use crate::api::{self, Api};
 use crate::cli::{self, Args, VERSION_LINE};
 use crate::faults::{FAULTS_ENV, Fault, Faults};
 use crate::log::{self, Level};
-use crate::vmm::Vmm;
+use crate::vmm::{Exit, Vmm};
 
 /// How long shutdown waits for in-flight API replies (the `SendCtrlAltDel` answer) to go out.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -105,7 +105,10 @@ pub(crate) async fn run(args: Args) -> ExitCode {
     let why = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-        Some(_) = exit_rx.recv() => "Ctrl+Alt+Del",
+        Some(exit) = exit_rx.recv() => match exit {
+            Exit::CtrlAltDel => "Ctrl+Alt+Del",
+            Exit::GuestReboot => "the guest rebooted after a kernel panic",
+        },
     };
     log::info(&format!("{why}: shutting down"));
     server.abort();

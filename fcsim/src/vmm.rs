@@ -44,6 +44,9 @@ pub(crate) const NOT_BEFORE_START: &str =
 pub(crate) enum Exit {
     /// The guest shut down after Ctrl+Alt+Del (Firecracker with `reboot=k` exits 0).
     CtrlAltDel,
+    /// The guest rebooted after a kernel panic (`panic=N`): Firecracker exits on a guest
+    /// reboot.
+    GuestReboot,
 }
 
 /// An API reply.
@@ -532,6 +535,7 @@ impl Vmm {
             agent_bin: self.agent_bin.clone(),
             runtime_dir: crate::guest::runtime_dir(),
             slow_boot: self.faults.slow_boot(),
+            exit: self.exit.clone(),
         };
         let guest = Guest::boot(plan, Arc::clone(&self.ports), Arc::clone(&self.counters))
             .await

@@ -482,6 +482,41 @@ async fn fault_slow_boot_delays_the_agent() {
 }
 
 #[tokio::test]
+async fn an_agent_that_exits_is_the_guests_init_dying_and_panic_1_reboots_so_the_vmm_exits_0() {
+    let test =
+        "an_agent_that_exits_is_the_guests_init_dying_and_panic_1_reboots_so_the_vmm_exits_0";
+    let tmp = TempDir::new().unwrap();
+    let mut sim = spawn(tmp.path(), Opts::default()).await;
+    // Boot arguments with `panic=1`, as banger's defaults.
+    if !sim.configure_plain(test).await {
+        return;
+    }
+    let pid = sim.proc.pid();
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    let agents = agents_of(pid);
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agents[0]).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The kernel reboots a second after the panic, and Firecracker exits 0 on a guest reboot.
+    let status = sim.wait_exit().await;
+    assert!(status.success(), "{status}");
+    let log = sim.log();
+    assert!(
+        log.contains("the agent, the guest's init, exited on its own: signal: 9"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the guest rebooted after a kernel panic"),
+        "{log}"
+    );
+    assert!(!sim.api.exists(), "a clean exit removes the API socket");
+}
+
+#[tokio::test]
 async fn fault_crash_after_exits_non_zero_and_leaves_the_socket() {
     let tmp = TempDir::new().unwrap();
     let mut sim = spawn(

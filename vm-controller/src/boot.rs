@@ -52,8 +52,15 @@ impl Controller {
             .transition_and_emit(id, VmState::Starting, None, EventKind::Starting)
             .await?;
         let mut undo = Undo::default();
+        // This boot's console and log output start here: the watch reads from there on.
+        let ctl = self.clone();
+        let key = id.clone();
+        let log_ends = tokio::task::spawn_blocking(move || crate::watch::log_ends(&ctl, &key))
+            .await
+            .unwrap_or_default();
         match self.boot_steps(&rec, &mut undo).await {
             Ok(rec) => {
+                self.watch(rec.id(), log_ends);
                 tracing::info!(vm.id = %rec.id(), vm.name = %rec.info.name, pid = ?rec.pid, "vm running");
                 self.emit(EventKind::Started, &rec.info).await;
                 Ok(rec)

@@ -55,6 +55,8 @@ pub(crate) struct Inner {
     /// The last health each VM's agent reported (`true` = healthy), to publish `health` events
     /// on changes only.
     pub(crate) last_health: Mutex<HashMap<VmId, bool>>,
+    /// The running VMs watched for a dead guest or hypervisor ([`crate::watch`]).
+    pub(crate) watched: Mutex<HashMap<VmId, crate::watch::Watch>>,
 }
 
 /// The VM controller of one host. Cheap to clone; every clone is the same controller.
@@ -90,6 +92,7 @@ impl Controller {
                 lab: parts.lab,
                 events,
                 last_health: Mutex::default(),
+                watched: Mutex::default(),
             }),
         }
     }

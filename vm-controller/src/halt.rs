@@ -227,7 +227,19 @@ impl Controller {
         rec: &VmRecord,
         note: Option<String>,
     ) -> Result<VmRecord, ApiError> {
+        self.finish_as(rec, VmState::Stopped, note).await
+    }
+
+    /// The process is gone: remove its sockets, detach the tap, record `end` (`stopped`, or
+    /// `failed` for a VM whose guest or hypervisor died) with `reason`, publish.
+    pub(crate) async fn finish_as(
+        &self,
+        rec: &VmRecord,
+        end: VmState,
+        reason: Option<String>,
+    ) -> Result<VmRecord, ApiError> {
         let id = rec.id().clone();
+        self.unwatch(&id);
         let paths = self.paths(&id);
         let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths)).await;
         if rec.info.network.is_some() || rec.state() != VmState::Stopped {
@@ -241,16 +253,16 @@ impl Controller {
             .inner
             .db
             .modify(&id, move |r| {
-                r.info.state = VmState::Stopped;
+                r.info.state = end;
                 r.info.network = None;
-                r.info.reason = note;
+                r.info.reason = reason;
                 r.pid = None;
                 Ok(())
             })
             .await
             .map_err(|e| self.store_error(e))?;
-        tracing::info!(vm.id = %id, vm.name = %stopped.info.name, "vm stopped");
-        self.emit(EventKind::Stopped, &stopped.info).await;
+        tracing::info!(vm.id = %id, vm.name = %stopped.info.name, state = %end, "vm ended");
+        self.emit(crate::watch::end_event(end), &stopped.info).await;
         Ok(stopped)
     }
 }

@@ -7,8 +7,9 @@
 //! The pieces: [`store`] (SQLite records, the only writer of a VM's state), [`locks`] (one lock
 //! per VM), [`deps`] (stord, netd, the agent, the other controllers and the event sink behind
 //! small traits), [`vmm`] (the hypervisor behind the [`vmm::Vmm`] trait), [`boot`] and [`halt`]
-//! (the shared halves of the lifecycle), [`ops`] (one file per operation), [`reconcile`] and
-//! [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
+//! (the shared halves of the lifecycle), [`ops`] (one file per operation), [`reconcile`],
+//! [`watch`] and [`postmortem`] (a dead guest or hypervisor reported at once, with the reason)
+//! and [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
 //! call [`serve`].
 
 pub mod boot;
@@ -21,9 +22,11 @@ pub mod halt;
 pub mod ids;
 pub mod locks;
 pub mod ops;
+pub mod postmortem;
 pub mod reconcile;
 pub mod store;
 pub mod vmm;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -169,6 +172,7 @@ pub async fn serve(
     host.spawn(async move {
         reconcile_loop(loop_ctl, loop_bus, controllers, stop).await;
     });
+    host.spawn(watch::watch_loop(ctl.clone(), shutdown.clone()));
     host.run(shutdown).await;
     if ctl.config().stop_vms_on_exit {
         ctl.stop_all_on_exit().await;

@@ -5,9 +5,11 @@
 //!
 //! - `running` with a live process: re-adopted (the pid is refreshed). A controller restart
 //!   therefore never stops running VMs.
-//! - `running`/`starting`/`stopping` without a process: the guest is gone; the VM becomes
-//!   `stopped` through the normal stop path (sockets removed, tap detached, `stopped` event,
-//!   which netd and dnsd follow).
+//! - `running` without a process: the VM ends through the normal stop path (sockets removed,
+//!   tap detached, event, which netd and dnsd follow) as `failed` with the hypervisor's exit
+//!   status and its log's last error, or `stopped` after a clean exit ([`crate::watch`]
+//!   usually gets there first).
+//! - `starting`/`stopping` without a process: the VM becomes `stopped` the same way.
 //! - `starting` with a process but nobody booting it (the controller died mid-start): killed
 //!   and `failed`, since its configuration may be half done.
 //! - `stopping` with a process and nobody stopping it: the stop is finished by force.
@@ -121,6 +123,7 @@ impl Controller {
                 match (state, pid) {
                     (VmState::Running, Some(pid)) => {
                         report.adopted += 1;
+                        self.watch_adopted(&id).await;
                         if rec.pid == Some(pid) {
                             Ok(())
                         } else {
@@ -141,12 +144,16 @@ impl Controller {
                         report.failed += 1;
                         self.fail_interrupted_start(&rec, pid).await
                     }
+                    (VmState::Running, None) => {
+                        // Failed or stopped, with the exit status and the log's last error
+                        // (see `watch`), when the watch has not ended it already.
+                        report.stopped += 1;
+                        self.end_exited_hypervisor(&rec).await.map(|_| ())
+                    }
                     (_, None) => {
                         report.stopped += 1;
                         tracing::info!(vm.id = %id, vm.name = %rec.info.name, %state, "the hypervisor process is gone; marking the vm stopped");
-                        let note = (state == VmState::Running)
-                            .then(|| "the hypervisor process exited".to_owned());
-                        self.finish_stop(&rec, note).await.map(|_| ())
+                        self.finish_stop(&rec, None).await.map(|_| ())
                     }
                     (_, Some(_)) => {
                         // Stopping (or a failed VM whose process lives on): finish the stop.

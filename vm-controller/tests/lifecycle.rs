@@ -387,6 +387,60 @@ async fn reconcile_marks_a_vm_whose_process_vanished_stopped() {
 }
 
 #[tokio::test]
+async fn a_kernel_panic_on_the_console_fails_the_vm_at_once_with_the_exit_status_and_tail() {
+    // The default reconcile interval (far longer than this test waits): the watch does it.
+    use std::io::Write as _;
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    let console = h.ctl.paths(&vm.id).serial_log;
+    std::fs::create_dir_all(console.parent().unwrap()).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&console)
+        .unwrap();
+    writeln!(log, "Run /usr/local/bin/banger-agent as init process").unwrap();
+    writeln!(
+        log,
+        "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00007f00"
+    )
+    .unwrap();
+    h.wait_event("web", EventKind::Failed).await;
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(got.state, VmState::Failed);
+    let reason = got.reason.unwrap();
+    assert!(reason.contains("exit status 127"), "{reason}");
+    assert!(reason.contains("loader/libraries"), "{reason}");
+    assert!(
+        reason.contains("Run /usr/local/bin/banger-agent"),
+        "{reason}"
+    );
+    assert!(
+        h.fakes.vmm.killed("web"),
+        "the panicked guest's hypervisor is killed"
+    );
+    assert!(!h.fakes.netd.has_tap(&vm.id), "tap detached");
+    // Health and exec of the failed VM say why.
+    let err = h
+        .call::<_, Health>(VmOp::Health, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert!(err.message.contains("exit status 127"), "{}", err.message);
+    // A later boot is watched from its own start: the old panic does not fail it again.
+    h.op(VmOp::Start, &vm.id).await.unwrap();
+    h.ctl.watch_round().await;
+    let got: VmInfo = h
+        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(got.state, VmState::Running, "{:?}", got.reason);
+}
+
+#[tokio::test]
 async fn a_restarted_controller_re_adopts_running_vms_without_stopping_them() {
     let mut h = Harness::start().await;
     let vm = h.create("web").await;

@@ -14,6 +14,7 @@
 //! - the serial console (stdout) shows boot lines, each marked `[SIMULATED GUEST]`.
 
 pub(crate) mod agent;
+pub(crate) mod init;
 pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod vsock;
@@ -24,10 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::log;
+use crate::vmm::Exit;
 use agent::Agent;
 use net::{GuestIface, NetCounters, Tap, mac_string};
 use netns::{GUEST_IFACE, GuestNetns};
@@ -38,6 +40,10 @@ pub(crate) const AGENT_PORT: u32 = banger_proto::agent::DEFAULT_AGENT_PORT;
 
 /// How long the agent may take to create its socket after it was spawned.
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the running guest checks whether its init (the agent) is still there: a kernel
+/// knows at once; 50 ms is well inside what anyone watching the console could tell apart.
+const INIT_WATCH: Duration = Duration::from_millis(50);
 
 /// What the guest boots with.
 #[derive(Debug)]
@@ -52,6 +58,8 @@ pub(crate) struct BootPlan {
     /// Where the guest's Unix sockets go (created here, removed at shutdown).
     pub(crate) runtime_dir: PathBuf,
     pub(crate) slow_boot: Option<Duration>,
+    /// Where the guest's reboot after a kernel panic goes (the VMM then exits).
+    pub(crate) exit: mpsc::UnboundedSender<Exit>,
 }
 
 /// A booted (or booting) guest.
@@ -117,6 +125,8 @@ impl Guest {
             root_drive: plan.root_drive,
             slow_boot: plan.slow_boot,
             hostname: plan.hostname,
+            after_panic: init::after_panic(&plan.cmdline),
+            exit: plan.exit,
         };
         let boot_task = tokio::spawn(start_agent(
             userspace,
@@ -211,6 +221,9 @@ struct Userspace {
     root_drive: Option<PathBuf>,
     slow_boot: Option<Duration>,
     hostname: String,
+    /// Reboot this long after a kernel panic (`panic=N`), or hang (`None`).
+    after_panic: Option<Duration>,
+    exit: mpsc::UnboundedSender<Exit>,
 }
 
 async fn start_agent(
@@ -226,6 +239,8 @@ async fn start_agent(
         root_drive,
         slow_boot,
         hostname,
+        after_panic,
+        exit,
     } = userspace;
     if let Some(delay) = slow_boot {
         log::info(&format!("fault slow-boot: the agent starts in {delay:?}"));
@@ -267,32 +282,41 @@ async fn start_agent(
     };
     *slot.lock().await = Some(agent);
     let deadline = tokio::time::Instant::now() + AGENT_READY_TIMEOUT;
-    loop {
-        if is_listening(&socket) {
-            ports.listen(AGENT_PORT, socket);
+    let mut listening = false;
+    // Until the agent listens, then for as long as the guest runs (shutdown aborts this task
+    // before it stops the agent): an agent that exits on its own is the guest's init dying.
+    let status = loop {
+        if !listening && is_listening(&socket) {
+            ports.listen(AGENT_PORT, socket.clone());
             log::serial(&format!(
                 "banger-agent listening on vsock port {AGENT_PORT}"
             ));
             log::info("guest userspace up: agent listening");
-            return;
+            listening = true;
         }
         if let Some(a) = slot.lock().await.as_mut()
             && let Some(status) = a.try_exit()
         {
-            let why = if status.code() == Some(agent::MOUNT_FAILED_EXIT) {
-                "mounting the root drive or the work disk failed".to_owned()
-            } else {
-                format!("it exited: {status}")
-            };
-            log::error(&format!("the agent did not come up: {why}"));
-            log::serial(&format!("banger-agent failed: {why}"));
-            return;
+            break status;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if !listening && tokio::time::Instant::now() >= deadline {
             log::error("the agent did not create its socket in time");
             return;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let poll = if listening {
+            INIT_WATCH
+        } else {
+            Duration::from_millis(5)
+        };
+        tokio::time::sleep(poll).await;
+    };
+    ports.clear();
+    init::report_exit(status, status.code() == Some(agent::MOUNT_FAILED_EXIT));
+    init::announce_after_panic(after_panic);
+    if let Some(delay) = after_panic {
+        tokio::time::sleep(delay).await;
+        log::info("the guest rebooted after its kernel panic: the VMM exits");
+        let _ = exit.send(Exit::GuestReboot);
     }
 }
 

@@ -1,5 +1,6 @@
 //! `vm.health`: the guest agent's `/healthz` over hybrid vsock. A change of health is published
-//! as a `health` event.
+//! as a `health` event. When the agent does not answer, the VM's console is looked at at once
+//! ([`crate::watch`]): a guest that died makes the VM `failed` and the reply says why.
 
 use banger_proto::ApiError;
 use banger_proto::agent::Health;
@@ -30,6 +31,12 @@ impl Controller {
             .unwrap_or(false);
         if changed {
             self.emit(EventKind::Health, &rec.info).await;
+        }
+        if result.is_err()
+            && let Some(dead) = self.dead_guest_error(&req.id).await
+        {
+            // The guest (or its hypervisor) died: say so now rather than let callers wait.
+            return Err(dead);
         }
         result.map_err(|e| step("asking the guest agent", e.into()))
     }

@@ -45,10 +45,15 @@ pub(crate) fn require_running(rec: &VmRecord, what: &str) -> Result<(), ApiError
     if rec.state() == VmState::Running {
         Ok(())
     } else {
+        // A failed VM says why: that is what the user needs to fix before starting it again.
+        let why = match (&rec.info.reason, rec.state()) {
+            (Some(reason), VmState::Failed) => format!("; why it failed: {reason}"),
+            _ => String::new(),
+        };
         Err(ApiError::new(
             ErrorCode::Conflict,
             format!(
-                "vm {} is {}; {what} needs it running (banger vm start {})",
+                "vm {} is {}; {what} needs it running (banger vm start {}){why}",
                 rec.info.name,
                 rec.state(),
                 rec.info.name

@@ -10,12 +10,15 @@
 //! stdout) goes to `serial.log`, its own log to `vmm.log`.
 //!
 //! The process is not kept as a child handle: it outlives a controller restart, and every
-//! later action finds it again by its API socket ([`super::process`]). Tokio reaps it if it
-//! exits while this controller is its parent.
+//! later action finds it again by its API socket ([`super::process`]). While this controller
+//! is its parent, a task waits for it and records its exit status ([`Vmm::exit_status`]), so a
+//! VM whose hypervisor died says how.
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use banger_firecracker::FirecrackerClient;
@@ -41,6 +44,17 @@ pub const WORK_DRIVE_ID: &str = "work";
 /// The network interface id.
 pub const IFACE_ID: &str = "eth0";
 
+/// How often [`Vmm::exit_status`] looks again for a status being recorded.
+const REAP_POLL: Duration = Duration::from_millis(10);
+
+/// A hypervisor this controller spawned, by API socket: its pid while it runs, then how it
+/// exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spawned {
+    Running(u32),
+    Exited(String),
+}
+
 /// Firecracker (or the simulator) as separate processes.
 #[derive(Debug, Clone)]
 pub struct ProcessVmm {
@@ -49,6 +63,7 @@ pub struct ProcessVmm {
     log_level: String,
     socket_timeout: Duration,
     api_timeout: Duration,
+    spawned: Arc<Mutex<HashMap<PathBuf, Spawned>>>,
 }
 
 impl ProcessVmm {
@@ -66,7 +81,36 @@ impl ProcessVmm {
             log_level,
             socket_timeout,
             api_timeout,
+            spawned: Arc::default(),
         }
+    }
+
+    fn spawned(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Spawned>> {
+        self.spawned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records `child`'s exit status under `api_sock` when it exits (the task ends with the
+    /// process, or with the runtime at shutdown: the process outlives the controller).
+    fn reap(&self, api_sock: PathBuf, pid: u32, mut child: tokio::process::Child) {
+        self.spawned()
+            .insert(api_sock.clone(), Spawned::Running(pid));
+        let spawned = Arc::clone(&self.spawned);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("exit status unknown: waiting for it failed: {e}"),
+            };
+            tracing::debug!(pid, %status, "hypervisor exited");
+            let mut map = spawned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Only this process's entry: the VM may have been started again since.
+            if map.get(&api_sock) == Some(&Spawned::Running(pid)) {
+                map.insert(api_sock, Spawned::Exited(status));
+            }
+        });
     }
 
     fn client(&self, paths: &VmPaths) -> FirecrackerClient {
@@ -176,9 +220,8 @@ impl Vmm for ProcessVmm {
                     .await
                     .is_ok()
                 {
-                    // Dropping the handle does not kill the process (kill_on_drop is off);
-                    // tokio reaps it if it exits while we are its parent.
-                    drop(child);
+                    // kill_on_drop is off: the process outlives this controller.
+                    self.reap(spec.paths.api_sock.clone(), pid, child);
                     return Ok(pid);
                 }
                 if Instant::now() >= deadline {
@@ -290,6 +333,29 @@ impl Vmm for ProcessVmm {
 
     fn usage(&self, pid: u32) -> Option<ProcUsage> {
         process::usage(pid)
+    }
+
+    fn exit_status<'a>(
+        &'a self,
+        paths: &'a VmPaths,
+        wait: Duration,
+    ) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let end = Instant::now() + wait;
+            loop {
+                let pid = match self.spawned().get(&paths.api_sock) {
+                    None => return None,
+                    Some(Spawned::Exited(status)) => return Some(status.clone()),
+                    Some(Spawned::Running(pid)) => *pid,
+                };
+                // Not asked to wait, or alive: no status yet. Gone: the reaper is about to
+                // record it.
+                if wait.is_zero() || process::is_alive(pid) || Instant::now() >= end {
+                    return None;
+                }
+                tokio::time::sleep(REAP_POLL).await;
+            }
+        })
     }
 
     fn metrics<'a>(&'a self, paths: &'a VmPaths) -> BoxFuture<'a, Option<serde_json::Value>> {

@@ -143,6 +143,19 @@ pub trait Vmm: Send + Sync + 'static {
     /// Resource use of `pid`.
     fn usage(&self, pid: u32) -> Option<ProcUsage>;
 
+    /// How the hypervisor serving `paths.api_sock` exited (`exit status: 1`, `signal: 9
+    /// (SIGKILL)`), when this controller spawned it and saw it exit. Waits up to `wait` for a
+    /// process it spawned that is gone but not reaped yet. `None` while it runs, or when another
+    /// controller spawned it (a restarted controller is no longer its parent).
+    fn exit_status<'a>(
+        &'a self,
+        paths: &'a VmPaths,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'a, Option<String>> {
+        let _ = (paths, wait);
+        Box::pin(async { None })
+    }
+
     /// The hypervisor's own metrics, freshly flushed; `None` when it does not answer or keeps
     /// none.
     fn metrics<'a>(&'a self, paths: &'a VmPaths) -> BoxFuture<'a, Option<serde_json::Value>> {

@@ -67,6 +67,7 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
         )
         .into());
     }
+    let simulated = crate::stack_runs_simulator(&config);
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
     let client = crate::connect_bus(&config, Some(conn_tx)).await?;
     let app = App {
@@ -79,6 +80,7 @@ pub async fn run(config: CommonConfig, timeout: Duration, _args: TuiArgs) -> any
     // the reducer's ordering rules sort out which is newer).
     let mut events = feed::subscribe(&app).await?;
     let mut model = Model::default();
+    model.simulated = simulated;
     let mut pending: FuturesUnordered<Pending<'_>> = FuturesUnordered::new();
     for effect in model.start() {
         pending.extend(actions::start(&app, effect));

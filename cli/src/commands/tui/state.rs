@@ -279,6 +279,8 @@ pub(crate) struct Model {
     pub(crate) log: Option<(VmId, String, Option<u64>)>,
     /// Set by [`Action::Quit`].
     pub(crate) quit: bool,
+    /// The local stack runs VMs under the simulator: the title line says so.
+    pub(crate) simulated: bool,
     /// Lists asked for and not answered yet: a failed list is retried only when no other is
     /// on its way, so a flapping connection does not pile up retries.
     lists_in_flight: u32,
@@ -298,6 +300,7 @@ impl Default for Model {
             status: None,
             log: None,
             quit: false,
+            simulated: false,
             lists_in_flight: 0,
         }
     }

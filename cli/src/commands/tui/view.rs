@@ -111,6 +111,15 @@ fn title_line(model: &Model) -> Paragraph<'static> {
             Style::default().fg(Color::Yellow),
         ));
     }
+    if model.simulated {
+        // The banner other commands print on stderr; here the TUI owns the terminal.
+        spans.push(Span::styled(
+            "  SIMULATED HYPERVISOR (banger-fcsim: no real guest kernel)",
+            Style::default()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
+        ));
+    }
     Paragraph::new(Line::from(spans))
 }
 
@@ -540,6 +549,21 @@ mod tests {
         m.apply(Msg::Connection(Connection::Disconnected));
         let s = screen(&m, 100, 20);
         assert!(s.contains("DISCONNECTED"), "{s}");
+    }
+
+    #[test]
+    fn a_simulated_stack_is_named_in_the_title_not_over_the_key_line() {
+        let mut m = fleet();
+        assert!(!screen(&m, 120, 20).contains("SIMULATED"));
+        m.simulated = true;
+        let s = screen(&m, 120, 20);
+        let first = s.lines().next().unwrap_or_default();
+        assert!(first.contains("SIMULATED HYPERVISOR"), "{s}");
+        let last = s.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("q quit") && !last.contains("SIMULATED"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub struct CreateArgs {
     /// Only create the VM; start it later with `banger vm start NAME`
     #[arg(long, conflicts_with = "wait")]
     pub no_start: bool,
-    /// Wait until the guest agent answers its health check before returning
+    /// Wait until the guest agent answers its health check before returning; a guest that
+    /// dies (its init exits: a kernel panic on the console) ends the wait at once, with why
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits: seconds (90, 90s) or minutes (5m)

@@ -49,7 +49,8 @@ pub enum VmCommand {
     Logs(logs::LogsArgs),
     /// Show a VM's resource use, from the hypervisor and the guest agent
     Stats(inspect::RefArgs),
-    /// Ask a VM's guest agent whether it is healthy (exit 0 when it is)
+    /// Ask a VM's guest agent whether it is healthy (exit 0 when it is); a VM whose guest died
+    /// is failed, and the error says why (exit status, hint, the console's last lines)
     Health(inspect::RefArgs),
     /// Run a command in a VM and exit with its status: banger vm exec web -- uname -a
     Exec(exec::ExecArgs),
