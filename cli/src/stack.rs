@@ -73,18 +73,7 @@ impl StackPaths {
 
 /// Writes `contents` to `path` readable and writable by its owner only.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // The mode only applies on creation; tighten an existing file too.
-    f.set_permissions(fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents.as_bytes())
+    banger_bus::private::write_file(path, contents.as_bytes())
 }
 
 /// A random secret: 24 bytes from the kernel, hex-encoded.
@@ -103,13 +92,8 @@ pub fn spawn_detached(
     log: &Path,
     pid_file: &Path,
 ) -> std::io::Result<u32> {
-    if let Some(dir) = log.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    if let Some(dir) = pid_file.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    // Logs and pid files are root's (owner-only, in owner-only directories).
+    let out = banger_bus::private::create_file(log)?;
     let err = out.try_clone()?;
     let child = Command::new(program)
         .args(args)
@@ -120,7 +104,7 @@ pub fn spawn_detached(
         .process_group(0)
         .spawn()?;
     let pid = child.id();
-    fs::write(pid_file, format!("{pid}\n"))?;
+    banger_bus::private::write_file(pid_file, format!("{pid}\n").as_bytes())?;
     // The child is deliberately not waited for: `banger down` stops it by pid. Dropping the
     // handle does not kill it.
     drop(child);

@@ -214,11 +214,17 @@ impl Store {
     /// Opens (creating when needed) the database at `path`, for VMs of `host`.
     pub fn open(path: &Path, host: HostId) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            banger_bus::private::create_dir_all(dir).map_err(|e| StoreError::Open {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         }
+        // Created 0600 before SQLite opens it: its -wal and -shm files take the database's
+        // mode.
+        banger_bus::private::create_file(path).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;

@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod doctor;
+pub mod doctor_exposure;
 pub mod down;
 pub mod events;
 pub mod image;

@@ -48,6 +48,8 @@ pub async fn run(config: &CommonConfig, args: UpArgs) -> anyhow::Result<u8> {
         state: config.state_dir.clone(),
         runtime: config.runtime_dir.clone(),
     };
+    // Owner-only from here on, for this process and every process it starts.
+    crate::stack_private::secure(&paths);
     let running: Vec<&str> = SERVICES
         .iter()
         .copied()
@@ -276,7 +278,7 @@ fn start_nats(
     };
     let port = choose_port(&config.nats.urls);
     let dir = paths.nats_dir();
-    std::fs::create_dir_all(dir.join("jetstream"))?;
+    banger_bus::private::create_dir_all(&dir.join("jetstream"))?;
     let conf = format!(
         "# Written by `banger up`.\nlisten: \"127.0.0.1:{port}\"\n\
          # vm.list of a host with thousands of VMs is larger than the 1 MB default.\n\
