@@ -210,7 +210,7 @@ pub fn secure_and_warn(trees: &[&Path], dirs: &[&Path]) -> Vec<Repair> {
 }
 
 /// What kind of path another user can reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// A directory.
     Dir,
@@ -361,15 +361,15 @@ mod tests {
         let _l = UnixListener::bind(&sock).unwrap();
         set(&sock, 0o777);
 
-        let mut repairs = secure_tree(&root).unwrap();
-        repairs.sort_by(|a, b| a.path.cmp(&b.path));
-        let got: Vec<(String, u32, u32)> = repairs
+        let mut got: Vec<(String, u32, u32)> = secure_tree(&root)
+            .unwrap()
             .iter()
             .map(|r| {
                 let rel = r.path.strip_prefix(d.path()).unwrap();
                 (rel.display().to_string(), r.from, r.to)
             })
             .collect();
+        got.sort();
         assert_eq!(
             got,
             [
