@@ -234,6 +234,43 @@ fn an_unprivileged_user_finds_every_door_closed() {
         text(&out)
     );
 
+    // The agent's own lock: even with its directory and socket opened (as an earlier version
+    // left them), it serves no other user.
+    let agent_sockets: Vec<PathBuf> = doors
+        .iter()
+        .filter(|(a, _)| a == "agent")
+        .map(|(_, p)| p.clone())
+        .collect();
+    for sock in &agent_sockets {
+        let dir = sock.parent().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut child = as_user(&stack, user, &probe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for sock in &agent_sockets {
+            writeln!(stdin, "agent {}", sock.display()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), agent_sockets.len(), "{}", text(&out));
+    for line in &lines {
+        println!("  (socket and directory opened on purpose) {line}");
+        assert!(
+            line.contains(": refused (connected, but closed unanswered"),
+            "the agent served another user: {line}"
+        );
+    }
+
     // DNS is open to everyone on purpose: it answers a query, and nothing more.
     let ip = {
         let v: serde_json::Value =

@@ -9,7 +9,7 @@
 //! | `write PATH` | create a file in a directory (removed again), or open a file for appending (nothing is written) | it works |
 //! | `http PATH` | connect to a Unix socket and send `GET /machine-config` (the hypervisor API) | the connect works |
 //! | `vsock PATH` | connect to a Unix socket, send `CONNECT 52` (hybrid vsock), then an agent exec | the connect works |
-//! | `agent PATH` | connect to a Unix socket and send an agent exec of `id` | the connect works |
+//! | `agent PATH` | connect to a Unix socket and send an agent exec of `id` | the agent answers |
 //! | `nats HOST:PORT` | a NATS client's `CONNECT` without credentials, then `PING` | the server answers `PONG` |
 //!
 //! Prints one line per attempt: `<action> <target>: refused (<why>)` or
@@ -147,10 +147,23 @@ fn vsock(path: &Path) -> Outcome {
     Ok(first)
 }
 
+const REFUSED_BY_AGENT: &str = "connected, but closed unanswered: the agent refused this peer";
+
+/// The agent is open when it answers; one that accepts and closes at once refused the peer.
 fn agent(path: &Path) -> Outcome {
     let mut s = connect(path)?;
     let _ = s.write_all(EXEC_ID);
-    Ok(answer(&mut s))
+    let mut buf = vec![0u8; 512];
+    match s.read(&mut buf) {
+        Ok(n) if n > 0 => Ok(format!(
+            "connected; answer: {}",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+        // Closed before reading the request: EOF, or a reset because the request was unread.
+        Ok(_) => Err(REFUSED_BY_AGENT.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(REFUSED_BY_AGENT.into()),
+        Err(e) => Err(format!("connected, but no answer: {e}")),
+    }
 }
 
 fn nats(addr: &str) -> Outcome {
