@@ -317,7 +317,11 @@ mod tests {
     fn only_the_agents_own_user_is_trusted_over_a_unix_socket() {
         assert!(trust_unix_peer(Ok(0), 0).is_ok());
         assert!(trust_unix_peer(Ok(1000), 1000).is_ok());
-        assert!(trust_unix_peer(Ok(65534), 0).unwrap_err().contains("uid 65534"));
+        assert!(
+            trust_unix_peer(Ok(65534), 0)
+                .unwrap_err()
+                .contains("uid 65534")
+        );
         assert!(trust_unix_peer(Ok(0), 1000).is_err());
         assert!(trust_unix_peer(Err(std::io::Error::other("x")), 0).is_err());
     }

@@ -253,10 +253,8 @@ pub fn exposed(root: &Path) -> Vec<Exposure> {
         .skip(1)
         .all(|a| fs::metadata(a).is_ok_and(|m| m.mode() & OTHER_SEARCH != 0));
     let mut found = Vec::new();
-    if reachable {
-        if let Ok(meta) = fs::symlink_metadata(root) {
-            collect_exposed(root, &meta, &mut found);
-        }
+    if reachable && let Ok(meta) = fs::symlink_metadata(root) {
+        collect_exposed(root, &meta, &mut found);
     }
     found
 }
@@ -382,7 +380,10 @@ mod tests {
         );
         // The socket keeps the mode the launch requirement gives it; its directory guards it.
         assert_eq!(mode(&sock), 0o777);
-        assert!(secure_tree(&root).unwrap().is_empty(), "a second pass is a no-op");
+        assert!(
+            secure_tree(&root).unwrap().is_empty(),
+            "a second pass is a no-op"
+        );
         assert!(secure_tree(&d.path().join("missing")).unwrap().is_empty());
         assert!(!d.path().join("missing").exists(), "nothing is created");
     }
@@ -429,8 +430,10 @@ mod tests {
         fs::write(&pid, "1").unwrap();
         set(&pid, 0o644);
 
-        let mut got: Vec<(PathBuf, Kind)> =
-            exposed(&root).into_iter().map(|e| (e.path, e.kind)).collect();
+        let mut got: Vec<(PathBuf, Kind)> = exposed(&root)
+            .into_iter()
+            .map(|e| (e.path, e.kind))
+            .collect();
         got.sort();
         assert_eq!(
             got,

@@ -57,7 +57,12 @@ fn unprivileged_user() -> User {
     }
     if lookup(TEST_USER).is_none() {
         let out = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
             .arg(TEST_USER)
             .output()
             .unwrap();
@@ -156,7 +161,10 @@ fn an_unprivileged_user_finds_every_door_closed() {
     }
     for program in ["setpriv", "dig", "mkfs.ext4"] {
         if !have_program(program) {
-            skip(test, &format!("{program} is not installed (./scripts/setup)"));
+            skip(
+                test,
+                &format!("{program} is not installed (./scripts/setup)"),
+            );
             return;
         }
     }
@@ -275,7 +283,11 @@ fn an_unprivileged_user_finds_every_door_closed() {
     let ip = {
         let v: serde_json::Value =
             serde_json::from_str(&stack.banger_ok(&["--json", "vm", "list"])).unwrap();
-        let vms = v["vms"].as_array().or_else(|| v.as_array()).unwrap().clone();
+        let vms = v["vms"]
+            .as_array()
+            .or_else(|| v.as_array())
+            .unwrap()
+            .clone();
         vms.iter()
             .find(|v| v["name"] == "probe")
             .and_then(|v| v["network"]["ip"].as_str().map(str::to_owned))
@@ -301,7 +313,10 @@ fn an_unprivileged_user_finds_every_door_closed() {
 
     // The bus is a door with a lock: without credentials the CLI is refused, with them it
     // works, as the unprivileged user, because that goes over NATS and not through any file.
-    let cli = install_for_user(&banger_testkit::bin_path("banger"), &stack.dir.join("user-bin"));
+    let cli = install_for_user(
+        &banger_testkit::bin_path("banger"),
+        &stack.dir.join("user-bin"),
+    );
     let banger_as_user = |creds: Option<(&str, &str)>| {
         let mut c = as_user(&stack, user, &cli);
         c.args(["--nats-url", &format!("nats://127.0.0.1:{}", stack.port)])

@@ -118,10 +118,10 @@ pub struct Stord {
 /// Creates `path` (and its parents) readable by root only, if it does not exist.
 fn make_private_dir(path: &Path) -> Result<(), StartError> {
     banger_bus::private::create_dir_all(path).map_err(|source| StartError::Dir {
-            step: "creating",
-            path: path.to_owned(),
-            source,
-        })
+        step: "creating",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Stord {

@@ -97,7 +97,8 @@ mod tests {
         assert!(c.detail.contains("7 path(s)"), "{}", c.detail);
         assert!(c.detail.contains("1 socket(s)"), "{}", c.detail);
         assert!(
-            c.detail.contains("socket /run/banger/vm-controller/0/api.sock (0777)"),
+            c.detail
+                .contains("socket /run/banger/vm-controller/0/api.sock (0777)"),
             "{}",
             c.detail
         );

@@ -133,7 +133,8 @@ fn http(path: &Path) -> Outcome {
 }
 
 /// An agent exec of `id`, as the controller sends it.
-const EXEC_ID: &[u8] = b"POST /v1/exec HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+const EXEC_ID: &[u8] =
+    b"POST /v1/exec HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
 Content-Length: 17\r\n\r\n{\"argv\":[\"id\"]}\r\n";
 
 fn vsock(path: &Path) -> Outcome {
@@ -177,8 +178,10 @@ fn nats(addr: &str) -> Outcome {
     if !info.starts_with("INFO") {
         return Err(format!("not a NATS server: {info}"));
     }
-    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"banger-sec-probe\"}\r\nPING\r\n")
-        .map_err(|e| e.to_string())?;
+    w.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"banger-sec-probe\"}\r\nPING\r\n",
+    )
+    .map_err(|e| e.to_string())?;
     let mut reply = String::new();
     r.read_line(&mut reply)
         .map_err(|e| format!("connection closed: {e}"))?;

@@ -238,8 +238,7 @@ impl Vmm for ProcessVmm {
             // Metrics feed `vm stats`; a VM boots without them, so a failure here only warns.
             let metrics = spec.paths.metrics.clone();
             let created =
-                tokio::task::spawn_blocking(move || private::create_file(&metrics).map(drop))
-            .await;
+                tokio::task::spawn_blocking(move || private::create_file(&metrics).map(drop)).await;
             let configured = match created {
                 Ok(Ok(())) => c
                     .put_metrics(&Metrics {
