@@ -170,7 +170,47 @@ fn an_unprivileged_user_finds_every_door_closed() {
     }
     let user = unprivileged_user();
     let stack = Stack::new("sec");
+    // What an earlier version left: open directories and files in the controller's trees.
+    let old_log = stack.dir.join("state/vm-controller/vms/old/serial.log");
+    let old_run = stack.dir.join("run/vm-controller/old");
+    std::fs::create_dir_all(old_log.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(&old_run).unwrap();
+    std::fs::write(&old_log, "guest output\n").unwrap();
+    let open = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    for d in [
+        "state",
+        "state/vm-controller",
+        "state/vm-controller/vms",
+        "run",
+    ] {
+        open(&stack.dir.join(d), 0o755);
+    }
+    open(old_log.parent().unwrap(), 0o755);
+    open(&old_log, 0o644);
+    open(old_run.parent().unwrap(), 0o755);
+    open(&old_run, 0o777);
     stack.up();
+    // Repaired at start-up, and the controller said what it repaired.
+    let controller_log =
+        std::fs::read_to_string(stack.dir.join("state/logs/vm-controller.log")).unwrap();
+    for p in [&old_log, &old_run] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} was not repaired: {mode:o}",
+            p.display()
+        );
+        assert!(
+            controller_log.lines().any(|l| l.contains("WARN")
+                && l.contains("repaired permissions")
+                && l.contains(&p.display().to_string())),
+            "vm-controller did not say it repaired {}:\n{controller_log}",
+            p.display()
+        );
+    }
     stack.register_image("demo");
     stack.banger_ok(&["vm", "create", "probe", "--image", "demo", "--wait"]);
     // Root still uses the guest through the agent.
@@ -277,6 +317,49 @@ fn an_unprivileged_user_finds_every_door_closed() {
             line.contains(": refused (connected, but closed unanswered"),
             "the agent served another user: {line}"
         );
+    }
+
+    // `banger doctor` sees what the probe saw, and sees a door opened.
+    let permissions = || {
+        let out = stack.banger(&["doctor", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}: {}", text(&out)));
+        let c = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "permissions")
+            .unwrap_or_else(|| panic!("no permissions check: {report}"))
+            .clone();
+        (
+            c["level"].as_str().unwrap().to_owned(),
+            c["detail"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (level, detail) = permissions();
+    println!("  doctor permissions: {level}: {detail}");
+    assert_eq!(level, "ok", "{detail}");
+    let api_sock = doors
+        .iter()
+        .find(|(a, _)| a == "http")
+        .map(|(_, p)| p.clone())
+        .unwrap();
+    let mut dir = api_sock.parent().unwrap();
+    let mut reopened = Vec::new();
+    while dir.starts_with(&run) {
+        open(dir, 0o755);
+        reopened.push(dir.to_owned());
+        dir = dir.parent().unwrap();
+    }
+    let (level, detail) = permissions();
+    println!("  doctor permissions, run dirs opened on purpose: {level}: {detail}");
+    assert_eq!(level, "fail", "{detail}");
+    assert!(
+        detail.contains(&format!("socket {}", api_sock.display())),
+        "doctor does not name the reachable API socket: {detail}"
+    );
+    for d in reopened {
+        open(&d, 0o700);
     }
 
     // DNS is open to everyone on purpose: it answers a query, and nothing more.
