@@ -727,4 +727,20 @@ mod tests {
         let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
         assert_eq!(s.next_event_seq().await.unwrap(), 3);
     }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_files_are_owner_only_in_an_owner_only_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // The test process keeps its ordinary umask (022): the modes come from the store.
+        let path = dir.path().join("state/vm-controller/vms.sqlite");
+        let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
+        s.next_event_seq().await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        for f in ["vms.sqlite", "vms.sqlite-wal", "vms.sqlite-shm"] {
+            assert_eq!(mode(&path.with_file_name(f)), 0o600, "{f}");
+        }
+    }
 }
