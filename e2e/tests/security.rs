@@ -11,8 +11,15 @@
 //! and its result and fails at the first door that opened.
 //!
 //! The doors that must stay open are checked to be open: DNS answers the user's query (and
-//! nothing more: a zone transfer is refused), and the same user with the bus credentials can
-//! use banger, because that goes over NATS, not files.
+//! nothing more: a zone transfer and a dynamic update are refused), and the same user with the
+//! bus credentials can use banger, because that goes over NATS, not files.
+//!
+//! Three checks change things on purpose, after the probe: the start-up repair (the test
+//! leaves open directories and a 0644 log where an earlier version would have, before `up`,
+//! and expects them closed and named in the controller's WARN), `banger doctor` (it must fail
+//! its `permissions` check, naming the API socket, once the run directories are opened), and
+//! the agent's own peer check (with its directory and socket opened, it still refuses the
+//! user).
 
 #![allow(
     clippy::tests_outside_test_module,
@@ -159,7 +166,7 @@ fn an_unprivileged_user_finds_every_door_closed() {
     if !require_root(test) {
         return;
     }
-    for program in ["setpriv", "dig", "mkfs.ext4"] {
+    for program in ["setpriv", "dig", "nsupdate", "mkfs.ext4"] {
         if !have_program(program) {
             skip(
                 test,
@@ -392,6 +399,37 @@ fn an_unprivileged_user_finds_every_door_closed() {
     assert!(
         !transfer.contains(&ip),
         "a zone transfer handed the zone to the unprivileged user: {transfer}"
+    );
+    // A dynamic update (RFC 2136) must not add a name.
+    let mut nsupdate = as_user(&stack, user, Path::new("/usr/bin/nsupdate"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nsupdate
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"server 127.0.0.1 42069\nzone vm\nupdate add intruder.vm 60 A 192.0.2.66\nsend\n",
+        )
+        .unwrap();
+    let update = nsupdate.wait_with_output().unwrap();
+    println!(
+        "  dns UPDATE intruder.vm: exit {:?}: {}",
+        update.status.code(),
+        text(&update).trim().replace('\n', " ")
+    );
+    assert!(
+        !update.status.success(),
+        "a dynamic update was accepted: {}",
+        text(&update)
+    );
+    assert_eq!(
+        dig(&["+short", "intruder.vm", "A"]),
+        "",
+        "a dynamic update added a name"
     );
 
     // The bus is a door with a lock: without credentials the CLI is refused, with them it
