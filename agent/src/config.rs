@@ -44,7 +44,8 @@ pub const DEFAULT_EXEC_TIMEOUT_MAX_SECS: u64 = 3600;
     about = "The banger guest agent: health and exec over vsock"
 )]
 pub struct Args {
-    /// Where to listen: `vsock:<PORT>` (in a guest) or `unix:<PATH>` (simulator, tests).
+    /// Where to listen: `vsock:<PORT>` (in a guest; only the host, CID 2, is served) or
+    /// `unix:<PATH>` (simulator, tests; socket mode 0600, only this process's uid is served).
     /// Default `vsock:52`.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<ListenAddr>,

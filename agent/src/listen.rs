@@ -3,6 +3,17 @@
 //! Firecracker's hybrid vsock delivers a host `CONNECT <port>` to the guest's AF_VSOCK listener
 //! on that port; the simulator instead starts one agent per port on a Unix socket
 //! (`unix:<PATH>`) and forwards to it. Both kinds of stream are served identically.
+//!
+//! Who may connect. The agent runs commands as root, so it serves nobody but its host side:
+//! - over AF_VSOCK only the host, CID 2 (`VMADDR_CID_HOST`), the peer address the kernel
+//!   reports for each accepted connection; every other CID is closed unanswered;
+//! - over a Unix socket (the simulator) only the agent's own user, checked with the peer's
+//!   credentials (`SO_PEERCRED`); the socket is also mode 0600, inside the simulator's private
+//!   0700 directory.
+//!
+//! On the host, the hypervisor's vsock socket that leads here is guarded by the controller's
+//! root-only run directory. There is no token: reaching the socket is the credential, and
+//! only root can.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +21,10 @@ use std::str::FromStr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_vsock::{VMADDR_CID_ANY, VsockAddr, VsockListener};
+use tokio_vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockAddr, VsockListener};
+
+/// Mode of the agent's Unix socket: its owner only may connect.
+const SOCKET_MODE: u32 = 0o600;
 
 /// A listen address: `vsock:<PORT>` or `unix:<PATH>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,18 +168,76 @@ impl Listener {
                     path: path.clone(),
                     source,
                 })?;
-                Ok(Self::Unix(l, SocketFile(path.clone())))
+                let file = SocketFile(path.clone());
+                restrict_socket(path).map_err(|source| BindError::Unix {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Self::Unix(l, file))
             }
         }
     }
 
-    /// Accepts the next connection.
+    /// Accepts the next connection from a trusted peer (see the module doc); connections from
+    /// anyone else are closed at once and logged, and the wait goes on.
     pub async fn accept(&self) -> std::io::Result<Box<dyn Conn>> {
-        match self {
-            Self::Vsock(l) => Ok(Box::new(l.accept().await?.0)),
-            Self::Unix(l, _) => Ok(Box::new(l.accept().await?.0)),
+        loop {
+            match self {
+                Self::Vsock(l) => {
+                    let (stream, peer) = l.accept().await?;
+                    match trust_vsock_peer(peer.cid()) {
+                        Ok(()) => return Ok(Box::new(stream)),
+                        Err(why) => tracing::warn!(peer.cid = peer.cid(), "{why}"),
+                    }
+                }
+                Self::Unix(l, _) => {
+                    let (stream, _) = l.accept().await?;
+                    let peer = stream.peer_cred().map(|c| c.uid());
+                    match trust_unix_peer(peer, nix::unistd::geteuid().as_raw()) {
+                        Ok(()) => return Ok(Box::new(stream)),
+                        Err(why) => tracing::warn!("{why}"),
+                    }
+                }
+            }
         }
     }
+}
+
+/// Only the host may talk to the agent over vsock: a connection from another guest (the kernel
+/// does not route guest-to-guest vsock under Firecracker, but a different hypervisor might) or
+/// from a local process in the guest (`VMADDR_CID_LOCAL`) is refused.
+fn trust_vsock_peer(cid: u32) -> Result<(), String> {
+    if cid == VMADDR_CID_HOST {
+        Ok(())
+    } else {
+        Err(format!(
+            "refused a vsock connection from CID {cid}: only the host (CID {VMADDR_CID_HOST}) may \
+             use the agent"
+        ))
+    }
+}
+
+/// Only the agent's own user (root in a guest; the simulator's user, which forwards the host's
+/// hybrid-vsock connections) may talk to it over a Unix socket.
+fn trust_unix_peer(peer_uid: std::io::Result<u32>, own_uid: u32) -> Result<(), String> {
+    match peer_uid {
+        Ok(uid) if uid == own_uid => Ok(()),
+        Ok(uid) => Err(format!(
+            "refused a unix-socket connection from uid {uid}: only uid {own_uid}, the agent's \
+             own user, may use the agent"
+        )),
+        Err(e) => Err(format!(
+            "refused a unix-socket connection whose peer credentials cannot be read: {e}"
+        )),
+    }
+}
+
+/// Closes a freshly bound Unix socket to everyone but its owner. The directory the simulator
+/// puts it in is already private (0700); this is the second lock, and the peer-credential
+/// check in [`Listener::accept`] the third.
+fn restrict_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
 }
 
 async fn remove_stale(path: &Path) -> Result<(), BindError> {
@@ -230,5 +302,46 @@ mod tests {
             !path.exists(),
             "dropping the listener removes its socket file"
         );
+    }
+
+    #[test]
+    fn only_the_host_cid_is_trusted_over_vsock() {
+        assert!(trust_vsock_peer(VMADDR_CID_HOST).is_ok());
+        for cid in [0, 1, 3, 42, u32::MAX] {
+            let why = trust_vsock_peer(cid).unwrap_err();
+            assert!(why.contains(&format!("CID {cid}")), "{why}");
+        }
+    }
+
+    #[test]
+    fn only_the_agents_own_user_is_trusted_over_a_unix_socket() {
+        assert!(trust_unix_peer(Ok(0), 0).is_ok());
+        assert!(trust_unix_peer(Ok(1000), 1000).is_ok());
+        assert!(
+            trust_unix_peer(Ok(65534), 0)
+                .unwrap_err()
+                .contains("uid 65534")
+        );
+        assert!(trust_unix_peer(Ok(0), 1000).is_err());
+        assert!(trust_unix_peer(Err(std::io::Error::other("x")), 0).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_unix_socket_is_owner_only_and_serves_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let l = Listener::bind(&ListenAddr::Unix { path: path.clone() })
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let client = tokio::spawn({
+            let path = path.clone();
+            async move { UnixStream::connect(&path).await }
+        });
+        let accepted = tokio::time::timeout(std::time::Duration::from_secs(10), l.accept()).await;
+        assert!(accepted.unwrap().is_ok(), "the agent's own user is served");
+        client.await.unwrap().unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //! lab needs, reconnecting forever), [`telemetry`] (logs and OpenTelemetry), [`client::Bus`]
 //! (typed request/reply with deadlines, scatter-gather, events), [`service::ServiceHost`]
 //! (NATS service API registration, typed endpoints, graceful drain), [`propagation`] (W3C trace
-//! context in NATS headers) and [`shutdown`] (SIGTERM/SIGINT).
+//! context in NATS headers), [`shutdown`] (SIGTERM/SIGINT) and [`private`] (owner-only files
+//! and directories, repaired at start-up).
 
 pub mod client;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod history;
 pub mod lab;
+pub mod private;
 pub mod propagation;
 pub mod runtime;
 pub mod service;

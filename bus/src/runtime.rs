@@ -32,14 +32,18 @@ impl Context {
     }
 }
 
-/// Runs service `name`: sets up logging and tracing, resolves its config, connects, and runs
-/// `run` until SIGTERM or SIGINT. Errors are printed with their whole cause chain.
+/// Runs service `name`: sets up logging and tracing, resolves its config, makes its directories
+/// owner-only (umask 077; what an earlier version left open is repaired, with a WARN per path:
+/// see [`crate::private`]), connects, and runs `run` until SIGTERM or SIGINT. Errors are
+/// printed with their whole cause chain.
 pub fn service_main<F, Fut, E>(name: &'static str, common: &CommonArgs, run: F) -> ExitCode
 where
     F: FnOnce(Context, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::error::Error,
 {
+    // Before any thread or file exists: everything this process creates is owner-only.
+    crate::private::restrict_umask();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,6 +65,7 @@ where
                 version = env!("CARGO_PKG_VERSION"),
                 "{name} starting"
             );
+            secure_dirs(&config, name);
             let shutdown =
                 shutdown::on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
             let ctx = Context::connect(config).await.map_err(|e| chain(&e))?;
@@ -76,6 +81,17 @@ where
             }
         }
     })
+}
+
+/// Repairs what an earlier version left open: the shared state and runtime directories
+/// themselves, and the service's own subtrees below them.
+fn secure_dirs(config: &CommonConfig, name: &str) {
+    let state = config.service_state_dir(name);
+    let runtime = config.runtime_dir.join(name);
+    crate::private::secure_and_warn(
+        &[&state, &runtime],
+        &[&config.state_dir, &config.runtime_dir],
+    );
 }
 
 /// Formats an error and its sources as `a: b: c`.

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod output;
 pub mod progress;
 pub mod stack;
+pub mod stack_private;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -13,9 +13,7 @@
 //! `banger_bus::config`), so credentials never appear on a command line or in the environment.
 
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -73,18 +71,7 @@ impl StackPaths {
 
 /// Writes `contents` to `path` readable and writable by its owner only.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // The mode only applies on creation; tighten an existing file too.
-    f.set_permissions(fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents.as_bytes())
+    banger_bus::private::write_file(path, contents.as_bytes())
 }
 
 /// A random secret: 24 bytes from the kernel, hex-encoded.
@@ -116,13 +103,8 @@ pub fn spawn_detached(
     log: &Path,
     pid_file: &Path,
 ) -> std::io::Result<u32> {
-    if let Some(dir) = log.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    if let Some(dir) = pid_file.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    // Logs and pid files are root's (owner-only, in owner-only directories).
+    let out = banger_bus::private::create_file(log)?;
     let err = out.try_clone()?;
     let child = Command::new(program)
         .args(args)
@@ -133,7 +115,7 @@ pub fn spawn_detached(
         .process_group(0)
         .spawn()?;
     let pid = child.id();
-    fs::write(pid_file, format!("{pid}\n"))?;
+    banger_bus::private::write_file(pid_file, format!("{pid}\n").as_bytes())?;
     // The child is deliberately not waited for: `banger down` stops it by pid. Dropping the
     // handle does not kill it.
     drop(child);
@@ -254,6 +236,8 @@ pub fn real_firecracker_usable() -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

@@ -4,6 +4,9 @@
 //! Each [`Stack`] has its own namespace, state and runtime directories, NATS port, bridge
 //! and subnet, so stacks of parallel tests never meet, and the host's network is never
 //! touched. Dropping a stack runs `banger down` and removes its files, even after a failure.
+//!
+//! `src/bin/banger-sec-probe.rs` is the security suite's probe (`tests/security.rs`): run as an
+//! unprivileged user, it tries the doors it is given and reports which opened.
 
 pub mod docker;
 pub mod lab;

@@ -483,12 +483,10 @@ async fn fault_slow_boot_delays_the_agent() {
 
 #[tokio::test]
 async fn an_agent_that_exits_is_the_guests_init_dying_and_panic_1_reboots_so_the_vmm_exits_0() {
-    let test =
-        "an_agent_that_exits_is_the_guests_init_dying_and_panic_1_reboots_so_the_vmm_exits_0";
     let tmp = TempDir::new().unwrap();
     let mut sim = spawn(tmp.path(), Opts::default()).await;
     // Boot arguments with `panic=1`, as banger's defaults.
-    if !sim.configure_plain(test).await {
+    if !sim.configure_plain().await {
         return;
     }
     let pid = sim.proc.pid();

@@ -163,7 +163,8 @@ fn proto_str(p: Protocol) -> &'static str {
 impl LeaseStore {
     /// Opens (creating when needed) `<dir>/leases.db`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+        // Owner-only (as is the database, through the service's umask 077): leases are root's.
+        banger_bus::private::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.display().to_string(),
             source,
         })?;

@@ -117,16 +117,11 @@ pub struct Stord {
 
 /// Creates `path` (and its parents) readable by root only, if it does not exist.
 fn make_private_dir(path: &Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| StartError::Dir {
-            step: "creating",
-            path: path.to_owned(),
-            source,
-        })
+    banger_bus::private::create_dir_all(path).map_err(|source| StartError::Dir {
+        step: "creating",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Stord {

@@ -214,11 +214,17 @@ impl Store {
     /// Opens (creating when needed) the database at `path`, for VMs of `host`.
     pub fn open(path: &Path, host: HostId) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            banger_bus::private::create_dir_all(dir).map_err(|e| StoreError::Open {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
         }
+        // Created 0600 before SQLite opens it: its -wal and -shm files take the database's
+        // mode.
+        banger_bus::private::create_file(path).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("creating the schema"))?;
@@ -720,5 +726,21 @@ mod tests {
         drop(s);
         let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
         assert_eq!(s.next_event_seq().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_files_are_owner_only_in_an_owner_only_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // The test process keeps its ordinary umask (022): the modes come from the store.
+        let path = dir.path().join("state/vm-controller/vms.sqlite");
+        let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
+        s.next_event_seq().await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        for f in ["vms.sqlite", "vms.sqlite-wal", "vms.sqlite-shm"] {
+            assert_eq!(mode(&path.with_file_name(f)), 0o600, "{f}");
+        }
     }
 }

@@ -138,3 +138,37 @@ async fn a_real_process_that_honours_ctrl_alt_del_stops_without_force() {
     let vmm_log = std::fs::read_to_string(h.ctl.paths(&vm.id).vmm_log).unwrap();
     assert!(vmm_log.contains("listening on"), "{vmm_log}");
 }
+
+/// The requirement: the umask-000 wrapper makes the hypervisor's socket usable by any tool
+/// (0777). The guard: the VM's run directory and its parents are root's alone (0700), so no
+/// other user reaches the socket. Removing either the wrapper or the private directory fails
+/// this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launch_wrapper_gives_a_0777_socket_inside_a_0700_directory() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(h) = harness(10_000).await else {
+        return;
+    };
+    let mode = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let vm = h.create("guarded").await;
+    let paths = h.ctl.paths(&vm.id);
+    assert_eq!(
+        mode(&paths.api_sock),
+        0o777,
+        "the launch wrapper's umask 000 gives the API socket mode 0777"
+    );
+    assert_eq!(mode(&paths.run_dir), 0o700, "the VM's run directory");
+    let runtime = paths.run_dir.parent().unwrap();
+    assert_eq!(mode(runtime), 0o700, "the controller's runtime directory");
+    assert_eq!(mode(&paths.log_dir), 0o700, "the VM's log directory");
+    assert_eq!(mode(&paths.serial_log), 0o600, "the serial log");
+    assert_eq!(mode(&paths.vmm_log), 0o600, "the hypervisor log");
+    let reply = h.op(VmOp::Kill, &vm.id).await.unwrap();
+    assert_eq!(reply.vm.state, VmState::Stopped);
+}

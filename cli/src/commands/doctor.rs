@@ -200,6 +200,7 @@ fn local_checks(config: &CommonConfig) -> Vec<Check> {
         }
         Err(e) => check("disk", Level::Warn, format!("{}: {e}", dir.display()), None),
     });
+    out.push(super::doctor_exposure::check(config));
     out
 }
 

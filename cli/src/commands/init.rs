@@ -62,7 +62,9 @@ pub fn run(config: &CommonConfig, args: &InitArgs) -> anyhow::Result<u8> {
         ),
     };
     let store = paths.nats_dir().join("jetstream");
-    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+    // Owner-only, like everything `banger up` writes: the state volume holds the credentials.
+    banger_bus::private::create_dir_all(&store)
+        .with_context(|| format!("creating {}", store.display()))?;
     let conf_path = paths.nats_dir().join("nats.conf");
     let conf = stack::nats_conf(
         &args.nats_listen.to_string(),

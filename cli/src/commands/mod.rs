@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod doctor;
+pub mod doctor_exposure;
 pub mod doctor_forward;
 pub mod down;
 pub mod events;
@@ -19,7 +20,8 @@ use crate::App;
 /// The commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Start the local banger stack on this machine (NATS and every service)
+    /// Start the local banger stack on this machine (NATS and every service; its files are
+    /// root-only, and what an earlier version left open is repaired)
     Up(up::UpArgs),
     /// Stop the local banger stack (VMs, services and the NATS it started)
     Down(down::DownArgs),
@@ -30,7 +32,8 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Write man pages into a directory
     Man(completions::ManArgs),
-    /// Check whether this host is ready to run VMs, with a fix for each problem
+    /// Check whether this host is ready to run VMs and that no other user can reach banger's
+    /// files and sockets, with a fix for each problem
     Doctor(doctor::DoctorArgs),
     /// Show every banger service on every host, as the NATS service API reports them
     Status(status::StatusArgs),

@@ -48,6 +48,8 @@ pub async fn run(config: &CommonConfig, args: UpArgs) -> anyhow::Result<u8> {
         state: config.state_dir.clone(),
         runtime: config.runtime_dir.clone(),
     };
+    // Owner-only from here on, for this process and every process it starts.
+    crate::stack_private::secure(&paths);
     let running: Vec<&str> = SERVICES
         .iter()
         .copied()
@@ -180,7 +182,12 @@ async fn bring_up(
             waiting.join(", ")
         ));
         for svc in SERVICES {
-            if stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none() {
+            let gone = if started.iter().any(|(name, _)| name == svc) {
+                spawned_child_exited(paths, svc)
+            } else {
+                stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none()
+            };
+            if gone {
                 bail!(
                     "{svc} exited while starting; last lines of {}:\n{}",
                     paths.log_file(svc).display(),
@@ -236,6 +243,24 @@ async fn bring_up(
     Ok(())
 }
 
+/// Whether a service this run spawned has exited. Its pid cannot have been reused: it is our
+/// child, and nobody reaps it while we run, so whether it exists and is not a zombie says it
+/// all. (Its command line reads empty while the kernel is still completing the exec — a window
+/// that load widens — so `running_pid`'s program check would call a starting service gone.)
+fn spawned_child_exited(paths: &StackPaths, svc: &str) -> bool {
+    let Some(pid) = std::fs::read_to_string(paths.pid_file(svc))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return true;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_none_or(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// What an earlier `up` recorded, to reuse its port and credentials.
 #[derive(Debug, Default)]
 struct Previous {
@@ -276,7 +301,7 @@ fn start_nats(
     };
     let port = choose_port(&config.nats.urls);
     let dir = paths.nats_dir();
-    std::fs::create_dir_all(dir.join("jetstream"))?;
+    banger_bus::private::create_dir_all(&dir.join("jetstream"))?;
     let conf = stack::nats_conf(
         &format!("127.0.0.1:{port}"),
         &dir.join("jetstream"),
@@ -417,6 +442,30 @@ fn render_stack_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spawned_service_counts_as_exited_only_once_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = StackPaths {
+            state: dir.path().join("state"),
+            runtime: dir.path().join("run"),
+        };
+        assert!(spawned_child_exited(&paths, "dnsd"), "no pid file");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        stack::write_private(&paths.pid_file("dnsd"), &format!("{}\n", child.id())).unwrap();
+        // Right after spawn: alive, whatever its command line reads yet.
+        assert!(!spawned_child_exited(&paths, "dnsd"));
+        child.kill().unwrap();
+        // Not reaped yet: a zombie, which has exited.
+        banger_testkit::wait_until_blocking("the child to exit", Duration::from_secs(10), || {
+            spawned_child_exited(&paths, "dnsd")
+        });
+        child.wait().unwrap();
+        assert!(spawned_child_exited(&paths, "dnsd"));
+    }
 
     #[test]
     fn a_busy_configured_port_falls_back_to_a_free_one() {

@@ -10,7 +10,9 @@
 //!   the agent in it (`/usr/local/bin/banger-agent`, as `banger image build` makes), the root
 //!   drive is mounted too and the image's own agent runs chrooted into it ([`agent`]);
 //! - the agent's Unix socket is registered as guest vsock port 52, so hybrid vsock
-//!   `CONNECT 52` reaches it ([`vsock`]);
+//!   `CONNECT 52` reaches it ([`vsock`]); it lives in a private directory,
+//!   `<tmp>/banger-fcsim-<pid>/`, mode 0700, so no other user can reach the agent around the
+//!   hypervisor's vsock socket (which is guarded by the controller's 0700 run directory);
 //! - the serial console (stdout) shows boot lines, each marked `[SIMULATED GUEST]`.
 
 pub(crate) mod agent;
@@ -212,6 +214,35 @@ pub(crate) fn sweep_stale_runtime_dirs() {
     }
 }
 
+/// Creates the private guest directory `dir` (in the shared temp dir) mode 0700, so the
+/// agent's socket in it is reachable by this process's user only, whatever the socket's own
+/// mode (the simulator runs under Firecracker's umask 000; the image's agent under 022).
+///
+/// The name is predictable, so a directory that already exists is used only when it is a real
+/// directory (not a symlink) owned by this process's user, and is then closed to others
+/// before the agent binds in it; anything else is refused.
+pub(crate) fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(dir)?;
+            if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} exists and is not a directory of this user: refusing to put the \
+                         agent's socket in it",
+                        dir.display()
+                    ),
+                ));
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// What the guest's "init" starts the agent with.
 struct Userspace {
     bin: PathBuf,
@@ -250,8 +281,9 @@ async fn start_agent(
         ));
         tokio::time::sleep(delay).await;
     }
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    if let Err(e) = make_private_dir(&dir) {
         log::error(&format!("creating {}: {e}", dir.display()));
+        log::serial(&format!("banger-agent not started: {e}"));
         return;
     }
     let socket = dir.join(format!("agent-{AGENT_PORT}.sock"));
@@ -322,4 +354,40 @@ async fn start_agent(
 
 fn is_listening(socket: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_guest_directory_is_private_even_under_umask_000() {
+        let d = tempfile::tempdir().unwrap();
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let made = make_private_dir(&d.path().join("g"));
+        nix::sys::stat::umask(old);
+        made.unwrap();
+        assert_eq!(mode(&d.path().join("g")), 0o700);
+    }
+
+    #[test]
+    fn an_existing_open_guest_directory_is_closed_and_a_symlink_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("g");
+        std::fs::create_dir(&g).unwrap();
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o777)).unwrap();
+        make_private_dir(&g).unwrap();
+        assert_eq!(mode(&g), 0o700);
+
+        let link = d.path().join("l");
+        std::os::unix::fs::symlink(&g, &link).unwrap();
+        let err = make_private_dir(&link).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    }
 }

@@ -4,7 +4,10 @@
 //! Launch runs `sh -c 'umask 000; exec "$@"' banger-vmm <bin> --api-sock ... --id <name> ...`:
 //! the wrapper sets umask 000 before exec, so the API and vsock sockets the hypervisor creates
 //! are usable by the controller and the tools of any user (the earlier Go version regressed
-//! here and timed out on a socket that existed but could not be used). The process gets its
+//! here and timed out on a socket that existed but could not be used). Who may use them is
+//! decided by the directory they are in instead: the VM's run directory (and every parent
+//! banger creates) is mode 0700, root only, the way Firecracker's jailer confines its chroot;
+//! a socket mode is never what keeps other users out. The process gets its
 //! own process group, so a Ctrl-C at the controller's terminal never reaches a guest and a
 //! forced stop can take the group down at once. The guest's serial console (the hypervisor's
 //! stdout) goes to `serial.log`, its own log to `vmm.log`.
@@ -15,12 +18,14 @@
 //! VM whose hypervisor died says how.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use banger_bus::private;
 use banger_firecracker::FirecrackerClient;
 use banger_firecracker::models::{
     BootSource, Drive, MachineConfiguration, Metrics, NetworkInterface, Vsock,
@@ -118,23 +123,25 @@ impl ProcessVmm {
     }
 }
 
-/// Creates the VM's directories and empty log files, and removes sockets a previous run left
-/// (Firecracker refuses to bind an existing socket path).
+/// Creates the VM's directories (mode 0700, and so are missing parents) and empty log files
+/// (0600), and removes sockets a previous run left (Firecracker refuses to bind an existing
+/// socket path).
+///
+/// The run directory is what guards the 0777 sockets the umask-000 wrapper gives the
+/// hypervisor: only root may enter it. One left open by an earlier version is closed here too,
+/// before the hypervisor creates a socket in it.
 fn prepare(paths: &VmPaths) -> Result<(fs::File, fs::File), VmmError> {
     let prep = |path: &Path| {
         let path = path.to_owned();
         move |source| VmmError::Prepare { path, source }
     };
-    fs::create_dir_all(&paths.run_dir).map_err(prep(&paths.run_dir))?;
-    fs::create_dir_all(&paths.log_dir).map_err(prep(&paths.log_dir))?;
+    for dir in [&paths.run_dir, &paths.log_dir] {
+        private::create_dir_all(dir).map_err(prep(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(private::DIR_MODE))
+            .map_err(prep(dir))?;
+    }
     remove_runtime_sockets(paths);
-    let open = |p: &Path| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(prep(p))
-    };
+    let open = |p: &Path| private::create_file(p).map_err(prep(p));
     Ok((open(&paths.serial_log)?, open(&paths.vmm_log)?))
 }
 
@@ -273,14 +280,8 @@ impl Vmm for ProcessVmm {
                 .map_err(VmmError::Api)?;
             // Metrics feed `vm stats`; a VM boots without them, so a failure here only warns.
             let metrics = spec.paths.metrics.clone();
-            let created = tokio::task::spawn_blocking(move || {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&metrics)
-                    .map(drop)
-            })
-            .await;
+            let created =
+                tokio::task::spawn_blocking(move || private::create_file(&metrics).map(drop)).await;
             let configured = match created {
                 Ok(Ok(())) => c
                     .put_metrics(&Metrics {
