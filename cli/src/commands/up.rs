@@ -14,8 +14,12 @@ use banger_bus::Bus;
 use banger_bus::config::{CommonConfig, NatsAuth, NatsOptions};
 
 use crate::progress::Progress;
-use crate::stack::{self, NATS, SERVICES, StackPaths};
+use crate::stack::{self, NATS, SERVICES, Spawned, StackPaths};
 use crate::{exit, output};
+
+/// How long a process a failed `up` started may take to exit after SIGTERM before it is
+/// killed.
+const FAILED_UP_GRACE: Duration = Duration::from_secs(10);
 
 /// How long one probe of an existing NATS may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,15 +98,16 @@ pub async fn run(config: &CommonConfig, args: UpArgs) -> anyhow::Result<u8> {
         (VmmChoice::Sim, _) => "sim",
     };
 
-    let mut started: Vec<(&str, String)> = Vec::new();
+    let mut started: Vec<(&str, Spawned)> = Vec::new();
     let result = bring_up(config, &paths, vmm, &args, &running, &mut started).await;
     if let Err(e) = result {
-        // Leave the machine as we found it: stop what this run started, newest first.
-        for (name, program) in started.iter().rev() {
-            if let Some(pid) = stack::running_pid(&paths, name, program) {
-                stack::stop_pid(pid, Duration::from_secs(10));
-            }
-            let _ = std::fs::remove_file(paths.pid_file(name));
+        // Leave the machine as we found it: stop what this run started, newest first. They
+        // are still our children, so this needs no pid file and cannot hit a stranger.
+        let stopping = tokio::task::spawn_blocking(move || {
+            stack::stop_started(&paths, started, FAILED_UP_GRACE);
+        });
+        if let Err(join) = stopping.await {
+            eprintln!("warning: stopping what this `up` started: {join}");
         }
         return Err(e);
     }
@@ -115,7 +120,7 @@ async fn bring_up(
     vmm: &str,
     args: &UpArgs,
     running: &[&str],
-    started: &mut Vec<(&'static str, String)>,
+    started: &mut Vec<(&'static str, Spawned)>,
 ) -> anyhow::Result<()> {
     let previous = previous_stack(config, paths);
     let (nats, managed) = if stack::running_pid(paths, NATS, NATS).is_some() {
@@ -127,8 +132,8 @@ async fn bring_up(
         );
         (config.nats.clone(), false)
     } else {
-        let nats = start_nats(config, paths, &previous)?;
-        started.push((NATS, NATS.to_owned()));
+        let (nats, spawned) = start_nats(config, paths, &previous)?;
+        started.push((NATS, spawned));
         (nats, true)
     };
 
@@ -151,9 +156,10 @@ async fn bring_up(
         let program = format!("banger-{svc}");
         let bin = stack::sibling_binary(&program);
         let args = vec!["--config".to_owned(), stack_file.display().to_string()];
-        stack::spawn_detached(&bin, &args, &paths.log_file(svc), &paths.pid_file(svc))
-            .with_context(|| format!("starting {}", bin.display()))?;
-        started.push((svc, program));
+        let spawned =
+            stack::spawn_detached(&bin, &args, &paths.log_file(svc), &paths.pid_file(svc))
+                .with_context(|| format!("starting {}", bin.display()))?;
+        started.push((svc, spawned));
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.wait);
@@ -179,15 +185,7 @@ async fn bring_up(
             SERVICES.len(),
             waiting.join(", ")
         ));
-        for svc in SERVICES {
-            if stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none() {
-                bail!(
-                    "{svc} exited while starting; last lines of {}:\n{}",
-                    paths.log_file(svc).display(),
-                    stack::log_tail(&paths.log_file(svc), 15)
-                );
-            }
-        }
+        check_alive(paths, running, started)?;
     }
     let missing: Vec<&str> = SERVICES
         .iter()
@@ -209,7 +207,7 @@ async fn bring_up(
         .iter()
         .map(|svc| {
             let pid = stack::running_pid(paths, svc, &format!("banger-{svc}"))
-                .map_or("?".into(), |p| p.to_string());
+                .map_or("?".into(), |p| p.pid().to_string());
             vec![
                 (*svc).to_owned(),
                 pid,
@@ -232,6 +230,35 @@ async fn bring_up(
         println!("{}", crate::simulator_banner());
     } else {
         println!("hypervisor: Firecracker");
+    }
+    Ok(())
+}
+
+/// Fails when a process this run started has exited, or a service that was already running
+/// is gone. A process this run started is asked about through its child handle — the kernel's
+/// answer, which no pid file, `/proc` read or reused pid can get wrong.
+fn check_alive(
+    paths: &StackPaths,
+    running: &[&str],
+    started: &mut [(&'static str, Spawned)],
+) -> anyhow::Result<()> {
+    for (name, spawned) in started.iter_mut() {
+        if let Ok(Some(status)) = spawned.child.try_wait() {
+            bail!(
+                "{name} exited while starting ({status}); last lines of {}:\n{}",
+                paths.log_file(name).display(),
+                stack::log_tail(&paths.log_file(name), 15)
+            );
+        }
+    }
+    for svc in running {
+        if stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none() {
+            bail!(
+                "{svc}, which was already running, exited; last lines of {}:\n{}",
+                paths.log_file(svc).display(),
+                stack::log_tail(&paths.log_file(svc), 15)
+            );
+        }
     }
     Ok(())
 }
@@ -269,7 +296,7 @@ fn start_nats(
     config: &CommonConfig,
     paths: &StackPaths,
     previous: &Previous,
-) -> anyhow::Result<NatsOptions> {
+) -> anyhow::Result<(NatsOptions, Spawned)> {
     let (user, password) = match (&config.nats.auth, previous.nats_managed) {
         (NatsAuth::UserPassword { user, password }, true) => (user.clone(), password.clone()),
         _ => ("banger".to_owned(), stack::random_secret()?),
@@ -290,7 +317,7 @@ fn start_nats(
     let program = which("nats-server").context(
         "nats-server is not installed: run ./scripts/setup (or apt-get install nats-server)",
     )?;
-    stack::spawn_detached(
+    let spawned = stack::spawn_detached(
         &program,
         &["-c".to_owned(), conf_path.display().to_string()],
         &paths.log_file(NATS),
@@ -298,7 +325,7 @@ fn start_nats(
     )
     .context("starting nats-server")?;
     println!("started nats-server on 127.0.0.1:{port}");
-    Ok(NatsOptions {
+    let nats = NatsOptions {
         urls: vec![format!("nats://127.0.0.1:{port}")],
         auth: NatsAuth::UserPassword { user, password },
         tls_ca: None,
@@ -307,7 +334,8 @@ fn start_nats(
         require_auth: false,
         inbox_prefix: None,
         name: "banger-cli".into(),
-    })
+    };
+    Ok((nats, spawned))
 }
 
 /// The port of the first configured loopback URL when it is free, else any free port.
