@@ -420,7 +420,14 @@ mod tests {
         assert_eq!(running_pid(&paths, "netd", "banger-netd"), None);
         fs::write(paths.pid_file("netd"), format!("{}\n", me.pid())).unwrap();
         assert_eq!(running_pid(&paths, "netd", "banger-netd"), None);
-        assert_eq!(stop_process(ProcessId::new(me.pid(), me.start_time() + 1), Duration::ZERO), Termination::AlreadyGone, "no signal for a recycled pid");
+        assert_eq!(
+            stop_process(
+                ProcessId::new(me.pid(), me.start_time() + 1),
+                Duration::ZERO
+            ),
+            Termination::AlreadyGone,
+            "no signal for a recycled pid"
+        );
     }
 
     #[test]
@@ -471,7 +478,10 @@ mod tests {
             [i32::try_from(vmm.id()).unwrap()]
         );
         assert!(hypervisors(&dir.path().join("run/elsewhere")).is_empty());
-        assert_eq!(found[0].terminate(Duration::from_secs(5)), Termination::Exited);
+        assert_eq!(
+            found[0].terminate(Duration::from_secs(5)),
+            Termination::Exited
+        );
         vmm.wait().unwrap();
     }
 }

@@ -64,7 +64,10 @@ impl ProcessId {
     ///
     /// # Panics
     /// Never in practice: `/proc/self/stat` of a running process always reads.
-    #[allow(clippy::expect_used, reason = "a running process always has its own stat")]
+    #[allow(
+        clippy::expect_used,
+        reason = "a running process always has its own stat"
+    )]
     pub fn current() -> Self {
         let pid = i32::try_from(std::process::id()).expect("pids fit in i32");
         Self::of(pid).expect("/proc/<own pid>/stat is readable")
@@ -89,8 +92,14 @@ impl ProcessId {
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let bad = || ParseError(text.trim().chars().take(64).collect());
         let mut fields = text.split_whitespace();
-        let pid = fields.next().and_then(|p| p.parse::<i32>().ok()).ok_or_else(bad)?;
-        let start_time = fields.next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
+        let pid = fields
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .ok_or_else(bad)?;
+        let start_time = fields
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(bad)?;
         if pid <= 0 || fields.next().is_some() {
             return Err(bad());
         }
@@ -171,7 +180,11 @@ mod tests {
         let file = dir.path().join("svc.pid");
         id.write_pid_file(&file).unwrap();
         assert_eq!(ProcessId::read_pid_file(&file).unwrap(), id);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -182,7 +195,10 @@ mod tests {
         // Same pid, different start time: what a recycled pid looks like.
         let recycled = ProcessId::new(me.pid(), me.start_time() + 1);
         assert!(!recycled.is_running());
-        assert!(recycled.open().is_none(), "a pidfd is never handed out for a stranger");
+        assert!(
+            recycled.open().is_none(),
+            "a pidfd is never handed out for a stranger"
+        );
         let earlier = ProcessId::new(me.pid(), me.start_time().saturating_sub(1));
         assert!(!earlier.is_running());
     }
@@ -205,10 +221,7 @@ mod tests {
 
     #[test]
     fn command_lines_are_matched_by_consecutive_arguments() {
-        let mut child = Command::new("sleep")
-            .args(["--", "30"])
-            .spawn()
-            .unwrap();
+        let mut child = Command::new("sleep").args(["--", "30"]).spawn().unwrap();
         let pid = i32::try_from(child.id()).unwrap();
         // Right after spawn the command line can read empty: the parent resumes once the
         // child's exec has replaced its memory, before the arguments are laid out in it.

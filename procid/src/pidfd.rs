@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(fd.terminate(Duration::from_secs(10)), Termination::Exited);
         assert!(fd.has_exited());
         // Exited (an unreaped zombie still takes signals, to no effect): nothing more is sent.
-        assert_eq!(fd.terminate(Duration::from_secs(1)), Termination::AlreadyGone);
+        assert_eq!(
+            fd.terminate(Duration::from_secs(1)),
+            Termination::AlreadyGone
+        );
         assert!(!child.wait().unwrap().success());
         // Reaped: the pidfd still names that process, so signals reach nobody, whoever has
         // the pid now.

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use banger_bus::Bus;
-use banger_procid::Termination;
 use banger_bus::config::CommonConfig;
+use banger_procid::Termination;
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmOpReply, VmRefRequest, VmState};
 
