@@ -154,6 +154,29 @@ pub fn cmdline(pid: i32) -> Option<Vec<Vec<u8>>> {
     Some(raw.split(|b| *b == 0).map(<[u8]>::to_vec).collect())
 }
 
+/// Sends `sig` to every live (not zombie) member of process group `pgrp`, each through a pidfd checked
+/// (after opening) to still be in that group; returns how many were signalled.
+///
+/// For a group whose leader was already reaped: its id then stays reserved only while a member
+/// lives, so `killpg` could reach a new group that reused the id once the last member is gone.
+/// While the leader is unreaped (running or a zombie), `killpg` is safe and simpler.
+pub fn signal_group_members(pgrp: i32, sig: nix::sys::signal::Signal) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| stat(*pid).is_some_and(|s| s.pgrp == pgrp && !s.is_zombie()))
+        .filter_map(|pid| {
+            let fd = PidFd::open(pid).ok()?;
+            stat(pid)
+                .is_some_and(|s| s.pgrp == pgrp && !s.is_zombie())
+                .then_some(fd)
+        })
+        .filter(|fd| fd.signal(sig).is_ok())
+        .count()
+}
+
 /// Whether `args` holds `wanted` as consecutive arguments (`["--config", "/x/stack.toml"]`).
 pub fn args_contain(args: &[Vec<u8>], wanted: &[&[u8]]) -> bool {
     !wanted.is_empty()
@@ -217,6 +240,34 @@ mod tests {
         }
         assert!(ProcessId::of(pid).is_none());
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_group_whose_leader_was_reaped_is_signalled_member_by_member() {
+        use std::os::unix::process::CommandExt as _;
+        // A leader that exits at once, leaving a member behind in its group.
+        let mut leader = Command::new("sh")
+            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = i32::try_from(leader.id()).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut leader.stdout.take().unwrap(), &mut out).unwrap();
+        leader.wait().unwrap();
+        let member: i32 = out.trim().parse().unwrap();
+        let fd = PidFd::open(member).unwrap();
+        assert_eq!(stat(member).unwrap().pgrp, group);
+        assert_eq!(
+            signal_group_members(group, nix::sys::signal::Signal::SIGKILL),
+            1
+        );
+        assert!(fd.wait_exit(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            signal_group_members(group, nix::sys::signal::Signal::SIGKILL),
+            0
+        );
     }
 
     #[test]
