@@ -482,7 +482,8 @@ fn namespace_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// SIGKILLs every process whose mount namespace is `ns` (an open `/proc/<pid>/ns/mnt`, which
-/// keeps the namespace and so its identity alive); returns how many.
+/// keeps the namespace and so its identity alive); returns how many. Under the guest's init
+/// there are none left by then (the PID namespace took them); this covers a guest without one.
 fn kill_namespace_members(ns: &fs::File) -> usize {
     let Some(target) = ns.metadata().ok().map(|m| (m.dev(), m.ino())) else {
         return 0;
@@ -492,8 +493,13 @@ fn kill_namespace_members(ns: &fs::File) -> usize {
     };
     let mut killed = 0;
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // The pidfd first, the check second: a process that exits in between is not confused
+        // with the next owner of its pid.
+        let Ok(fd) = banger_procid::PidFd::open(pid) else {
+            continue;
+        };
         if namespace_id(Path::new(&format!("/proc/{pid}/ns/mnt"))) == Some(target)
-            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+            && fd.signal(Signal::SIGKILL).is_ok()
         {
             killed += 1;
         }
