@@ -18,8 +18,17 @@ use crate::App;
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Start the local banger stack on this machine (NATS and every service)
+    ///
+    /// Each process's identity (pid and start time) is recorded in
+    /// <runtime-dir>/stack/<name>.pid and its output goes to <state-dir>/logs/<name>.log. If a
+    /// service does not come up, everything this run started is stopped again, and the exit
+    /// status and last log lines of the one that failed are shown.
     Up(up::UpArgs),
     /// Stop the local banger stack (VMs, services and the NATS it started)
+    ///
+    /// Only this stack's processes are stopped: a process counts when its pid and start time
+    /// match its pid file and its command line names this stack's config, so a pid reused by
+    /// another process (another stack's service included) is never signalled.
     Down(down::DownArgs),
     /// Print a shell completion script (bash, zsh, fish, ...)
     Completions(completions::CompletionsArgs),
