@@ -104,6 +104,8 @@ pub fn init_with_default_level(
     let fmt_layer = match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            // Colours only on a terminal: `banger up` sends each service's stderr to a file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .with_filter(filter)
             .boxed(),

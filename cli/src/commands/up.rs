@@ -21,6 +21,9 @@ use crate::{exit, output};
 /// killed.
 const FAILED_UP_GRACE: Duration = Duration::from_secs(10);
 
+/// The shortest round of `up`'s wait for the services (a ping, then the liveness check).
+const PING_ROUND: Duration = Duration::from_millis(100);
+
 /// How long one probe of an existing NATS may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -165,6 +168,9 @@ async fn bring_up(
     let deadline = Instant::now() + Duration::from_secs(args.wait);
     let mut answering = Vec::new();
     while Instant::now() < deadline {
+        // While no service has registered yet, NATS answers a ping at once ("no responders"):
+        // without a floor this loop would spin and take the CPU the services need to start.
+        let next_round = tokio::time::Instant::now() + PING_ROUND;
         answering = bus
             .ping(None, Duration::from_millis(250))
             .await?
@@ -186,6 +192,7 @@ async fn bring_up(
             waiting.join(", ")
         ));
         check_alive(paths, running, started)?;
+        tokio::time::sleep_until(next_round).await;
     }
     let missing: Vec<&str> = SERVICES
         .iter()
