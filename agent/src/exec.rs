@@ -146,6 +146,7 @@ pub async fn start(
         stdin: child.stdin.take().zip(req.stdin.map(String::into_bytes)),
         child,
         group,
+        reaped: false,
         deadline: Instant::now() + timeout,
         tx,
         shutdown,
@@ -197,6 +198,9 @@ enum Abort {
 struct Driver {
     child: Child,
     group: Option<Pid>,
+    /// Whether the command (the group's leader) has been reaped: from then on its id no
+    /// longer keeps the group id from being reused.
+    reaped: bool,
     stdin: Option<(ChildStdin, Vec<u8>)>,
     deadline: Instant,
     tx: mpsc::Sender<Bytes>,
@@ -305,6 +309,7 @@ impl Driver {
                 }
                 () = write_stdin(&mut stdin), if stdin.is_some() => None,
                 s = self.child.wait(), if status.is_none() => {
+                    self.reaped = true;
                     status = Some(s);
                     drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                     None
@@ -351,7 +356,15 @@ impl Driver {
     }
 
     fn kill_group(&self) {
-        if let Some(group) = self.group {
+        let Some(group) = self.group else {
+            return;
+        };
+        if self.reaped {
+            // Only what is left of the group, member by member: once the last member is
+            // gone, the id could name a new group.
+            banger_procid::signal_group_members(group.as_raw(), Signal::SIGKILL);
+        } else {
+            // The leader is not reaped: its pid, the group's id, names nobody else.
             // ESRCH: the group is already gone, which is what we wanted.
             let _ = killpg(group, Signal::SIGKILL);
         }

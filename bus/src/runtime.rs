@@ -35,7 +35,8 @@ impl Context {
 /// Runs service `name`: sets up logging and tracing, resolves its config, makes its directories
 /// owner-only (umask 077; what an earlier version left open is repaired, with a WARN per path:
 /// see [`crate::private`]), connects, and runs `run` until SIGTERM or SIGINT. Errors are
-/// printed with their whole cause chain.
+/// printed with their whole cause chain. The log's first line says the service starts (with
+/// its pid), its last why it exits: the signal and its sender, or the error.
 pub fn service_main<F, Fut, E>(name: &'static str, common: &CommonArgs, run: F) -> ExitCode
 where
     F: FnOnce(Context, CancellationToken) -> Fut,
@@ -57,8 +58,14 @@ where
     rt.block_on(async {
         let _telemetry = telemetry::init(name, common.log_format);
         let result = async {
+            // First, so a SIGTERM that arrives while the service starts is handled (and its
+            // sender logged) instead of killing the process silently.
+            let shutdown =
+                shutdown::on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
             let config = CommonConfig::resolve(common, name).map_err(|e| chain(&e))?;
             tracing::info!(
+                target: shutdown::LIFECYCLE,
+                pid = std::process::id(),
                 host = %config.host,
                 nats = %config.nats.urls.join(","),
                 prefix = %config.subjects.prefix(),
@@ -66,16 +73,20 @@ where
                 "{name} starting"
             );
             secure_dirs(&config, name);
-            let shutdown =
-                shutdown::on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
             let ctx = Context::connect(config).await.map_err(|e| chain(&e))?;
             run(ctx, shutdown).await.map_err(|e| chain(&e))
         }
         .await;
+        // The last line of every service's log says why it exits. Logs go to stderr, which
+        // is unbuffered: the line is written before the process ends.
         match result {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => {
+                let why = shutdown::reason().unwrap_or("its run ended on its own");
+                tracing::info!(target: shutdown::LIFECYCLE, "{name} exiting: {why}");
+                ExitCode::SUCCESS
+            }
             Err(msg) => {
-                tracing::error!("{msg}");
+                tracing::error!(target: shutdown::LIFECYCLE, "{name} exiting on error: {msg}");
                 eprintln!("{name}: error: {msg}");
                 ExitCode::FAILURE
             }

@@ -47,6 +47,22 @@ impl Drop for TelemetryGuard {
 /// The environment variable that turns OTLP export on.
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
+/// Keeps the lines that say why a service starts and exits
+/// ([`crate::shutdown::LIFECYCLE`]) at `info`, whatever level `RUST_LOG` chose — a service
+/// stopped under `RUST_LOG=warn` must still say who stopped it — unless `rust_log` names that
+/// target itself or is `off`.
+fn with_lifecycle(filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter {
+    let lifecycle = crate::shutdown::LIFECYCLE;
+    let silenced = rust_log.is_some_and(|v| v.trim() == "off" || v.contains(lifecycle));
+    if silenced {
+        return filter;
+    }
+    match format!("{lifecycle}=info").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 /// Installs the global subscriber and propagator for process `service`.
 pub fn init(service: &str, format: LogFormat) -> TelemetryGuard {
     init_with_default_level(service, format, "info")
@@ -84,9 +100,12 @@ pub fn init_with_default_level(
     // changes an operator cares about, so the library is quieter by default.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},async_nats=warn")));
+    let filter = with_lifecycle(filter, std::env::var("RUST_LOG").ok().as_deref());
     let fmt_layer = match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            // Colours only on a terminal: `banger up` sends each service's stderr to a file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .with_filter(filter)
             .boxed(),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use banger_procid::{PidFd, ProcessId};
 use banger_proto::event::{EventKind, VmEvent};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{bin_path, free_port};
@@ -170,20 +171,18 @@ impl Stack {
     }
 
     /// Pid of one of the stack's processes (`stord`, `netd`, `vm-controller`, `dnsd`,
-    /// `nats-server`), from its pid file.
+    /// `nats-server`), from its pid file, while that very process runs (pid *and* start time
+    /// as recorded: never whatever reused the pid).
     pub fn pid_of(&self, name: &str) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join(format!("run/stack/{name}.pid")))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        running_from_pid_file(&self.dir.join(format!("run/stack/{name}.pid")))
     }
 
-    /// Pids of the stack's processes, from their pid files.
+    /// Pids of the stack's running processes, from their pid files (see [`Stack::pid_of`]).
     pub fn pids(&self) -> Vec<i32> {
         let dir = self.dir.join("run/stack");
         std::fs::read_dir(&dir)
             .map(|d| {
-                d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-                    .filter_map(|s| s.trim().parse().ok())
+                d.filter_map(|e| running_from_pid_file(&e.ok()?.path()))
                     .collect()
             })
             .unwrap_or_default()
@@ -230,20 +229,33 @@ pub fn stand_in_image_files(dir: &Path) -> (PathBuf, PathBuf) {
     (kernel, rootfs)
 }
 
-/// SIGKILLs every process whose command line mentions `dir`.
+/// The pid recorded in a stack pid file (`PID START_TIME`, as `banger up` writes them), if
+/// that very process still runs.
+pub fn running_from_pid_file(path: &Path) -> Option<i32> {
+    let id = ProcessId::read_pid_file(path).ok()?;
+    id.is_running().then_some(id.pid())
+}
+
+/// SIGKILLs every process whose command line mentions `dir`. Each is signalled through a
+/// pidfd opened before its command line is read, so a process that exits meanwhile is never
+/// confused with the next owner of its pid.
 pub fn kill_processes_mentioning(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
+    let me = std::process::id().cast_signed();
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if pid == me {
+            continue;
+        }
+        let Ok(fd) = PidFd::open(pid) else {
+            continue;
+        };
         let mentions = std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
-        if mentions && pid != std::process::id().cast_signed() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if mentions {
+            let _ = fd.signal(nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

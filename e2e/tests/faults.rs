@@ -56,7 +56,8 @@ fn dig_short(stack: &Stack, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Simulator processes whose command line mentions this stack's directory.
+/// Simulator processes (named `banger-fcsim`: not the guest's init, whose arguments name the
+/// simulator's guest directory) whose command line mentions this stack's directory.
 fn simulators(stack: &Stack) -> usize {
     let dir = stack.dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
@@ -64,12 +65,10 @@ fn simulators(stack: &Stack) -> usize {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| alive(*pid))
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("banger-fcsim") && c.contains(&dir)
-                })
-                .unwrap_or(false)
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "banger-fcsim")
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
         })
         .count()
 }

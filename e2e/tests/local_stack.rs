@@ -137,3 +137,61 @@ fn up_starts_every_service_on_a_private_bus_and_down_leaves_no_process() {
         "the error should say how to start the stack"
     );
 }
+
+/// Processes whose command line names `dir` (the stack's state and runtime dirs are under it).
+fn processes_naming(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter_map(|pid| {
+            let args = banger_procid::cmdline(pid)?;
+            let line = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            line.contains(&needle).then(|| format!("{pid}: {line}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_up_says_why_and_stops_everything_it_started() {
+    if !require_root() {
+        return;
+    }
+    let stack = Stack::new("fup");
+    // Something else holds the DNS port the stack's dnsd is configured for, in its namespace.
+    let held = stack
+        .ns
+        .run(|| std::net::UdpSocket::bind("127.0.0.1:42069").unwrap());
+    let config = stack.dir.join("banger.toml");
+    let config = config.to_string_lossy();
+    let up = stack.banger(&["--config", &config, "up", "--vmm", "sim"]);
+    assert!(!up.status.success(), "up succeeded on a taken port");
+    let out = text(&up);
+    assert!(
+        out.contains("dnsd exited while starting (exit status: 1)") && out.contains("42069"),
+        "the failure names dnsd, its exit status and its log:\n{out}"
+    );
+    // Nothing this `up` started is left: no process, no pid file.
+    banger_testkit::wait_until_blocking(
+        "every process the failed up started to be gone",
+        std::time::Duration::from_secs(30),
+        || processes_naming(&stack.dir).is_empty(),
+    );
+    let pid_files: Vec<_> = std::fs::read_dir(stack.dir.join("run/stack"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(pid_files.is_empty(), "pid files left: {pid_files:?}");
+
+    // With the port free, the next `up` starts the whole stack: nothing of the failed one
+    // holds a port.
+    drop(held);
+    stack.up();
+    assert_eq!(stack.pids().len(), 5, "four services and nats-server");
+    let down = stack.banger(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+}

@@ -11,9 +11,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use banger_e2e::{Stack, alive, text};
-use banger_testkit::require_root;
+use banger_testkit::{require_root, wait_until_blocking};
 
 fn vm_list(stack: &Stack) -> Vec<serde_json::Value> {
     let out = stack.banger_ok(&["--json", "vm", "list"]);
@@ -127,6 +128,11 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
     let (answer, _) = dig(&stack, "alpha.vm");
     assert!(answer.is_empty(), "a stopped VM still resolves: {answer}");
     stack.banger_ok(&["vm", "start", "alpha"]);
+    // `vm start` returns when the VM runs; the agent needs its moment (on a loaded machine,
+    // longer than a CLI round trip).
+    wait_until_blocking("alpha's agent after start", Duration::from_secs(30), || {
+        stack.banger(&["vm", "health", "alpha"]).status.success()
+    });
     let out = stack.banger_ok(&["vm", "exec", "alpha", "--", "cat", "/root/note"]);
     assert_eq!(out.trim(), "kept");
 

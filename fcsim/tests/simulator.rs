@@ -189,7 +189,9 @@ impl Sim {
     }
 }
 
-/// The banger-agent processes serving sockets under `/tmp/banger-fcsim-<pid>/`.
+/// The processes naming `/tmp/banger-fcsim-<pid>/` on their command line: the host's agent
+/// serving its socket there and, as root, the guest's init and the `unshare` that made its
+/// namespaces.
 fn agents_of(sim_pid: u32) -> Vec<u32> {
     let needle = format!("banger-fcsim-{sim_pid}/");
     std::fs::read_dir("/proc")
@@ -696,7 +698,16 @@ async fn the_guest_namespace_answers_arp_ping_and_tcp_through_the_real_tap() {
 
     // The agent runs in a network namespace of its own: not the host side's, with eth0 set up
     // from guest_mac and ip=.
-    let agents = agents_of(sim.proc.pid());
+    // (The guest's init and `unshare` name the guest directory too: the agent is the one
+    // running banger-agent.)
+    let agents: Vec<u32> = agents_of(sim.proc.pid())
+        .into_iter()
+        .filter(|p| {
+            banger_procid::cmdline(i32::try_from(*p).unwrap())
+                .and_then(|args| args.first().cloned())
+                .is_some_and(|argv0| argv0.ends_with(b"banger-agent"))
+        })
+        .collect();
     assert_eq!(agents.len(), 1, "{agents:?}");
     let guest_ns = netns_of(agents[0]).unwrap();
     assert_ne!(Some(&guest_ns), netns_of(sim.proc.pid()).as_ref());
@@ -1138,4 +1149,164 @@ async fn a_crash_with_the_image_agent_releases_both_loop_devices() {
         async move { released }
     })
     .await;
+}
+
+/// Which agent the guest runs (see `fcsim/src/guest/agent.rs`).
+#[derive(Debug, Clone, Copy)]
+enum AgentMode {
+    /// The host's agent, alone (the work disk is not ext4: nothing to mount).
+    Host,
+    /// The host's agent with the ext4 work disk loop-mounted at /root.
+    HostWithWorkDisk,
+    /// The image's own agent, chrooted into the loop-mounted root drive.
+    Image,
+}
+
+/// Live processes whose command line holds `needle` (arguments joined by spaces).
+fn processes_with(needle: &str) -> Vec<banger_procid::PidFd> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let fd = banger_procid::PidFd::open(pid).ok()?;
+            let args = banger_procid::cmdline(pid)?;
+            let line = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>()
+                .join(" ");
+            (line.contains(needle) && !fd.has_exited()).then_some(fd)
+        })
+        .collect()
+}
+
+/// Boots a guest in `mode`, has it start a daemon, SIGKILLs the simulator, and checks that
+/// nothing of the guest is left: as under Firecracker, where a guest dies with its VMM.
+async fn a_sigkilled_simulator_leaves_nothing(mode: AgentMode) {
+    if !require_root() {
+        return;
+    }
+    for p in ["mkfs.ext4", "losetup", "unshare", "mount"] {
+        if !have_program(p) {
+            skip(&format!("no {p}"));
+            return;
+        }
+    }
+    // A root drive, a work disk and a run directory for each mode.
+    let (tmp, root, work, dir) = match mode {
+        AgentMode::Image => {
+            let Some(files) = image_with_agent_and_work_disk() else {
+                return;
+            };
+            files
+        }
+        AgentMode::Host | AgentMode::HostWithWorkDisk => {
+            let tmp = TempDir::new().unwrap();
+            let root = ext4_image(tmp.path(), "root.img").unwrap();
+            let work = match mode {
+                AgentMode::Host => plain_file(tmp.path(), "work.img"),
+                _ => ext4_image(tmp.path(), "work.ext4").unwrap(),
+            };
+            let dir = tmp.path().join("run");
+            std::fs::create_dir(&dir).unwrap();
+            (tmp, root, work, dir)
+        }
+    };
+    let mut sim = spawn(&dir, Opts::default()).await;
+    sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+    sim.fc.instance_start().await.unwrap();
+    sim.wait_healthy().await;
+    let pid = sim.proc.pid();
+    // The guest's processes the simulator started (the agent, or what runs it), by their
+    // parent: the simulator's guest thread.
+    let agents: Vec<banger_procid::PidFd> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| banger_procid::PidFd::open(p.parse().ok()?).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!agents.is_empty(), "the agent runs");
+    // A daemon started in the guest (a unique sleep, to be found by its arguments).
+    let marker = format!("{}.{}", 3000 + mode as u32, std::process::id());
+    let started = sim
+        .agent()
+        .exec_collect(&ExecRequest::new([
+            "sh",
+            "-c",
+            &format!("sleep {marker} </dev/null >/dev/null 2>&1 &"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(started.exit_code, Some(0), "{started:?}");
+    let needle = format!("sleep {marker}");
+    let mut daemons = Vec::new();
+    wait_until("the guest's daemon to run", WAIT, || {
+        daemons = processes_with(&needle);
+        let found = !daemons.is_empty();
+        async move { found }
+    })
+    .await;
+    let images: Vec<PathBuf> = match mode {
+        AgentMode::Host => Vec::new(),
+        AgentMode::HostWithWorkDisk => vec![work.clone()],
+        AgentMode::Image => vec![root.clone(), work.clone()],
+    };
+    for image in &images {
+        assert!(
+            !loops_of(image).is_empty(),
+            "{} is loop-mounted",
+            image.display()
+        );
+    }
+
+    sim.proc.kill();
+
+    let runtime_dir = PathBuf::from(format!("/tmp/banger-fcsim-{pid}"));
+    let left = || {
+        let mut left = Vec::new();
+        if agents.iter().any(|a| !a.has_exited()) || !agents_of(pid).is_empty() {
+            left.push("the agent".to_owned());
+        }
+        if daemons.iter().any(|d| !d.has_exited()) {
+            left.push("the daemon started in the guest".to_owned());
+        }
+        if runtime_dir.exists() {
+            left.push(format!("{}", runtime_dir.display()));
+        }
+        for image in &images {
+            let loops = loops_of(image);
+            if !loops.is_empty() {
+                left.push(format!("loop device {loops}"));
+            }
+        }
+        left
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        left(),
+        Vec::<String>::new(),
+        "left behind by a SIGKILLed simulator"
+    );
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn a_sigkilled_simulator_leaves_nothing_with_the_hosts_agent() {
+    a_sigkilled_simulator_leaves_nothing(AgentMode::Host).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_simulator_leaves_nothing_with_the_hosts_agent_and_a_work_disk() {
+    a_sigkilled_simulator_leaves_nothing(AgentMode::HostWithWorkDisk).await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_simulator_leaves_nothing_with_the_images_agent() {
+    a_sigkilled_simulator_leaves_nothing(AgentMode::Image).await;
 }

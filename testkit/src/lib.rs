@@ -134,6 +134,10 @@ impl Process {
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns its exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        // Already exited and reaped (by `is_running`): its pid may name another process now.
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let end = Instant::now() + timeout;

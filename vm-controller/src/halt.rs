@@ -165,8 +165,9 @@ impl Controller {
         let vmm = &self.inner.vmm;
         let mut hint = hint.filter(|p| vmm.is_alive(*p));
         for _ in 0..KILL_ROUNDS {
-            // The hint is trusted only when it is the socket's holder (or the socket is already
-            // gone but the process we spawned is still alive, e.g. during start-up).
+            // The hint is trusted only when it is the socket's holder, or when the socket is
+            // gone but the process still names it on its command line (we spawned it and it
+            // has not bound it yet): `kill` checks that, so a reused pid is never signalled.
             let target = match vmm.find_process(paths, hint).await {
                 Some(p) => p,
                 None => match hint.take() {
@@ -175,12 +176,17 @@ impl Controller {
                 },
             };
             hint = None;
-            vmm.kill(target).map_err(|e| {
+            let killed = vmm.kill(target, paths).map_err(|e| {
                 ApiError::internal(format!(
                     "killing the hypervisor: {}",
                     banger_bus::runtime::chain(&e)
                 ))
             })?;
+            if !killed {
+                // Gone meanwhile, or the hint named another process by now (its pid reused):
+                // left alone; the socket check below says whether anything is still ours.
+                continue;
+            }
             if !self.wait_exit(target, self.inner.config.kill_wait()).await {
                 return Err(ApiError::internal(format!(
                     "the hypervisor process {target} survived SIGKILL for {} ms",

@@ -18,7 +18,7 @@ fn services(bench: &Bench) -> Vec<(String, i32)> {
             d.filter_map(|e| {
                 let path = e.ok()?.path();
                 let name = path.file_name()?.to_str()?.strip_suffix(".pid")?.to_owned();
-                let pid = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+                let pid = banger_e2e::running_from_pid_file(&path)?;
                 Some((name, pid))
             })
             .collect()

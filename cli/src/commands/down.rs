@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use banger_bus::Bus;
 use banger_bus::config::CommonConfig;
+use banger_procid::Termination;
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmOpReply, VmRefRequest, VmState};
 
@@ -42,17 +43,10 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
         stop_vms(config, &progress).await;
     }
     for svc in SERVICES.iter().rev() {
-        if let Some(pid) = stack::running_pid(&paths, svc, &format!("banger-{svc}")) {
+        if let Some(id) = stack::running_pid(&paths, svc, &format!("banger-{svc}")) {
             progress.set_message(format!("stopping {svc}"));
-            let killed = stack::stop_pid(pid, SERVICE_GRACE);
-            progress.println(format_args!(
-                "stopped {svc}{}",
-                if killed {
-                    " (killed after the grace period)"
-                } else {
-                    ""
-                }
-            ));
+            let how = stack::stop_process(id, SERVICE_GRACE);
+            progress.println(format_args!("stopped {svc}{}", termination_note(how)));
             stopped_any = true;
         }
         let _ = std::fs::remove_file(paths.pid_file(svc));
@@ -61,12 +55,12 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
     // outlive the stack: stop their hypervisor processes directly. Their records, leases and
     // volumes stay; the next `up` reconciles them to `stopped`.
     if !args.keep_vms {
-        let leftovers = stack::hypervisor_pids(&config.runtime_dir.join("vm-controller"));
+        let leftovers = stack::hypervisors(&config.runtime_dir.join("vm-controller"));
         if !leftovers.is_empty() {
             progress.set_message("stopping VM processes the controller did not stop");
         }
-        for pid in &leftovers {
-            stack::stop_pid(*pid, Duration::from_secs(10));
+        for vmm in &leftovers {
+            vmm.terminate(Duration::from_secs(10));
         }
         if !leftovers.is_empty() {
             progress.println(format_args!(
@@ -75,10 +69,10 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
             ));
         }
     }
-    if let Some(pid) = stack::running_pid(&paths, NATS, NATS) {
+    if let Some(id) = stack::running_pid(&paths, NATS, NATS) {
         progress.set_message("stopping nats-server");
-        stack::stop_pid(pid, SERVICE_GRACE);
-        progress.println("stopped nats-server");
+        let how = stack::stop_process(id, SERVICE_GRACE);
+        progress.println(format_args!("stopped nats-server{}", termination_note(how)));
         stopped_any = true;
     }
     let _ = std::fs::remove_file(paths.pid_file(NATS));
@@ -88,6 +82,15 @@ pub async fn run(config: &CommonConfig, args: DownArgs) -> anyhow::Result<u8> {
         println!("banger is not running");
     }
     Ok(exit::OK)
+}
+
+/// What `down` adds to "stopped X" when the stop was not a plain exit.
+fn termination_note(how: Termination) -> &'static str {
+    match how {
+        Termination::Killed => " (killed after the grace period)",
+        Termination::Survived => " (still exiting: it survived SIGKILL for 5 s)",
+        Termination::AlreadyGone | Termination::Exited => "",
+    }
 }
 
 /// Stops every running VM of this host; failures are reported, not fatal (the services are

@@ -22,8 +22,17 @@ use crate::App;
 pub enum Command {
     /// Start the local banger stack on this machine (NATS and every service; its files are
     /// root-only, and what an earlier version left open is repaired)
+    ///
+    /// Each process's identity (pid and start time) is recorded in
+    /// <runtime-dir>/stack/<name>.pid and its output goes to <state-dir>/logs/<name>.log. If a
+    /// service does not come up, everything this run started is stopped again, and the exit
+    /// status and last log lines of the one that failed are shown.
     Up(up::UpArgs),
     /// Stop the local banger stack (VMs, services and the NATS it started)
+    ///
+    /// Only this stack's processes are stopped: a process counts when its pid and start time
+    /// match its pid file and its command line names this stack's config, so a pid reused by
+    /// another process (another stack's service included) is never signalled.
     Down(down::DownArgs),
     /// Write a stack's bus credentials and nats-server config once, start nothing (for
     /// compose.yaml and service managers)

@@ -14,8 +14,15 @@ use banger_bus::Bus;
 use banger_bus::config::{CommonConfig, NatsAuth, NatsOptions};
 
 use crate::progress::Progress;
-use crate::stack::{self, NATS, SERVICES, StackPaths};
+use crate::stack::{self, NATS, SERVICES, Spawned, StackPaths};
 use crate::{exit, output};
+
+/// How long a process a failed `up` started may take to exit after SIGTERM before it is
+/// killed.
+const FAILED_UP_GRACE: Duration = Duration::from_secs(10);
+
+/// The shortest round of `up`'s wait for the services (a ping, then the liveness check).
+const PING_ROUND: Duration = Duration::from_millis(100);
 
 /// How long one probe of an existing NATS may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -96,15 +103,16 @@ pub async fn run(config: &CommonConfig, args: UpArgs) -> anyhow::Result<u8> {
         (VmmChoice::Sim, _) => "sim",
     };
 
-    let mut started: Vec<(&str, String)> = Vec::new();
+    let mut started: Vec<(&str, Spawned)> = Vec::new();
     let result = bring_up(config, &paths, vmm, &args, &running, &mut started).await;
     if let Err(e) = result {
-        // Leave the machine as we found it: stop what this run started, newest first.
-        for (name, program) in started.iter().rev() {
-            if let Some(pid) = stack::running_pid(&paths, name, program) {
-                stack::stop_pid(pid, Duration::from_secs(10));
-            }
-            let _ = std::fs::remove_file(paths.pid_file(name));
+        // Leave the machine as we found it: stop what this run started, newest first. They
+        // are still our children, so this needs no pid file and cannot hit a stranger.
+        let stopping = tokio::task::spawn_blocking(move || {
+            stack::stop_started(&paths, started, FAILED_UP_GRACE);
+        });
+        if let Err(join) = stopping.await {
+            eprintln!("warning: stopping what this `up` started: {join}");
         }
         return Err(e);
     }
@@ -117,7 +125,7 @@ async fn bring_up(
     vmm: &str,
     args: &UpArgs,
     running: &[&str],
-    started: &mut Vec<(&'static str, String)>,
+    started: &mut Vec<(&'static str, Spawned)>,
 ) -> anyhow::Result<()> {
     let previous = previous_stack(config, paths);
     let (nats, managed) = if stack::running_pid(paths, NATS, NATS).is_some() {
@@ -129,8 +137,8 @@ async fn bring_up(
         );
         (config.nats.clone(), false)
     } else {
-        let nats = start_nats(config, paths, &previous)?;
-        started.push((NATS, NATS.to_owned()));
+        let (nats, spawned) = start_nats(config, paths, &previous)?;
+        started.push((NATS, spawned));
         (nats, true)
     };
 
@@ -153,14 +161,18 @@ async fn bring_up(
         let program = format!("banger-{svc}");
         let bin = stack::sibling_binary(&program);
         let args = vec!["--config".to_owned(), stack_file.display().to_string()];
-        stack::spawn_detached(&bin, &args, &paths.log_file(svc), &paths.pid_file(svc))
-            .with_context(|| format!("starting {}", bin.display()))?;
-        started.push((svc, program));
+        let spawned =
+            stack::spawn_detached(&bin, &args, &paths.log_file(svc), &paths.pid_file(svc))
+                .with_context(|| format!("starting {}", bin.display()))?;
+        started.push((svc, spawned));
     }
 
     let deadline = Instant::now() + Duration::from_secs(args.wait);
     let mut answering = Vec::new();
     while Instant::now() < deadline {
+        // While no service has registered yet, NATS answers a ping at once ("no responders"):
+        // without a floor this loop would spin and take the CPU the services need to start.
+        let next_round = tokio::time::Instant::now() + PING_ROUND;
         answering = bus
             .ping(None, Duration::from_millis(250))
             .await?
@@ -181,20 +193,8 @@ async fn bring_up(
             SERVICES.len(),
             waiting.join(", ")
         ));
-        for svc in SERVICES {
-            let gone = if started.iter().any(|(name, _)| name == svc) {
-                spawned_child_exited(paths, svc)
-            } else {
-                stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none()
-            };
-            if gone {
-                bail!(
-                    "{svc} exited while starting; last lines of {}:\n{}",
-                    paths.log_file(svc).display(),
-                    stack::log_tail(&paths.log_file(svc), 15)
-                );
-            }
-        }
+        check_alive(paths, running, started)?;
+        tokio::time::sleep_until(next_round).await;
     }
     let missing: Vec<&str> = SERVICES
         .iter()
@@ -216,7 +216,7 @@ async fn bring_up(
         .iter()
         .map(|svc| {
             let pid = stack::running_pid(paths, svc, &format!("banger-{svc}"))
-                .map_or("?".into(), |p| p.to_string());
+                .map_or("?".into(), |p| p.pid().to_string());
             vec![
                 (*svc).to_owned(),
                 pid,
@@ -243,22 +243,33 @@ async fn bring_up(
     Ok(())
 }
 
-/// Whether a service this run spawned has exited. Its pid cannot have been reused: it is our
-/// child, and nobody reaps it while we run, so whether it exists and is not a zombie says it
-/// all. (Its command line reads empty while the kernel is still completing the exec — a window
-/// that load widens — so `running_pid`'s program check would call a starting service gone.)
-fn spawned_child_exited(paths: &StackPaths, svc: &str) -> bool {
-    let Some(pid) = std::fs::read_to_string(paths.pid_file(svc))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-    else {
-        return true;
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-        stat.rsplit(')')
-            .next()
-            .is_none_or(|rest| rest.trim_start().starts_with('Z'))
-    })
+/// Fails when a process this run started has exited, or a service that was already running
+/// is gone. A process this run started is asked about through its child handle — the kernel's
+/// answer, which no pid file, `/proc` read or reused pid can get wrong.
+fn check_alive(
+    paths: &StackPaths,
+    running: &[&str],
+    started: &mut [(&'static str, Spawned)],
+) -> anyhow::Result<()> {
+    for (name, spawned) in started.iter_mut() {
+        if let Ok(Some(status)) = spawned.child.try_wait() {
+            bail!(
+                "{name} exited while starting ({status}); last lines of {}:\n{}",
+                paths.log_file(name).display(),
+                stack::log_tail(&paths.log_file(name), 15)
+            );
+        }
+    }
+    for svc in running {
+        if stack::running_pid(paths, svc, &format!("banger-{svc}")).is_none() {
+            bail!(
+                "{svc}, which was already running, exited; last lines of {}:\n{}",
+                paths.log_file(svc).display(),
+                stack::log_tail(&paths.log_file(svc), 15)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What an earlier `up` recorded, to reuse its port and credentials.
@@ -294,7 +305,7 @@ fn start_nats(
     config: &CommonConfig,
     paths: &StackPaths,
     previous: &Previous,
-) -> anyhow::Result<NatsOptions> {
+) -> anyhow::Result<(NatsOptions, Spawned)> {
     let (user, password) = match (&config.nats.auth, previous.nats_managed) {
         (NatsAuth::UserPassword { user, password }, true) => (user.clone(), password.clone()),
         _ => ("banger".to_owned(), stack::random_secret()?),
@@ -314,7 +325,7 @@ fn start_nats(
     let program = which("nats-server").context(
         "nats-server is not installed: run ./scripts/setup (or apt-get install nats-server)",
     )?;
-    stack::spawn_detached(
+    let spawned = stack::spawn_detached(
         &program,
         &["-c".to_owned(), conf_path.display().to_string()],
         &paths.log_file(NATS),
@@ -322,7 +333,7 @@ fn start_nats(
     )
     .context("starting nats-server")?;
     println!("started nats-server on 127.0.0.1:{port}");
-    Ok(NatsOptions {
+    let nats = NatsOptions {
         urls: vec![format!("nats://127.0.0.1:{port}")],
         auth: NatsAuth::UserPassword { user, password },
         tls_ca: None,
@@ -331,7 +342,8 @@ fn start_nats(
         require_auth: false,
         inbox_prefix: None,
         name: "banger-cli".into(),
-    })
+    };
+    Ok((nats, spawned))
 }
 
 /// The port of the first configured loopback URL when it is free, else any free port.
@@ -442,30 +454,6 @@ fn render_stack_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_spawned_service_counts_as_exited_only_once_it_has() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = StackPaths {
-            state: dir.path().join("state"),
-            runtime: dir.path().join("run"),
-        };
-        assert!(spawned_child_exited(&paths, "dnsd"), "no pid file");
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        stack::write_private(&paths.pid_file("dnsd"), &format!("{}\n", child.id())).unwrap();
-        // Right after spawn: alive, whatever its command line reads yet.
-        assert!(!spawned_child_exited(&paths, "dnsd"));
-        child.kill().unwrap();
-        // Not reaped yet: a zombie, which has exited.
-        banger_testkit::wait_until_blocking("the child to exit", Duration::from_secs(10), || {
-            spawned_child_exited(&paths, "dnsd")
-        });
-        child.wait().unwrap();
-        assert!(spawned_child_exited(&paths, "dnsd"));
-    }
 
     #[test]
     fn a_busy_configured_port_falls_back_to_a_free_one() {

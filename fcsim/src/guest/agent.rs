@@ -10,9 +10,11 @@
 //!    `/run/banger-fcsim`, and the agent exec'd chrooted into the image:
 //!
 //!    ```text
-//!    unshare --mount --propagation private -- sh -c '<mounts>; exec chroot <mnt> \
+//!    sh -c '<mounts>; exec chroot <mnt> \
 //!        /usr/local/bin/banger-agent --listen unix:/run/banger-fcsim/agent-52.sock --allow-exec'
 //!    ```
+//!
+//!    (run by the guest's init, in the guest's own mount namespace: see below)
 //!
 //!    So `vm exec` runs the image's binaries and sees the image's `/etc/os-release`.
 //! 2. **The host's agent with the work disk.** With root and an ext4 work disk (and a root drive
@@ -20,11 +22,30 @@
 //!    is loop-mounted at `/root`; the log says `SIMULATOR: image has no agent`.
 //! 3. **The host's agent alone**, without root or a work disk; the log says why.
 //!
-//! `unshare` without `--fork` execs in place, so the agent *is* the process that owns the mount
-//! namespace: when it exits (and the commands it started are gone: [`Agent::stop`] kills any
-//! left in that namespace) the namespace dies, its mounts go with it and util-linux's `-o loop`
-//! (LO_FLAGS_AUTOCLEAR) releases the loop devices. The agent gets PR_SET_PDEATHSIG(SIGKILL) so
-//! it also dies when the simulator does (the flag survives the execs).
+//! **A guest dies with its VMM.** Under Firecracker every process of a guest ends when the VMM
+//! process does, however it ends. Here, with root, the guest's processes live in a PID
+//! namespace of their own, made by `unshare --fork --pid --kill-child=HUP --mount` (so also in
+//! a private mount namespace). Its pid 1 is [`INIT_SCRIPT`], a small shell init that starts the
+//! agent (one of the three ways above) and waits for it:
+//!
+//! - the simulator's guest thread spawns `unshare` with `PR_SET_PDEATHSIG(SIGKILL)` (checked
+//!   against a parent that died before the flag was set), so `unshare` dies with the
+//!   simulator, even on SIGKILL;
+//! - `unshare`'s death sends the init SIGHUP (`--kill-child`): it SIGKILLs every process of the
+//!   guest, unmounts the image and removes the simulator's guest directory (the agent's socket,
+//!   the image's mount point), then exits;
+//! - when the init (pid 1) exits, however it exits, the kernel SIGKILLs whatever is left in the
+//!   namespace: the agent and every daemon a guest command started. The last process gone, the
+//!   mount namespace goes with its mounts, util-linux's `-o loop` (LO_FLAGS_AUTOCLEAR) releases
+//!   the loop devices, and nothing holds the guest's network namespace any more.
+//!
+//! What only SIGKILL of the init itself (not of the simulator) would leave is the guest
+//! directory under the temp dir; the next simulator to start sweeps directories of simulators
+//! that are gone. Without root no namespace can be made: the agent runs as the simulator's
+//! child with `PR_SET_PDEATHSIG(SIGKILL)`, and a daemon a command started can outlive it.
+//!
+//! A graceful stop goes through the init too: SIGTERM is passed on to the agent, SIGUSR1 and
+//! SIGUSR2 stop and continue every process of the guest (pause and resume).
 
 use std::fs;
 use std::io;
@@ -102,10 +123,38 @@ mkdir -p "$mnt/run/banger-fcsim" && mount --bind "$sockdir" "$mnt/run/banger-fcs
 umask 022
 exec chroot "$mnt" "$@""#;
 
+/// The guest's init, pid 1 of its PID namespace (see the module doc). Arguments: `$0` the
+/// simulator's guest directory, `$1` the image's mount point (or empty), then the command that
+/// starts the agent. Exits with the agent's status.
+const INIT_SCRIPT: &str = r#"guestdir="$0"; mnt="$1"; shift
+vmm_gone() {
+    kill -KILL -1 2>/dev/null
+    n=0
+    while kill -0 -1 2>/dev/null && [ "$n" -lt 100000 ]; do n=$((n + 1)); done
+    if [ -n "$mnt" ]; then umount -R -l "$mnt" 2>/dev/null; fi
+    rm -rf --one-file-system "$guestdir"
+    exit 137
+}
+trap vmm_gone HUP
+trap 'kill -TERM "$agent" 2>/dev/null' TERM
+trap 'kill -STOP -1' USR1
+trap 'kill -CONT -1' USR2
+"$@" &
+agent=$!
+while :; do
+    wait "$agent"
+    status=$?
+    kill -0 "$agent" 2>/dev/null || break
+done
+exit "$status""#;
+
 /// A running agent.
 #[derive(Debug)]
 pub(crate) struct Agent {
+    /// `unshare`, whose child is the guest's init; or, without root, the agent itself.
     child: Child,
+    /// Whether the guest runs under [`INIT_SCRIPT`] in a PID namespace of its own.
+    with_init: bool,
     /// The images loop-mounted in its namespace (their loop devices are waited for at stop).
     images: Vec<PathBuf>,
 }
@@ -162,7 +211,7 @@ pub(crate) fn spawn(
     };
     let listen = format!("unix:{}", socket.display());
     let mut images = Vec::new();
-    let mut cmd = if let Some(root) = &image {
+    let cmd = if let Some(root) = &image {
         let sockdir = socket.parent().unwrap_or(Path::new("/"));
         let mnt = sockdir.join("rootfs");
         fs::create_dir_all(&mnt)?;
@@ -177,25 +226,17 @@ pub(crate) fn spawn(
         } else {
             ""
         };
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            CHROOT_SCRIPT,
-        ])
-        .arg(root)
-        .arg(&mnt)
-        .arg(disk.as_deref().unwrap_or(Path::new("")))
-        .arg(sockdir)
-        .arg(loop_opt)
-        .arg(IMAGE_AGENT)
-        .arg("--listen")
-        .arg(inner_listen)
-        .arg("--allow-exec");
+        let mut c = Command::new("sh");
+        c.args(["-c", CHROOT_SCRIPT])
+            .arg(root)
+            .arg(&mnt)
+            .arg(disk.as_deref().unwrap_or(Path::new("")))
+            .arg(sockdir)
+            .arg(loop_opt)
+            .arg(IMAGE_AGENT)
+            .arg("--listen")
+            .arg(inner_listen)
+            .arg("--allow-exec");
         // The guest's environment, not the simulator's.
         c.env_clear()
             .env(
@@ -209,8 +250,8 @@ pub(crate) fn spawn(
             );
         c
     } else if let Some(disk) = &disk {
-        let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        let mut c = Command::new("sh");
+        c.arg("-c")
             .arg(format!(
                 r#"mount -o loop -t ext4 "$0" /root || exit {MOUNT_FAILED_EXIT}; exec "$@""#
             ))
@@ -228,6 +269,15 @@ pub(crate) fn spawn(
     if let Some(d) = &disk {
         images.push(d.clone());
     }
+    let with_init = is_root;
+    let mut cmd = if with_init {
+        let guest_dir = socket.parent().unwrap_or(Path::new("/"));
+        let mnt = image.as_ref().map(|_| guest_dir.join("rootfs"));
+        // The image's agent gets the guest's environment, not the simulator's.
+        under_init(&cmd, guest_dir, mnt.as_deref(), image.is_some())
+    } else {
+        cmd
+    };
     // The guest's console is the serial port: the agent's log goes there.
     let console = io::stdout().as_fd().try_clone_to_owned()?;
     cmd.stdin(Stdio::null())
@@ -235,13 +285,23 @@ pub(crate) fn spawn(
         .stderr(Stdio::from(console))
         .current_dir("/")
         .kill_on_drop(true);
-    // SAFETY: the closure runs between fork and exec; it only calls prctl (async-signal-safe,
-    // no memory effects with PR_SET_PDEATHSIG and a valid signal) and allocates nothing.
+    // The simulator, as the child will see it as its parent.
+    // SAFETY: getpid has no preconditions.
+    let simulator = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec; it only calls prctl and getppid
+    // (async-signal-safe, no memory effects with PR_SET_PDEATHSIG and a valid signal) and
+    // allocates nothing on success.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let rc = libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             if rc != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // A simulator that died before the flag was set never sends the signal: check.
+            if libc::getppid() != simulator {
+                return Err(io::Error::other(
+                    "the simulator exited while the agent started",
+                ));
             }
             Ok(())
         });
@@ -267,7 +327,46 @@ pub(crate) fn spawn(
         )),
         (None, None) => {}
     }
-    Ok(Agent { child, images })
+    Ok(Agent {
+        child,
+        with_init,
+        images,
+    })
+}
+
+/// `cmd` run under the guest's init in a PID and mount namespace of its own (see the module
+/// doc): `unshare --fork --pid --kill-child=HUP --mount --propagation private -- sh -c INIT
+/// <guest dir> <mount point> <cmd...>`, with the variables `cmd` sets (and only those, with
+/// `clear_env`).
+fn under_init(cmd: &Command, guest_dir: &Path, mnt: Option<&Path>, clear_env: bool) -> Command {
+    let inner = cmd.as_std();
+    let mut c = Command::new("unshare");
+    c.args([
+        "--fork",
+        "--pid",
+        "--kill-child=HUP",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        INIT_SCRIPT,
+    ])
+    .arg(guest_dir)
+    .arg(mnt.unwrap_or(Path::new("")))
+    .arg(inner.get_program())
+    .args(inner.get_args());
+    if clear_env {
+        c.env_clear();
+    }
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
 }
 
 impl Agent {
@@ -276,11 +375,34 @@ impl Agent {
         self.child.id()
     }
 
-    /// Sends `sig` to the agent (SIGSTOP/SIGCONT for pause/resume).
+    /// Sends `sig` to the agent (SIGSTOP/SIGCONT for pause/resume, SIGTERM to stop). Under the
+    /// init, the init passes SIGTERM on to the agent and stops or continues the whole guest.
     pub(crate) fn signal(&self, sig: Signal) {
-        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
-            let _ = kill(Pid::from_raw(pid), sig);
+        if !self.with_init {
+            // Our own unreaped child: its pid names nobody else.
+            if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+            return;
         }
+        let sig = match sig {
+            Signal::SIGSTOP => Signal::SIGUSR1,
+            Signal::SIGCONT => Signal::SIGUSR2,
+            other => other,
+        };
+        if let Some(init) = self.init() {
+            let _ = init.signal(sig);
+        }
+    }
+
+    /// A pidfd on the guest's init: the only child of `unshare` (our unreaped child, so its
+    /// pid is stable), checked to still be that child after the pidfd is open.
+    fn init(&self) -> Option<banger_procid::PidFd> {
+        let outer = i32::try_from(self.pid()?).ok()?;
+        let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).ok()?;
+        let init: i32 = children.split_whitespace().next()?.parse().ok()?;
+        let fd = banger_procid::PidFd::open(init).ok()?;
+        (banger_procid::stat(init)?.ppid == outer).then_some(fd)
     }
 
     /// If the agent already exited, its status (a failed mount shows here).
@@ -360,7 +482,8 @@ fn namespace_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// SIGKILLs every process whose mount namespace is `ns` (an open `/proc/<pid>/ns/mnt`, which
-/// keeps the namespace and so its identity alive); returns how many.
+/// keeps the namespace and so its identity alive); returns how many. Under the guest's init
+/// there are none left by then (the PID namespace took them); this covers a guest without one.
 fn kill_namespace_members(ns: &fs::File) -> usize {
     let Some(target) = ns.metadata().ok().map(|m| (m.dev(), m.ino())) else {
         return 0;
@@ -370,8 +493,13 @@ fn kill_namespace_members(ns: &fs::File) -> usize {
     };
     let mut killed = 0;
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // The pidfd first, the check second: a process that exits in between is not confused
+        // with the next owner of its pid.
+        let Ok(fd) = banger_procid::PidFd::open(pid) else {
+            continue;
+        };
         if namespace_id(Path::new(&format!("/proc/{pid}/ns/mnt"))) == Some(target)
-            && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+            && fd.signal(Signal::SIGKILL).is_ok()
         {
             killed += 1;
         }

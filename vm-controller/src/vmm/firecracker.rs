@@ -324,8 +324,9 @@ impl Vmm for ProcessVmm {
         })
     }
 
-    fn kill(&self, pid: u32) -> Result<(), VmmError> {
-        process::kill_process(pid).map_err(|source| VmmError::Signal { pid, source })
+    fn kill(&self, pid: u32, paths: &VmPaths) -> Result<bool, VmmError> {
+        process::kill_process(pid, &paths.api_sock)
+            .map_err(|source| VmmError::Signal { pid, source })
     }
 
     fn is_alive(&self, pid: u32) -> bool {

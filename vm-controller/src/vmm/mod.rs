@@ -134,8 +134,10 @@ pub trait Vmm: Send + Sync + 'static {
         hint: Option<u32>,
     ) -> BoxFuture<'a, Option<u32>>;
 
-    /// Sends SIGKILL to `pid` (its whole process group when it leads one of its own).
-    fn kill(&self, pid: u32) -> Result<(), VmmError>;
+    /// Sends SIGKILL to `pid` (its whole process group when it leads one of its own) if it is
+    /// the hypervisor serving `paths.api_sock`. Returns whether it was: `false` when `pid` is
+    /// gone or names another process (a stale pid reused), which is then left alone.
+    fn kill(&self, pid: u32, paths: &VmPaths) -> Result<bool, VmmError>;
 
     /// Whether `pid` is alive (a zombie is not).
     fn is_alive(&self, pid: u32) -> bool;

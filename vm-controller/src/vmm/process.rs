@@ -8,9 +8,11 @@
 //! These are blocking reads of `/proc`; call them from `spawn_blocking`.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
-use nix::sys::signal::{Signal, kill, killpg};
+use banger_procid::PidFd;
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, getpgrp};
 
 /// `__SO_ACCEPTCON` in `/proc/net/unix` flags: the socket is listening.
@@ -73,22 +75,35 @@ pub fn find_by_socket(socket: &Path, hint: Option<u32>) -> Option<u32> {
     {
         return Some(pid);
     }
-    let me = std::process::id();
     let mut candidates: Vec<u32> = fs::read_dir("/proc")
         .ok()?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me && Some(pid) != hint)
+        .filter(|&pid| Some(pid) != hint)
         .collect();
     candidates.sort_unstable();
-    let found = candidates
+    candidates
         .into_iter()
-        .find(|&pid| is_alive(pid) && holds_any(pid, &inodes));
-    if found.is_some() {
-        return found;
-    }
-    // Last: this process itself (a test holding a listener; never the controller in service).
-    (holds_any(me, &inodes)).then_some(me)
+        .find(|&pid| is_alive(pid) && holds_any(pid, &inodes))
+}
+
+/// Whether `pid` is the hypervisor of the VM whose API socket is `api_sock`: it holds that
+/// socket listening, or (before it has bound it, during start-up) its command line names it
+/// (`--api-sock <path>`; the umask wrapper's command line does too). The socket path is unique
+/// to one VM of one controller, so no other process — another controller's hypervisor, or
+/// whatever reused a stale pid — passes.
+pub fn is_hypervisor_of(pid: u32, api_sock: &Path) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    let holds = {
+        let inodes = listening_socket_inodes(api_sock);
+        !inodes.is_empty() && holds_any(pid, &inodes)
+    };
+    holds
+        || banger_procid::cmdline(raw).is_some_and(|args| {
+            banger_procid::args_contain(&args, &[b"--api-sock", api_sock.as_os_str().as_bytes()])
+        })
 }
 
 /// The state letter of `/proc/<pid>/stat` and the process group, or `None` when gone.
@@ -108,19 +123,38 @@ pub fn is_alive(pid: u32) -> bool {
     stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
 }
 
-/// SIGKILLs `pid`; its whole process group when it leads one that is not ours (the hypervisor
-/// was spawned as a group leader, so helpers it started go too).
-pub fn kill_process(pid: u32) -> Result<(), nix::Error> {
+/// SIGKILLs `pid` if it is the hypervisor serving `api_sock` ([`is_hypervisor_of`]); its whole
+/// process group when it leads one that is not ours (the hypervisor was spawned as a group
+/// leader, so helpers it started go too). Returns whether a signal was sent: `false` when the
+/// process is gone or is not that hypervisor (a stale pid now names someone else).
+///
+/// The check is made on a pidfd opened first and the leader is killed through it, so a
+/// process that exits meanwhile is never confused with the next owner of its pid. The group
+/// signal is by number: a group id stays taken while any member lives, so it could only name
+/// a stranger if the whole group died and the id was reused between the check and the kill.
+pub fn kill_process(pid: u32, api_sock: &Path) -> Result<bool, nix::Error> {
     let raw = i32::try_from(pid).map_err(|_| nix::Error::ESRCH)?;
-    let target = Pid::from_raw(raw);
-    let result = match stat(pid) {
-        Some((_, pgrp)) if pgrp == raw && getpgrp() != target => killpg(target, Signal::SIGKILL),
-        _ => kill(target, Signal::SIGKILL),
+    let Ok(fd) = PidFd::open(raw) else {
+        return Ok(false);
     };
-    match result {
+    if !is_alive(pid) || !is_hypervisor_of(pid, api_sock) {
+        return Ok(false);
+    }
+    let target = Pid::from_raw(raw);
+    if let Some((_, pgrp)) = stat(pid)
+        && pgrp == raw
+        && getpgrp() != target
+    {
+        match killpg(target, Signal::SIGKILL) {
+            Err(nix::Error::ESRCH) | Ok(()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match fd.signal(Signal::SIGKILL) {
+        Ok(()) => Ok(true),
         // Already gone: what we wanted.
-        Err(nix::Error::ESRCH) | Ok(()) => Ok(()),
-        Err(e) => Err(e),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(true),
+        Err(e) => Err(nix::Error::try_from(e).unwrap_or(nix::Error::EIO)),
     }
 }
 
@@ -165,18 +199,79 @@ mod tests {
         assert!(parse_unix_table(table, Path::new("/nope")).is_empty());
     }
 
+    /// A `sleep` holding `listener` (as its stdin): a process other than this test that
+    /// listens on the socket, as a hypervisor does.
+    fn holder(listener: std::os::unix::net::UnixListener) -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("300")
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                listener,
+            )))
+            .spawn()
+            .unwrap()
+    }
+
     #[test]
     fn a_listener_is_found_even_when_the_hint_is_stale() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
         assert_eq!(find_by_socket(&path, None), None);
-        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        // A hint that is some other live process (pid 1) is not believed.
-        assert_eq!(find_by_socket(&path, Some(1)), Some(std::process::id()));
+        let mut child = holder(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let pid = child.id();
+        // A hint that is some other live process (pid 1, this test) is not believed.
+        assert_eq!(find_by_socket(&path, Some(1)), Some(pid));
+        assert_eq!(find_by_socket(&path, Some(std::process::id())), Some(pid));
+        assert_eq!(find_by_socket(&path, Some(pid)), Some(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(find_by_socket(&path, Some(pid)), None, "nobody listens now");
+    }
+
+    #[test]
+    fn only_the_hypervisor_of_the_socket_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let mut child = holder(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let pid = child.id();
+        // Some other process (this test) is not the hypervisor of that socket.
+        assert!(!is_hypervisor_of(std::process::id(), &path));
+        assert!(!kill_process(std::process::id(), &path).unwrap());
+        // A process that holds another socket is not either.
+        let other = dir.path().join("other.sock");
+        assert!(!is_hypervisor_of(pid, &other));
+        assert!(!kill_process(pid, &other).unwrap());
+        assert!(is_alive(pid));
+        assert!(is_hypervisor_of(pid, &path));
+        assert!(kill_process(pid, &path).unwrap());
+        let status = child.wait().unwrap();
         assert_eq!(
-            find_by_socket(&path, Some(std::process::id())),
-            Some(std::process::id())
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
         );
+        assert!(!kill_process(pid, &path).unwrap(), "gone: nothing to kill");
+    }
+
+    #[test]
+    fn a_hypervisor_not_yet_listening_is_known_by_its_command_line() {
+        use std::os::unix::process::CommandExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 300; :", "banger-vmm", "--api-sock"])
+            .arg(&path)
+            // A group of its own, as the controller spawns it: the kill takes `sleep` too.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !is_hypervisor_of(pid, &path) {
+            assert!(std::time::Instant::now() < deadline, "never matched");
+            std::thread::yield_now();
+        }
+        assert!(!is_hypervisor_of(pid, &dir.path().join("else.sock")));
+        assert!(kill_process(pid, &path).unwrap());
+        child.wait().unwrap();
     }
 
     #[test]

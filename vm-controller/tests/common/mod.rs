@@ -217,12 +217,15 @@ impl Vmm for FakeVmm {
         })
     }
 
-    fn kill(&self, pid: u32) -> Result<(), VmmError> {
-        if let Some(p) = self.state.lock().unwrap().procs.get_mut(&pid) {
-            p.alive = false;
-            p.killed = true;
+    fn kill(&self, pid: u32, paths: &VmPaths) -> Result<bool, VmmError> {
+        match self.state.lock().unwrap().procs.get_mut(&pid) {
+            Some(p) if p.alive && p.socket == paths.api_sock => {
+                p.alive = false;
+                p.killed = true;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(())
     }
 
     fn is_alive(&self, pid: u32) -> bool {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -203,10 +204,18 @@ impl Drop for Stack {
         // A failed test may leave VMs running (a controller shutdown never stops them): end
         // this stack's simulators, by pid, before the namespace goes.
         for pid in simulator_pids(&self.runtime_dir()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // Through a pidfd, checked after opening: never whatever reused a pid meanwhile.
+            if let Ok(fd) = banger_procid::PidFd::open(pid)
+                && banger_procid::cmdline(pid).is_some_and(|args| {
+                    args.windows(2).any(|w| {
+                        w[0] == b"--api-sock"
+                            && Path::new(std::ffi::OsStr::from_bytes(&w[1]))
+                                .starts_with(self.runtime_dir())
+                    })
+                })
+            {
+                let _ = fd.signal(nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
 }
