@@ -198,6 +198,12 @@ fn agents_of(sim_pid: u32) -> Vec<u32> {
         .unwrap()
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        // The agent itself, not the guest's init (`unshare` and its shell) that names the same
+        // directory.
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "banger-agent")
+        })
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))

@@ -148,6 +148,18 @@ while :; do
 done
 exit "$status""#;
 
+/// The agent's own status from the init's: the init's shell reports an agent killed by signal
+/// N as exit status 128 + N, which is turned back into "killed by signal N", as a guest kernel
+/// would see its init die.
+fn agent_status(init: std::process::ExitStatus) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt as _;
+    match init.code() {
+        // A wait status whose low 7 bits are the signal number means "killed by that signal".
+        Some(code @ 129..=192) => std::process::ExitStatus::from_raw(code - 128),
+        _ => init,
+    }
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub(crate) struct Agent {
@@ -407,7 +419,12 @@ impl Agent {
 
     /// If the agent already exited, its status (a failed mount shows here).
     pub(crate) fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let status = self.child.try_wait().ok().flatten()?;
+        Some(if self.with_init {
+            agent_status(status)
+        } else {
+            status
+        })
     }
 
     /// Stops the agent (SIGTERM, then SIGKILL after a grace period), kills whatever it left in
@@ -531,6 +548,21 @@ pub(crate) fn loop_devices_backed_by(image: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inits_128_plus_n_is_the_agents_death_by_signal_n() {
+        use std::os::unix::process::ExitStatusExt as _;
+        // Wait statuses: exit code in the second byte, a signal in the low bits.
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert_eq!(agent_status(exited(137)).signal(), Some(9));
+        assert_eq!(agent_status(exited(143)).signal(), Some(15));
+        assert_eq!(agent_status(exited(127)).code(), Some(127));
+        assert_eq!(
+            agent_status(exited(MOUNT_FAILED_EXIT)).code(),
+            Some(MOUNT_FAILED_EXIT)
+        );
+        assert_eq!(agent_status(exited(0)).code(), Some(0));
+    }
 
     #[test]
     fn ext4_is_recognised_by_its_superblock_magic() {
