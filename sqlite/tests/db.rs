@@ -9,7 +9,9 @@ use banger_sqlite::{Db, Error, Migration, Schema, Step};
 
 const V1: Migration = Migration {
     description: "create the notes table",
-    step: Step::Sql("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);"),
+    step: Step::Sql(
+        "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    ),
 };
 const V2: Migration = Migration {
     description: "add notes.words",
@@ -94,21 +96,24 @@ fn every_connection_has_the_profile_the_writer_and_each_pooled_reader() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&dir.path().join("n.db"), &SCHEMA_1).unwrap();
     let profile = |c: &rusqlite::Connection| -> Vec<String> {
-        ["journal_mode", "foreign_keys", "synchronous", "busy_timeout"]
-            .iter()
-            .map(|p| {
-                c.pragma_query_value(None, p, |r| {
-                    Ok(match r.get_ref(0)? {
-                        rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-                        rusqlite::types::ValueRef::Text(t) => {
-                            String::from_utf8_lossy(t).into_owned()
-                        }
-                        other => format!("{other:?}"),
-                    })
+        [
+            "journal_mode",
+            "foreign_keys",
+            "synchronous",
+            "busy_timeout",
+        ]
+        .iter()
+        .map(|p| {
+            c.pragma_query_value(None, p, |r| {
+                Ok(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    other => format!("{other:?}"),
                 })
-                .unwrap()
             })
-            .collect()
+            .unwrap()
+        })
+        .collect()
     };
     let want = ["wal", "1", "1", "5000"];
     assert_eq!(db.write(|tx| Ok::<_, Error>(profile(tx))).unwrap(), want);
@@ -194,7 +199,14 @@ fn a_database_from_a_newer_binary_is_refused_and_left_untouched() {
     let err = Db::open(&path, &SCHEMA_1).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, Error::TooNew { found: 3, known: 1, .. }),
+        matches!(
+            err,
+            Error::TooNew {
+                found: 3,
+                known: 1,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(
@@ -203,7 +215,11 @@ fn a_database_from_a_newer_binary_is_refused_and_left_untouched() {
             && msg.contains(&path.display().to_string()),
         "{msg}"
     );
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
     let db = Db::open(&path, &SCHEMA_3).unwrap();
     assert_eq!(
         query::<String>(&db, "SELECT body FROM notes"),
