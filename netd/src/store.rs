@@ -87,9 +87,9 @@ pub struct Reservation {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Opening, migrating or using the database file failed (see [`banger_sqlite::Error`]).
+    /// Opening, migrating or using the database file failed (see [`banger_sqlite::SqliteError`]).
     #[error(transparent)]
-    Db(#[from] banger_sqlite::Error),
+    Db(#[from] banger_sqlite::SqliteError),
     /// A query failed.
     #[error("lease database query failed")]
     Query(#[from] rusqlite::Error),
@@ -130,8 +130,8 @@ pub enum ReserveError {
     Store(#[from] StoreError),
 }
 
-impl From<banger_sqlite::Error> for ReserveError {
-    fn from(e: banger_sqlite::Error) -> Self {
+impl From<banger_sqlite::SqliteError> for ReserveError {
+    fn from(e: banger_sqlite::SqliteError) -> Self {
         Self::Store(StoreError::Db(e))
     }
 }
@@ -195,7 +195,7 @@ impl LeaseStore {
 
     /// Every lease, by address.
     pub async fn all(&self) -> Result<Vec<LeaseRow>, StoreError> {
-        self.db.read_async(|c| all(c)).await
+        self.db.read_async(all).await
     }
 
     /// Creates or updates the lease of `vm`, marks it active and stores `forwards`, in one

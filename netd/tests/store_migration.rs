@@ -2,6 +2,13 @@
 //! (schema version 1, set by hand in its schema) opens with every lease and port forward
 //! intact, and a file from a newer netd is refused, unchanged.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -119,7 +126,10 @@ async fn a_database_from_a_newer_netd_is_refused_and_left_unchanged() {
     let before = std::fs::read(&path).unwrap();
     let err = LeaseStore::open(dir.path()).unwrap_err();
     assert!(
-        matches!(err, StoreError::Db(banger_sqlite::Error::TooNew { .. })),
+        matches!(
+            err,
+            StoreError::Db(banger_sqlite::SqliteError::TooNew { .. })
+        ),
         "{err:?}"
     );
     assert!(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::migrate::{check_known, migrate, user_version};
-use crate::{Error, Schema, files, profile};
+use crate::{Schema, SqliteError, files, profile};
 
 /// Reader connections kept open for reuse.
 const READER_POOL: usize = 4;
@@ -41,15 +41,15 @@ impl Db {
     /// and brings it to `schema`'s version. Blocks.
     ///
     /// # Errors
-    /// [`Error::TooNew`] when the file was written by a newer binary (the file is left as it
-    /// was: its version is read before anything is written); [`Error::Migrate`] when a step
-    /// fails (the database keeps the version before that step); [`Error::Create`],
-    /// [`Error::Open`], [`Error::NotWal`] when the file cannot be made or configured.
-    pub fn open(path: &Path, schema: &Schema) -> Result<Self, Error> {
+    /// [`SqliteError::TooNew`] when the file was written by a newer binary (the file is left as it
+    /// was: its version is read before anything is written); [`SqliteError::Migrate`] when a step
+    /// fails (the database keeps the version before that step); [`SqliteError::Create`],
+    /// [`SqliteError::Open`], [`SqliteError::NotWal`] when the file cannot be made or configured.
+    pub fn open(path: &Path, schema: &Schema) -> Result<Self, SqliteError> {
         let name = schema.name;
         files::create_owner_only(name, path)?;
         let mut writer = profile::connect(name, path)?;
-        let found = user_version(&writer).map_err(|source| Error::Open {
+        let found = user_version(&writer).map_err(|source| SqliteError::Open {
             name,
             path: path.to_owned(),
             source,
@@ -76,10 +76,10 @@ impl Db {
     /// never wait for the writer. Blocks.
     ///
     /// # Errors
-    /// `f`'s error, or [`Error::Open`] when a new pooled connection cannot be opened.
+    /// `f`'s error, or [`SqliteError::Open`] when a new pooled connection cannot be opened.
     pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
     where
-        E: From<Error>,
+        E: From<SqliteError>,
     {
         let inner = &self.inner;
         let pooled = inner
@@ -106,13 +106,13 @@ impl Db {
     /// write. Blocks.
     ///
     /// # Errors
-    /// `f`'s error, or [`Error::Sql`] when the transaction cannot start or commit.
+    /// `f`'s error, or [`SqliteError::Sql`] when the transaction cannot start or commit.
     pub fn write<T, E>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
     where
-        E: From<Error>,
+        E: From<SqliteError>,
     {
         let name = self.inner.name;
-        let sql = |step: &'static str| move |source| Error::Sql { name, step, source };
+        let sql = |step: &'static str| move |source| SqliteError::Sql { name, step, source };
         // A panic inside `f` rolled its transaction back (Transaction's drop), so a poisoned
         // lock still guards a consistent connection.
         let mut conn = self
@@ -131,17 +131,17 @@ impl Db {
     /// [`Db::read`] on the blocking thread pool.
     ///
     /// # Errors
-    /// As [`Db::read`], and [`Error::Join`] when the task dies.
+    /// As [`Db::read`], and [`SqliteError::Join`] when the task dies.
     pub async fn read_async<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<Error> + Send + 'static,
+        E: From<SqliteError> + Send + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let db = self.clone();
         tokio::task::spawn_blocking(move || db.read(f))
             .await
-            .map_err(|source| Error::Join {
+            .map_err(|source| SqliteError::Join {
                 name: self.inner.name,
                 source,
             })?
@@ -150,17 +150,17 @@ impl Db {
     /// [`Db::write`] on the blocking thread pool.
     ///
     /// # Errors
-    /// As [`Db::write`], and [`Error::Join`] when the task dies.
+    /// As [`Db::write`], and [`SqliteError::Join`] when the task dies.
     pub async fn write_async<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        E: From<Error> + Send + 'static,
+        E: From<SqliteError> + Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
         let db = self.clone();
         tokio::task::spawn_blocking(move || db.write(f))
             .await
-            .map_err(|source| Error::Join {
+            .map_err(|source| SqliteError::Join {
                 name: self.inner.name,
                 source,
             })?
@@ -169,11 +169,11 @@ impl Db {
     /// The schema version recorded in the file.
     ///
     /// # Errors
-    /// [`Error::Sql`] when it cannot be read.
-    pub fn schema_version(&self) -> Result<i64, Error> {
+    /// [`SqliteError::Sql`] when it cannot be read.
+    pub fn schema_version(&self) -> Result<i64, SqliteError> {
         let name = self.inner.name;
         self.read(|c| {
-            user_version(c).map_err(|source| Error::Sql {
+            user_version(c).map_err(|source| SqliteError::Sql {
                 name,
                 step: "reading the schema version",
                 source,
@@ -185,11 +185,11 @@ impl Db {
     /// profile with it).
     ///
     /// # Errors
-    /// [`Error::Sql`] when the pragma cannot be read.
-    pub fn pragma(&self, name: &str) -> Result<String, Error> {
+    /// [`SqliteError::Sql`] when the pragma cannot be read.
+    pub fn pragma(&self, name: &str) -> Result<String, SqliteError> {
         let db = self.inner.name;
         self.read(|c| {
-            pragma_text(c, name).map_err(|source| Error::Sql {
+            pragma_text(c, name).map_err(|source| SqliteError::Sql {
                 name: db,
                 step: "reading a setting",
                 source,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// A failure of the shared SQLite layer. Every variant names the database (the service's
 /// [`crate::Schema::name`]) and carries its cause.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum SqliteError {
     /// The directory or the file could not be created owner-only.
     #[error("creating {path} for the {name} database")]
     Create {
@@ -69,9 +69,9 @@ pub enum Error {
         version: u32,
         /// What the step does.
         description: &'static str,
-        /// The cause.
+        /// The cause (boxed: it keeps this error small enough to return by value).
         #[source]
-        source: rusqlite::Error,
+        source: Box<rusqlite::Error>,
     },
     /// Starting or committing a transaction, or another statement of this layer, failed.
     #[error("the {name} database: {step}")]

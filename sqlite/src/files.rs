@@ -9,7 +9,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
-use crate::Error;
+use crate::SqliteError;
 
 /// Mode of the directories created for a database (as `banger_bus::private::DIR_MODE`).
 pub const DIR_MODE: u32 = 0o700;
@@ -20,11 +20,11 @@ pub const FILE_MODE: u32 = 0o600;
 /// does not exist; an existing file keeps its content.
 ///
 /// # Errors
-/// [`Error::Create`] naming the path that could not be created.
-pub fn create_owner_only(name: &'static str, path: &Path) -> Result<(), Error> {
+/// [`SqliteError::Create`] naming the path that could not be created.
+pub fn create_owner_only(name: &'static str, path: &Path) -> Result<(), SqliteError> {
     let fail = |p: &Path| {
         let p = p.to_owned();
-        move |source| Error::Create {
+        move |source| SqliteError::Create {
             name,
             path: p,
             source,

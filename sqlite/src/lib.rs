@@ -16,7 +16,7 @@
 //! - **Versioned schema migrations**: each service declares a [`Schema`], an ordered list of
 //!   [`Migration`]s; the database's `PRAGMA user_version` says how many are applied. Opening
 //!   applies the missing ones, each in its own transaction, and refuses a database newer than
-//!   the binary with [`Error::TooNew`], leaving the file untouched ([`migrate`]).
+//!   the binary with [`SqliteError::TooNew`], leaving the file untouched ([`migrate`]).
 
 pub mod db;
 pub mod error;
@@ -25,6 +25,6 @@ pub mod migrate;
 pub mod profile;
 
 pub use db::Db;
-pub use error::Error;
+pub use error::SqliteError;
 pub use migrate::{Migration, Schema, Step};
 pub use rusqlite;

@@ -1,13 +1,13 @@
 //! Versioned schema migrations.
 //!
-//! A service's [`Schema`] is an ordered list of [`Migration`]s; migration `i` (counting from
-//! 1) leads from schema version `i - 1` to `i`, and `PRAGMA user_version` records how many a
-//! database has. On open, the missing steps run in order, **each in its own `BEGIN IMMEDIATE`
+//! A service's [`Schema`] is an ordered list of [`Migration`]s; migration number `i` (the
+//! first is number one) leads from schema version `i - 1` to `i`, and `PRAGMA user_version`
+//! records how many a database has. On open, the missing steps run in order, **each in its own `BEGIN IMMEDIATE`
 //! transaction together with the new `user_version`**, so a failing step leaves the database
 //! at the version before it, and two processes opening one file at once never apply a step
 //! twice (the second re-reads the version once it holds the write lock).
 //!
-//! Rules for the lists (each service's README repeats them):
+//! Rules for the lists (`sqlite/README.md` repeats them):
 //! - Never edit or reorder a released step: append a new one.
 //! - Step 1 of each service adopts the databases written before versioning: it uses
 //!   `CREATE ... IF NOT EXISTS` with the exact schema of that time, so a file that already has
@@ -19,7 +19,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
-use crate::Error;
+use crate::SqliteError;
 
 /// One step of a schema's history.
 #[derive(Debug, Clone, Copy)]
@@ -61,10 +61,10 @@ pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Refuses a database whose version this binary does not know (newer, or negative).
-pub(crate) fn check_known(schema: &Schema, path: &Path, found: i64) -> Result<(), Error> {
+pub(crate) fn check_known(schema: &Schema, path: &Path, found: i64) -> Result<(), SqliteError> {
     let known = schema.version();
     if found < 0 || found > i64::from(known) {
-        return Err(Error::TooNew {
+        return Err(SqliteError::TooNew {
             name: schema.name,
             path: path.to_owned(),
             found,
@@ -75,9 +75,13 @@ pub(crate) fn check_known(schema: &Schema, path: &Path, found: i64) -> Result<()
 }
 
 /// Applies the migrations `conn`'s database lacks; returns how many were applied here.
-pub(crate) fn migrate(conn: &mut Connection, schema: &Schema, path: &Path) -> Result<u32, Error> {
+pub(crate) fn migrate(
+    conn: &mut Connection,
+    schema: &Schema,
+    path: &Path,
+) -> Result<u32, SqliteError> {
     let sql = |step: &'static str| {
-        move |source| Error::Sql {
+        move |source| SqliteError::Sql {
             name: schema.name,
             step,
             source,
@@ -99,12 +103,12 @@ pub(crate) fn migrate(conn: &mut Connection, schema: &Schema, path: &Path) -> Re
         if i64::from(version) <= found {
             continue;
         }
-        let failed = |source| Error::Migrate {
+        let failed = |source| SqliteError::Migrate {
             name: schema.name,
             path: path.to_owned(),
             version,
             description: m.description,
-            source,
+            source: Box::new(source),
         };
         match m.step {
             Step::Sql(batch) => tx.execute_batch(batch),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::Error;
+use crate::SqliteError;
 
 /// How long a statement waits for a lock held by another connection (another process, or a
 /// reader checkpointing) before failing with `SQLITE_BUSY`.
@@ -14,8 +14,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a connection with only the busy timeout set: enough to read the schema version of a
 /// database without changing anything in it.
-pub(crate) fn connect(name: &'static str, path: &Path) -> Result<Connection, Error> {
-    let open = |source| Error::Open {
+pub(crate) fn connect(name: &'static str, path: &Path) -> Result<Connection, SqliteError> {
+    let open = |source| SqliteError::Open {
         name,
         path: path.to_owned(),
         source,
@@ -28,8 +28,8 @@ pub(crate) fn connect(name: &'static str, path: &Path) -> Result<Connection, Err
 /// Applies the profile: WAL journaling (an error when SQLite cannot switch to it), foreign
 /// keys, `synchronous=NORMAL` (durable at each checkpoint, safe against corruption in WAL
 /// mode), and the busy timeout.
-pub(crate) fn apply(name: &'static str, path: &Path, conn: &Connection) -> Result<(), Error> {
-    let open = |source| Error::Open {
+pub(crate) fn apply(name: &'static str, path: &Path, conn: &Connection) -> Result<(), SqliteError> {
+    let open = |source| SqliteError::Open {
         name,
         path: path.to_owned(),
         source,
@@ -39,7 +39,7 @@ pub(crate) fn apply(name: &'static str, path: &Path, conn: &Connection) -> Resul
         .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
         .map_err(open)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::NotWal {
+        return Err(SqliteError::NotWal {
             name,
             path: path.to_owned(),
             mode,
@@ -53,7 +53,7 @@ pub(crate) fn apply(name: &'static str, path: &Path, conn: &Connection) -> Resul
 }
 
 /// Opens a connection with the full profile.
-pub(crate) fn open(name: &'static str, path: &Path) -> Result<Connection, Error> {
+pub(crate) fn open(name: &'static str, path: &Path) -> Result<Connection, SqliteError> {
     let conn = connect(name, path)?;
     apply(name, path, &conn)?;
     Ok(conn)

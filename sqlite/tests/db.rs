@@ -1,11 +1,18 @@
 //! The shared layer against real SQLite files: owner-only creation, the profile on every
 //! connection, migrations step by step, refusal of newer databases, serialised writers.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use banger_sqlite::rusqlite::{self, Transaction};
-use banger_sqlite::{Db, Error, Migration, Schema, Step};
+use banger_sqlite::{Db, Migration, Schema, SqliteError, Step};
 
 const V1: Migration = Migration {
     description: "create the notes table",
@@ -58,7 +65,7 @@ fn add_note(db: &Db, body: &str) {
     let body = body.to_owned();
     db.write(|tx| {
         tx.execute("INSERT INTO notes (body) VALUES (?1)", [body])
-            .map_err(|source| Error::Sql {
+            .map_err(|source| SqliteError::Sql {
                 name: "notes",
                 step: "test insert",
                 source,
@@ -71,7 +78,7 @@ fn query<T: rusqlite::types::FromSql>(db: &Db, sql: &str) -> Vec<T> {
     db.read(|c| {
         let mut stmt = c.prepare(sql).unwrap();
         let rows = stmt.query_map([], |r| r.get(0)).unwrap();
-        Ok::<_, Error>(rows.map(Result::unwrap).collect())
+        Ok::<_, SqliteError>(rows.map(Result::unwrap).collect())
     })
     .unwrap()
 }
@@ -116,7 +123,10 @@ fn every_connection_has_the_profile_the_writer_and_each_pooled_reader() {
         .collect()
     };
     let want = ["wal", "1", "1", "5000"];
-    assert_eq!(db.write(|tx| Ok::<_, Error>(profile(tx))).unwrap(), want);
+    assert_eq!(
+        db.write(|tx| Ok::<_, SqliteError>(profile(tx))).unwrap(),
+        want
+    );
     // Readers held at once force several connections into the pool.
     let barrier = std::sync::Barrier::new(4);
     std::thread::scope(|s| {
@@ -125,7 +135,7 @@ fn every_connection_has_the_profile_the_writer_and_each_pooled_reader() {
                 s.spawn(|| {
                     db.read(|c| {
                         barrier.wait();
-                        Ok::<_, Error>(profile(c))
+                        Ok::<_, SqliteError>(profile(c))
                     })
                     .unwrap()
                 })
@@ -170,7 +180,10 @@ fn a_failing_step_is_rolled_back_and_the_database_keeps_the_version_before_it() 
     let path = dir.path().join("n.db");
     let err = Db::open(&path, &SCHEMA_BROKEN).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Migrate { version: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, SqliteError::Migrate { version: 2, .. }),
+        "{err:?}"
+    );
     assert!(
         msg.contains("to schema version 2 (a step that fails half-way)"),
         "{msg}"
@@ -201,7 +214,7 @@ fn a_database_from_a_newer_binary_is_refused_and_left_untouched() {
     assert!(
         matches!(
             err,
-            Error::TooNew {
+            SqliteError::TooNew {
                 found: 3,
                 known: 1,
                 ..
@@ -239,7 +252,7 @@ fn a_rollback_journal_database_from_a_newer_binary_is_not_switched_to_wal() {
     let before = std::fs::read(&path).unwrap();
     assert!(matches!(
         Db::open(&path, &SCHEMA_3),
-        Err(Error::TooNew { found: 7, .. })
+        Err(SqliteError::TooNew { found: 7, .. })
     ));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
@@ -265,7 +278,7 @@ fn writers_take_turns_so_no_increment_is_lost() {
                             [(n + 1).to_string()],
                         )
                         .unwrap();
-                        Ok::<_, Error>(())
+                        Ok::<_, SqliteError>(())
                     })
                     .unwrap();
                 }
@@ -281,8 +294,8 @@ fn a_failed_write_is_rolled_back() {
     let db = Db::open(&dir.path().join("n.db"), &SCHEMA_1).unwrap();
     #[derive(Debug)]
     struct Refused;
-    impl From<Error> for Refused {
-        fn from(_: Error) -> Self {
+    impl From<SqliteError> for Refused {
+        fn from(_: SqliteError) -> Self {
             Self
         }
     }
@@ -315,7 +328,7 @@ async fn async_calls_run_on_the_blocking_pool() {
     let db = Db::open(&dir.path().join("n.db"), &SCHEMA_1).unwrap();
     db.write_async(|tx| {
         tx.execute("INSERT INTO notes (body) VALUES ('a')", [])
-            .map_err(|source| Error::Sql {
+            .map_err(|source| SqliteError::Sql {
                 name: "notes",
                 step: "test",
                 source,
@@ -326,7 +339,7 @@ async fn async_calls_run_on_the_blocking_pool() {
     let n = db
         .read_async(|c| {
             c.query_row("SELECT count(*) FROM notes", [], |r| r.get::<_, i64>(0))
-                .map_err(|source| Error::Sql {
+                .map_err(|source| SqliteError::Sql {
                     name: "notes",
                     step: "test",
                     source,

@@ -82,9 +82,9 @@ pub struct VolumeRow {
 /// Why a registry call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// Opening, migrating or using the database file failed (see [`banger_sqlite::Error`]).
+    /// Opening, migrating or using the database file failed (see [`banger_sqlite::SqliteError`]).
     #[error(transparent)]
-    Store(#[from] banger_sqlite::Error),
+    Store(#[from] banger_sqlite::SqliteError),
     /// A statement failed.
     #[error("{step} in the registry")]
     Sql {

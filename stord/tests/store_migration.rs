@@ -2,6 +2,13 @@
 //! (schema version 1) opens with every image and volume intact, and a file from a newer stord
 //! is refused, unchanged.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
 use std::path::Path;
 
 use banger_proto::{ImageName, MemMib, VmId};
@@ -113,7 +120,10 @@ fn a_registry_from_a_newer_stord_is_refused_and_left_unchanged() {
     let before = std::fs::read(&path).unwrap();
     let err = db::open(&path).unwrap_err();
     assert!(
-        matches!(err, DbError::Store(banger_sqlite::Error::TooNew { .. })),
+        matches!(
+            err,
+            DbError::Store(banger_sqlite::SqliteError::TooNew { .. })
+        ),
         "{err:?}"
     );
     assert!(

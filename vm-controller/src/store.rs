@@ -26,9 +26,9 @@ pub const FIRST_GUEST_CID: u32 = 3;
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Opening, migrating or using the database file failed (see [`banger_sqlite::Error`]).
+    /// Opening, migrating or using the database file failed (see [`banger_sqlite::SqliteError`]).
     #[error(transparent)]
-    Db(#[from] banger_sqlite::Error),
+    Db(#[from] banger_sqlite::SqliteError),
     /// A statement failed.
     #[error("vm database: {step}")]
     Sql {

@@ -2,6 +2,13 @@
 //! existed is migrated with every record intact, and a file from a newer controller is
 //! refused, unchanged.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
 use std::path::Path;
 
 use banger_proto::net::{PortForward, Protocol};
@@ -159,7 +166,10 @@ async fn a_database_from_a_newer_controller_is_refused_and_left_unchanged() {
     let before = std::fs::read(&path).unwrap();
     let err = Store::open(&path, HostId::new("h1").unwrap()).unwrap_err();
     assert!(
-        matches!(err, StoreError::Db(banger_sqlite::Error::TooNew { .. })),
+        matches!(
+            err,
+            StoreError::Db(banger_sqlite::SqliteError::TooNew { .. })
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
