@@ -3,7 +3,7 @@
 //!
 //! Everything banger keeps on a host is root's business: the databases, logs (serial logs carry
 //! guest output), the stack file (bus credentials), pid files, and above all the hypervisor's
-//! API and vsock sockets, which a requirement makes mode 0777 (the umask-000 launch wrapper in
+//! API and vsock sockets, which a requirement makes mode 0777 (the umask-000 launch in
 //! `vm-controller`). A socket's mode is not what guards it; the directories above it are, the
 //! way Firecracker's jailer confines its chroot. So:
 //!

@@ -6,27 +6,26 @@
 //! Uniqueness of address, MAC, tap and forwarded host port is enforced by the schema, so even a
 //! bug cannot hand one address to two VMs.
 //!
-//! The connection is used from `spawn_blocking` through [`LeaseStore::call`]; every connection
-//! gets the same profile (WAL, busy timeout, foreign keys, synchronous=NORMAL).
+//! The file, its connection profile, write serialisation and schema versions are
+//! [`banger_sqlite`]'s: the database is created 0600 in a 0700 directory, every connection gets
+//! WAL, a busy timeout, foreign keys and `synchronous=NORMAL`, writes take turns in
+//! `BEGIN IMMEDIATE` transactions, and [`SCHEMA`] lists the schema's versions (append a step to
+//! change it; never edit a released one). Calls run on the blocking thread pool.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use banger_proto::net::{PortForward, Protocol};
 use banger_proto::{VmId, VmName};
+use banger_sqlite::{Db, Migration, Schema, Step};
 use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::lease;
 
-/// How long SQLite waits for a lock held by another connection before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The schema; `user_version` says which one a file has.
-const SCHEMA: &str = "
+/// Version 1: the schema since the first release (which already recorded `user_version` 1).
+const V1_LEASES_AND_FORWARDS: &str = "
 CREATE TABLE IF NOT EXISTS leases (
     vm_id TEXT PRIMARY KEY NOT NULL,
     vm_name TEXT NOT NULL,
@@ -44,8 +43,16 @@ CREATE TABLE IF NOT EXISTS port_forwards (
     guest_port INTEGER NOT NULL CHECK (guest_port BETWEEN 1 AND 65535),
     PRIMARY KEY (protocol, host_port)
 ) STRICT;
-PRAGMA user_version = 1;
 ";
+
+/// The lease database's schema history, oldest first.
+pub const SCHEMA: Schema = Schema {
+    name: "lease",
+    migrations: &[Migration {
+        description: "the leases and port_forwards tables",
+        step: Step::Sql(V1_LEASES_AND_FORWARDS),
+    }],
+};
 
 /// A stored lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,24 +87,9 @@ pub struct Reservation {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Creating the state directory failed.
-    #[error("creating state directory {path}")]
-    Dir {
-        /// The directory.
-        path: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Opening or configuring the database failed.
-    #[error("opening lease database {path}")]
-    Open {
-        /// The file.
-        path: String,
-        /// The cause.
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// Opening, migrating or using the database file failed (see [`banger_sqlite::SqliteError`]).
+    #[error(transparent)]
+    Db(#[from] banger_sqlite::SqliteError),
     /// A query failed.
     #[error("lease database query failed")]
     Query(#[from] rusqlite::Error),
@@ -107,9 +99,6 @@ pub enum StoreError {
     /// The blocking task died.
     #[error("lease database task failed")]
     Join(#[from] tokio::task::JoinError),
-    /// The connection lock was poisoned by a panic.
-    #[error("lease database lock poisoned")]
-    Poisoned,
 }
 
 /// Why a reservation was refused.
@@ -141,6 +130,12 @@ pub enum ReserveError {
     Store(#[from] StoreError),
 }
 
+impl From<banger_sqlite::SqliteError> for ReserveError {
+    fn from(e: banger_sqlite::SqliteError) -> Self {
+        Self::Store(StoreError::Db(e))
+    }
+}
+
 impl From<rusqlite::Error> for ReserveError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Store(StoreError::Query(e))
@@ -148,9 +143,9 @@ impl From<rusqlite::Error> for ReserveError {
 }
 
 /// The lease database.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LeaseStore {
-    conn: Arc<Mutex<Connection>>,
+    db: Db,
 }
 
 fn proto_str(p: Protocol) -> &'static str {
@@ -161,72 +156,46 @@ fn proto_str(p: Protocol) -> &'static str {
 }
 
 impl LeaseStore {
-    /// Opens (creating when needed) `<dir>/leases.db`.
+    /// Opens (creating when needed, 0600 in a 0700 directory) `<dir>/leases.db`, migrating
+    /// it to [`SCHEMA`]'s version. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] when the file cannot be created or opened, a migration fails, or the
+    /// file was written by a newer banger (left unchanged).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        // Owner-only (as is the database, through the service's umask 077): leases are root's.
-        banger_bus::private::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let path = dir.join("leases.db");
-        let open = || -> Result<Connection, rusqlite::Error> {
-            let conn = Connection::open(&path)?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "foreign_keys", "ON")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            conn.execute_batch(SCHEMA)?;
-            Ok(conn)
-        };
-        let conn = open().map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            db: Db::open(&dir.join("leases.db"), &SCHEMA)?,
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
-    pub async fn call<T, E>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| E::from(StoreError::Join(e)))?
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.db.path()
     }
 
     /// One lease.
     pub async fn get(&self, vm: VmId) -> Result<Option<LeaseRow>, StoreError> {
-        self.call(move |c| get(c, &vm)).await
+        self.db.read_async(move |c| get(c, &vm)).await
     }
 
     /// The leases of `vms` that exist (one blocking call, one indexed lookup each).
     pub async fn get_many(&self, vms: Vec<VmId>) -> Result<Vec<LeaseRow>, StoreError> {
-        self.call(move |c| {
-            let mut out = Vec::with_capacity(vms.len());
-            for vm in &vms {
-                if let Some(l) = get(c, vm)? {
-                    out.push(l);
+        self.db
+            .read_async(move |c| {
+                let mut out = Vec::with_capacity(vms.len());
+                for vm in &vms {
+                    if let Some(l) = get(c, vm)? {
+                        out.push(l);
+                    }
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok(out)
+            })
+            .await
     }
 
     /// Every lease, by address.
     pub async fn all(&self) -> Result<Vec<LeaseRow>, StoreError> {
-        self.call(|c| all(c)).await
+        self.db.read_async(all).await
     }
 
     /// Creates or updates the lease of `vm`, marks it active and stores `forwards`, in one
@@ -239,50 +208,44 @@ impl LeaseStore {
         subnet: Ipv4Net,
         gateway: Ipv4Addr,
     ) -> Result<Reservation, ReserveError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let r = reserve(&tx, &vm, &name, &forwards, subnet, gateway)?;
-            tx.commit()?;
-            Ok(r)
-        })
-        .await
+        self.db
+            .write_async(move |tx| reserve(tx, &vm, &name, &forwards, subnet, gateway))
+            .await
     }
 
     /// Undoes a reservation: deletes a created lease or restores the previous one.
     pub async fn undo(&self, r: Reservation) -> Result<(), StoreError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            tx.execute(
-                "DELETE FROM leases WHERE vm_id = ?1",
-                [r.lease.vm_id.as_str()],
-            )?;
-            if let Some(prev) = &r.previous {
-                insert(&tx, prev)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write_async(move |tx| {
+                tx.execute(
+                    "DELETE FROM leases WHERE vm_id = ?1",
+                    [r.lease.vm_id.as_str()],
+                )?;
+                if let Some(prev) = &r.previous {
+                    insert(tx, prev)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Marks the leases of `vms` inactive, and deletes those in `release`.
     pub async fn detach(&self, inactive: Vec<VmId>, release: Vec<VmId>) -> Result<(), StoreError> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let now = now_ms_i64();
-            for vm in &inactive {
-                tx.execute(
-                    "UPDATE leases SET active = 0, updated_at_ms = ?2 WHERE vm_id = ?1",
-                    params![vm.as_str(), now],
-                )?;
-            }
-            for vm in &release {
-                tx.execute("DELETE FROM leases WHERE vm_id = ?1", [vm.as_str()])?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.db
+            .write_async(move |tx| {
+                let now = now_ms_i64();
+                for vm in &inactive {
+                    tx.execute(
+                        "UPDATE leases SET active = 0, updated_at_ms = ?2 WHERE vm_id = ?1",
+                        params![vm.as_str(), now],
+                    )?;
+                }
+                for vm in &release {
+                    tx.execute("DELETE FROM leases WHERE vm_id = ?1", [vm.as_str()])?;
+                }
+                Ok(())
+            })
+            .await
     }
 }
 

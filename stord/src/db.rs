@@ -1,25 +1,23 @@
 //! stord's SQLite registry: images and the volumes made from them.
 //!
-//! One file, `<state_dir>/stord/stord.db`. Every connection gets the same profile (WAL,
-//! busy timeout, foreign keys, synchronous=NORMAL) in [`open`], never as one-off pragmas, so
-//! the settings cannot drift between connections. The foreign key from `volumes.image` to
+//! One file, `<state_dir>/stord/stord.db`. The file, its connection profile, write
+//! serialisation and schema versions are [`banger_sqlite`]'s: the database is created 0600 in a
+//! 0700 directory, every connection gets WAL, a busy timeout, foreign keys and
+//! `synchronous=NORMAL`, writes take turns in `BEGIN IMMEDIATE` transactions, and [`SCHEMA`]
+//! lists the schema's versions (append a step to change it; never edit a released one). The
+//! foreign key from `volumes.image` to
 //! `images.name` makes "remove an image while a VM uses it" impossible even if two requests
 //! race. All calls block: use them from a blocking thread.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::path::Path;
 
 use banger_proto::store::ImageInfo;
 use banger_proto::{ImageName, MemMib, VmId};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use banger_sqlite::{Migration, Schema, Step};
+use rusqlite::{OptionalExtension as _, params};
 
-/// How long a statement waits for a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
+/// Version 1: the schema since the first release (which already recorded `user_version` 1).
+const V1_IMAGES_AND_VOLUMES: &str = "
 CREATE TABLE IF NOT EXISTS images (
     name             TEXT PRIMARY KEY NOT NULL,
     kernel           TEXT NOT NULL,
@@ -42,6 +40,15 @@ CREATE TABLE IF NOT EXISTS volumes (
 );
 CREATE INDEX IF NOT EXISTS volumes_by_image ON volumes(image);
 ";
+
+/// The registry's schema history, oldest first.
+pub const SCHEMA: Schema = Schema {
+    name: "registry",
+    migrations: &[Migration {
+        description: "the images and volumes tables",
+        step: Step::Sql(V1_IMAGES_AND_VOLUMES),
+    }],
+};
 
 /// A registered image as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,15 +82,9 @@ pub struct VolumeRow {
 /// Why a registry call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// Opening or preparing the database failed.
-    #[error("opening the registry {path}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// Opening, migrating or using the database file failed (see [`banger_sqlite::SqliteError`]).
+    #[error(transparent)]
+    Store(#[from] banger_sqlite::SqliteError),
     /// A statement failed.
     #[error("{step} in the registry")]
     Sql {
@@ -124,43 +125,19 @@ fn is_foreign_key(e: &rusqlite::Error) -> bool {
 /// The registry.
 #[derive(Debug)]
 pub struct Db {
-    conn: Mutex<Connection>,
+    db: banger_sqlite::Db,
 }
 
-/// Opens (creating if needed) the registry at `path` with banger's connection profile.
+/// Opens (creating when needed, 0600 in a 0700 directory) the registry at `path`, migrating it
+/// to [`SCHEMA`]'s version. Blocks.
+///
+/// # Errors
+/// [`DbError::Store`] when the file cannot be created or opened, a migration fails, or the file
+/// was written by a newer banger (left unchanged).
 pub fn open(path: &Path) -> Result<Db, DbError> {
-    let err = |source| DbError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(err)?;
-    configure(&conn).map_err(err)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(err)?;
-    if version > SCHEMA_VERSION {
-        return Err(DbError::Corrupt(format!(
-            "schema version {version} is newer than this stord understands ({SCHEMA_VERSION})"
-        )));
-    }
-    conn.execute_batch(SCHEMA).map_err(err)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(err)?;
     Ok(Db {
-        conn: Mutex::new(conn),
+        db: banger_sqlite::Db::open(path, &SCHEMA)?,
     })
-}
-
-/// The per-connection profile: WAL, busy timeout, foreign keys, synchronous=NORMAL.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(mode, "the registry could not switch to WAL");
-    }
-    conn.pragma_update(None, "foreign_keys", true)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -221,42 +198,40 @@ const VOLUME_COLUMNS: &str =
     "vm_id, image, backend, root_path, work_disk_path, disk_mib, created_at_ms";
 
 impl Db {
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (statements are
-        // atomic), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Adds an image; [`DbError::Duplicate`] when the name is taken.
     pub fn insert_image(&self, row: &ImageRow) -> Result<(), DbError> {
         let i = &row.info;
-        let res = self.conn().execute(
-            &format!("INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
-            params![
-                i.name.as_str(),
-                i.kernel,
-                i.initrd,
-                i.rootfs,
-                i.kernel_args,
-                i.default_disk_mib.get(),
-                to_i64(i.rootfs_bytes),
-                row.rootfs_mtime_ns,
-                to_i64(i.created_at_ms),
-            ],
-        );
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => Err(
-                DbError::Duplicate(format!("an image named {:?}", i.name.as_str())),
-            ),
-            Err(e) => Err(sql("adding an image")(e)),
-        }
+        self.db.write(|tx| {
+            let res = tx.execute(
+                &format!(
+                    "INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"
+                ),
+                params![
+                    i.name.as_str(),
+                    i.kernel,
+                    i.initrd,
+                    i.rootfs,
+                    i.kernel_args,
+                    i.default_disk_mib.get(),
+                    to_i64(i.rootfs_bytes),
+                    row.rootfs_mtime_ns,
+                    to_i64(i.created_at_ms),
+                ],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(e) if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => Err(
+                    DbError::Duplicate(format!("an image named {:?}", i.name.as_str())),
+                ),
+                Err(e) => Err(sql("adding an image")(e)),
+            }
+        })
     }
 
     /// One image.
     pub fn image(&self, name: &ImageName) -> Result<Option<ImageRow>, DbError> {
-        self.conn()
-            .query_row(
+        self.db.read(|c| {
+            c.query_row(
                 &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE name = ?1"),
                 [name.as_str()],
                 image_from_row,
@@ -264,82 +239,86 @@ impl Db {
             .optional()
             .map_err(sql("reading an image"))?
             .transpose()
+        })
     }
 
     /// Every image, by name.
     pub fn images(&self) -> Result<Vec<ImageRow>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY name"))
-            .map_err(sql("listing images"))?;
-        let rows = stmt
-            .query_map([], image_from_row)
-            .map_err(sql("listing images"))?;
-        rows.map(|r| r.map_err(sql("listing images"))?).collect()
+        self.db.read(|c| {
+            let mut stmt = c
+                .prepare(&format!("SELECT {IMAGE_COLUMNS} FROM images ORDER BY name"))
+                .map_err(sql("listing images"))?;
+            let rows = stmt
+                .query_map([], image_from_row)
+                .map_err(sql("listing images"))?;
+            rows.map(|r| r.map_err(sql("listing images"))?).collect()
+        })
     }
 
     /// Removes an image; `Ok(false)` when there was none, [`DbError::Constraint`] while a
     /// volume uses it.
     pub fn delete_image(&self, name: &ImageName) -> Result<bool, DbError> {
-        match self
-            .conn()
-            .execute("DELETE FROM images WHERE name = ?1", [name.as_str()])
-        {
-            Ok(n) => Ok(n > 0),
-            Err(e) if is_foreign_key(&e) => Err(DbError::Constraint(format!(
-                "image {name} is used by a VM volume"
-            ))),
-            Err(e) => Err(sql("removing an image")(e)),
-        }
+        self.db.write(|tx| {
+            match tx.execute("DELETE FROM images WHERE name = ?1", [name.as_str()]) {
+                Ok(n) => Ok(n > 0),
+                Err(e) if is_foreign_key(&e) => Err(DbError::Constraint(format!(
+                    "image {name} is used by a VM volume"
+                ))),
+                Err(e) => Err(sql("removing an image")(e)),
+            }
+        })
     }
 
     /// The VMs whose volumes use `image`.
     pub fn volumes_using(&self, image: &ImageName) -> Result<Vec<VmId>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT vm_id FROM volumes WHERE image = ?1 ORDER BY vm_id")
-            .map_err(sql("finding an image's volumes"))?;
-        let ids = stmt
-            .query_map([image.as_str()], |r| r.get::<_, String>(0))
-            .map_err(sql("finding an image's volumes"))?;
-        ids.map(|r| {
-            let s = r.map_err(sql("finding an image's volumes"))?;
-            VmId::new(&s).map_err(|e| DbError::Corrupt(format!("volume id: {e}")))
+        self.db.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT vm_id FROM volumes WHERE image = ?1 ORDER BY vm_id")
+                .map_err(sql("finding an image's volumes"))?;
+            let ids = stmt
+                .query_map([image.as_str()], |r| r.get::<_, String>(0))
+                .map_err(sql("finding an image's volumes"))?;
+            ids.map(|r| {
+                let s = r.map_err(sql("finding an image's volumes"))?;
+                VmId::new(&s).map_err(|e| DbError::Corrupt(format!("volume id: {e}")))
+            })
+            .collect()
         })
-        .collect()
     }
 
     /// Adds a volume record; [`DbError::Constraint`] when its image was removed meanwhile.
     pub fn insert_volume(&self, v: &VolumeRow) -> Result<(), DbError> {
-        let res = self.conn().execute(
-            &format!("INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
-            params![
-                v.vm_id.as_str(),
-                v.image.as_str(),
-                v.backend,
-                v.root_path,
-                v.work_disk_path,
-                v.disk_mib.get(),
-                to_i64(v.created_at_ms),
-            ],
-        );
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_foreign_key(&e) => Err(DbError::Constraint(format!(
-                "image {} was removed meanwhile",
-                v.image
-            ))),
-            Err(e) if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
-                Err(DbError::Duplicate(format!("volumes for VM {}", v.vm_id)))
+        self.db.write(|tx| {
+            let res = tx.execute(
+                &format!("INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7)"),
+                params![
+                    v.vm_id.as_str(),
+                    v.image.as_str(),
+                    v.backend,
+                    v.root_path,
+                    v.work_disk_path,
+                    v.disk_mib.get(),
+                    to_i64(v.created_at_ms),
+                ],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(e) if is_foreign_key(&e) => Err(DbError::Constraint(format!(
+                    "image {} was removed meanwhile",
+                    v.image
+                ))),
+                Err(e) if is_constraint(&e, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                    Err(DbError::Duplicate(format!("volumes for VM {}", v.vm_id)))
+                }
+                Err(e) => Err(sql("adding a volume")(e)),
             }
-            Err(e) => Err(sql("adding a volume")(e)),
-        }
+        })
     }
 
     /// One VM's volumes.
     pub fn volume(&self, vm: &VmId) -> Result<Option<VolumeRow>, DbError> {
-        self.conn()
-            .query_row(
+        self.db.read(|c| {
+            c.query_row(
                 &format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE vm_id = ?1"),
                 [vm.as_str()],
                 volume_from_row,
@@ -347,63 +326,60 @@ impl Db {
             .optional()
             .map_err(sql("reading a volume"))?
             .transpose()
+        })
     }
 
     /// Every volume, by VM id.
     pub fn volumes(&self) -> Result<Vec<VolumeRow>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY vm_id"
-            ))
-            .map_err(sql("listing volumes"))?;
-        let rows = stmt
-            .query_map([], volume_from_row)
-            .map_err(sql("listing volumes"))?;
-        rows.map(|r| r.map_err(sql("listing volumes"))?).collect()
+        self.db.read(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {VOLUME_COLUMNS} FROM volumes ORDER BY vm_id"
+                ))
+                .map_err(sql("listing volumes"))?;
+            let rows = stmt
+                .query_map([], volume_from_row)
+                .map_err(sql("listing volumes"))?;
+            rows.map(|r| r.map_err(sql("listing volumes"))?).collect()
+        })
     }
 
     /// Records a new root path (a dm root re-activated under another minor).
     pub fn set_root_path(&self, vm: &VmId, root_path: &str) -> Result<(), DbError> {
-        self.conn()
-            .execute(
+        self.db.write(|tx| {
+            tx.execute(
                 "UPDATE volumes SET root_path = ?2 WHERE vm_id = ?1",
                 params![vm.as_str(), root_path],
             )
             .map(drop)
             .map_err(sql("updating a volume's root"))
+        })
     }
 
     /// Records a new work disk size.
     pub fn set_disk_mib(&self, vm: &VmId, mib: MemMib) -> Result<(), DbError> {
-        self.conn()
-            .execute(
+        self.db.write(|tx| {
+            tx.execute(
                 "UPDATE volumes SET disk_mib = ?2 WHERE vm_id = ?1",
                 params![vm.as_str(), mib.get()],
             )
             .map(drop)
             .map_err(sql("updating a volume's size"))
+        })
     }
 
     /// Forgets a VM's volumes; `Ok(false)` when there were none.
     pub fn delete_volume(&self, vm: &VmId) -> Result<bool, DbError> {
-        self.conn()
-            .execute("DELETE FROM volumes WHERE vm_id = ?1", [vm.as_str()])
-            .map(|n| n > 0)
-            .map_err(sql("removing a volume"))
+        self.db.write(|tx| {
+            tx.execute("DELETE FROM volumes WHERE vm_id = ?1", [vm.as_str()])
+                .map(|n| n > 0)
+                .map_err(sql("removing a volume"))
+        })
     }
 
-    /// A connection setting, for tests of the profile.
+    /// A connection setting of a pooled connection, for tests of the profile.
     pub fn pragma(&self, name: &str) -> Result<String, DbError> {
-        self.conn()
-            .pragma_query_value(None, name, |r| {
-                Ok(match r.get_ref(0)? {
-                    rusqlite::types::ValueRef::Integer(i) => i.to_string(),
-                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                    other => format!("{other:?}"),
-                })
-            })
-            .map_err(sql("reading a setting"))
+        Ok(self.db.pragma(name)?)
     }
 }
 

@@ -1,44 +1,34 @@
 //! The controller's SQLite store: one row per VM of this host, plus the event sequence.
 //!
-//! Every connection gets the same profile when it is opened (WAL, a busy timeout, foreign
-//! keys, `synchronous=NORMAL`), so no pooled connection ever runs without it. Connections are
-//! kept in a small pool and used on the blocking thread pool, never on a runtime worker.
+//! The file, its connection profile, write serialisation and schema versions are
+//! [`banger_sqlite`]'s: the database is created 0600 in a 0700 directory, every connection gets
+//! WAL, a busy timeout, foreign keys and `synchronous=NORMAL`, writes take turns on one writer
+//! connection in `BEGIN IMMEDIATE` transactions, and [`SCHEMA`] lists the schema's versions
+//! (append a step to change it; never edit a released one). Calls run on the blocking thread
+//! pool, never on a runtime worker.
 //!
 //! State changes go through [`Store::modify`], which reads the row, applies the caller's change
-//! and checks the move against [`VmState::can_become`] inside one `BEGIN IMMEDIATE` transaction — the only place
-//! a state is written. Two mutations of one VM never interleave: callers hold that VM's lock
-//! (see [`crate::locks`]), and each write is a transaction of its own.
+//! and checks the move against [`VmState::can_become`] inside one write transaction — the only
+//! place a state is written. Two mutations of one VM never interleave: callers hold that VM's
+//! lock (see [`crate::locks`]), and each write is a transaction of its own.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::Path;
 
 use banger_proto::net::PortForward;
 use banger_proto::vm::{VmInfo, VmNetwork, VmState};
 use banger_proto::{CpuCount, HostId, ImageName, MemMib, VmId, VmName};
+use banger_sqlite::{Db, Migration, Schema, Step};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-
-/// How long a connection waits for a lock held by another connection before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The first vsock context id handed to a guest (0-2 are reserved: hypervisor, local, host).
 pub const FIRST_GUEST_CID: u32 = 3;
 
-/// Connections kept open for reuse.
-const POOL_SIZE: usize = 4;
-
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Opening or configuring a connection failed.
-    #[error("opening the vm database {path}")]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// Opening, migrating or using the database file failed (see [`banger_sqlite::SqliteError`]).
+    #[error(transparent)]
+    Db(#[from] banger_sqlite::SqliteError),
     /// A statement failed.
     #[error("vm database: {step}")]
     Sql {
@@ -77,9 +67,6 @@ pub enum StoreError {
     /// A caller's change was refused.
     #[error("{0}")]
     Refused(String),
-    /// The blocking task failed.
-    #[error("vm database task failed")]
-    Join(#[source] tokio::task::JoinError),
 }
 
 /// A VM row: the wire snapshot plus what only the controller needs.
@@ -127,27 +114,24 @@ pub struct NewVm {
     pub now_ms: u64,
 }
 
-struct Inner {
-    path: PathBuf,
-    host: HostId,
-    pool: Mutex<Vec<Connection>>,
-}
-
 /// The VM store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    db: Db,
+    host: HostId,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.inner.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
     }
 }
 
-const SCHEMA: &str = "
+/// Version 1: the schema of the releases before versioning (their files have `user_version`
+/// 0 and these tables, which `IF NOT EXISTS` keeps).
+const V1_VMS_AND_META: &str = "
 CREATE TABLE IF NOT EXISTS vms (
     id             TEXT PRIMARY KEY NOT NULL,
     name           TEXT NOT NULL UNIQUE,
@@ -174,33 +158,14 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-/// Opens a connection with banger's connection profile.
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let open = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(open)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA synchronous = NORMAL;",
-    )
-    .map_err(open)?;
-    Ok(conn)
-}
-
-/// A write transaction, taking the write lock up front (`BEGIN IMMEDIATE`).
-///
-/// In WAL mode a deferred transaction that reads and then writes fails at once with
-/// `SQLITE_BUSY_SNAPSHOT` when another connection committed in between — the busy timeout does
-/// not apply to it. Taking the write lock first makes concurrent writers wait their turn (up to
-/// the busy timeout) instead; found by stopping 20 VMs at once.
-fn write_tx(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
-    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql("starting a transaction"))
-}
+/// The VM database's schema history, oldest first.
+pub const SCHEMA: Schema = Schema {
+    name: "vm",
+    migrations: &[Migration {
+        description: "the vms and meta tables",
+        step: Step::Sql(V1_VMS_AND_META),
+    }],
+};
 
 fn sql(step: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sql { step, source }
@@ -211,67 +176,48 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl Store {
-    /// Opens (creating when needed) the database at `path`, for VMs of `host`.
+    /// Opens (creating when needed, 0600 in 0700 directories) the database at `path`, for
+    /// VMs of `host`, migrating it to [`SCHEMA`]'s version. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] when the file cannot be created or opened, a migration fails, or the
+    /// file was written by a newer banger (left unchanged).
     pub fn open(path: &Path, host: HostId) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            banger_bus::private::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
-        }
-        // Created 0600 before SQLite opens it: its -wal and -shm files take the database's
-        // mode.
-        banger_bus::private::create_file(path).map_err(|e| StoreError::Open {
-            path: path.to_owned(),
-            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-        })?;
-        let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA)
-            .map_err(sql("creating the schema"))?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                host,
-                pool: Mutex::new(vec![conn]),
-            }),
+            db: Db::open(path, &SCHEMA)?,
+            host,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.db.path()
     }
 
-    /// Runs `f` with a pooled connection on the blocking pool.
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Reads with a pooled connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &HostId) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection, &HostId) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.pool.lock().ok().and_then(|mut p| p.pop());
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => open_connection(&inner.path)?,
-            };
-            let result = f(&mut conn, &inner.host);
-            if let Ok(mut p) = inner.pool.lock()
-                && p.len() < POOL_SIZE
-            {
-                p.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(StoreError::Join)?
+        let host = self.host.clone();
+        self.db.read_async(move |conn| f(conn, &host)).await
+    }
+
+    /// Runs `f` in a write transaction (committed when it succeeds) on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, &HostId) -> Result<T, StoreError> + Send + 'static,
+    {
+        let host = self.host.clone();
+        self.db.write_async(move |tx| f(tx, &host)).await
     }
 
     /// Inserts a `creating` record, allocating a vsock CID. Fails with
     /// [`StoreError::NameTaken`] when the name exists.
     pub async fn insert(&self, vm: NewVm) -> Result<VmRecord, StoreError> {
-        self.with_conn(move |conn, host| {
-            let tx = write_tx(conn)?;
+        self.write(move |tx, host| {
             let taken: bool = tx
                 .query_row(
                     "SELECT EXISTS(SELECT 1 FROM vms WHERE name = ?1)",
@@ -282,7 +228,7 @@ impl Store {
             if taken {
                 return Err(StoreError::NameTaken(vm.name));
             }
-            let cid = next_cid(&tx)?;
+            let cid = next_cid(tx)?;
             let forwards = serde_json::to_string(&vm.port_forwards).unwrap_or_else(|_| "[]".into());
             tx.execute(
                 "INSERT INTO vms (id, name, state, image, cpus, memory_mib, disk_mib, port_forwards,
@@ -312,8 +258,7 @@ impl Store {
                     source: e,
                 },
             })?;
-            let rec = get_row(&tx, host, &vm.id)?.ok_or_else(|| StoreError::NotFound(vm.id))?;
-            tx.commit().map_err(sql("committing the new vm"))?;
+            let rec = get_row(tx, host, &vm.id)?.ok_or_else(|| StoreError::NotFound(vm.id))?;
             Ok(rec)
         })
         .await
@@ -322,20 +267,19 @@ impl Store {
     /// One VM.
     pub async fn get(&self, id: &VmId) -> Result<VmRecord, StoreError> {
         let id = id.clone();
-        self.with_conn(move |conn, host| get_row(conn, host, &id)?.ok_or(StoreError::NotFound(id)))
+        self.read(move |conn, host| get_row(conn, host, &id)?.ok_or(StoreError::NotFound(id)))
             .await
     }
 
     /// One VM, or `None`.
     pub async fn find(&self, id: &VmId) -> Result<Option<VmRecord>, StoreError> {
         let id = id.clone();
-        self.with_conn(move |conn, host| get_row(conn, host, &id))
-            .await
+        self.read(move |conn, host| get_row(conn, host, &id)).await
     }
 
     /// Every VM, by name.
     pub async fn list(&self) -> Result<Vec<VmRecord>, StoreError> {
-        self.with_conn(|conn, host| {
+        self.read(|conn, host| {
             let mut stmt = conn
                 .prepare_cached(&format!("SELECT {COLUMNS} FROM vms ORDER BY name"))
                 .map_err(sql("listing vms"))?;
@@ -358,10 +302,8 @@ impl Store {
         F: FnOnce(&mut VmRecord) -> Result<(), StoreError> + Send + 'static,
     {
         let id = id.clone();
-        self.with_conn(move |conn, host| {
-            let tx = write_tx(conn)?;
-            let before =
-                get_row(&tx, host, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+        self.write(move |tx, host| {
+            let before = get_row(tx, host, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
             let mut after = before.clone();
             change(&mut after)?;
             if after.info.state != before.info.state
@@ -374,8 +316,7 @@ impl Store {
                 });
             }
             after.info.updated_at_ms = banger_bus::now_ms();
-            write_row(&tx, &after)?;
-            tx.commit().map_err(sql("committing a vm change"))?;
+            write_row(tx, &after)?;
             Ok(after)
         })
         .await
@@ -399,8 +340,8 @@ impl Store {
     /// Removes VM `id`; returns whether a row was removed.
     pub async fn remove(&self, id: &VmId) -> Result<bool, StoreError> {
         let id = id.clone();
-        self.with_conn(move |conn, _| {
-            let n = conn
+        self.write(move |tx, _| {
+            let n = tx
                 .execute("DELETE FROM vms WHERE id = ?1", [id.as_str()])
                 .map_err(sql("deleting the vm"))?;
             Ok(n > 0)
@@ -411,8 +352,7 @@ impl Store {
     /// Hands out the next event sequence number of this host (persisted, so it keeps increasing
     /// across restarts).
     pub async fn next_event_seq(&self) -> Result<u64, StoreError> {
-        self.with_conn(|conn, _| {
-            let tx = write_tx(conn)?;
+        self.write(|tx, _| {
             let cur: Option<i64> = tx
                 .query_row("SELECT value FROM meta WHERE key = 'event_seq'", [], |r| {
                     r.get(0)
@@ -426,7 +366,6 @@ impl Store {
                 [next],
             )
             .map_err(sql("writing the event sequence"))?;
-            tx.commit().map_err(sql("committing the event sequence"))?;
             Ok(u64::try_from(next).unwrap_or(0))
         })
         .await
@@ -434,7 +373,7 @@ impl Store {
 
     /// Runs a pragma query on a fresh pooled connection (tests check the profile with it).
     pub async fn pragma(&self, name: &'static str) -> Result<String, StoreError> {
-        self.with_conn(move |conn, _| {
+        self.read(move |conn, _| {
             conn.query_row(&format!("PRAGMA {name}"), [], |r| {
                 r.get::<_, rusqlite::types::Value>(0)
             })

@@ -1,4 +1,4 @@
-//! The controller against real processes: spawned through the umask wrapper, found by their
+//! The controller against real processes: spawned with a umask-000 `pre_exec`, found by their
 //! API socket, signalled by process group. The hypervisor is a stand-in script
 //! (`tests/fixtures/fake-hypervisor.py`: Firecracker's flags, 204 to every API call, exits on
 //! CtrlAltDel unless told to ignore it) — neither Firecracker nor fcsim; the peers are doubles.
@@ -139,10 +139,10 @@ async fn a_real_process_that_honours_ctrl_alt_del_stops_without_force() {
     assert!(vmm_log.contains("listening on"), "{vmm_log}");
 }
 
-/// The requirement: the umask-000 wrapper makes the hypervisor's socket usable by any tool
-/// (0777). The guard: the VM's run directory and its parents are root's alone (0700), so no
-/// other user reaches the socket. Removing either the wrapper or the private directory fails
-/// this test.
+/// The requirement: the launch's umask 000 (a `pre_exec` hook, no shell) makes the
+/// hypervisor's socket usable by any tool (0777). The guard: the VM's run directory and its
+/// parents are root's alone (0700), so no other user reaches the socket. Removing either the
+/// umask or the private directory fails this test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_launch_wrapper_gives_a_0777_socket_inside_a_0700_directory() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -161,7 +161,7 @@ async fn the_launch_wrapper_gives_a_0777_socket_inside_a_0700_directory() {
     assert_eq!(
         mode(&paths.api_sock),
         0o777,
-        "the launch wrapper's umask 000 gives the API socket mode 0777"
+        "the launch's umask 000 gives the API socket mode 0777"
     );
     assert_eq!(mode(&paths.run_dir), 0o700, "the VM's run directory");
     let runtime = paths.run_dir.parent().unwrap();
@@ -169,6 +169,18 @@ async fn the_launch_wrapper_gives_a_0777_socket_inside_a_0700_directory() {
     assert_eq!(mode(&paths.log_dir), 0o700, "the VM's log directory");
     assert_eq!(mode(&paths.serial_log), 0o600, "the serial log");
     assert_eq!(mode(&paths.vmm_log), 0o600, "the hypervisor log");
+    // The recorded pid runs the hypervisor itself, and process discovery knows it by its
+    // command line (`--api-sock <path>`) and by the socket it holds.
+    let pid = h.ctl.db().get(&vm.id).await.unwrap().pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    assert!(
+        args.iter().any(|a| a.ends_with(b"fake-hypervisor.py")),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    assert!(process::is_hypervisor_of(pid, &paths.api_sock));
+    assert_eq!(process::find_by_socket(&paths.api_sock, None), Some(pid));
     let reply = h.op(VmOp::Kill, &vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
 }

@@ -4,7 +4,7 @@
 //! A hypervisor API or vsock socket another user can reach lets that user drive the VM and run
 //! commands as root in it (and, through the API, write files as root on the host); logs and
 //! databases carry guest output and records. So an exposed path fails the check. Sockets are
-//! 0777 by requirement (the launch wrapper's umask 000); one counts only when the directories
+//! 0777 by requirement (the launch's umask 000); one counts only when the directories
 //! above it let others in (see `banger_bus::private::exposed`).
 
 use banger_bus::config::CommonConfig;

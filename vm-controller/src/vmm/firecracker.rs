@@ -1,9 +1,9 @@
 //! The real hypervisor: Firecracker, or the simulator (`banger-fcsim`), which takes the same
 //! flags and serves the same API.
 //!
-//! Launch runs `sh -c 'umask 000; exec "$@"' banger-vmm <bin> --api-sock ... --id <name> ...`:
-//! the wrapper sets umask 000 before exec, so the API and vsock sockets the hypervisor creates
-//! are usable by the controller and the tools of any user (the earlier Go version regressed
+//! Launch runs `<bin> --api-sock ... --id <name> ...` directly, with the umask set to 000 in
+//! the child between fork and exec (a `pre_exec` hook: `umask(2)` is async-signal-safe), so
+//! the API and vsock sockets the hypervisor creates are usable by the controller and the tools of any user (the earlier Go version regressed
 //! here and timed out on a socket that existed but could not be used). Who may use them is
 //! decided by the directory they are in instead: the VM's run directory (and every parent
 //! banger creates) is mode 0700, root only, the way Firecracker's jailer confines its chroot;
@@ -127,7 +127,7 @@ impl ProcessVmm {
 /// (0600), and removes sockets a previous run left (Firecracker refuses to bind an existing
 /// socket path).
 ///
-/// The run directory is what guards the 0777 sockets the umask-000 wrapper gives the
+/// The run directory is what guards the 0777 sockets the umask-000 launch gives the
 /// hypervisor: only root may enter it. One left open by an earlier version is closed here too,
 /// before the hypervisor creates a socket in it.
 fn prepare(paths: &VmPaths) -> Result<(fs::File, fs::File), VmmError> {
@@ -190,12 +190,8 @@ impl Vmm for ProcessVmm {
                     path: spec.paths.run_dir.clone(),
                     source: std::io::Error::other(e),
                 })??;
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c")
-                .arg(r#"umask 000; exec "$@""#)
-                .arg("banger-vmm")
-                .arg(&self.bin)
-                .arg("--api-sock")
+            let mut cmd = tokio::process::Command::new(&self.bin);
+            cmd.arg("--api-sock")
                 .arg(&spec.paths.api_sock)
                 .arg("--id")
                 .arg(&spec.name)
@@ -208,6 +204,15 @@ impl Vmm for ProcessVmm {
                 .stderr(vmm_log)
                 .process_group(0)
                 .kill_on_drop(false);
+            // SAFETY: the hook runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed: umask(2) is one, and the closure allocates
+            // nothing, takes no lock and touches no state of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+                    Ok(())
+                });
+            }
             let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
                 bin: self.bin.clone(),
                 source,

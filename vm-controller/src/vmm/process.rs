@@ -89,7 +89,7 @@ pub fn find_by_socket(socket: &Path, hint: Option<u32>) -> Option<u32> {
 
 /// Whether `pid` is the hypervisor of the VM whose API socket is `api_sock`: it holds that
 /// socket listening, or (before it has bound it, during start-up) its command line names it
-/// (`--api-sock <path>`; the umask wrapper's command line does too). The socket path is unique
+/// (`--api-sock <path>`). The socket path is unique
 /// to one VM of one controller, so no other process — another controller's hypervisor, or
 /// whatever reused a stale pid — passes.
 pub fn is_hypervisor_of(pid: u32, api_sock: &Path) -> bool {
