@@ -260,6 +260,24 @@ pub fn kill_processes_mentioning(dir: &Path) {
     }
 }
 
+/// Live processes whose command line mentions `dir`, as `"pid: command line"`, for a check
+/// that a stack left nothing behind.
+pub fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(&needle).then_some(format!("{pid}: {c}"))
+        })
+        .collect()
+}
+
 /// stdout and stderr of a command, for failure messages.
 pub fn text(o: &Output) -> String {
     format!(

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use banger_e2e::{alive, kill_processes_mentioning, text};
+use banger_e2e::{alive, kill_processes_mentioning, processes_mentioning, text};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{require_root, wait_until_blocking};
 
@@ -386,15 +386,6 @@ fn the_readmes_demo_runs_as_written_and_down_leaves_nothing() {
         .map(|(pid, _)| *pid)
         .collect();
     assert!(left.is_empty(), "processes of the stack left: {left:?}");
-    let mentioning: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter_map(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            c.contains(&dir).then_some(format!("{pid}: {c}"))
-        })
-        .collect();
+    let mentioning = processes_mentioning(&env.dir);
     assert!(mentioning.is_empty(), "processes left: {mentioning:#?}");
 }

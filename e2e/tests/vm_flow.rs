@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use banger_e2e::{Stack, alive, text};
+use banger_e2e::{Stack, alive, processes_mentioning, text};
 use banger_testkit::{require_root, wait_until_blocking};
 
 fn vm_list(stack: &Stack) -> Vec<serde_json::Value> {
@@ -179,17 +179,7 @@ fn a_user_session_from_up_to_down_leaves_nothing_behind() {
     assert!(loops_under(&stack.dir).is_empty(), "loop devices left");
     // Each simulated guest's network namespace lives only as long as its simulator and agent:
     // no process of the stack means no namespace, no agent, no hypervisor.
-    let stack_dir = stack.dir.to_string_lossy().into_owned();
-    let strays: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| alive(*pid))
-        .filter_map(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            c.contains(&stack_dir).then_some(format!("{pid}: {c}"))
-        })
-        .collect();
+    let strays = processes_mentioning(&stack.dir);
     assert!(strays.is_empty(), "processes left: {strays:#?}");
     let run: PathBuf = stack.dir.join("run");
     let sockets: Vec<_> = walk(&run)
