@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod names;
 pub mod net;
+pub mod op;
 pub mod service;
 pub mod store;
 pub mod subject;
