@@ -1,9 +1,13 @@
 //! The JSON on the wire, pinned: every operation's request and reply parse from the fixture in
 //! `fixtures/wire.json` and serialise back to exactly the same JSON (every key, every `null`).
-//! The fixtures were captured from the code before operations became types; a change here is a
-//! contract change (see `CONTRACT_VERSION`).
+//! The fixtures were captured from the code before operations became types (each key is the
+//! operation's documented subject, which is checked too); a change here is a contract change
+//! (see `CONTRACT_VERSION`). Every operation of `banger_proto::op` must have its fixture.
 
-use banger_proto::{agent, dns, net, store, vm};
+use std::any::Any;
+
+use banger_proto::op::{self, Lab, OpInfo, Operation, Scope, Visitor};
+use banger_proto::{HostId, Subjects};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -24,54 +28,56 @@ fn same_json<T: Serialize + DeserializeOwned>(key: &str, part: &str, fixture: &V
     assert_eq!(&back, fixture, "{key} {part}: the JSON on the wire changed");
 }
 
-fn check<Req, Reply>(key: &str, all: &serde_json::Map<String, Value>)
-where
-    Req: Serialize + DeserializeOwned,
-    Reply: Serialize + DeserializeOwned,
-{
-    let fx = all
-        .get(key)
-        .unwrap_or_else(|| panic!("no fixture for {key}"));
-    same_json::<Req>(key, "request", &fx["request"]);
-    same_json::<Reply>(key, "reply", &fx["reply"]);
+/// The address every fixture is written for: prefix `banger`, host `lab1`.
+fn sample_at<A: Scope>() -> A {
+    let lab = Lab;
+    let host = HostId::new("lab1").unwrap();
+    let any: [&dyn Any; 2] = [&lab, &host];
+    any.iter()
+        .find_map(|a| a.downcast_ref::<A>())
+        .cloned()
+        .unwrap_or_else(|| panic!("an operation addressed to neither the lab nor a host"))
+}
+
+struct Check<'a> {
+    fixtures: &'a serde_json::Map<String, Value>,
+    seen: Vec<&'static str>,
+}
+
+impl Visitor for Check<'_> {
+    fn visit<O: Operation>(&mut self, info: OpInfo) {
+        let key = info.subject;
+        let fx = self
+            .fixtures
+            .get(key)
+            .unwrap_or_else(|| panic!("no fixture for {key} ({})", info.name));
+        same_json::<O::Request>(key, "request", &fx["request"]);
+        same_json::<O::Reply>(key, "reply", &fx["reply"]);
+        let subject = O::subject(&Subjects::default(), &sample_at::<O::At>());
+        assert_eq!(
+            subject,
+            key.replace("<p>", "banger").replace("<host>", "lab1"),
+            "{}: the subject changed",
+            info.name
+        );
+        self.seen.push(key);
+    }
 }
 
 #[test]
 fn every_operation_round_trips_to_the_pinned_json() {
-    let all = fixtures();
-    check::<vm::CreateVmRequest, vm::VmOpReply>("<p>.vm.create", &all);
-    check::<vm::ListVmsRequest, vm::ListVmsReply>("<p>.vm.list", &all);
-    check::<vm::CreateVmRequest, vm::VmOpReply>("<p>.host.<host>.vm.create", &all);
-    for op in ["start", "stop", "restart", "kill", "delete", "touch"] {
-        check::<vm::VmRefRequest, vm::VmOpReply>(&format!("<p>.host.<host>.vm.{op}"), &all);
-    }
-    check::<vm::SetVmRequest, vm::VmOpReply>("<p>.host.<host>.vm.set", &all);
-    check::<vm::VmRefRequest, vm::VmInfo>("<p>.host.<host>.vm.get", &all);
-    check::<vm::VmRefRequest, agent::Health>("<p>.host.<host>.vm.health", &all);
-    check::<vm::LogsRequest, vm::LogsReply>("<p>.host.<host>.vm.logs", &all);
-    check::<vm::VmRefRequest, vm::VmStats>("<p>.host.<host>.vm.stats", &all);
-    check::<vm::VmExecRequest, agent::ExecResult>("<p>.host.<host>.vm.exec", &all);
-    check::<net::AttachRequest, net::Lease>("<p>.host.<host>.net.attach", &all);
-    check::<net::DetachRequest, net::DetachReply>("<p>.host.<host>.net.detach", &all);
-    check::<net::NetListRequest, net::NetListReply>("<p>.host.<host>.net.list", &all);
-    check::<net::NetStatusRequest, net::NetStatus>("<p>.host.<host>.net.status", &all);
-    let s = "<p>.host.<host>.store.";
-    check::<store::ImageListRequest, store::ImageListReply>(&format!("{s}image.list"), &all);
-    check::<store::ImageRefRequest, store::ImageInfo>(&format!("{s}image.show"), &all);
-    check::<store::RegisterImageRequest, store::ImageInfo>(&format!("{s}image.register"), &all);
-    check::<store::ImageRefRequest, store::ImageRemoveReply>(&format!("{s}image.remove"), &all);
-    check::<store::VolumeCreateRequest, store::VolumeSet>(&format!("{s}volume.create"), &all);
-    check::<store::VolumeDeleteRequest, store::VolumeDeleteReply>(
-        &format!("{s}volume.delete"),
-        &all,
-    );
-    check::<store::VolumeListRequest, store::VolumeListReply>(&format!("{s}volume.list"), &all);
-    check::<store::VolumeResizeRequest, store::VolumeSet>(&format!("{s}volume.resize"), &all);
-    check::<store::CapabilitiesRequest, store::Capabilities>(&format!("{s}capabilities"), &all);
-    check::<dns::RecordsRequest, dns::RecordsReply>("<p>.dns.records", &all);
-    check::<dns::LookupRequest, dns::LookupReply>("<p>.dns.lookup", &all);
-    check::<dns::DnsStatusRequest, dns::DnsStatus>("<p>.dns.status", &all);
-    assert_eq!(all.len(), 31, "one fixture per operation");
+    let fixtures = fixtures();
+    let mut check = Check {
+        fixtures: &fixtures,
+        seen: Vec::new(),
+    };
+    op::visit_all(&mut check);
+    let mut seen = check.seen;
+    seen.sort_unstable();
+    let mut pinned: Vec<&str> = fixtures.keys().map(String::as_str).collect();
+    pinned.sort_unstable();
+    assert_eq!(seen, pinned, "one fixture per operation, one operation per fixture");
+    assert_eq!(seen.len(), 31);
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub mod store;
 pub mod vm;
 
 /// Where an operation is addressed: the whole lab ([`Lab`]) or one host ([`HostId`]).
-pub trait Scope: Send + Sync + 'static {
+pub trait Scope: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The subject template before the operation's tokens, as the docs write it.
     const TEMPLATE: &'static str;
 
@@ -203,5 +203,19 @@ mod tests {
                 info.endpoint
             );
         }
+    }
+
+    /// The runtime operation enums (`VmOp`, ...) name the same subjects as the types.
+    #[test]
+    fn the_operation_enums_agree_with_the_types() {
+        use crate::subject::{DnsOp, NetOp, StoreOp, VmOp};
+        let typed: HashSet<&str> = all().iter().map(|o| o.subject).collect();
+        let mut from_enums: Vec<String> = vec!["<p>.vm.create".into(), "<p>.vm.list".into()];
+        from_enums.extend(VmOp::ALL.iter().map(|o| format!("<p>.host.<host>.vm.{o}")));
+        from_enums.extend(NetOp::ALL.iter().map(|o| format!("<p>.host.<host>.net.{o}")));
+        from_enums.extend(StoreOp::ALL.iter().map(|o| format!("<p>.host.<host>.store.{o}")));
+        from_enums.extend(DnsOp::ALL.iter().map(|o| format!("<p>.dns.{o}")));
+        let from_enums: HashSet<&str> = from_enums.iter().map(String::as_str).collect();
+        assert_eq!(typed, from_enums);
     }
 }
