@@ -27,6 +27,7 @@ struct Echo {
 }
 
 /// The measured operation: `<p>.bench.ours`, answered with the request itself.
+#[derive(Default)]
 struct EchoOp;
 
 impl Operation for EchoOp {

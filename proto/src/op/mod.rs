@@ -22,6 +22,8 @@ pub mod dns;
 pub mod net;
 pub mod store;
 pub mod vm;
+#[cfg(test)]
+mod wire_tests;
 
 /// Where an operation is addressed: the whole lab ([`Lab`]) or one host ([`HostId`]).
 pub trait Scope: Clone + std::fmt::Debug + Send + Sync + 'static {
@@ -64,7 +66,7 @@ pub enum Delivery {
 }
 
 /// One request/reply operation of the bus.
-pub trait Operation: Send + Sync + 'static {
+pub trait Operation: Default + Send + Sync + 'static {
     /// What the caller sends.
     type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What the service answers (or an `error::ErrorReply`).

@@ -1,24 +1,15 @@
 //! The JSON on the wire, pinned: every operation's request and reply parse from the fixture in
-//! `fixtures/wire.json` and serialise back to exactly the same JSON (every key, every `null`).
+//! `proto/fixtures/wire.json` and serialise back to exactly the same JSON (every key, every `null`).
 //! The fixtures were captured from the code before operations became types (each key is the
 //! operation's documented subject, which is checked too); a change here is a contract change
 //! (see `CONTRACT_VERSION`). Every operation of `banger_proto::op` must have its fixture.
 
-use std::any::Any;
-
-use banger_proto::op::{self, Lab, OpInfo, Operation, Scope, Visitor};
-use banger_proto::{HostId, Subjects};
+use crate::Subjects;
+use crate::op::{self, OpInfo, Operation, Visitor};
+use crate::testing::{fixture_subject, sample_at, wire_fixtures};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-fn fixtures() -> serde_json::Map<String, Value> {
-    let text = include_str!("fixtures/wire.json");
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
-        other => panic!("fixtures/wire.json is not a JSON object: {other:?}"),
-    }
-}
 
 fn same_json<T: Serialize + DeserializeOwned>(key: &str, part: &str, fixture: &Value) {
     let parsed: T = serde_json::from_value(fixture.clone())
@@ -26,17 +17,6 @@ fn same_json<T: Serialize + DeserializeOwned>(key: &str, part: &str, fixture: &V
     let back = serde_json::to_value(&parsed)
         .unwrap_or_else(|e| panic!("{key} {part}: serialising failed: {e}"));
     assert_eq!(&back, fixture, "{key} {part}: the JSON on the wire changed");
-}
-
-/// The address every fixture is written for: prefix `banger`, host `lab1`.
-fn sample_at<A: Scope>() -> A {
-    let lab = Lab;
-    let host = HostId::new("lab1").unwrap();
-    let any: [&dyn Any; 2] = [&lab, &host];
-    any.iter()
-        .find_map(|a| a.downcast_ref::<A>())
-        .cloned()
-        .unwrap_or_else(|| panic!("an operation addressed to neither the lab nor a host"))
 }
 
 struct Check<'a> {
@@ -56,7 +36,7 @@ impl Visitor for Check<'_> {
         let subject = O::subject(&Subjects::default(), &sample_at::<O::At>());
         assert_eq!(
             subject,
-            key.replace("<p>", "banger").replace("<host>", "lab1"),
+            fixture_subject(key),
             "{}: the subject changed",
             info.name
         );
@@ -66,7 +46,7 @@ impl Visitor for Check<'_> {
 
 #[test]
 fn every_operation_round_trips_to_the_pinned_json() {
-    let fixtures = fixtures();
+    let fixtures = wire_fixtures();
     let mut check = Check {
         fixtures: &fixtures,
         seen: Vec::new(),
@@ -84,5 +64,5 @@ fn every_operation_round_trips_to_the_pinned_json() {
 fn the_error_reply_is_pinned() {
     let fixture: Value =
         serde_json::json!({"error": {"code": "not_found", "message": "no VM named \"web\""}});
-    same_json::<banger_proto::error::ErrorReply>("error", "reply", &fixture);
+    same_json::<crate::error::ErrorReply>("error", "reply", &fixture);
 }
