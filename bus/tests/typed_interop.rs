@@ -9,6 +9,12 @@
 //! subscription, and one connection's messages are processed in order, so a subscription made
 //! before a request is always seen by it.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -55,8 +61,7 @@ fn host() -> HostId {
     HostId::new("lab1").unwrap()
 }
 
-type Register =
-    Box<dyn for<'a> FnOnce(&'a mut ServiceHost) -> BoxFuture<'a, Result<(), BusError>>>;
+type Register = Box<dyn for<'a> FnOnce(&'a mut ServiceHost) -> BoxFuture<'a, Result<(), BusError>>>;
 
 /// For every operation: a typed `serve` that answers the fixture reply when it receives the
 /// fixture request (and `invalid_argument` otherwise), grouped by service.
@@ -81,7 +86,10 @@ impl Visitor for TypedServers {
                 .await
             })
         });
-        self.by_service.entry(O::SERVICE).or_default().push(register);
+        self.by_service
+            .entry(O::SERVICE)
+            .or_default()
+            .push(register);
     }
 }
 
@@ -100,7 +108,10 @@ async fn start_typed_services(nats: &NatsServer, shutdown: &CancellationToken) -
         for register in registers {
             register(&mut host).await.unwrap();
         }
-        let all: Vec<OpInfo> = op::all().into_iter().filter(|o| o.service == name).collect();
+        let all: Vec<OpInfo> = op::all()
+            .into_iter()
+            .filter(|o| o.service == name)
+            .collect();
         host.check_serves(&all).unwrap();
         tokio::spawn(host.run(shutdown.clone()));
     }
@@ -196,8 +207,7 @@ async fn typed_calls_understand_raw_services() {
     let server = tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let subject = msg.subject.to_string();
-            let Some((_, fx)) = answers.iter().find(|(k, _)| fixture_subject(k) == subject)
-            else {
+            let Some((_, fx)) = answers.iter().find(|(k, _)| fixture_subject(k) == subject) else {
                 continue;
             };
             let traced = msg
@@ -300,10 +310,7 @@ async fn errors_cross_in_both_directions() {
         .await
     {
         Err(RequestError::Remote(e)) => {
-            assert_eq!(
-                (e.code, e.message.as_str()),
-                (ErrorCode::Conflict, "busy")
-            );
+            assert_eq!((e.code, e.message.as_str()), (ErrorCode::Conflict, "busy"));
         }
         other => panic!("expected the remote error, got {other:?}"),
     }
@@ -359,7 +366,12 @@ async fn service_info_lists_every_endpoint_and_delivery_is_kept() {
         .await
         .unwrap();
     second
-        .serve(op::vm::Place, &Lab, place_reply, |r, _| async move { Ok(r) })
+        .serve(
+            op::vm::Place,
+            &Lab,
+            place_reply,
+            |r, _| async move { Ok(r) },
+        )
         .await
         .unwrap();
     assert!(

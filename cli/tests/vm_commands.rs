@@ -21,8 +21,8 @@ use banger_proto::agent::{ExecResult, Health};
 use banger_proto::op::{self, vm};
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{
-    CreateVmRequest, ListVmsReply, LogSource, LogsReply, LogsRequest, SetVmRequest,
-    VmExecRequest, VmInfo, VmNetwork, VmOpReply, VmRefRequest, VmState, VmStats,
+    CreateVmRequest, ListVmsReply, LogSource, LogsReply, LogsRequest, SetVmRequest, VmExecRequest,
+    VmInfo, VmNetwork, VmOpReply, VmRefRequest, VmState, VmStats,
 };
 use banger_proto::{
     ApiError, CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName, service,
@@ -311,14 +311,18 @@ impl Lab {
             .unwrap();
         svc.serve(vm::Set, &h, f.clone(), Fake::set).await.unwrap();
         svc.serve(vm::Get, &h, f.clone(), Fake::get).await.unwrap();
-        svc.serve(vm::Exec, &h, f.clone(), Fake::exec).await.unwrap();
+        svc.serve(vm::Exec, &h, f.clone(), Fake::exec)
+            .await
+            .unwrap();
         svc.serve(vm::Health, &h, f.clone(), Fake::health)
             .await
             .unwrap();
         svc.serve(vm::Stats, &h, f.clone(), Fake::stats)
             .await
             .unwrap();
-        svc.serve(vm::Logs, &h, f.clone(), Fake::logs).await.unwrap();
+        svc.serve(vm::Logs, &h, f.clone(), Fake::logs)
+            .await
+            .unwrap();
         svc.serve(vm::Place, &op::Lab, f, Fake::create)
             .await
             .unwrap();

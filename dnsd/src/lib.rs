@@ -26,8 +26,8 @@ use banger_bus::config::CommonArgs;
 use banger_bus::runtime::Context;
 use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
-use banger_proto::service;
 use banger_proto::op::{self, Lab};
+use banger_proto::service;
 
 use crate::config::DnsdConfig;
 use crate::registry::ZoneStore;

@@ -124,10 +124,7 @@ pub async fn measure_hops(
         name: "probe".into(),
         n: 0,
     };
-    while let Err(e) = bus
-        .call::<EchoOp>(&Lab, &probe, TIMEOUT)
-        .await
-    {
+    while let Err(e) = bus.call::<EchoOp>(&Lab, &probe, TIMEOUT).await {
         if Instant::now() > deadline {
             return Err(format!("the echo endpoint never answered: {e}"));
         }

@@ -12,11 +12,11 @@ use banger_bus::{Bus, RequestError};
 use banger_proto::agent::{ExecRequest, ExecResult, Health};
 use banger_proto::event::{EventKind, VmEvent};
 use banger_proto::net::{AttachRequest, DetachReply, DetachRequest, Lease};
+use banger_proto::op::{self, Lab, Operation};
 use banger_proto::store::{
     ImageInfo, ImageRefRequest, VolumeCreateRequest, VolumeDeleteReply, VolumeDeleteRequest,
     VolumeResizeRequest, VolumeSet,
 };
-use banger_proto::op::{self, Lab, Operation};
 use banger_proto::vm::{ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, VmId, VmName};
 use futures::future::BoxFuture;

@@ -229,7 +229,7 @@ async fn show(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let info = app
         .bus
         .call::<store::ImageShow>(&host, &ImageRefRequest { name: a.name }, app.timeout)
-    .await?;
+        .await?;
     print_image(app, &host, &info)?;
     Ok(exit::OK)
 }
@@ -246,7 +246,8 @@ async fn register(app: &App, a: RegisterArgs) -> anyhow::Result<u8> {
     };
     let info = app
         .bus
-        .call::<store::ImageRegister>(&host, &req, app.timeout).await?;
+        .call::<store::ImageRegister>(&host, &req, app.timeout)
+        .await?;
     if !app.json {
         println!("registered image {} on {host}", info.name);
     }
@@ -259,7 +260,7 @@ async fn remove(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let r = app
         .bus
         .call::<store::ImageRemove>(&host, &ImageRefRequest { name: a.name }, app.timeout)
-    .await?;
+        .await?;
     if app.json {
         output::print_json(&serde_json::json!({ "host": host.as_str(), "removed": r.name }))?;
     } else {

@@ -308,7 +308,9 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
     };
     let info = match app
         .bus
-        .call::<store::ImageRegister>(&host, &req, app.timeout).await {
+        .call::<store::ImageRegister>(&host, &req, app.timeout)
+        .await
+    {
         Ok(i) => i,
         Err(e) => {
             // Nothing half-done: the image file goes when it cannot be registered.
@@ -368,10 +370,14 @@ pub async fn verify(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let host = target_host(app, a.host.host).await?;
     let info = app
         .bus
-        .call::<store::ImageShow>(&host, &ImageRefRequest {
-            name: a.name.clone(),
-        }, app.timeout)
-    .await?;
+        .call::<store::ImageShow>(
+            &host,
+            &ImageRefRequest {
+                name: a.name.clone(),
+            },
+            app.timeout,
+        )
+        .await?;
     let rootfs = PathBuf::from(&info.rootfs);
     if !rootfs.is_file() {
         return Err(ApiError::unavailable(format!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use banger_proto::dns::{DnsStatus, DnsStatusRequest};
 use banger_proto::net::{NetStatus, NetStatusRequest};
-use banger_proto::service::{SRV_STATS, VM_CONTROLLER};
 use banger_proto::op::{self, Lab};
+use banger_proto::service::{SRV_STATS, VM_CONTROLLER};
 use banger_proto::vm::ListVmsRequest;
 use banger_proto::{HostId, service};
 use serde::Serialize;
@@ -142,13 +142,9 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
     services.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
 
     let dns = if services.iter().any(|s| s.name == service::DNSD) {
-        bus.call::<op::dns::Status>(
-            &Lab,
-            &DnsStatusRequest::default(),
-            QUERY_TIMEOUT,
-        )
-        .await
-        .ok()
+        bus.call::<op::dns::Status>(&Lab, &DnsStatusRequest::default(), QUERY_TIMEOUT)
+            .await
+            .ok()
     } else {
         None
     };
@@ -158,11 +154,7 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
             continue;
         };
         if let Ok(st) = bus
-            .call::<op::net::Status>(
-                &host,
-                &NetStatusRequest::default(),
-                QUERY_TIMEOUT,
-            )
+            .call::<op::net::Status>(&host, &NetStatusRequest::default(), QUERY_TIMEOUT)
             .await
         {
             networks.insert(s.host.clone(), st);

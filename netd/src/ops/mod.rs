@@ -20,7 +20,8 @@ pub async fn register(host: &mut ServiceHost, netd: &Arc<Netd>) -> Result<(), Bu
         .await?;
     host.serve(net::Detach, &me, netd.clone(), detach::handle)
         .await?;
-    host.serve(net::List, &me, netd.clone(), list::handle).await?;
+    host.serve(net::List, &me, netd.clone(), list::handle)
+        .await?;
     host.serve(net::Status, &me, netd.clone(), status::handle)
         .await?;
     host.check_serves(net::ALL)

@@ -214,8 +214,16 @@ mod tests {
         let typed: HashSet<&str> = all().iter().map(|o| o.subject).collect();
         let mut from_enums: Vec<String> = vec!["<p>.vm.create".into(), "<p>.vm.list".into()];
         from_enums.extend(VmOp::ALL.iter().map(|o| format!("<p>.host.<host>.vm.{o}")));
-        from_enums.extend(NetOp::ALL.iter().map(|o| format!("<p>.host.<host>.net.{o}")));
-        from_enums.extend(StoreOp::ALL.iter().map(|o| format!("<p>.host.<host>.store.{o}")));
+        from_enums.extend(
+            NetOp::ALL
+                .iter()
+                .map(|o| format!("<p>.host.<host>.net.{o}")),
+        );
+        from_enums.extend(
+            StoreOp::ALL
+                .iter()
+                .map(|o| format!("<p>.host.<host>.store.{o}")),
+        );
         from_enums.extend(DnsOp::ALL.iter().map(|o| format!("<p>.dns.{o}")));
         let from_enums: HashSet<&str> = from_enums.iter().map(String::as_str).collect();
         assert_eq!(typed, from_enums);

@@ -3,10 +3,9 @@
 use crate::names::HostId;
 use crate::service::STORD;
 use crate::store::{
-    CapabilitiesRequest, ImageInfo, ImageListReply, ImageListRequest,
-    ImageRefRequest, ImageRemoveReply, RegisterImageRequest, VolumeCreateRequest,
-    VolumeDeleteReply, VolumeDeleteRequest, VolumeListReply, VolumeListRequest,
-    VolumeResizeRequest, VolumeSet,
+    CapabilitiesRequest, ImageInfo, ImageListReply, ImageListRequest, ImageRefRequest,
+    ImageRemoveReply, RegisterImageRequest, VolumeCreateRequest, VolumeDeleteReply,
+    VolumeDeleteRequest, VolumeListReply, VolumeListRequest, VolumeResizeRequest, VolumeSet,
 };
 
 super::operations! {

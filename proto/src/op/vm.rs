@@ -5,7 +5,7 @@ use crate::names::HostId;
 use crate::op::Lab;
 use crate::service::VM_CONTROLLER;
 use crate::vm::{
-    CreateVmRequest, ListVmsReply, ListVmsRequest, LogsRequest, LogsReply, SetVmRequest,
+    CreateVmRequest, ListVmsReply, ListVmsRequest, LogsReply, LogsRequest, SetVmRequest,
     VmExecRequest, VmInfo, VmOpReply, VmRefRequest, VmStats,
 };
 

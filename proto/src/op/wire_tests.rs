@@ -56,7 +56,10 @@ fn every_operation_round_trips_to_the_pinned_json() {
     seen.sort_unstable();
     let mut pinned: Vec<&str> = fixtures.keys().map(String::as_str).collect();
     pinned.sort_unstable();
-    assert_eq!(seen, pinned, "one fixture per operation, one operation per fixture");
+    assert_eq!(
+        seen, pinned,
+        "one fixture per operation, one operation per fixture"
+    );
     assert_eq!(seen.len(), 31);
 }
 

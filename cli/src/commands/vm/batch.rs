@@ -200,16 +200,14 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
     };
     let name = Some(vm.name.to_string());
     match reply {
-        Ok(r) => {
-            Outcome {
-                reference: target.reference,
-                name,
-                ok: true,
-                vm: Some(r.vm),
-                note: r.note,
-                error: None,
-            }
-        }
+        Ok(r) => Outcome {
+            reference: target.reference,
+            name,
+            ok: true,
+            vm: Some(r.vm),
+            note: r.note,
+            error: None,
+        },
         Err(e) => Outcome {
             reference: target.reference,
             name,

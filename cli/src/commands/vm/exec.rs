@@ -116,7 +116,7 @@ pub(crate) async fn send(
         id: vm.id.clone(),
         exec,
     };
-    Ok(app.bus.call::<vm::Exec>(&vm.host, &req, deadline).await?)
+    app.bus.call::<vm::Exec>(&vm.host, &req, deadline).await
 }
 
 /// The exit status that mirrors the guest command's.

@@ -111,5 +111,4 @@ mod tests {
         let out = render(&v, 0);
         assert!(out.contains("reason   starting firecracker"), "{out}");
     }
-
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use banger_proto::service;
 use banger_proto::op::{self, Lab};
+use banger_proto::service;
 use banger_proto::vm::{ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode};
 

@@ -10,7 +10,6 @@ use banger_proto::op::vm;
 use banger_proto::vm::{VmInfo, VmRefRequest, VmState};
 use banger_proto::{ApiError, ErrorCode};
 
-
 use crate::{App, exit};
 
 /// The runtime bundle's private key, relative to the state directory; images built by banger
