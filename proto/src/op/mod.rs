@@ -207,9 +207,10 @@ mod tests {
         }
     }
 
-    /// The runtime operation enums (`VmOp`, ...) name the same subjects as the types.
+    /// Every variant of the runtime operation enums (`VmOp`, ...) names the subject of an
+    /// operation type (an operation needs no variant unless code picks it at run time).
     #[test]
-    fn the_operation_enums_agree_with_the_types() {
+    fn the_operation_enums_name_operation_types() {
         use crate::subject::{DnsOp, NetOp, StoreOp, VmOp};
         let typed: HashSet<&str> = all().iter().map(|o| o.subject).collect();
         let mut from_enums: Vec<String> = vec!["<p>.vm.create".into(), "<p>.vm.list".into()];
@@ -225,7 +226,8 @@ mod tests {
                 .map(|o| format!("<p>.host.<host>.store.{o}")),
         );
         from_enums.extend(DnsOp::ALL.iter().map(|o| format!("<p>.dns.{o}")));
-        let from_enums: HashSet<&str> = from_enums.iter().map(String::as_str).collect();
-        assert_eq!(typed, from_enums);
+        for subject in &from_enums {
+            assert!(typed.contains(subject.as_str()), "{subject} has no operation type");
+        }
     }
 }
