@@ -227,7 +227,10 @@ mod tests {
         );
         from_enums.extend(DnsOp::ALL.iter().map(|o| format!("<p>.dns.{o}")));
         for subject in &from_enums {
-            assert!(typed.contains(subject.as_str()), "{subject} has no operation type");
+            assert!(
+                typed.contains(subject.as_str()),
+                "{subject} has no operation type"
+            );
         }
     }
 }
