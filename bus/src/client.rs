@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::{HeaderMap, Message};
 use banger_proto::error::ErrorReply;
 use banger_proto::event::VmEvent;
+use banger_proto::op::Operation;
 use banger_proto::{ApiError, ErrorCode, HostId, Subjects};
 use futures::StreamExt;
 use serde::Serialize;
@@ -75,7 +76,36 @@ impl Bus {
         &self.subjects
     }
 
-    /// Sends `req` to `subject` and decodes the reply, within `timeout`.
+    /// Calls operation `O` at `at` (the lab, or a host) and decodes its reply, within
+    /// `timeout`. The subject, the request type and the reply type all come from `O`.
+    pub async fn call<O: Operation>(
+        &self,
+        at: &O::At,
+        req: &O::Request,
+        timeout: Duration,
+    ) -> Result<O::Reply, RequestError> {
+        self.request(O::subject(&self.subjects, at), req, timeout)
+            .await
+    }
+
+    /// Sends `req` to operation `O` at `at` and gathers every answer that arrives until
+    /// `expect` answers came (when given) or `deadline` passed: for an operation every instance
+    /// answers ([`Delivery::Broadcast`](banger_proto::op::Delivery), `vm.list`). Each answer is
+    /// decoded on its own: one bad answer does not hide the others.
+    pub async fn gather<O: Operation>(
+        &self,
+        at: &O::At,
+        req: &O::Request,
+        expect: Option<usize>,
+        deadline: Duration,
+    ) -> Result<Vec<Result<O::Reply, RequestError>>, BusError> {
+        self.gather_subject(O::subject(&self.subjects, at), req, expect, deadline)
+            .await
+    }
+
+    /// Sends `req` to a raw `subject` and decodes the reply, within `timeout`: the untyped
+    /// path, for benchmarks and tests that speak to a subject the way `nats req` would.
+    /// Services and the CLI use [`Bus::call`].
     pub async fn request<Req, Resp>(
         &self,
         subject: String,
@@ -133,10 +163,7 @@ impl Bus {
         .await
     }
 
-    /// Sends `req` to `subject` and gathers every answer that arrives until `expect` answers
-    /// came (when given) or `deadline` passed. Used by `vm.list`, which every controller
-    /// answers. Each answer is decoded on its own: one bad answer does not hide the others.
-    pub async fn gather<Req, Resp>(
+    async fn gather_subject<Req, Resp>(
         &self,
         subject: String,
         req: &Req,

@@ -34,6 +34,14 @@ pub enum BusError {
         /// Why.
         message: String,
     },
+    /// A service was started without serving every operation the contract gives it.
+    #[error("service {service} does not serve {missing}: add a `serve` line for each")]
+    Unserved {
+        /// Service name.
+        service: String,
+        /// The operations left out (`vm::Health, vm::Logs`).
+        missing: String,
+    },
     /// Subscribing failed.
     #[error("subscribing to {subject}")]
     Subscribe {

@@ -1,5 +1,5 @@
-//! The serving side of the bus: a service registered with the NATS service API, typed
-//! endpoints, and a graceful drain.
+//! The serving side of the bus: a service registered with the NATS service API, one endpoint
+//! per typed operation ([`ServiceHost::serve`]), and a graceful drain.
 //!
 //! Each endpoint is a NATS subscription (in a queue group unless it is a broadcast endpoint).
 //! Every request is handled in its own task, inside a span that continues the caller's trace;
@@ -24,6 +24,7 @@ use async_nats::HeaderMap;
 use async_nats::service::ServiceExt;
 use banger_proto::error::ErrorReply;
 use banger_proto::{ApiError, ErrorCode};
+use banger_proto::op::{Delivery, OpInfo, Operation};
 use futures::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -100,6 +101,7 @@ pub struct ServiceHost {
     stop_endpoints: CancellationToken,
     loops: Vec<JoinHandle<()>>,
     errors: ErrorCounts,
+    served: Vec<&'static str>,
 }
 
 impl ServiceHost {
@@ -140,6 +142,7 @@ impl ServiceHost {
             stop_endpoints: CancellationToken::new(),
             loops: Vec::new(),
             errors,
+            served: Vec::new(),
         })
     }
 
@@ -148,38 +151,55 @@ impl ServiceHost {
         &self.bus
     }
 
-    /// Adds a load-balanced endpoint (queue group: one instance answers each request).
-    pub async fn endpoint<Req, Resp, H, Fut>(
+    /// Serves operation `op` at `at` (the lab, or this service's host): each request is decoded
+    /// as `O::Request` and answered with what `handler(state.clone(), request)` returns, an
+    /// `O::Reply` or an [`ApiError`]. The endpoint is named `O::ENDPOINT` in the NATS service
+    /// API; [`Delivery::Queue`] operations share a queue group (one instance answers),
+    /// [`Delivery::Broadcast`] ones get one per instance (every instance answers). This is the
+    /// only way to add an endpoint.
+    pub async fn serve<O, S, H, Fut>(
         &mut self,
-        name: &str,
-        subject: String,
+        _op: O,
+        at: &O::At,
+        state: S,
         handler: H,
     ) -> Result<(), BusError>
     where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, ApiError>> + Send + 'static,
+        O: Operation,
+        S: Clone + Send + Sync + 'static,
+        H: Fn(S, O::Request) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O::Reply, ApiError>> + Send + 'static,
     {
-        self.add_endpoint(name, subject, None, handler).await
+        let subject = O::subject(self.bus.subjects(), at);
+        let group = match O::DELIVERY {
+            Delivery::Queue => None,
+            Delivery::Broadcast => Some(format!("{}-{}", self.name, self.service.info().await.id)),
+        };
+        let handler = move |req: O::Request| handler(state.clone(), req);
+        self.add_endpoint(O::ENDPOINT, subject, group, handler)
+            .await?;
+        self.served.push(O::ENDPOINT);
+        Ok(())
     }
 
-    /// Adds an endpoint that every instance answers (scatter-gather, e.g. `vm.list`): its queue
-    /// group is unique to this instance.
-    pub async fn broadcast_endpoint<Req, Resp, H, Fut>(
-        &mut self,
-        name: &str,
-        subject: String,
-        handler: H,
-    ) -> Result<(), BusError>
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, ApiError>> + Send + 'static,
-    {
-        let group = format!("{}-{}", self.name, self.service.info().await.id);
-        self.add_endpoint(name, subject, Some(group), handler).await
+    /// Fails with [`BusError::Unserved`] unless every operation of `ops` (a service's
+    /// `banger_proto::op::<service>::ALL`) has been [`serve`](Self::serve)d: called at the end
+    /// of a service's registration, so a forgotten line fails at start-up, not at the first
+    /// caller's `no responders`.
+    pub fn check_serves(&self, ops: &[OpInfo]) -> Result<(), BusError> {
+        let missing: Vec<&str> = ops
+            .iter()
+            .filter(|op| !self.served.contains(&op.endpoint))
+            .map(|op| op.name)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(BusError::Unserved {
+                service: self.name.clone(),
+                missing: missing.join(", "),
+            })
+        }
     }
 
     async fn add_endpoint<Req, Resp, H, Fut>(

@@ -18,10 +18,11 @@ use banger_bus::Bus;
 use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
 use banger_proto::agent::{ExecResult, Health};
+use banger_proto::op::{self, vm};
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{
-    CreateVmRequest, ListVmsReply, ListVmsRequest, LogSource, LogsReply, LogsRequest, SetVmRequest,
-    VmExecRequest, VmInfo, VmNetwork, VmOpReply, VmRefRequest, VmState, VmStats,
+    CreateVmRequest, ListVmsReply, LogSource, LogsReply, LogsRequest, SetVmRequest, VmExecRequest,
+    VmInfo, VmNetwork, VmOpReply, VmRefRequest, VmState, VmStats,
 };
 use banger_proto::{
     ApiError, CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName, service,
@@ -278,72 +279,51 @@ impl Lab {
             vms: Arc::new(Mutex::new(vms)),
             calls: self.calls.clone(),
         };
-        let s = bus.subjects().clone();
         let spec = ServiceSpec::new(service::VM_CONTROLLER, "scripted test controller", &h);
         let mut svc = ServiceHost::start(&bus, spec).await.unwrap();
         if answers_list {
-            let f = fake.clone();
-            svc.broadcast_endpoint("vm.list", s.vm_list(), move |_: ListVmsRequest| {
-                let f = f.clone();
-                async move {
-                    f.record("list".into());
-                    Ok(ListVmsReply {
-                        host: f.host.clone(),
-                        vms: f.vms.lock().unwrap().clone(),
-                    })
-                }
+            svc.serve(vm::List, &op::Lab, fake.clone(), |f, _| async move {
+                f.record("list".into());
+                Ok(ListVmsReply {
+                    host: f.host.clone(),
+                    vms: f.vms.lock().unwrap().clone(),
+                })
             })
             .await
             .unwrap();
         }
-        for op in [
-            VmOp::Start,
-            VmOp::Stop,
-            VmOp::Restart,
-            VmOp::Kill,
-            VmOp::Delete,
-        ] {
-            let f = fake.clone();
-            svc.endpoint(op.as_str(), s.host_vm(&h, op), move |req: VmRefRequest| {
-                f.clone().lifecycle(op, req)
-            })
+        let f = fake;
+        let lifecycle = |op: VmOp| move |f: Fake, r| f.lifecycle(op, r);
+        svc.serve(vm::Start, &h, f.clone(), lifecycle(VmOp::Start))
             .await
             .unwrap();
-        }
-        let f = fake.clone();
-        svc.endpoint("set", s.host_vm(&h, VmOp::Set), move |r| f.clone().set(r))
+        svc.serve(vm::Stop, &h, f.clone(), lifecycle(VmOp::Stop))
             .await
             .unwrap();
-        let f = fake.clone();
-        svc.endpoint("get", s.host_vm(&h, VmOp::Get), move |r| f.clone().get(r))
+        svc.serve(vm::Restart, &h, f.clone(), lifecycle(VmOp::Restart))
             .await
             .unwrap();
-        let f = fake.clone();
-        svc.endpoint("exec", s.host_vm(&h, VmOp::Exec), move |r| {
-            f.clone().exec(r)
-        })
-        .await
-        .unwrap();
-        let f = fake.clone();
-        svc.endpoint("health", s.host_vm(&h, VmOp::Health), move |r| {
-            f.clone().health(r)
-        })
-        .await
-        .unwrap();
-        let f = fake.clone();
-        svc.endpoint("stats", s.host_vm(&h, VmOp::Stats), move |r| {
-            f.clone().stats(r)
-        })
-        .await
-        .unwrap();
-        let f = fake.clone();
-        svc.endpoint("logs", s.host_vm(&h, VmOp::Logs), move |r| {
-            f.clone().logs(r)
-        })
-        .await
-        .unwrap();
-        let f = fake.clone();
-        svc.endpoint("create", s.vm_create(), move |r| f.clone().create(r))
+        svc.serve(vm::Kill, &h, f.clone(), lifecycle(VmOp::Kill))
+            .await
+            .unwrap();
+        svc.serve(vm::Delete, &h, f.clone(), lifecycle(VmOp::Delete))
+            .await
+            .unwrap();
+        svc.serve(vm::Set, &h, f.clone(), Fake::set).await.unwrap();
+        svc.serve(vm::Get, &h, f.clone(), Fake::get).await.unwrap();
+        svc.serve(vm::Exec, &h, f.clone(), Fake::exec)
+            .await
+            .unwrap();
+        svc.serve(vm::Health, &h, f.clone(), Fake::health)
+            .await
+            .unwrap();
+        svc.serve(vm::Stats, &h, f.clone(), Fake::stats)
+            .await
+            .unwrap();
+        svc.serve(vm::Logs, &h, f.clone(), Fake::logs)
+            .await
+            .unwrap();
+        svc.serve(vm::Place, &op::Lab, f, Fake::create)
             .await
             .unwrap();
         bus.client().flush().await.unwrap();

@@ -26,8 +26,8 @@ use banger_bus::config::CommonArgs;
 use banger_bus::runtime::Context;
 use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
+use banger_proto::op::{self, Lab};
 use banger_proto::service;
-use banger_proto::subject::DnsOp;
 
 use crate::config::DnsdConfig;
 use crate::registry::ZoneStore;
@@ -118,24 +118,19 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
         .with_meta(service::META_DNS_LISTEN, listen_meta);
     let mut host = ServiceHost::start(&ctx.bus, spec).await?;
     let subjects = ctx.bus.subjects().clone();
-    let s = state.clone();
-    host.endpoint("records", subjects.dns(DnsOp::Records), move |req| {
-        let s = s.clone();
-        async move { ops::records::records(&s, req) }
+    host.serve(op::dns::Records, &Lab, state.clone(), |s, req| async move {
+        ops::records::records(&s, req)
     })
     .await?;
-    let s = state.clone();
-    host.endpoint("lookup", subjects.dns(DnsOp::Lookup), move |req| {
-        let s = s.clone();
-        async move { ops::lookup::lookup(&s, req) }
+    host.serve(op::dns::Lookup, &Lab, state.clone(), |s, req| async move {
+        ops::lookup::lookup(&s, req)
     })
     .await?;
-    let s = state.clone();
-    host.endpoint("status", subjects.dns(DnsOp::Status), move |req| {
-        let s = s.clone();
-        async move { ops::status::status(&s, req) }
+    host.serve(op::dns::Status, &Lab, state.clone(), |s, req| async move {
+        ops::status::status(&s, req)
     })
     .await?;
+    host.check_serves(op::dns::ALL)?;
 
     // Subscribe before the first rebuild so nothing falls between the two.
     let events = ctx

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use banger_bus::Bus;
 use banger_bus::shutdown::CancellationToken;
+use banger_proto::op::{self, Lab};
 use banger_proto::service;
-use banger_proto::vm::{ListVmsReply, ListVmsRequest};
+use banger_proto::vm::ListVmsRequest;
 
 use crate::state::State;
 use crate::zone::ZoneError;
@@ -58,8 +59,8 @@ pub async fn rebuild_once(
     let answers = if controllers.is_empty() {
         Vec::new()
     } else {
-        bus.gather::<_, ListVmsReply>(
-            bus.subjects().vm_list(),
+        bus.gather::<op::vm::List>(
+            &Lab,
             &ListVmsRequest::default(),
             Some(controllers.len()),
             gather_timeout,

@@ -19,8 +19,9 @@ use std::time::Duration;
 use banger_bus::runtime::chain;
 use banger_bus::shutdown::CancellationToken;
 use banger_proto::VmId;
+use banger_proto::op::{self, Lab};
 use banger_proto::service::VM_CONTROLLER;
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmState};
+use banger_proto::vm::{ListVmsRequest, VmState};
 use rtnetlink::packet_route::link::InfoKind;
 
 use crate::lease::TAP_PREFIX;
@@ -150,8 +151,8 @@ pub async fn controller_view(netd: &Netd) -> Option<HashMap<VmId, VmState>> {
     }
     let replies = netd
         .bus
-        .gather::<_, ListVmsReply>(
-            netd.bus.subjects().vm_list(),
+        .gather::<op::vm::List>(
+            &Lab,
             &ListVmsRequest {},
             Some(instances.len()),
             GATHER_DEADLINE,

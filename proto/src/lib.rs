@@ -7,6 +7,9 @@
 //! The crate depends on serde and thiserror only, so it can be used by anything (the guest
 //! agent, a test, a third-party tool) without pulling an async runtime.
 //!
+//! Each request/reply operation is a type in [`op`] naming its subject, request and reply;
+//! `banger-bus` calls and serves by that type.
+//!
 //! Wire format: JSON. Changing a wire type is a contract change: bump [`CONTRACT_VERSION`] and
 //! say why in the commit.
 
@@ -16,6 +19,7 @@ pub mod error;
 pub mod event;
 pub mod names;
 pub mod net;
+pub mod op;
 pub mod service;
 pub mod store;
 pub mod subject;

@@ -54,3 +54,45 @@ pub fn vm_event(
         vm: vm_info(name, id, host),
     }
 }
+
+/// The pinned JSON of every operation (`fixtures/wire.json`): keyed by the operation's
+/// documented subject (`<p>.host.<host>.vm.health`), each `{"request": ..., "reply": ...}`
+/// as the code sent it before operations became types. Written for prefix `banger` and host
+/// `lab1` (see [`sample_at`]).
+pub const WIRE_FIXTURES: &str = include_str!("../fixtures/wire.json");
+
+/// The fixtures of [`WIRE_FIXTURES`], parsed.
+///
+/// # Panics
+/// When the file is not a JSON object: a broken fixture is a broken test.
+pub fn wire_fixtures() -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(WIRE_FIXTURES) {
+        Ok(serde_json::Value::Object(m)) => m,
+        other => panic!("fixtures/wire.json is not a JSON object: {other:?}"),
+    }
+}
+
+/// The address the fixtures are written for: [`Lab`](crate::op::Lab) or host `lab1`.
+///
+/// # Panics
+/// For a scope that is neither (there is none).
+#[allow(
+    clippy::unwrap_used,
+    reason = "test fixture: the host name is a valid literal"
+)]
+pub fn sample_at<A: crate::op::Scope>() -> A {
+    use std::any::Any;
+    let lab = crate::op::Lab;
+    let host = HostId::new("lab1").unwrap();
+    let any: [&dyn Any; 2] = [&lab, &host];
+    any.iter()
+        .find_map(|a| a.downcast_ref::<A>())
+        .cloned()
+        .unwrap_or_else(|| panic!("an operation addressed to neither the lab nor a host"))
+}
+
+/// The subject an operation's fixture key names at prefix `banger`, host `lab1`: what a client
+/// built before operations became types (or `nats req`) sends to.
+pub fn fixture_subject(key: &str) -> String {
+    key.replace("<p>", "banger").replace("<host>", "lab1")
+}

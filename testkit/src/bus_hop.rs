@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use banger_bus::Bus;
 use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
+use banger_proto::op::{Delivery, Lab, Operation};
 use banger_proto::{HostId, Subjects};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -25,10 +26,24 @@ struct Echo {
     n: u64,
 }
 
+/// The measured operation: `<p>.bench.ours`, answered with the request itself.
+#[derive(Default)]
+struct EchoOp;
+
+impl Operation for EchoOp {
+    type Request = Echo;
+    type Reply = Echo;
+    type At = Lab;
+    const SERVICE: &'static str = "bench";
+    const ENDPOINT: &'static str = "echo";
+    const TOKENS: &'static str = "bench.ours";
+    const DELIVERY: Delivery = Delivery::Queue;
+}
+
 /// The round-trip times of both paths, in the order they were taken.
 #[derive(Debug, Default)]
 pub struct HopSamples {
-    /// Through the service runtime (`Bus::request` to a `ServiceHost` endpoint).
+    /// Through the service runtime (`Bus::call` to an operation `ServiceHost::serve`s).
     pub ours: Vec<Duration>,
     /// Bare async-nats `request` to a bare subscriber.
     pub bare: Vec<Duration>,
@@ -70,16 +85,14 @@ pub async fn measure_hops(
     let server_client = connect("server").await?;
     let client = connect("client").await?;
 
-    // Ours: a typed endpoint on the service runtime, called through Bus::request.
+    // Ours: a typed operation served by the service runtime, called through Bus::call.
     let host = HostId::new("bench").map_err(|e| e.to_string())?;
     let server_bus = Bus::new(server_client.clone(), Subjects::default());
     let mut service = ServiceHost::start(&server_bus, ServiceSpec::new("bench", "echo", &host))
         .await
         .map_err(|e| format!("starting the echo service: {e}"))?;
     service
-        .endpoint("echo", "bench.ours".to_owned(), |req: Echo| async move {
-            Ok(req)
-        })
+        .serve(EchoOp, &Lab, (), |(), req| async move { Ok(req) })
         .await
         .map_err(|e| format!("adding the echo endpoint: {e}"))?;
     let shutdown = CancellationToken::new();
@@ -111,10 +124,7 @@ pub async fn measure_hops(
         name: "probe".into(),
         n: 0,
     };
-    while let Err(e) = bus
-        .request::<_, Echo>("bench.ours".to_owned(), &probe, TIMEOUT)
-        .await
-    {
+    while let Err(e) = bus.call::<EchoOp>(&Lab, &probe, TIMEOUT).await {
         if Instant::now() > deadline {
             return Err(format!("the echo endpoint never answered: {e}"));
         }
@@ -128,7 +138,7 @@ pub async fn measure_hops(
                 n,
             };
             let _: Echo = bus
-                .request("bench.ours".to_owned(), &req, TIMEOUT)
+                .call::<EchoOp>(&Lab, &req, TIMEOUT)
                 .await
                 .map_err(|e| format!("service-runtime request: {e}"))?;
             Ok(())

@@ -19,7 +19,8 @@ use banger_bus::Bus;
 use banger_bus::service::{ServiceHost, ServiceSpec};
 use banger_bus::shutdown::CancellationToken;
 use banger_proto::event::{EventKind, VmEvent};
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo, VmNetwork, VmState};
+use banger_proto::op::{Lab, vm};
+use banger_proto::vm::{ListVmsReply, VmInfo, VmNetwork, VmState};
 use banger_proto::{CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName};
 
 use crate::NatsServer;
@@ -100,17 +101,13 @@ impl FakeController {
         let vms = Arc::new(Mutex::new(vms));
         if answers {
             let list = vms.clone();
-            svc.broadcast_endpoint(
-                "list",
-                bus.subjects().vm_list(),
-                move |_: ListVmsRequest| {
-                    let reply = ListVmsReply {
-                        host: host_id.clone(),
-                        vms: list.lock().unwrap().clone(),
-                    };
-                    async move { Ok(reply) }
-                },
-            )
+            svc.serve(vm::List, &Lab, host_id, move |host, _| {
+                let reply = ListVmsReply {
+                    host,
+                    vms: list.lock().unwrap().clone(),
+                };
+                async move { Ok(reply) }
+            })
             .await
             .unwrap();
         }

@@ -12,12 +12,12 @@ use banger_bus::{Bus, RequestError};
 use banger_proto::agent::{ExecRequest, ExecResult, Health};
 use banger_proto::event::{EventKind, VmEvent};
 use banger_proto::net::{AttachRequest, DetachReply, DetachRequest, Lease};
+use banger_proto::op::{self, Lab, Operation};
 use banger_proto::store::{
     ImageInfo, ImageRefRequest, VolumeCreateRequest, VolumeDeleteReply, VolumeDeleteRequest,
     VolumeResizeRequest, VolumeSet,
 };
-use banger_proto::subject::{NetOp, StoreOp};
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
+use banger_proto::vm::{ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, VmId, VmName};
 use futures::future::BoxFuture;
 
@@ -158,56 +158,50 @@ impl Events {
     }
 }
 
-/// stord over the bus.
+/// A per-host peer (stord, netd) over the bus: every request is a typed call of a
+/// [`banger_proto::op`] operation addressed to this host.
 #[derive(Debug, Clone)]
-pub struct BusStore {
+pub struct BusPeer {
     /// The bus.
     pub bus: Bus,
-    /// This host (stord is per host).
+    /// This host (stord and netd are per host).
     pub host: HostId,
     /// Request deadline.
     pub timeout: Duration,
 }
 
-impl BusStore {
-    async fn call<Req: serde::Serialize + Sync, Resp: serde::de::DeserializeOwned>(
-        &self,
-        op: StoreOp,
-        op_name: &'static str,
-        req: &Req,
-    ) -> Result<Resp, DepError> {
-        let subject = self.bus.subjects().host_store(&self.host, op);
+impl BusPeer {
+    /// Calls `O` on this host's instance of its service; a failure names the service and the
+    /// operation and keeps the peer's error code.
+    async fn call<O: Operation<At = HostId>>(&self, req: O::Request) -> Result<O::Reply, DepError> {
         self.bus
-            .request(subject, req, self.timeout)
+            .call::<O>(&self.host, &req, self.timeout)
             .await
-            .map_err(|e| DepError::from_request("stord", op_name, &e))
+            .map_err(|e| DepError::from_request(O::SERVICE, O::ENDPOINT, &e))
     }
 }
 
-impl StoreApi for BusStore {
+/// stord over the bus.
+pub type BusStore = BusPeer;
+
+impl StoreApi for BusPeer {
     fn image_show(&self, image: &ImageName) -> BoxFuture<'_, Result<ImageInfo, DepError>> {
         let req = ImageRefRequest {
             name: image.clone(),
         };
-        Box::pin(async move { self.call(StoreOp::ImageShow, "image.show", &req).await })
+        Box::pin(self.call::<op::store::ImageShow>(req))
     }
 
     fn volume_create(
         &self,
         req: VolumeCreateRequest,
     ) -> BoxFuture<'_, Result<VolumeSet, DepError>> {
-        Box::pin(async move {
-            self.call(StoreOp::VolumeCreate, "volume.create", &req)
-                .await
-        })
+        Box::pin(self.call::<op::store::VolumeCreate>(req))
     }
 
     fn volume_delete(&self, vm: &VmId) -> BoxFuture<'_, Result<VolumeDeleteReply, DepError>> {
         let req = VolumeDeleteRequest { vm_id: vm.clone() };
-        Box::pin(async move {
-            self.call(StoreOp::VolumeDelete, "volume.delete", &req)
-                .await
-        })
+        Box::pin(self.call::<op::store::VolumeDelete>(req))
     }
 
     fn volume_resize(
@@ -219,46 +213,20 @@ impl StoreApi for BusStore {
             vm_id: vm.clone(),
             disk_mib,
         };
-        Box::pin(async move {
-            self.call(StoreOp::VolumeResize, "volume.resize", &req)
-                .await
-        })
+        Box::pin(self.call::<op::store::VolumeResize>(req))
     }
 }
 
 /// netd over the bus.
-#[derive(Debug, Clone)]
-pub struct BusNet {
-    /// The bus.
-    pub bus: Bus,
-    /// This host (netd is per host).
-    pub host: HostId,
-    /// Request deadline.
-    pub timeout: Duration,
-}
+pub type BusNet = BusPeer;
 
-impl BusNet {
-    async fn call<Req: serde::Serialize + Sync, Resp: serde::de::DeserializeOwned>(
-        &self,
-        op: NetOp,
-        op_name: &'static str,
-        req: &Req,
-    ) -> Result<Resp, DepError> {
-        let subject = self.bus.subjects().host_net(&self.host, op);
-        self.bus
-            .request(subject, req, self.timeout)
-            .await
-            .map_err(|e| DepError::from_request("netd", op_name, &e))
-    }
-}
-
-impl NetApi for BusNet {
+impl NetApi for BusPeer {
     fn attach(&self, req: AttachRequest) -> BoxFuture<'_, Result<Lease, DepError>> {
-        Box::pin(async move { self.call(NetOp::Attach, "attach", &req).await })
+        Box::pin(self.call::<op::net::Attach>(req))
     }
 
     fn detach(&self, req: DetachRequest) -> BoxFuture<'_, Result<DetachReply, DepError>> {
-        Box::pin(async move { self.call(NetOp::Detach, "detach", &req).await })
+        Box::pin(self.call::<op::net::Detach>(req))
     }
 }
 
@@ -334,8 +302,8 @@ impl LabApi for BusLab {
             }
             let replies = self
                 .bus
-                .gather::<_, ListVmsReply>(
-                    self.bus.subjects().vm_list(),
+                .gather::<op::vm::List>(
+                    &Lab,
                     &ListVmsRequest::default(),
                     Some(expect),
                     self.deadline,

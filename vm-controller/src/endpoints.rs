@@ -1,66 +1,103 @@
-//! The controller's bus endpoints: `<p>.vm.create` (queue group `vm-controller`: NATS picks a
-//! host), `<p>.vm.list` (every controller answers) and `<p>.host.<host>.vm.<op>` for every
-//! [`VmOp`].
+//! The controller's bus endpoints: one `serve` line per operation of
+//! [`banger_proto::op::vm`] — `<p>.vm.create` (queue group: NATS picks a host), `<p>.vm.list`
+//! (every controller answers) and `<p>.host.<host>.vm.<op>`.
 
 use banger_bus::ServiceHost;
 use banger_bus::error::BusError;
-use banger_proto::subject::VmOp;
-use banger_proto::vm::{
-    CreateVmRequest, ListVmsRequest, LogsRequest, SetVmRequest, VmExecRequest, VmRefRequest,
-};
+use banger_proto::op::{Lab, vm};
 
 use crate::controller::Controller;
 
-/// Registers a handler that calls `Controller::$method` with the decoded request.
-macro_rules! op_endpoint {
-    ($host:expr, $ctl:expr, $name:expr, $subject:expr, $req:ty, $method:ident) => {{
-        let ctl = $ctl.clone();
-        $host
-            .endpoint($name, $subject, move |req: $req| {
-                let ctl = ctl.clone();
-                async move { ctl.$method(req).await }
-            })
-            .await?;
-    }};
-}
-
 /// Adds every endpoint of `ctl` to `host`.
 pub async fn register(host: &mut ServiceHost, ctl: &Controller) -> Result<(), BusError> {
-    let subjects = host.bus().subjects().clone();
     let me = ctl.host().clone();
-    let list_ctl = ctl.clone();
-    host.broadcast_endpoint("list", subjects.vm_list(), move |_: ListVmsRequest| {
-        let ctl = list_ctl.clone();
-        async move { ctl.list().await }
-    })
+    let c = ctl.clone();
+    host.serve(
+        vm::List,
+        &Lab,
+        c.clone(),
+        |c, _| async move { c.list().await },
+    )
     .await?;
     // Placement: any controller of the lab (queue group) ...
-    op_endpoint!(
-        host,
-        ctl,
-        "place",
-        subjects.vm_create(),
-        CreateVmRequest,
-        create
-    );
-    for op in VmOp::ALL.iter().copied() {
-        let subject = subjects.host_vm(&me, op);
-        match op {
-            // ... or this one, when the request names the host.
-            VmOp::Create => op_endpoint!(host, ctl, op.as_str(), subject, CreateVmRequest, create),
-            VmOp::Start => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, start),
-            VmOp::Stop => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, stop),
-            VmOp::Restart => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, restart),
-            VmOp::Kill => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, kill),
-            VmOp::Delete => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, delete),
-            VmOp::Set => op_endpoint!(host, ctl, op.as_str(), subject, SetVmRequest, set),
-            VmOp::Get => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, get),
-            VmOp::Health => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, health),
-            VmOp::Logs => op_endpoint!(host, ctl, op.as_str(), subject, LogsRequest, logs),
-            VmOp::Stats => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, stats),
-            VmOp::Exec => op_endpoint!(host, ctl, op.as_str(), subject, VmExecRequest, exec),
-            VmOp::Touch => op_endpoint!(host, ctl, op.as_str(), subject, VmRefRequest, touch),
-        }
-    }
-    Ok(())
+    host.serve(vm::Place, &Lab, c.clone(), |c, r| async move {
+        c.create(r).await
+    })
+    .await?;
+    // ... or this one, when the request names the host.
+    host.serve(vm::Create, &me, c.clone(), |c, r| async move {
+        c.create(r).await
+    })
+    .await?;
+    host.serve(
+        vm::Start,
+        &me,
+        c.clone(),
+        |c, r| async move { c.start(r).await },
+    )
+    .await?;
+    host.serve(
+        vm::Stop,
+        &me,
+        c.clone(),
+        |c, r| async move { c.stop(r).await },
+    )
+    .await?;
+    host.serve(vm::Restart, &me, c.clone(), |c, r| async move {
+        c.restart(r).await
+    })
+    .await?;
+    host.serve(
+        vm::Kill,
+        &me,
+        c.clone(),
+        |c, r| async move { c.kill(r).await },
+    )
+    .await?;
+    host.serve(vm::Delete, &me, c.clone(), |c, r| async move {
+        c.delete(r).await
+    })
+    .await?;
+    host.serve(
+        vm::Set,
+        &me,
+        c.clone(),
+        |c, r| async move { c.set(r).await },
+    )
+    .await?;
+    host.serve(
+        vm::Get,
+        &me,
+        c.clone(),
+        |c, r| async move { c.get(r).await },
+    )
+    .await?;
+    host.serve(vm::Health, &me, c.clone(), |c, r| async move {
+        c.health(r).await
+    })
+    .await?;
+    host.serve(
+        vm::Logs,
+        &me,
+        c.clone(),
+        |c, r| async move { c.logs(r).await },
+    )
+    .await?;
+    host.serve(
+        vm::Stats,
+        &me,
+        c.clone(),
+        |c, r| async move { c.stats(r).await },
+    )
+    .await?;
+    host.serve(
+        vm::Exec,
+        &me,
+        c.clone(),
+        |c, r| async move { c.exec(r).await },
+    )
+    .await?;
+    host.serve(vm::Touch, &me, c, |c, r| async move { c.touch(r).await })
+        .await?;
+    host.check_serves(vm::ALL)
 }

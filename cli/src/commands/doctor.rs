@@ -277,18 +277,12 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 /// This host's storage back-end and images, from its stord. Kernels are checked only for real
 /// Firecracker: the simulator boots none.
 async fn storage_checks(bus: &Bus, config: &CommonConfig) -> Vec<Check> {
-    use banger_proto::store::{
-        Capabilities, CapabilitiesRequest, ImageListReply, ImageListRequest,
-    };
-    use banger_proto::subject::StoreOp;
+    use banger_proto::op::store;
+    use banger_proto::store::{CapabilitiesRequest, ImageListRequest};
     let host = &config.host;
     let mut out = Vec::new();
-    let caps: Result<Capabilities, _> = bus
-        .request(
-            bus.subjects().host_store(host, StoreOp::Capabilities),
-            &CapabilitiesRequest {},
-            STORE_TIMEOUT,
-        )
+    let caps = bus
+        .call::<store::Capabilities>(host, &CapabilitiesRequest {}, STORE_TIMEOUT)
         .await;
     match caps {
         Ok(c) => {
@@ -319,12 +313,8 @@ async fn storage_checks(bus: &Bus, config: &CommonConfig) -> Vec<Check> {
         // The service check above already says stord does not answer.
         Err(_) => return out,
     }
-    let images: Result<ImageListReply, _> = bus
-        .request(
-            bus.subjects().host_store(host, StoreOp::ImageList),
-            &ImageListRequest {},
-            STORE_TIMEOUT,
-        )
+    let images = bus
+        .call::<store::ImageList>(host, &ImageListRequest {}, STORE_TIMEOUT)
         .await;
     let Ok(images) = images else { return out };
     if images.images.is_empty() {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use banger_bus::Bus;
 use banger_bus::config::CommonConfig;
 use banger_procid::Termination;
-use banger_proto::subject::VmOp;
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmOpReply, VmRefRequest, VmState};
+use banger_proto::op::{Lab, vm};
+use banger_proto::vm::{ListVmsRequest, VmRefRequest, VmState};
 
 use crate::exit;
 use crate::progress::Progress;
@@ -106,10 +106,9 @@ async fn stop_vms(config: &CommonConfig, progress: &Progress) {
         return;
     };
     let bus = Bus::new(client, config.subjects.clone());
-    let subject = bus.subjects().vm_list();
     let replies = match bus
-        .gather::<_, ListVmsReply>(
-            subject,
+        .gather::<vm::List>(
+            &Lab,
             &ListVmsRequest::default(),
             None,
             Duration::from_secs(1),
@@ -131,10 +130,11 @@ async fn stop_vms(config: &CommonConfig, progress: &Progress) {
         .collect();
     let stops = mine.iter().map(|vm| {
         let bus = bus.clone();
-        let subject = bus.subjects().host_vm(&config.host, VmOp::Stop);
         async move {
             let req = VmRefRequest { id: vm.id.clone() };
-            let r: Result<VmOpReply, _> = bus.request(subject, &req, Duration::from_secs(60)).await;
+            let r = bus
+                .call::<vm::Stop>(&config.host, &req, Duration::from_secs(60))
+                .await;
             match r {
                 Ok(_) => progress.println(format_args!("stopped VM {}", vm.name)),
                 Err(e) => progress.eprintln(format_args!("warning: stopping VM {}: {e}", vm.name)),

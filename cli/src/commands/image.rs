@@ -16,11 +16,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use banger_bus::RequestError;
 use banger_bus::client::ServiceInstance;
-use banger_proto::store::{
-    ImageInfo, ImageListReply, ImageListRequest, ImageRefRequest, ImageRemoveReply,
-    RegisterImageRequest,
-};
-use banger_proto::subject::StoreOp;
+use banger_proto::op::store;
+use banger_proto::store::{ImageInfo, ImageListRequest, ImageRefRequest, RegisterImageRequest};
 use banger_proto::{ApiError, HostId, ImageName, MemMib, service};
 use serde::Serialize;
 
@@ -159,23 +156,6 @@ pub(crate) async fn target_host(app: &App, host: Option<HostId>) -> anyhow::Resu
     }
 }
 
-pub(crate) async fn request<Req, Resp>(
-    app: &App,
-    host: &HostId,
-    op: StoreOp,
-    req: &Req,
-) -> anyhow::Result<Resp>
-where
-    Req: Serialize,
-    Resp: serde::de::DeserializeOwned,
-{
-    let subject = app.bus.subjects().host_store(host, op);
-    Ok(app
-        .bus
-        .request::<Req, Resp>(subject, req, app.timeout)
-        .await?)
-}
-
 async fn list(app: &App, host: Option<HostId>) -> anyhow::Result<u8> {
     let hosts = match host {
         Some(h) => vec![h],
@@ -187,10 +167,9 @@ async fn list(app: &App, host: Option<HostId>) -> anyhow::Result<u8> {
     let mut images: Vec<(HostId, ImageInfo)> = Vec::new();
     let mut failed: Vec<(HostId, RequestError)> = Vec::new();
     for h in &hosts {
-        let subject = app.bus.subjects().host_store(h, StoreOp::ImageList);
         match app
             .bus
-            .request::<_, ImageListReply>(subject, &ImageListRequest {}, app.timeout)
+            .call::<store::ImageList>(h, &ImageListRequest {}, app.timeout)
             .await
         {
             Ok(r) => images.extend(r.images.into_iter().map(|i| (h.clone(), i))),
@@ -247,13 +226,10 @@ async fn list(app: &App, host: Option<HostId>) -> anyhow::Result<u8> {
 
 async fn show(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let host = target_host(app, a.host.host).await?;
-    let info: ImageInfo = request(
-        app,
-        &host,
-        StoreOp::ImageShow,
-        &ImageRefRequest { name: a.name },
-    )
-    .await?;
+    let info = app
+        .bus
+        .call::<store::ImageShow>(&host, &ImageRefRequest { name: a.name }, app.timeout)
+        .await?;
     print_image(app, &host, &info)?;
     Ok(exit::OK)
 }
@@ -268,7 +244,10 @@ async fn register(app: &App, a: RegisterArgs) -> anyhow::Result<u8> {
         kernel_args: a.kernel_args,
         default_disk_mib: a.disk,
     };
-    let info: ImageInfo = request(app, &host, StoreOp::ImageRegister, &req).await?;
+    let info = app
+        .bus
+        .call::<store::ImageRegister>(&host, &req, app.timeout)
+        .await?;
     if !app.json {
         println!("registered image {} on {host}", info.name);
     }
@@ -278,13 +257,10 @@ async fn register(app: &App, a: RegisterArgs) -> anyhow::Result<u8> {
 
 async fn remove(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let host = target_host(app, a.host.host).await?;
-    let r: ImageRemoveReply = request(
-        app,
-        &host,
-        StoreOp::ImageRemove,
-        &ImageRefRequest { name: a.name },
-    )
-    .await?;
+    let r = app
+        .bus
+        .call::<store::ImageRemove>(&host, &ImageRefRequest { name: a.name }, app.timeout)
+        .await?;
     if app.json {
         output::print_json(&serde_json::json!({ "host": host.as_str(), "removed": r.name }))?;
     } else {

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use banger_imagebuild::spec::{BUNDLE_PUBLIC_KEY, DEFAULT_MIRROR, DEFAULT_SUITE};
 use banger_imagebuild::{BuildError, BuildSpec, Family, ImageSize, Stage, Suite};
+use banger_proto::op::store;
 use banger_proto::store::{ImageInfo, ImageRefRequest, RegisterImageRequest};
-use banger_proto::subject::StoreOp;
 use banger_proto::{ApiError, ErrorCode, ImageName};
 use serde::Serialize;
 
-use super::image::{HostArg, RefArgs, request, target_host};
+use super::image::{HostArg, RefArgs, target_host};
 use crate::progress::Progress;
 use crate::{App, exit, output};
 
@@ -246,13 +246,10 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
     // answer, and must not have the name already).
     spec.validate().map_err(build_error)?;
     let host = target_host(app, common.host.host).await?;
-    match request::<_, ImageInfo>(
-        app,
-        &host,
-        StoreOp::ImageShow,
-        &ImageRefRequest { name: name.clone() },
-    )
-    .await
+    match app
+        .bus
+        .call::<store::ImageShow>(&host, &ImageRefRequest { name: name.clone() }, app.timeout)
+        .await
     {
         Ok(_) => {
             return Err(ApiError::conflict(format!(
@@ -261,11 +258,8 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
             ))
             .into());
         }
-        Err(e)
-            if e.downcast_ref::<banger_bus::RequestError>()
-                .map(|r| r.code())
-                == Some(ErrorCode::NotFound) => {}
-        Err(e) => return Err(e),
+        Err(e) if e.code() == ErrorCode::NotFound => {}
+        Err(e) => return Err(e.into()),
     }
 
     let plan = Stage::plan(&spec.family);
@@ -312,12 +306,16 @@ pub async fn build(app: &App, cmd: BuildCommand) -> anyhow::Result<u8> {
         kernel_args: None,
         default_disk_mib: disk,
     };
-    let info: ImageInfo = match request(app, &host, StoreOp::ImageRegister, &req).await {
+    let info = match app
+        .bus
+        .call::<store::ImageRegister>(&host, &req, app.timeout)
+        .await
+    {
         Ok(i) => i,
         Err(e) => {
             // Nothing half-done: the image file goes when it cannot be registered.
             let _ = std::fs::remove_file(&built.rootfs);
-            return Err(e.context(format!(
+            return Err(anyhow::Error::from(e).context(format!(
                 "registering the built image with stord on {host} (the image file was removed)"
             )));
         }
@@ -370,15 +368,16 @@ fn not_a_firecracker_kernel(path: &std::path::Path) -> Option<&'static str> {
 /// Runs `banger image verify NAME`.
 pub async fn verify(app: &App, a: RefArgs) -> anyhow::Result<u8> {
     let host = target_host(app, a.host.host).await?;
-    let info: ImageInfo = request(
-        app,
-        &host,
-        StoreOp::ImageShow,
-        &ImageRefRequest {
-            name: a.name.clone(),
-        },
-    )
-    .await?;
+    let info = app
+        .bus
+        .call::<store::ImageShow>(
+            &host,
+            &ImageRefRequest {
+                name: a.name.clone(),
+            },
+            app.timeout,
+        )
+        .await?;
     let rootfs = PathBuf::from(&info.rootfs);
     if !rootfs.is_file() {
         return Err(ApiError::unavailable(format!(

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use banger_proto::dns::{DnsStatus, DnsStatusRequest};
 use banger_proto::net::{NetStatus, NetStatusRequest};
+use banger_proto::op::{self, Lab};
 use banger_proto::service::{SRV_STATS, VM_CONTROLLER};
-use banger_proto::subject::{DnsOp, NetOp};
-use banger_proto::vm::{ListVmsReply, ListVmsRequest};
+use banger_proto::vm::ListVmsRequest;
 use banger_proto::{HostId, service};
 use serde::Serialize;
 
@@ -142,13 +142,9 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
     services.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
 
     let dns = if services.iter().any(|s| s.name == service::DNSD) {
-        bus.request::<_, DnsStatus>(
-            bus.subjects().dns(DnsOp::Status),
-            &DnsStatusRequest::default(),
-            QUERY_TIMEOUT,
-        )
-        .await
-        .ok()
+        bus.call::<op::dns::Status>(&Lab, &DnsStatusRequest::default(), QUERY_TIMEOUT)
+            .await
+            .ok()
     } else {
         None
     };
@@ -158,11 +154,7 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
             continue;
         };
         if let Ok(st) = bus
-            .request::<_, NetStatus>(
-                bus.subjects().host_net(&host, NetOp::Status),
-                &NetStatusRequest::default(),
-                QUERY_TIMEOUT,
-            )
+            .call::<op::net::Status>(&host, &NetStatusRequest::default(), QUERY_TIMEOUT)
             .await
         {
             networks.insert(s.host.clone(), st);
@@ -176,8 +168,8 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
     let mut answered = Vec::new();
     if !controllers.is_empty() {
         let replies = bus
-            .gather::<_, ListVmsReply>(
-                bus.subjects().vm_list(),
+            .gather::<op::vm::List>(
+                &Lab,
                 &ListVmsRequest::default(),
                 Some(controllers.len()),
                 app.timeout.min(QUERY_TIMEOUT),

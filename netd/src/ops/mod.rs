@@ -9,38 +9,20 @@ pub mod status;
 use std::sync::Arc;
 
 use banger_bus::{BusError, ServiceHost};
-use banger_proto::subject::NetOp;
+use banger_proto::op::net;
 
 use crate::state::Netd;
 
-/// Registers every operation's endpoint on `host`.
+/// Serves every operation of [`banger_proto::op::net`] on `host`.
 pub async fn register(host: &mut ServiceHost, netd: &Arc<Netd>) -> Result<(), BusError> {
-    let subject = |op| host.bus().subjects().host_net(&netd.host, op);
-    let (attach, detach, list, status) = (
-        subject(NetOp::Attach),
-        subject(NetOp::Detach),
-        subject(NetOp::List),
-        subject(NetOp::Status),
-    );
-    let n = netd.clone();
-    host.endpoint(NetOp::Attach.as_str(), attach, move |req| {
-        attach::handle(n.clone(), req)
-    })
-    .await?;
-    let n = netd.clone();
-    host.endpoint(NetOp::Detach.as_str(), detach, move |req| {
-        detach::handle(n.clone(), req)
-    })
-    .await?;
-    let n = netd.clone();
-    host.endpoint(NetOp::List.as_str(), list, move |req| {
-        list::handle(n.clone(), req)
-    })
-    .await?;
-    let n = netd.clone();
-    host.endpoint(NetOp::Status.as_str(), status, move |req| {
-        status::handle(n.clone(), req)
-    })
-    .await?;
-    Ok(())
+    let me = netd.host.clone();
+    host.serve(net::Attach, &me, netd.clone(), attach::handle)
+        .await?;
+    host.serve(net::Detach, &me, netd.clone(), detach::handle)
+        .await?;
+    host.serve(net::List, &me, netd.clone(), list::handle)
+        .await?;
+    host.serve(net::Status, &me, netd.clone(), status::handle)
+        .await?;
+    host.check_serves(net::ALL)
 }

@@ -1,6 +1,7 @@
 //! One file per bus operation, each the same shape: validate (the request types already hold
 //! validated names), act on a blocking thread under the VM's lock where one is involved, reply.
-//! [`register`] binds each to its subject `<p>.host.<host>.store.<op>`.
+//! [`register`] serves each as its operation of [`banger_proto::op::store`], subject
+//! `<p>.host.<host>.store.<op>`.
 
 pub mod capabilities;
 pub mod image_list;
@@ -17,35 +18,33 @@ use std::sync::Arc;
 use banger_bus::BusError;
 use banger_bus::service::ServiceHost;
 use banger_proto::HostId;
-use banger_proto::subject::StoreOp;
+use banger_proto::op::store;
 
 use crate::state::Stord;
 
-/// Adds every store endpoint to `host`.
+/// Serves every operation of [`banger_proto::op::store`] on `host`.
 pub async fn register(
     host: &mut ServiceHost,
     st: &Arc<Stord>,
     id: &HostId,
 ) -> Result<(), BusError> {
-    let subjects = host.bus().subjects().clone();
-    let subject = |op: StoreOp| subjects.host_store(id, op);
-    macro_rules! bind {
-        ($op:expr, $module:ident) => {{
-            let st = st.clone();
-            host.endpoint($op.as_str(), subject($op), move |req| {
-                $module::handle(st.clone(), req)
-            })
-            .await?;
-        }};
-    }
-    bind!(StoreOp::ImageList, image_list);
-    bind!(StoreOp::ImageShow, image_show);
-    bind!(StoreOp::ImageRegister, image_register);
-    bind!(StoreOp::ImageRemove, image_remove);
-    bind!(StoreOp::VolumeCreate, volume_create);
-    bind!(StoreOp::VolumeDelete, volume_delete);
-    bind!(StoreOp::VolumeList, volume_list);
-    bind!(StoreOp::VolumeResize, volume_resize);
-    bind!(StoreOp::Capabilities, capabilities);
-    Ok(())
+    host.serve(store::ImageList, id, st.clone(), image_list::handle)
+        .await?;
+    host.serve(store::ImageShow, id, st.clone(), image_show::handle)
+        .await?;
+    host.serve(store::ImageRegister, id, st.clone(), image_register::handle)
+        .await?;
+    host.serve(store::ImageRemove, id, st.clone(), image_remove::handle)
+        .await?;
+    host.serve(store::VolumeCreate, id, st.clone(), volume_create::handle)
+        .await?;
+    host.serve(store::VolumeDelete, id, st.clone(), volume_delete::handle)
+        .await?;
+    host.serve(store::VolumeList, id, st.clone(), volume_list::handle)
+        .await?;
+    host.serve(store::VolumeResize, id, st.clone(), volume_resize::handle)
+        .await?;
+    host.serve(store::Capabilities, id, st.clone(), capabilities::handle)
+        .await?;
+    host.check_serves(store::ALL)
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use banger_proto::agent::ExecRequest;
+use banger_proto::op::vm;
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{LogSource, LogsRequest, VmInfo, VmRefRequest};
 use futures::FutureExt as _;
@@ -15,7 +16,6 @@ use futures::future::LocalBoxFuture;
 use super::state::{Effect, Msg};
 use crate::App;
 use crate::commands::vm::batch::{self, Action as BatchAction};
-use crate::commands::vm::inspect::HealthReply;
 use crate::commands::vm::resolve::Target;
 use crate::commands::vm::{create, exec, logs, snapshot};
 
@@ -97,15 +97,13 @@ async fn list(app: &App, delay: Duration) -> Msg {
 }
 
 async fn health(app: &App, vm: VmInfo, until_healthy: bool) -> Msg {
-    let subject = app.bus.subjects().host_vm(&vm.host, VmOp::Health);
     let req = VmRefRequest { id: vm.id.clone() };
     let end = tokio::time::Instant::now() + HEALTH_AFTER_START;
     loop {
         let result = app
             .bus
-            .request::<_, HealthReply>(subject.clone(), &req, HEALTH_ATTEMPT)
+            .call::<vm::Health>(&vm.host, &req, HEALTH_ATTEMPT)
             .await
-            .map(HealthReply::into_health)
             .map_err(|e| e.to_string());
         let healthy = matches!(&result, Ok(h) if h.status == "ok");
         if healthy || !until_healthy || tokio::time::Instant::now() >= end {

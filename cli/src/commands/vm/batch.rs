@@ -6,10 +6,11 @@
 //! whatever order the answers arrive in. Targets that did not resolve are reported in their
 //! place and do not stop the others.
 
+use banger_proto::op::vm;
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{SetVmRequest, VmInfo, VmRefRequest};
 use banger_proto::{ApiError, CpuCount, ErrorCode, MemMib};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::resolve::Target;
 use super::snapshot;
@@ -72,13 +73,6 @@ pub(crate) enum Action {
 }
 
 impl Action {
-    fn op(self) -> VmOp {
-        match self {
-            Self::Lifecycle(op) => op,
-            Self::Set { .. } => VmOp::Set,
-        }
-    }
-
     /// What a success line says.
     pub(crate) fn done(self) -> String {
         match self {
@@ -128,16 +122,6 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<ApiError>,
 }
 
-/// A lifecycle reply, read leniently: the contract's `VmOpReply` (`{"vm", "note"}`), and
-/// anything else counts as a success without details.
-#[derive(Debug, Default, Deserialize)]
-struct OpReply {
-    #[serde(default)]
-    vm: Option<VmInfo>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
 /// Runs a batch command.
 pub(crate) async fn run(app: &App, refs: &[String], action: Action) -> anyhow::Result<u8> {
     let snap = snapshot::fetch(app).await?;
@@ -183,16 +167,26 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
             };
         }
     };
-    let subject = app.bus.subjects().host_vm(&vm.host, action.op());
+    let (host, t) = (&vm.host, app.timeout);
+    let id = VmRefRequest { id: vm.id.clone() };
     let reply = match action {
-        Action::Lifecycle(_) => {
-            app.bus
-                .request::<_, serde_json::Value>(
-                    subject,
-                    &VmRefRequest { id: vm.id.clone() },
-                    app.timeout,
-                )
-                .await
+        Action::Lifecycle(VmOp::Start) => app.bus.call::<vm::Start>(host, &id, t).await,
+        Action::Lifecycle(VmOp::Stop) => app.bus.call::<vm::Stop>(host, &id, t).await,
+        Action::Lifecycle(VmOp::Restart) => app.bus.call::<vm::Restart>(host, &id, t).await,
+        Action::Lifecycle(VmOp::Kill) => app.bus.call::<vm::Kill>(host, &id, t).await,
+        Action::Lifecycle(VmOp::Delete) => app.bus.call::<vm::Delete>(host, &id, t).await,
+        Action::Lifecycle(VmOp::Touch) => app.bus.call::<vm::Touch>(host, &id, t).await,
+        Action::Lifecycle(other) => {
+            return Outcome {
+                reference: target.reference,
+                name: Some(vm.name.to_string()),
+                ok: false,
+                vm: None,
+                note: None,
+                error: Some(ApiError::invalid(format!(
+                    "vm {other} is not a batch operation"
+                ))),
+            };
         }
         Action::Set { cpus, memory, disk } => {
             let req = SetVmRequest {
@@ -201,24 +195,19 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
                 memory_mib: memory,
                 disk_mib: disk,
             };
-            app.bus
-                .request::<_, serde_json::Value>(subject, &req, app.timeout)
-                .await
+            app.bus.call::<vm::Set>(host, &req, t).await
         }
     };
     let name = Some(vm.name.to_string());
     match reply {
-        Ok(value) => {
-            let r: OpReply = serde_json::from_value(value).unwrap_or_default();
-            Outcome {
-                reference: target.reference,
-                name,
-                ok: true,
-                vm: r.vm,
-                note: r.note,
-                error: None,
-            }
-        }
+        Ok(r) => Outcome {
+            reference: target.reference,
+            name,
+            ok: true,
+            vm: Some(r.vm),
+            note: r.note,
+            error: None,
+        },
         Err(e) => Outcome {
             reference: target.reference,
             name,
@@ -351,14 +340,5 @@ mod tests {
             exit_code(&[failed("aaaa", ErrorCode::Ambiguous, "two")]),
             exit::FAILURE
         );
-    }
-
-    #[test]
-    fn lenient_replies_accept_the_contract_and_bare_answers() {
-        let r: OpReply =
-            serde_json::from_value(serde_json::json!({"vm": null, "note": "forced"})).unwrap();
-        assert_eq!(r.note.as_deref(), Some("forced"));
-        let r: OpReply = serde_json::from_value(serde_json::json!({})).unwrap_or_default();
-        assert!(r.vm.is_none() && r.note.is_none());
     }
 }

@@ -6,11 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use banger_proto::agent::Health;
 use banger_proto::net::PortForward;
-use banger_proto::subject::VmOp;
+use banger_proto::op::{Lab, vm};
 use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmState};
 use banger_proto::{ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, VmName};
 
-use super::inspect::HealthReply;
 use super::units::{format_mib, parse_cpus, parse_disk, parse_memory, parse_seconds};
 use crate::progress::Progress;
 use crate::{App, exit, output};
@@ -115,14 +114,11 @@ pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
 pub(crate) async fn send(app: &App, req: &CreateVmRequest) -> anyhow::Result<VmOpReply> {
     // A named host gets the request on its own subject; otherwise the controllers' queue
     // group picks one (that is placement).
-    let subject = match &req.host {
-        Some(h) => app.bus.subjects().host_vm(h, VmOp::Create),
-        None => app.bus.subjects().vm_create(),
+    let reply = match &req.host {
+        Some(h) => app.bus.call::<vm::Create>(h, req, app.timeout).await,
+        None => app.bus.call::<vm::Place>(&Lab, req, app.timeout).await,
     };
-    app.bus
-        .request(subject, req, app.timeout)
-        .await
-        .with_context(|| format!("creating VM {}", req.name))
+    reply.with_context(|| format!("creating VM {}", req.name))
 }
 
 /// The line printed after a create.
@@ -148,7 +144,6 @@ pub(crate) fn describe(vm: &VmInfo) -> String {
 
 /// Asks the VM's controller for agent health until it answers or `timeout` passes.
 async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Result<Health> {
-    let subject = app.bus.subjects().host_vm(&vm.host, VmOp::Health);
     let req = banger_proto::vm::VmRefRequest { id: vm.id.clone() };
     let end = tokio::time::Instant::now() + timeout;
     let waiting = format!(
@@ -179,11 +174,10 @@ async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Resu
         }
         match app
             .bus
-            .request::<_, HealthReply>(subject.clone(), &req, left.min(HEALTH_ATTEMPT))
+            .call::<vm::Health>(&vm.host, &req, left.min(HEALTH_ATTEMPT))
             .await
         {
             Ok(h) => {
-                let h = h.into_health();
                 if h.status == "ok" {
                     progress.finish_and_clear();
                     return Ok(h);

@@ -6,9 +6,8 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use banger_proto::agent::{ExecRequest, ExecResult};
-use banger_proto::subject::VmOp;
+use banger_proto::op::vm;
 use banger_proto::vm::{VmExecRequest, VmInfo};
-use serde::Deserialize;
 
 use super::units::parse_seconds;
 use crate::{App, exit, output};
@@ -67,14 +66,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// An exec answer: the collected [`ExecResult`], bare or wrapped as `{"result": ...}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ExecReply {
-    Wrapped { result: ExecResult },
-    Bare(ExecResult),
-}
-
 /// Runs `banger vm exec`.
 pub(crate) async fn run(app: &App, args: ExecArgs) -> anyhow::Result<u8> {
     let vm = super::resolve_single(app, &args.vm).await?;
@@ -125,17 +116,7 @@ pub(crate) async fn send(
         id: vm.id.clone(),
         exec,
     };
-    let reply: ExecReply = app
-        .bus
-        .request(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Exec),
-            &req,
-            deadline,
-        )
-        .await?;
-    Ok(match reply {
-        ExecReply::Wrapped { result } | ExecReply::Bare(result) => result,
-    })
+    app.bus.call::<vm::Exec>(&vm.host, &req, deadline).await
 }
 
 /// The exit status that mirrors the guest command's.

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use banger_proto::agent::Health;
-use banger_proto::subject::VmOp;
+use banger_proto::op::vm;
 use banger_proto::vm::{VmRefRequest, VmStats};
-use serde::Deserialize;
 
 use super::units::format_bytes;
 use crate::{App, exit, output};
@@ -18,40 +17,13 @@ pub struct RefArgs {
     pub vm: String,
 }
 
-/// A health answer: the agent's [`Health`], bare or wrapped as `{"health": ...}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum HealthReply {
-    /// `{"health": {...}}`.
-    Wrapped {
-        /// The agent's answer.
-        health: Health,
-    },
-    /// The agent's answer itself.
-    Bare(Health),
-}
-
-impl HealthReply {
-    /// The agent's answer.
-    pub(crate) fn into_health(self) -> Health {
-        match self {
-            Self::Wrapped { health } | Self::Bare(health) => health,
-        }
-    }
-}
-
 /// Runs `banger vm health`: exit 0 when the agent reports `ok`.
 pub(crate) async fn health(app: &App, args: RefArgs) -> anyhow::Result<u8> {
     let vm = super::resolve_single(app, &args.vm).await?;
-    let reply: HealthReply = app
+    let h = app
         .bus
-        .request(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Health),
-            &VmRefRequest { id: vm.id.clone() },
-            app.timeout,
-        )
+        .call::<vm::Health>(&vm.host, &VmRefRequest { id: vm.id.clone() }, app.timeout)
         .await?;
-    let h = reply.into_health();
     if app.json {
         output::print_json(&h)?;
     } else {
@@ -67,13 +39,9 @@ pub(crate) async fn health(app: &App, args: RefArgs) -> anyhow::Result<u8> {
 /// Runs `banger vm stats`.
 pub(crate) async fn stats(app: &App, args: RefArgs) -> anyhow::Result<u8> {
     let vm = super::resolve_single(app, &args.vm).await?;
-    let s: VmStats = app
+    let s = app
         .bus
-        .request(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Stats),
-            &VmRefRequest { id: vm.id.clone() },
-            app.timeout,
-        )
+        .call::<vm::Stats>(&vm.host, &VmRefRequest { id: vm.id.clone() }, app.timeout)
         .await?;
     if app.json {
         output::print_json(&s)?;
@@ -191,16 +159,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn health_renders_in_one_line_and_accepts_both_reply_shapes() {
+    fn health_renders_in_one_line() {
         assert_eq!(
             render_health("web", &health()),
             "web: healthy (agent 0.1.0, hostname web, up 12m5s)"
         );
-        let bare = serde_json::to_value(health()).unwrap();
-        let wrapped = serde_json::json!({ "health": bare.clone() });
-        for v in [bare, wrapped] {
-            let r: HealthReply = serde_json::from_value(v).unwrap();
-            assert_eq!(r.into_health(), health());
-        }
     }
 }

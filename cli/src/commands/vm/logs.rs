@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use banger_proto::ErrorCode;
-use banger_proto::subject::VmOp;
+use banger_proto::op::vm;
 use banger_proto::vm::{LogSource, LogsReply, LogsRequest, VmInfo};
 
 use crate::{App, exit};
@@ -80,13 +80,7 @@ pub(crate) async fn read(
     vm: &VmInfo,
     req: &LogsRequest,
 ) -> Result<LogsReply, banger_bus::RequestError> {
-    app.bus
-        .request(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Logs),
-            req,
-            app.timeout,
-        )
-        .await
+    app.bus.call::<vm::Logs>(&vm.host, req, app.timeout).await
 }
 
 fn emit(app: &App, r: &LogsReply) -> anyhow::Result<()> {

@@ -1,34 +1,11 @@
 //! `banger vm show REF`: everything the controller knows about one VM.
 
-use banger_proto::subject::VmOp;
+use banger_proto::op::vm;
 use banger_proto::vm::{VmInfo, VmRefRequest};
-use serde::Deserialize;
 
 use super::inspect::RefArgs;
 use super::units::{age, format_mib};
 use crate::{App, exit, output};
-
-/// A `get` answer: the VM bare, or wrapped as `{"vm": ...}` (the lifecycle reply shape).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum GetReply {
-    /// `{"vm": {...}, ...}`.
-    Wrapped {
-        /// The VM.
-        vm: VmInfo,
-    },
-    /// The VM itself.
-    Bare(VmInfo),
-}
-
-impl GetReply {
-    /// The VM.
-    pub(crate) fn into_vm(self) -> VmInfo {
-        match self {
-            Self::Wrapped { vm } | Self::Bare(vm) => vm,
-        }
-    }
-}
 
 /// Asks the VM's controller for its current record.
 pub(crate) async fn get(
@@ -36,15 +13,10 @@ pub(crate) async fn get(
     vm: &VmInfo,
     timeout: std::time::Duration,
 ) -> anyhow::Result<VmInfo> {
-    let reply: GetReply = app
+    Ok(app
         .bus
-        .request(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Get),
-            &VmRefRequest { id: vm.id.clone() },
-            timeout,
-        )
-        .await?;
-    Ok(reply.into_vm())
+        .call::<vm::Get>(&vm.host, &VmRefRequest { id: vm.id.clone() }, timeout)
+        .await?)
 }
 
 /// Runs `banger vm show`.
@@ -138,16 +110,5 @@ mod tests {
         v.reason = Some("starting firecracker: api socket did not appear".into());
         let out = render(&v, 0);
         assert!(out.contains("reason   starting firecracker"), "{out}");
-    }
-
-    #[test]
-    fn get_replies_may_be_bare_or_wrapped() {
-        let v = vm("web", "aaaa1111000000000000000000000000", "lab1");
-        let bare = serde_json::to_value(&v).unwrap();
-        let wrapped = serde_json::json!({ "vm": bare.clone(), "note": null });
-        for j in [bare, wrapped] {
-            let r: GetReply = serde_json::from_value(j).unwrap();
-            assert_eq!(r.into_vm(), v);
-        }
     }
 }

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use banger_proto::op::{self, Lab};
 use banger_proto::service;
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
+use banger_proto::vm::{ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode};
 
 use super::resolve::{self, Target};
@@ -72,8 +73,8 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
     }
     let replies = app
         .bus
-        .gather::<_, ListVmsReply>(
-            app.bus.subjects().vm_list(),
+        .gather::<op::vm::List>(
+            &Lab,
             &ListVmsRequest::default(),
             Some(controllers.len()),
             app.timeout.min(LIST_DEADLINE),

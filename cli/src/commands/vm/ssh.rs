@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_bus::RequestError;
-use banger_proto::subject::VmOp;
+use banger_proto::op::vm;
 use banger_proto::vm::{VmInfo, VmRefRequest, VmState};
 use banger_proto::{ApiError, ErrorCode};
-
-use super::inspect::HealthReply;
 
 use crate::{App, exit};
 
@@ -132,11 +130,7 @@ pub(crate) async fn reminder_after_session(app: &App, vm: &VmInfo) -> Option<Str
     let timeout = app.timeout.min(REMINDER_CHECK);
     let health = app
         .bus
-        .request::<_, HealthReply>(
-            app.bus.subjects().host_vm(&vm.host, VmOp::Health),
-            &VmRefRequest { id: vm.id.clone() },
-            timeout,
-        )
+        .call::<vm::Health>(&vm.host, &VmRefRequest { id: vm.id.clone() }, timeout)
         .await;
     match health {
         Ok(_) => reminder(&VmInfo {
