@@ -937,3 +937,79 @@ async fn create_wait_on_a_terminal_shows_a_spinner_unless_no_color() {
     );
     assert!(!screen.contains('\x1b'), "{screen:?}");
 }
+
+/// A lab member (a host with a subnet claim in netd's bucket) that answers nothing at all —
+/// not even discovery, as when it is cut off — is named unreachable, and the list exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_member_that_answers_nothing_is_named_unreachable() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["membership"], "known");
+
+    // Claims as netd writes them (a KV bucket's stream), h3's included.
+    let js = async_nats::jetstream::new(async_nats::connect(lab.nats.url()).await.unwrap());
+    let bucket = banger_proto::net::subnet_bucket("banger");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for (key, host) in [("10_77_0_0", "h1"), ("10_77_1_0", "h2"), ("10_77_2_0", "h3")] {
+        js.publish(format!("$KV.{bucket}.{key}"), host.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["unreachable_hosts"], serde_json::json!(["h3"]));
+    assert_eq!(json["vms"].as_array().map(Vec::len), Some(2));
+    assert!(
+        text(&out.stderr).contains("host h3 did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `banger vm list | head -0`: the reader closed stdout; the command ends quietly (no panic,
+/// no message) with the status of a process ended by SIGPIPE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    // Not `output()`: it would replace stdout by a pipe of its own.
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args(["--nats-url", &lab.nats.url(), "--timeout", "3", "vm", "list"])
+        .env("BANGER_STATE_DIR", lab.state.path())
+        .env("NO_COLOR", "1")
+        .env_remove("BANGER_CONFIG")
+        .env_remove("BANGER_PREFIX")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("banger did not finish within 60s")
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}
