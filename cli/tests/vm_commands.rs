@@ -218,6 +218,13 @@ impl Fake {
             req.memory_mib.map(MemMib::get),
             req.start
         ));
+        if req.image.as_ref().is_some_and(|i| i.as_str() == "nosuch") {
+            // As the real controller answers an image this host does not have.
+            return Err(ApiError::not_found(format!(
+                "image nosuch is not registered on host {}",
+                self.host
+            )));
+        }
         let mut vm = vm(
             req.name.as_str(),
             "ffff0000000000000000000000000000",
@@ -1012,4 +1019,28 @@ async fn a_closed_stdout_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
+/// A missing image exits 4 (not found), as `vm create --help` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_a_missing_image_exits_4_as_its_help_says() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab
+        .banger(&["vm", "create", "web", "--image", "nosuch"])
+        .await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not registered on host h"),
+        "{}",
+        text(&out.stderr)
+    );
+    let help = lab.banger(&["vm", "create", "--help"]).await;
+    let help = text(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("4 not found or unavailable (the image is not registered"),
+        "{help}"
+    );
 }

@@ -31,8 +31,10 @@ const HEALTH_ATTEMPT: Duration = Duration::from_secs(5);
 Sizes are MiB when given as a plain number (1024), or take a unit: 512M, 2G, 1T. Zero or \
 negative cpus and sizes are refused before anything is sent.
 
-Exit status: 0 created (and healthy with --wait), 2 invalid flags, 4 no controller answered or \
---wait timed out, 1 any other failure (name taken, image missing, ...).")]
+Exit status: 0 created (and healthy with --wait), 2 invalid flags, 4 not found or unavailable \
+(the image is not registered on the host that took the VM, no controller answered, or --wait \
+timed out), 1 any other failure (name taken, ...). Images are registered per host: \
+`banger image register NAME ... --host HOST` on every host that may run the VM.")]
 pub struct CreateArgs {
     /// Name of the new VM: lowercase letters, digits and '-'; the VM is reachable as NAME.vm
     #[arg(value_name = "NAME")]
