@@ -95,10 +95,31 @@ pub fn stack_runs_simulator(config: &CommonConfig) -> bool {
         == Some("sim")
 }
 
-/// Prints the simulator banner on stderr when the local stack runs the simulator. Flushes
-/// stdout first, so the banner never lands in the middle of a line a command already printed.
+/// Prints the simulator banner on stderr when the local stack runs the simulator.
 fn announce_simulator(config: &CommonConfig) {
     if stack_runs_simulator(config) {
+        announce_once();
+    }
+}
+
+/// Prints the simulator banner when one of the controllers that answered discovery says it
+/// runs the simulator (`vmm: sim` in its service metadata): so a lab's CLI, which has no local
+/// stack to look at, says so too.
+pub(crate) fn announce_simulated_controllers(instances: &[banger_bus::client::ServiceInstance]) {
+    let simulated = instances.iter().any(|i| {
+        i.name == banger_proto::service::VM_CONTROLLER
+            && i.metadata.get(banger_proto::service::META_VMM).map(String::as_str) == Some("sim")
+    });
+    if simulated {
+        announce_once();
+    }
+}
+
+/// The banner on stderr, at most once per command. Flushes stdout first, so the banner never
+/// lands in the middle of a line a command already printed.
+fn announce_once() {
+    static ANNOUNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !ANNOUNCED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         eprintln!("{}", simulator_banner());

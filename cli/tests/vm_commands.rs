@@ -286,7 +286,14 @@ impl Lab {
             calls: self.calls.clone(),
         };
         let s = bus.subjects().clone();
-        let spec = ServiceSpec::new(service::VM_CONTROLLER, "scripted test controller", &h);
+        // A host named sim* says, as the real controller does, that it runs the simulator.
+        let vmm = if host.starts_with("sim") {
+            "sim"
+        } else {
+            "firecracker"
+        };
+        let spec = ServiceSpec::new(service::VM_CONTROLLER, "scripted test controller", &h)
+            .with_meta(service::META_VMM, vmm);
         let mut svc = ServiceHost::start(&bus, spec).await.unwrap();
         if answers_list {
             let f = fake.clone();
@@ -1042,5 +1049,27 @@ async fn create_with_a_missing_image_exits_4_as_its_help_says() {
     assert!(
         help.contains("4 not found or unavailable (the image is not registered"),
         "{help}"
+    );
+}
+
+/// The CLI says VMs are simulated when a controller that answered says it runs the simulator
+/// (a lab has no local stack config to tell), and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_list_shows_the_simulator_banner_when_a_controller_is_simulated() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("SIMULATED"), "{}", text(&out.stderr));
+    lab.controller("sim3", vec![], true).await;
+    let out = lab.banger(&["vm", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).matches("SIMULATED HYPERVISOR").count(),
+        1,
+        "{}",
+        text(&out.stderr)
     );
 }

@@ -143,6 +143,7 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
         banger_bus::lab::membership(bus, MEMBERS_WAIT)
     );
     let instances = instances?;
+    crate::announce_simulated_controllers(&instances);
     let stats = bus
         .service_verb(SRV_STATS.to_owned(), DISCOVERY_WINDOW)
         .await?;

@@ -66,6 +66,7 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
         banger_bus::lab::membership(&app.bus, MEMBERS_WAIT)
     );
     let controllers = controllers?;
+    crate::announce_simulated_controllers(&controllers);
     if controllers.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
