@@ -1183,3 +1183,40 @@ fn lab_init_writes_credentials_that_log_in_with_their_role() {
         assert!(e.to_lowercase().contains("permissions violation"), "{e}");
     });
 }
+
+/// A read-only viewer that runs a command its role may not is told "permission denied" at
+/// once (the server's permissions violation ends the command), not after its whole timeout
+/// with a hint to start the stack.
+#[test]
+fn a_denied_viewer_is_told_permission_denied_at_once() {
+    if !nats_server_here() {
+        return;
+    }
+    let server = LabServer::single();
+    let state = tempfile::tempdir().unwrap();
+    for args in [&["vm", "list"][..], &["status"][..], &["vm", "create", "web"][..]] {
+        let started = std::time::Instant::now();
+        let out = Command::new(bin_path("banger"))
+            .args(["--nats-url", &server.url(), "--timeout", "60"])
+            .args(["--nats-user", "viewer", "--nats-password", password("viewer")])
+            .args(["--nats-inbox-prefix", "_INBOX_viewer"])
+            .args(args)
+            .env("BANGER_STATE_DIR", state.path())
+            .env("XDG_CONFIG_HOME", state.path().join("xdg"))
+            .env("NO_COLOR", "1")
+            .env_remove("BANGER_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("permission denied"), "{args:?}: {stderr}");
+        assert!(stderr.contains("\"viewer\""), "{args:?}: {stderr}");
+        assert!(!stderr.contains("banger up"), "{args:?}: {stderr}");
+        // "At once": far below the 60 s timeout (the violation comes back in milliseconds).
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
