@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
 use futures::TryStreamExt;
 
 use crate::client::Bus;
@@ -67,7 +67,9 @@ pub async fn membership(bus: &Bus, wait: Duration) -> Membership {
         }
         match tokio::time::timeout(ATTEMPT.min(left), read(&js, &bucket)).await {
             Ok(Ok(m)) => return m,
-            Ok(Err(e)) => tracing::debug!(error = %e, "reading lab membership failed; trying again"),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reading lab membership failed; trying again")
+            }
             Err(_) => tracing::debug!("reading lab membership timed out; trying again"),
         }
     }
@@ -79,7 +81,9 @@ async fn read(js: &jetstream::Context, bucket: &str) -> Result<Membership, Strin
         Ok(s) => s,
         Err(e) => {
             return match e.kind() {
-                GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
                     Ok(Membership::NotALab)
                 }
                 GetStreamErrorKind::Request if no_jetstream(&e) => Ok(Membership::NotALab),

@@ -47,7 +47,11 @@ mod tests {
         assert!(is_closed_pipe(
             "failed to write completion file: Os { code: 32, kind: BrokenPipe, message: \"Broken pipe\" }"
         ));
-        assert!(!is_closed_pipe("failed printing to stdout: No space left on device"));
-        assert!(!is_closed_pipe("called `Option::unwrap()` on a `None` value"));
+        assert!(!is_closed_pipe(
+            "failed printing to stdout: No space left on device"
+        ));
+        assert!(!is_closed_pipe(
+            "called `Option::unwrap()` on a `None` value"
+        ));
     }
 }

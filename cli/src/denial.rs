@@ -36,7 +36,10 @@ fn is_denial(message: &str) -> bool {
 }
 
 fn denied(message: &str, user: Option<&str>) -> ApiError {
-    let who = user.map_or_else(|| "this NATS user".to_owned(), |u| format!("NATS user {u:?}"));
+    let who = user.map_or_else(
+        || "this NATS user".to_owned(),
+        |u| format!("NATS user {u:?}"),
+    );
     ApiError::new(
         ErrorCode::PermissionDenied,
         format!(
@@ -67,7 +70,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::PermissionDenied);
         assert!(e.message.contains("permission denied"), "{}", e.message);
         assert!(e.message.contains("\"viewer\""), "{}", e.message);
-        assert!(e.message.contains("$SRV.PING.vm-controller"), "{}", e.message);
+        assert!(
+            e.message.contains("$SRV.PING.vm-controller"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -108,7 +108,10 @@ fn announce_simulator(config: &CommonConfig) {
 pub(crate) fn announce_simulated_controllers(instances: &[banger_bus::client::ServiceInstance]) {
     let simulated = instances.iter().any(|i| {
         i.name == banger_proto::service::VM_CONTROLLER
-            && i.metadata.get(banger_proto::service::META_VMM).map(String::as_str) == Some("sim")
+            && i.metadata
+                .get(banger_proto::service::META_VMM)
+                .map(String::as_str)
+                == Some("sim")
     });
     if simulated {
         announce_once();

@@ -977,7 +977,11 @@ async fn a_lab_member_that_answers_nothing_is_named_unreachable() {
     })
     .await
     .unwrap();
-    for (key, host) in [("10_77_0_0", "h1"), ("10_77_1_0", "h2"), ("10_77_2_0", "h3")] {
+    for (key, host) in [
+        ("10_77_0_0", "h1"),
+        ("10_77_1_0", "h2"),
+        ("10_77_2_0", "h3"),
+    ] {
         js.publish(format!("$KV.{bucket}.{key}"), host.into())
             .await
             .unwrap()
@@ -1008,7 +1012,14 @@ async fn a_closed_stdout_ends_the_command_quietly() {
     drop(reader);
     // Not `output()`: it would replace stdout by a pipe of its own.
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"))
-        .args(["--nats-url", &lab.nats.url(), "--timeout", "3", "vm", "list"])
+        .args([
+            "--nats-url",
+            &lab.nats.url(),
+            "--timeout",
+            "3",
+            "vm",
+            "list",
+        ])
         .env("BANGER_STATE_DIR", lab.state.path())
         .env("NO_COLOR", "1")
         .env_remove("BANGER_CONFIG")
@@ -1045,7 +1056,10 @@ async fn create_with_a_missing_image_exits_4_as_its_help_says() {
         text(&out.stderr)
     );
     let help = lab.banger(&["vm", "create", "--help"]).await;
-    let help = text(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = text(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(
         help.contains("4 not found or unavailable (the image is not registered"),
         "{help}"
@@ -1062,7 +1076,11 @@ async fn vm_list_shows_the_simulator_banner_when_a_controller_is_simulated() {
     two_hosts(&lab).await;
     let out = lab.banger(&["vm", "list"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!text(&out.stderr).contains("SIMULATED"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("SIMULATED"),
+        "{}",
+        text(&out.stderr)
+    );
     lab.controller("sim3", vec![], true).await;
     let out = lab.banger(&["vm", "list"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -173,9 +173,9 @@ impl DocumentedLab {
         for i in 0..lab.hosts.len() {
             lab.start_nats(i);
         }
-        for i in 0..lab.hosts.len() {
+        for (i, id) in HOSTS.iter().enumerate() {
             wait_until_blocking(
-                &format!("{}'s node to have routes to both others", HOSTS[i]),
+                &format!("{id}'s node to have routes to both others"),
                 START_WAIT,
                 || lab.num_routes(i) == Some(2),
             );
@@ -354,9 +354,7 @@ impl DocumentedLab {
             }
             for svc in services {
                 wait_until_blocking(&format!("{svc} on {h} to answer"), START_WAIT, || {
-                    self.banger(0, &["ping", svc, "--host", h])
-                        .status
-                        .success()
+                    self.banger(0, &["ping", svc, "--host", h]).status.success()
                 });
             }
         }

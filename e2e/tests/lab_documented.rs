@@ -149,7 +149,11 @@ fn an_intruder_cannot_join(lab: &DocumentedLab) {
             log.contains("authentication error") || log.contains("Authorization Violation")
         },
     );
-    assert_eq!(lab.num_routes(1), Some(2), "the intruder joined lab-b's node");
+    assert_eq!(
+        lab.num_routes(1),
+        Some(2),
+        "the intruder joined lab-b's node"
+    );
 }
 
 #[test]
@@ -165,7 +169,10 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
     }
     let started = Instant::now();
     let mut lab = DocumentedLab::start_cluster();
-    eprintln!("cluster from lab-init's configs up in {:?}", started.elapsed());
+    eprintln!(
+        "cluster from lab-init's configs up in {:?}",
+        started.elapsed()
+    );
     an_intruder_cannot_join(&lab);
     for i in 0..HOSTS.len() {
         lab.start_services(i);
@@ -213,10 +220,10 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
 
     // `vm list` from any host: every VM, complete, and it says they are simulated.
     let every: BTreeSet<String> = ["v1", "v2", "v3"].map(str::to_owned).into();
-    for i in 0..HOSTS.len() {
+    for (i, host) in HOSTS.iter().enumerate() {
         let l = list(&lab, i);
-        assert_eq!(l.code, Some(0), "on {}: {}", HOSTS[i], l.stderr);
-        assert_eq!(names(&l), every, "on {}", HOSTS[i]);
+        assert_eq!(l.code, Some(0), "on {host}: {}", l.stderr);
+        assert_eq!(names(&l), every, "on {host}");
         assert_eq!(l.membership, "known");
         assert!(l.stderr.contains("SIMULATED HYPERVISOR"), "{}", l.stderr);
     }
@@ -243,7 +250,15 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
         &lab,
         1,
         &[
-            "--timeout", "10", "vm", "create", "v4", "--image", "demo", "--host", "lab-b",
+            "--timeout",
+            "10",
+            "vm",
+            "create",
+            "v4",
+            "--image",
+            "demo",
+            "--host",
+            "lab-b",
         ],
         cut_at,
     );
@@ -276,12 +291,19 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
         ok
     });
     let l = seen.unwrap();
-    eprintln!("after the cut: lab-c named unreachable at {:?}", cut_at.elapsed());
+    eprintln!(
+        "after the cut: lab-c named unreachable at {:?}",
+        cut_at.elapsed()
+    );
     let listed = names(&l);
     for vm in ["v1", "v2", "v4", "v5"] {
         assert!(listed.contains(vm), "{vm} missing: {listed:?}");
     }
-    assert!(l.stderr.contains("host lab-c did not answer"), "{}", l.stderr);
+    assert!(
+        l.stderr.contains("host lab-c did not answer"),
+        "{}",
+        l.stderr
+    );
     // The cut-off host's own list is partial, and says so (the others, or the membership).
     let own = list(&lab, 2);
     assert_eq!(own.code, Some(3), "{}", own.stderr);
@@ -305,10 +327,15 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
             },
         );
     }
-    eprintln!("after the return: vm list complete on lab-a and lab-c after {:?}", back_at.elapsed());
+    eprintln!(
+        "after the return: vm list complete on lab-a and lab-c after {:?}",
+        back_at.elapsed()
+    );
     lab.banger_ok(
         2,
-        &["vm", "create", "v6", "--image", "demo", "--host", "lab-c", "--wait"],
+        &[
+            "vm", "create", "v6", "--image", "demo", "--host", "lab-c", "--wait",
+        ],
     );
     let l = list(&lab, 0);
     let ip6 = ip_of(&l, "v6");

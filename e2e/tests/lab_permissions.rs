@@ -841,12 +841,13 @@ fn the_three_cluster_configs_form_one_cluster() {
         "node A to refuse the route without credentials",
         Duration::from_secs(30),
         || {
-            std::fs::read_to_string(&a_log)
-                .is_ok_and(|l| l.contains("Authorization Error") || l.contains("authentication error"))
+            std::fs::read_to_string(&a_log).is_ok_and(|l| {
+                l.contains("Authorization Error") || l.contains("authentication error")
+            })
         },
     );
-    let varz = banger_testkit::http_get(&format!("127.0.0.1:{}", nodes[0].monitor), "/varz")
-        .unwrap();
+    let varz =
+        banger_testkit::http_get(&format!("127.0.0.1:{}", nodes[0].monitor), "/varz").unwrap();
     assert!(
         varz.contains("\"routes\": 2,"),
         "the intruder joined node A: {varz}"
@@ -1194,11 +1195,20 @@ fn a_denied_viewer_is_told_permission_denied_at_once() {
     }
     let server = LabServer::single();
     let state = tempfile::tempdir().unwrap();
-    for args in [&["vm", "list"][..], &["status"][..], &["vm", "create", "web"][..]] {
+    for args in [
+        &["vm", "list"][..],
+        &["status"][..],
+        &["vm", "create", "web"][..],
+    ] {
         let started = std::time::Instant::now();
         let out = Command::new(bin_path("banger"))
             .args(["--nats-url", &server.url(), "--timeout", "60"])
-            .args(["--nats-user", "viewer", "--nats-password", password("viewer")])
+            .args([
+                "--nats-user",
+                "viewer",
+                "--nats-password",
+                password("viewer"),
+            ])
             .args(["--nats-inbox-prefix", "_INBOX_viewer"])
             .args(args)
             .env("BANGER_STATE_DIR", state.path())

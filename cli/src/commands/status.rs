@@ -33,10 +33,12 @@ const PER_HOST_SERVICES: [&str; 3] = [VM_CONTROLLER, service::NETD, service::STO
 
 /// Flags of `banger status`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when every service answered, 3 when the report may be \
+#[command(
+    after_help = "Exit status: 0 when every service answered, 3 when the report may be \
                         incomplete (a service or host did not answer, or the lab's membership \
                         could not be read: each named in the report), 4 when no banger service \
-                        answered at all.")]
+                        answered at all."
+)]
 pub struct StatusArgs {}
 
 /// The whole report.
@@ -315,17 +317,22 @@ pub fn render(r: &StatusReport) -> String {
         return out;
     }
     let mut rows = rows;
-    rows.extend(r.silent.iter().filter(|s| s.missed == "$SRV.PING").map(|s| {
-        vec![
-            s.name.clone(),
-            s.host.clone(),
-            "no answer".to_owned(),
-            "-".to_owned(),
-            "-".to_owned(),
-            "-".to_owned(),
-            "-".to_owned(),
-        ]
-    }));
+    rows.extend(
+        r.silent
+            .iter()
+            .filter(|s| s.missed == "$SRV.PING")
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.host.clone(),
+                    "no answer".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                ]
+            }),
+    );
     out.push_str(&output::table(
         &[
             "SERVICE", "HOST", "VERSION", "UPTIME", "REQUESTS", "ERRORS", "AVG",
