@@ -360,6 +360,12 @@ impl Lab {
         svc.endpoint("create", s.vm_create(), move |r| f.clone().create(r))
             .await
             .unwrap();
+        let f = fake.clone();
+        svc.endpoint("create-here", s.host_vm(&h, VmOp::Create), move |r| {
+            f.clone().create(r)
+        })
+        .await
+        .unwrap();
         bus.client().flush().await.unwrap();
         tokio::spawn(svc.run(self.shutdown.clone()));
     }
