@@ -106,13 +106,16 @@ fn guest_pings(lab: &DocumentedLab, from: &str, to_ip: &str) -> bool {
     .success()
 }
 
-/// Runs `banger ARGS` on host `i` until it succeeds; returns how long that took from `since`.
-fn until_it_works(lab: &DocumentedLab, i: usize, args: &[&str], since: Instant) -> Duration {
+/// Runs `banger ARGS` on host `i` until it succeeds; returns how long that took from `since`
+/// and how many attempts it needed.
+fn until_it_works(lab: &DocumentedLab, i: usize, args: &[&str], since: Instant) -> (Duration, u32) {
     let mut last = None;
+    let mut attempts = 0;
     while since.elapsed() < CONVERGE {
+        attempts += 1;
         let out = lab.banger(i, args);
         if out.status.success() {
-            return since.elapsed();
+            return (since.elapsed(), attempts);
         }
         last = Some(text(&out));
     }
@@ -246,7 +249,7 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
     // Cut lab-c off.
     let cut_at = Instant::now();
     lab.cut(2);
-    let placed = until_it_works(
+    let (placed, placed_attempts) = until_it_works(
         &lab,
         1,
         &[
@@ -262,16 +265,20 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
         ],
         cut_at,
     );
-    eprintln!("after the cut: vm create --host lab-b worked after {placed:?}");
+    eprintln!(
+        "after the cut: vm create --host lab-b worked {placed:?} after the cut \
+         (attempt {placed_attempts})"
+    );
     let unplaced_from = Instant::now();
-    let unplaced = until_it_works(
+    let (unplaced, unplaced_attempts) = until_it_works(
         &lab,
         0,
         &["--timeout", "10", "vm", "create", "v5", "--image", "demo"],
         unplaced_from,
     );
     eprintln!(
-        "after the cut: an unplaced vm create worked after {:?} ({unplaced:?} after the first)",
+        "after the cut: an unplaced vm create worked {:?} after the cut, {unplaced:?} after it \
+         was first tried (attempt {unplaced_attempts})",
         cut_at.elapsed()
     );
     assert!(
@@ -279,9 +286,8 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
         "creates on a healthy host took {placed:?} to work again after the cut"
     );
     assert!(
-        cut_at.elapsed() <= FAILOVER_BOUND * 2,
-        "an unplaced create took until {:?} after the cut",
-        cut_at.elapsed()
+        unplaced <= FAILOVER_BOUND,
+        "an unplaced create took {unplaced:?} to work after the cut"
     );
     let mut seen = None;
     wait_until_blocking("vm list on lab-a to name lab-c", CONVERGE, || {

@@ -130,7 +130,10 @@ pub(crate) async fn send(app: &App, req: &CreateVmRequest) -> anyhow::Result<VmO
     if req.host.is_none() {
         let controllers = app
             .bus
-            .ping(Some(service::VM_CONTROLLER), app.timeout.min(PLACEMENT_WINDOW))
+            .ping(
+                Some(service::VM_CONTROLLER),
+                app.timeout.min(PLACEMENT_WINDOW),
+            )
             .await?;
         crate::announce_simulated_controllers(&controllers);
         req.host = controllers
