@@ -260,12 +260,17 @@ struct Lab {
 impl Lab {
     /// Starts a nats-server; `None` (after announcing the skip) when it is not installed.
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with extra nats-server arguments.
+    fn start_with(nats_args: &[&str]) -> Option<Self> {
         if !banger_testkit::have_program("nats-server") {
             banger_testkit::skip("nats-server is not installed");
             return None;
         }
         Some(Self {
-            nats: NatsServer::start(),
+            nats: NatsServer::start_with_args(nats_args),
             calls: Arc::new(watch::channel(Vec::new()).0),
             shutdown: CancellationToken::new(),
             state: tempfile::tempdir().unwrap(),
@@ -1096,4 +1101,41 @@ async fn vm_list_shows_the_simulator_banner_when_a_controller_is_simulated() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// When the lab's membership cannot be read (here: its JetStream read goes unanswered), a host
+/// that answers nothing could not be named, so `vm list` says "membership unknown" and exits
+/// 3; with no JetStream at all (a single host), the list is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_lab_membership_is_said_and_exits_3() {
+    // No JetStream: nobody answers $JS.API, which is "not a lab".
+    let Some(lab) = Lab::start_with(&["-js=false"]) else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["membership"], "known");
+
+    // Something takes the membership read and never answers it, as a node without quorum.
+    let client = async_nats::connect(lab.nats.url()).await.unwrap();
+    let bucket = banger_proto::net::subnet_bucket("banger");
+    let _silent = client
+        .subscribe(format!("$JS.API.STREAM.INFO.KV_{bucket}"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["membership"], "unknown");
+    assert_eq!(json["vms"].as_array().map(Vec::len), Some(2));
+    assert!(stderr.contains("lab membership unknown"), "{stderr}");
+
+    let out = lab.banger(&["status"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("lab membership unknown"), "{stdout}");
 }
