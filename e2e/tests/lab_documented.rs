@@ -310,6 +310,20 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
         "{}",
         l.stderr
     );
+    // `status` on lab-a names lab-c's services as silent, and only those.
+    let out = lab.banger(0, &["status"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    for svc in ["vm-controller", "netd", "stord"] {
+        assert!(
+            report.contains(&format!("{svc} on lab-c did not answer $SRV.PING")),
+            "{report}"
+        );
+    }
+    assert!(
+        !report.contains("on lab-a did not answer") && !report.contains("on lab-b did not answer"),
+        "{report}"
+    );
     // The cut-off host's own list is partial, and says so (the others, or the membership).
     let own = list(&lab, 2);
     assert_eq!(own.code, Some(3), "{}", own.stderr);
