@@ -367,6 +367,17 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
     });
     eprintln!("after the return: converged after {:?}", back_at.elapsed());
 
+    // Service logs written to a file carry no terminal colour codes.
+    for (i, host) in HOSTS.iter().enumerate() {
+        for svc in ["stord", "netd", "vm-controller"] {
+            let log = lab.log_tail(i, svc);
+            assert!(!log.is_empty(), "{svc} on {host} logged nothing");
+            assert!(
+                !log.contains('\x1b'),
+                "{svc} on {host} logs colour codes:\n{log}"
+            );
+        }
+    }
     lab.banger_ok(0, &["vm", "delete", "v1", "v2", "v3", "v4", "v5", "v6"]);
     let l = list(&lab, 0);
     assert!(l.vms.is_empty(), "{:?}", l.vms);
