@@ -222,7 +222,8 @@ pub enum NatsAuth {
 /// Resolved NATS connection options.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
-    /// Server URLs, tried in random order and rediscovered from the cluster.
+    /// Server URLs, tried in the order given (this host's node first), then those the cluster
+    /// tells of.
     pub urls: Vec<String>,
     /// Authentication.
     pub auth: NatsAuth,

@@ -3,6 +3,11 @@
 //! The connection retries the initial connect and reconnects forever: a service outlives a NATS
 //! restart and resubscribes by itself (async-nats replays subscriptions on reconnect), so an
 //! operator can restart or upgrade nats-server under a running stack.
+//!
+//! In a lab the configured URLs are tried in the order given (this host's node first, the
+//! others to fail over to), and a connection whose server stops answering is noticed within
+//! a few seconds (a PING every [`PING_INTERVAL`]; the third one unanswered drops it) and
+//! replaced by one to the next node, rather than after async-nats' default of two minutes.
 
 use std::time::Duration;
 
@@ -13,6 +18,10 @@ use crate::error::BusError;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the client pings its server. async-nats drops the connection when a third PING
+/// goes unanswered, so a dead server or a cut link is noticed after 4–6 s.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The longest wait between reconnect attempts: short, so a restarted server is found quickly.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
@@ -79,6 +88,9 @@ pub async fn connect_observed(
     o = o
         .name(&opts.name)
         .connection_timeout(CONNECT_TIMEOUT)
+        .ping_interval(PING_INTERVAL)
+        // The URLs' order is the operator's: this host's node first (docs/lab.md).
+        .retain_servers_order()
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
@@ -163,5 +175,46 @@ mod delay_tests {
         assert_eq!(reconnect_delay(2), Duration::from_millis(100));
         assert_eq!(reconnect_delay(3), Duration::from_millis(200));
         assert_eq!(reconnect_delay(40), MAX_RECONNECT_DELAY);
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+    use banger_testkit::{NatsServer, wait_until};
+
+    fn options(urls: &[String]) -> NatsOptions {
+        let mut o = NatsOptions::plain(urls[0].clone(), "order-test");
+        o.urls = urls.to_vec();
+        o
+    }
+
+    /// The configured order is kept: every connection goes to the first URL (a shuffled list
+    /// would pick the second about half the time), and when that server dies the client fails
+    /// over to the next one.
+    #[tokio::test]
+    async fn the_first_url_is_used_and_the_next_one_on_failure() {
+        let (mut first, second) = (NatsServer::start(), NatsServer::start());
+        let urls = [first.url(), second.url()];
+        for _ in 0..8 {
+            let client = connect(&options(&urls), false).await.unwrap();
+            assert_eq!(
+                client.server_info().port,
+                first.port(),
+                "connected to {:?}",
+                client.server_info()
+            );
+        }
+        let client = connect(&options(&urls), false).await.unwrap();
+        first.stop();
+        wait_until(
+            "the client to fail over to the second server",
+            Duration::from_secs(20),
+            || async {
+                client.connection_state() == async_nats::connection::State::Connected
+                    && client.server_info().port == second.port()
+            },
+        )
+        .await;
     }
 }

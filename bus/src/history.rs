@@ -21,6 +21,12 @@ pub fn stream_name(prefix: &str) -> String {
 
 /// Creates the event stream if it does not exist (idempotent).
 pub async fn ensure_event_stream(bus: &Bus) -> Result<(), BusError> {
+    ensure_replicated_event_stream(bus, 1).await
+}
+
+/// Creates the event stream with `replicas` copies if it does not exist (idempotent): in a
+/// lab, three, so the history survives the loss of a node.
+pub async fn ensure_replicated_event_stream(bus: &Bus, replicas: usize) -> Result<(), BusError> {
     let js = jetstream::new(bus.client().clone());
     let name = stream_name(bus.subjects().prefix());
     js.get_or_create_stream(jetstream::stream::Config {
@@ -28,6 +34,7 @@ pub async fn ensure_event_stream(bus: &Bus) -> Result<(), BusError> {
         subjects: vec![bus.subjects().all_events()],
         max_age: EVENT_RETENTION,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

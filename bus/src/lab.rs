@@ -3,12 +3,19 @@
 //! In lab mode every host's netd claims its VM subnet in a JetStream key-value bucket
 //! ([`banger_proto::net::subnet_bucket`]; value: the host id). A host that is cut off answers
 //! nothing on the bus, so discovery alone cannot tell it from a host that never existed; its
-//! claim can. Readers treat this as a hint: no bucket (a single host), or a bucket that cannot
-//! be read in time, is simply no extra knowledge.
+//! claim can. No bucket (a single host) is no lab; a bucket that cannot be read in time (a
+//! node without JetStream quorum, a user without the rights) is an unknown membership, which
+//! readers must say, since any answer built without it may be incomplete.
+//!
+//! The read creates no consumer (a consumer on a replicated stream is a raft group of its
+//! own, created and deleted on every read): the stream info lists the keys, and each key's
+//! last value is fetched with a direct message get.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
 use futures::TryStreamExt;
 
 use crate::client::Bus;
@@ -18,9 +25,37 @@ use crate::client::Bus;
 /// unanswered (it was routed to the lost node) and a fresh one is answered at once.
 const ATTEMPT: Duration = Duration::from_millis(300);
 
-/// The hosts holding a subnet claim, sorted and deduplicated; empty at once when there is no
-/// bucket (or no JetStream), and empty after `wait` when it could not be read.
-pub async fn lab_hosts(bus: &Bus, wait: Duration) -> Vec<String> {
+/// The header JetStream's key-value store marks deletes and purges with.
+const KV_OPERATION: &str = "KV-Operation";
+
+/// What is known of the lab's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// No subnet bucket (or no JetStream): a single host, not a lab.
+    NotALab,
+    /// The hosts holding a subnet claim, sorted and deduplicated.
+    Members(Vec<String>),
+    /// The bucket exists or may exist, but could not be read in time.
+    Unknown,
+}
+
+impl Membership {
+    /// The known members (none when not a lab or unknown).
+    pub fn hosts(&self) -> &[String] {
+        match self {
+            Self::Members(h) => h,
+            Self::NotALab | Self::Unknown => &[],
+        }
+    }
+
+    /// Whether the membership could not be read.
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::Unknown
+    }
+}
+
+/// Reads the lab's membership, trying again for up to `wait`.
+pub async fn membership(bus: &Bus, wait: Duration) -> Membership {
     let deadline = tokio::time::Instant::now() + wait;
     let js = jetstream::new(bus.client().clone());
     let bucket = banger_proto::net::subnet_bucket(bus.subjects().prefix());
@@ -28,39 +63,64 @@ pub async fn lab_hosts(bus: &Bus, wait: Duration) -> Vec<String> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             tracing::debug!("lab membership not read in time");
-            return Vec::new();
+            return Membership::Unknown;
         }
         match tokio::time::timeout(ATTEMPT.min(left), read(&js, &bucket)).await {
-            Ok(Ok(hosts)) => return hosts,
-            Ok(Err(Absent)) => return Vec::new(),
+            Ok(Ok(m)) => return m,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reading lab membership failed; trying again")
+            }
             Err(_) => tracing::debug!("reading lab membership timed out; trying again"),
         }
     }
 }
 
-/// There is no bucket to read (or the read failed outright): no lab membership known.
-struct Absent;
-
-async fn read(js: &jetstream::Context, bucket: &str) -> Result<Vec<String>, Absent> {
-    let absent = |e: &dyn std::fmt::Display| {
-        tracing::debug!(error = %e, "lab membership unavailable");
-        Absent
+/// One read: `Ok` when the answer is decisive, `Err` when it is worth trying again.
+async fn read(js: &jetstream::Context, bucket: &str) -> Result<Membership, String> {
+    let stream = match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(Membership::NotALab)
+                }
+                GetStreamErrorKind::Request if no_jetstream(&e) => Ok(Membership::NotALab),
+                _ => Err(e.to_string()),
+            };
+        }
     };
-    let kv = js.get_key_value(bucket).await.map_err(|e| absent(&e))?;
-    let keys: Vec<String> = kv
-        .keys()
+    let prefix = format!("$KV.{bucket}.");
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}>"))
         .await
-        .map_err(|e| absent(&e))?
+        .map_err(|e| e.to_string())?
         .try_collect()
         .await
-        .map_err(|e| absent(&e))?;
+        .map_err(|e| e.to_string())?;
     let mut hosts = Vec::new();
-    for k in keys {
-        if let Some(v) = kv.get(&k).await.map_err(|e| absent(&e))? {
-            hosts.push(String::from_utf8_lossy(&v).into_owned());
+    for (subject, _) in subjects {
+        let msg = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deleted = msg
+            .headers
+            .get(KV_OPERATION)
+            .is_some_and(|op| op.as_str() != "PUT");
+        if !deleted && subject.starts_with(&prefix) && !msg.payload.is_empty() {
+            hosts.push(String::from_utf8_lossy(&msg.payload).into_owned());
         }
     }
     hosts.sort();
     hosts.dedup();
-    Ok(hosts)
+    Ok(Membership::Members(hosts))
+}
+
+/// Whether a failed JetStream request failed because no server runs JetStream.
+fn no_jetstream(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<RequestError>())
+        .is_some_and(|r| r.kind() == RequestErrorKind::NoResponders)
 }

@@ -3,9 +3,11 @@
 //!
 //! Exit codes (stable, for scripts):
 //! 0 success · 1 failure · 2 usage error · 3 partial failure of a batch · 4 not found or
-//! unavailable.
+//! unavailable · 141 stdout closed by the reader (`banger vm list | head -1`).
 
+mod closed_stdout;
 pub mod commands;
+mod denial;
 pub mod exit;
 pub mod output;
 pub mod progress;
@@ -93,10 +95,34 @@ pub fn stack_runs_simulator(config: &CommonConfig) -> bool {
         == Some("sim")
 }
 
-/// Prints the simulator banner on stderr when the local stack runs the simulator. Flushes
-/// stdout first, so the banner never lands in the middle of a line a command already printed.
+/// Prints the simulator banner on stderr when the local stack runs the simulator.
 fn announce_simulator(config: &CommonConfig) {
     if stack_runs_simulator(config) {
+        announce_once();
+    }
+}
+
+/// Prints the simulator banner when one of the controllers that answered discovery says it
+/// runs the simulator (`vmm: sim` in its service metadata): so a lab's CLI, which has no local
+/// stack to look at, says so too.
+pub(crate) fn announce_simulated_controllers(instances: &[banger_bus::client::ServiceInstance]) {
+    let simulated = instances.iter().any(|i| {
+        i.name == banger_proto::service::VM_CONTROLLER
+            && i.metadata
+                .get(banger_proto::service::META_VMM)
+                .map(String::as_str)
+                == Some("sim")
+    });
+    if simulated {
+        announce_once();
+    }
+}
+
+/// The banner on stderr, at most once per command. Flushes stdout first, so the banner never
+/// lands in the middle of a line a command already printed.
+fn announce_once() {
+    static ANNOUNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !ANNOUNCED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         eprintln!("{}", simulator_banner());
@@ -124,6 +150,7 @@ pub fn parse() -> (Cli, String) {
 /// Runs the CLI and returns its exit code. `command` names the root span of the command's
 /// trace (see [`parse`]).
 pub fn main(cli: Cli, command: &str) -> ExitCode {
+    closed_stdout::install();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,14 +207,28 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         _ => {}
     }
-    let client = connect_bus(&config, None).await?;
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let client = connect_bus(&config, Some(events_tx)).await?;
+    let user = match &config.nats.auth {
+        banger_bus::config::NatsAuth::UserPassword { user, .. } => Some(user.clone()),
+        _ => None,
+    };
+    let denial = denial::first_denial(
+        events,
+        user,
+        banger_proto::net::subnet_bucket(config.subjects.prefix()),
+    );
     let app = App {
         bus: Bus::new(client, config.subjects.clone()),
         config,
         json: cli.json,
         timeout: Duration::from_secs(cli.timeout),
     };
-    let code = commands::dispatch(&app, cli.command).await?;
+    // A refused publish or subscribe ends the command at once (see `denial`).
+    let code = tokio::select! {
+        code = commands::dispatch(&app, cli.command) => code?,
+        denied = denial => return Err(denied.into()),
+    };
     if let Err(e) = app.bus.client().flush().await {
         tracing::debug!(error = %e, "flushing");
     }

@@ -219,6 +219,13 @@ impl Fake {
             req.memory_mib.map(MemMib::get),
             req.start
         ));
+        if req.image.as_ref().is_some_and(|i| i.as_str() == "nosuch") {
+            // As the real controller answers an image this host does not have.
+            return Err(ApiError::not_found(format!(
+                "image nosuch is not registered on host {}",
+                self.host
+            )));
+        }
         let mut vm = vm(
             req.name.as_str(),
             "ffff0000000000000000000000000000",
@@ -254,12 +261,17 @@ struct Lab {
 impl Lab {
     /// Starts a nats-server; `None` (after announcing the skip) when it is not installed.
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with extra nats-server arguments.
+    fn start_with(nats_args: &[&str]) -> Option<Self> {
         if !banger_testkit::have_program("nats-server") {
             banger_testkit::skip("nats-server is not installed");
             return None;
         }
         Some(Self {
-            nats: NatsServer::start(),
+            nats: NatsServer::start_with_args(nats_args),
             calls: Arc::new(watch::channel(Vec::new()).0),
             shutdown: CancellationToken::new(),
             state: tempfile::tempdir().unwrap(),
@@ -279,7 +291,14 @@ impl Lab {
             vms: Arc::new(Mutex::new(vms)),
             calls: self.calls.clone(),
         };
-        let spec = ServiceSpec::new(service::VM_CONTROLLER, "scripted test controller", &h);
+        // A host named sim* says, as the real controller does, that it runs the simulator.
+        let vmm = if host.starts_with("sim") {
+            "sim"
+        } else {
+            "firecracker"
+        };
+        let spec = ServiceSpec::new(service::VM_CONTROLLER, "scripted test controller", &h)
+            .with_meta(service::META_VMM, vmm);
         let mut svc = ServiceHost::start(&bus, spec).await.unwrap();
         if answers_list {
             svc.serve(vm::List, &op::Lab, fake.clone(), |f, _| async move {
@@ -321,6 +340,9 @@ impl Lab {
             .await
             .unwrap();
         svc.serve(vm::Logs, &h, f.clone(), Fake::logs)
+            .await
+            .unwrap();
+        svc.serve(vm::Create, &h, f.clone(), Fake::create)
             .await
             .unwrap();
         svc.serve(vm::Place, &op::Lab, f, Fake::create)
@@ -916,4 +938,181 @@ async fn create_wait_on_a_terminal_shows_a_spinner_unless_no_color() {
         "{screen:?}"
     );
     assert!(!screen.contains('\x1b'), "{screen:?}");
+}
+
+/// A lab member (a host with a subnet claim in netd's bucket) that answers nothing at all —
+/// not even discovery, as when it is cut off — is named unreachable, and the list exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_member_that_answers_nothing_is_named_unreachable() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["membership"], "known");
+
+    // Claims as netd writes them (a KV bucket's stream), h3's included.
+    let js = async_nats::jetstream::new(async_nats::connect(lab.nats.url()).await.unwrap());
+    let bucket = banger_proto::net::subnet_bucket("banger");
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for (key, host) in [
+        ("10_77_0_0", "h1"),
+        ("10_77_1_0", "h2"),
+        ("10_77_2_0", "h3"),
+    ] {
+        js.publish(format!("$KV.{bucket}.{key}"), host.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["unreachable_hosts"], serde_json::json!(["h3"]));
+    assert_eq!(json["vms"].as_array().map(Vec::len), Some(2));
+    assert!(
+        text(&out.stderr).contains("host h3 did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `banger vm list | head -0`: the reader closed stdout; the command ends quietly (no panic,
+/// no message) with the status of a process ended by SIGPIPE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    // Not `output()`: it would replace stdout by a pipe of its own.
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banger"))
+        .args([
+            "--nats-url",
+            &lab.nats.url(),
+            "--timeout",
+            "3",
+            "vm",
+            "list",
+        ])
+        .env("BANGER_STATE_DIR", lab.state.path())
+        .env("NO_COLOR", "1")
+        .env_remove("BANGER_CONFIG")
+        .env_remove("BANGER_PREFIX")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("banger did not finish within 60s")
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
+/// A missing image exits 4 (not found), as `vm create --help` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_a_missing_image_exits_4_as_its_help_says() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab
+        .banger(&["vm", "create", "web", "--image", "nosuch"])
+        .await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not registered on host h"),
+        "{}",
+        text(&out.stderr)
+    );
+    let help = lab.banger(&["vm", "create", "--help"]).await;
+    let help = text(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("4 not found or unavailable (the image is not registered"),
+        "{help}"
+    );
+}
+
+/// The CLI says VMs are simulated when a controller that answered says it runs the simulator
+/// (a lab has no local stack config to tell), and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_list_shows_the_simulator_banner_when_a_controller_is_simulated() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("SIMULATED"),
+        "{}",
+        text(&out.stderr)
+    );
+    lab.controller("sim3", vec![], true).await;
+    let out = lab.banger(&["vm", "list"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).matches("SIMULATED HYPERVISOR").count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// When the lab's membership cannot be read (here: its JetStream read goes unanswered), a host
+/// that answers nothing could not be named, so `vm list` says "membership unknown" and exits
+/// 3; with no JetStream at all (a single host), the list is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_lab_membership_is_said_and_exits_3() {
+    // No JetStream: nobody answers $JS.API, which is "not a lab".
+    let Some(lab) = Lab::start_with(&["-js=false"]) else {
+        return;
+    };
+    two_hosts(&lab).await;
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["membership"], "known");
+
+    // Something takes the membership read and never answers it, as a node without quorum.
+    let client = async_nats::connect(lab.nats.url()).await.unwrap();
+    let bucket = banger_proto::net::subnet_bucket("banger");
+    let _silent = client
+        .subscribe(format!("$JS.API.STREAM.INFO.KV_{bucket}"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["membership"], "unknown");
+    assert_eq!(json["vms"].as_array().map(Vec::len), Some(2));
+    assert!(stderr.contains("lab membership unknown"), "{stderr}");
+
+    let out = lab.banger(&["status"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("lab membership unknown"), "{stdout}");
 }

@@ -9,6 +9,7 @@
 //! unprivileged user, it tries the doors it is given and reports which opened.
 
 pub mod docker;
+pub mod documented_lab;
 pub mod lab;
 
 use std::path::{Path, PathBuf};

@@ -3,8 +3,9 @@
 //! three cluster configs form one cluster.
 //!
 //! The configs are used as written, with one change: `jetstream { store_dir }` points into the
-//! test's temporary directory instead of `/var/lib/banger/nats`. Ports come from the command
-//! line (`-p`, `-m`, `--cluster`, `--routes`), which override the file.
+//! test's temporary directory instead of `/var/lib/banger/nats` (and, for the cluster, the
+//! route port is a free one). Client and monitoring ports come from the command line (`-p`,
+//! `-m`), which override the file; the route URLs come from the environment, as in a lab.
 
 #![allow(
     clippy::tests_outside_test_module,
@@ -49,6 +50,26 @@ const PASSWORDS: &[(&str, &str)] = &[
     ("BANGER_PW_VIEWER", "pw-viewer"),
     ("BANGER_PW_ROUTE", "pw-route"),
 ];
+
+/// The route URL variables the cluster configs name (placeholders where no route is dialled).
+const ROUTE_VARS: &[&str] = &[
+    "BANGER_ROUTE_LAB_A",
+    "BANGER_ROUTE_LAB_B",
+    "BANGER_ROUTE_LAB_C",
+];
+
+/// Route URLs for configs whose routes are not dialled in a test (distinct: nats-server
+/// refuses a duplicate route).
+fn placeholder_routes() -> Vec<(String, String)> {
+    ROUTE_VARS
+        .iter()
+        .zip(1..)
+        .map(|(v, port)| ((*v).to_owned(), format!("nats-route://127.0.0.1:{port}")))
+        .collect()
+}
+
+/// The cluster configs' route port, replaced by a free one in tests.
+const CLUSTER_LISTEN_LINE: &str = "listen: 0.0.0.0:6222";
 
 const HOST: &str = "h1";
 const VM_ID: &str = "0123456789abcdef0123456789abcdef";
@@ -98,9 +119,31 @@ impl LabServer {
         Self::spawn_with_tls(config, extra, None)
     }
 
+    /// Node `config` of the cluster: its route port `cluster_port`, its peers' route URLs in
+    /// `routes` (`BANGER_ROUTE_*` variables, as passwords.env holds them), its log in `log`.
+    fn spawn_node(
+        config: &str,
+        cluster_port: u16,
+        routes: &[(String, String)],
+        log: &Path,
+    ) -> Self {
+        Self::start(config, &[], None, Some(cluster_port), routes, Some(log))
+    }
+
     /// Like [`Self::spawn`]; with `tls`, the config's commented top-level `tls { }` block is
     /// uncommented and its `/etc/banger/tls/` paths point into `tls`.
     fn spawn_with_tls(config: &str, extra: &[String], tls: Option<&Path>) -> Self {
+        Self::start(config, extra, tls, None, &placeholder_routes(), None)
+    }
+
+    fn start(
+        config: &str,
+        extra: &[String],
+        tls: Option<&Path>,
+        cluster_port: Option<u16>,
+        env: &[(String, String)],
+        log: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for f in FRAGMENTS {
             std::fs::copy(docs_nats().join(f), dir.path().join(f)).unwrap();
@@ -119,6 +162,16 @@ impl LabServer {
             Some(tls) => enable_client_tls(&text, tls),
             None => text,
         };
+        let text = match cluster_port {
+            Some(p) => {
+                assert!(
+                    text.contains(CLUSTER_LISTEN_LINE),
+                    "{config} no longer says {CLUSTER_LISTEN_LINE:?}"
+                );
+                text.replace(CLUSTER_LISTEN_LINE, &format!("listen: 127.0.0.1:{p}"))
+            }
+            None => text,
+        };
         let path = dir.path().join(config);
         std::fs::write(&path, text).unwrap();
         let (port, monitor) = (free_port(), free_port());
@@ -129,8 +182,12 @@ impl LabServer {
             .args(["-m", &monitor.to_string()])
             .args(extra)
             .envs(PASSWORDS.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(log) = log {
+            cmd.arg("-l").arg(log);
+        }
         Self {
             port,
             monitor,
@@ -347,6 +404,7 @@ fn every_server_config_passes_nats_server_check() {
             .arg(&path)
             .arg("-t")
             .envs(PASSWORDS.iter().copied())
+            .envs(placeholder_routes())
             .output()
             .unwrap();
         let text = format!(
@@ -362,6 +420,7 @@ fn every_server_config_passes_nats_server_check() {
             .arg(&path)
             .arg("-t")
             .envs(PASSWORDS.iter().copied())
+            .envs(placeholder_routes())
             .env_remove("BANGER_PW_STORD")
             .output()
             .unwrap();
@@ -669,34 +728,51 @@ fn the_services_run_with_their_role_credentials() {
     });
 }
 
-/// The three cluster configs form one cluster: an event published on node A reaches a
-/// subscriber on node C, with the users and permissions of the configs on every node.
+/// The three cluster configs form one cluster, with route authentication really on: the
+/// nodes dial each other with the route URLs of the environment (credentials included), an
+/// event published on node A reaches a subscriber on node C, the users and permissions of the
+/// configs hold on every node, and a server without the route credentials cannot join.
 #[test]
 fn the_three_cluster_configs_form_one_cluster() {
     if !nats_server_here() {
         return;
     }
+    let logs = tempfile::tempdir().unwrap();
     let route_ports = [free_port(), free_port(), free_port()];
-    let routes = route_ports
+    let routes: Vec<(String, String)> = ROUTE_VARS
         .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+        .zip(route_ports)
+        .map(|(v, p)| {
+            (
+                (*v).to_owned(),
+                format!("nats-route://route:{}@127.0.0.1:{p}", password("route")),
+            )
+        })
+        .collect();
     let nodes: Vec<LabServer> = ["a", "b", "c"]
         .iter()
         .zip(route_ports)
         .map(|(n, p)| {
-            LabServer::spawn(
+            LabServer::spawn_node(
                 &format!("lab-cluster-{n}.conf"),
-                &[
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{p}"),
-                    "--routes".into(),
-                    routes.clone(),
-                ],
+                p,
+                &routes,
+                &logs.path().join(format!("{n}.log")),
             )
         })
         .collect();
+    // Every node has routes to both others (the configs name two peers each).
+    for (n, node) in nodes.iter().enumerate() {
+        let monitor = format!("127.0.0.1:{}", node.monitor);
+        wait_until_blocking(
+            &format!("node {n} to have its two routes"),
+            Duration::from_secs(30),
+            || {
+                banger_testkit::http_get(&monitor, "/varz")
+                    .is_some_and(|body| body.contains("\"routes\": 2,"))
+            },
+        );
+    }
     // Not /healthz: a clustered JetStream reports healthy only once the meta group has a
     // leader, which on a loaded test machine can take longer than the server needs to route
     // messages — and routing is what this test is about. The monitoring port opens before
@@ -736,6 +812,46 @@ fn the_three_cluster_configs_form_one_cluster() {
             .expect_violation("viewer on node B creating a VM", "banger.vm.create")
             .await;
     });
+
+    // A server that dials node A's route port without the route credentials is refused.
+    let intruder_log = logs.path().join("intruder.log");
+    let intruder_conf = logs.path().join("intruder.conf");
+    std::fs::write(
+        &intruder_conf,
+        format!(
+            "server_name: intruder\nlisten: \"127.0.0.1:{}\"\n\
+             cluster {{\n  name: banger-lab\n  listen: \"127.0.0.1:{}\"\n  \
+             routes: [\"nats-route://127.0.0.1:{}\"]\n}}\n",
+            free_port(),
+            free_port(),
+            route_ports[0]
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c")
+        .arg(&intruder_conf)
+        .arg("-l")
+        .arg(&intruder_log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _intruder = Process::spawn("nats-server", cmd);
+    let a_log = logs.path().join("a.log");
+    wait_until_blocking(
+        "node A to refuse the route without credentials",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&a_log).is_ok_and(|l| {
+                l.contains("Authorization Error") || l.contains("authentication error")
+            })
+        },
+    );
+    let varz =
+        banger_testkit::http_get(&format!("127.0.0.1:{}", nodes[0].monitor), "/varz").unwrap();
+    assert!(
+        varz.contains("\"routes\": 2,"),
+        "the intruder joined node A: {varz}"
+    );
 }
 
 /// The TLS block shown (commented) in the single-node config works as written: with it on, a
@@ -968,7 +1084,7 @@ fn lab_init_writes_credentials_that_log_in_with_their_role() {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    assert_eq!(env.len(), PASSWORDS.len(), "{env:?}");
+    assert_eq!(env.len(), PASSWORDS.len() + ROUTE_VARS.len(), "{env:?}");
     let conf = out.path().join("nats/lab-single.conf");
     let text = std::fs::read_to_string(&conf).unwrap().replace(
         STORE_DIR_LINE,
@@ -1067,4 +1183,50 @@ fn lab_init_writes_credentials_that_log_in_with_their_role() {
             .unwrap();
         assert!(e.to_lowercase().contains("permissions violation"), "{e}");
     });
+}
+
+/// A read-only viewer that runs a command its role may not is told "permission denied" at
+/// once (the server's permissions violation ends the command), not after its whole timeout
+/// with a hint to start the stack.
+#[test]
+fn a_denied_viewer_is_told_permission_denied_at_once() {
+    if !nats_server_here() {
+        return;
+    }
+    let server = LabServer::single();
+    let state = tempfile::tempdir().unwrap();
+    for args in [
+        &["vm", "list"][..],
+        &["status"][..],
+        &["vm", "create", "web"][..],
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new(bin_path("banger"))
+            .args(["--nats-url", &server.url(), "--timeout", "60"])
+            .args([
+                "--nats-user",
+                "viewer",
+                "--nats-password",
+                password("viewer"),
+            ])
+            .args(["--nats-inbox-prefix", "_INBOX_viewer"])
+            .args(args)
+            .env("BANGER_STATE_DIR", state.path())
+            .env("XDG_CONFIG_HOME", state.path().join("xdg"))
+            .env("NO_COLOR", "1")
+            .env_remove("BANGER_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("permission denied"), "{args:?}: {stderr}");
+        assert!(stderr.contains("\"viewer\""), "{args:?}: {stderr}");
+        assert!(!stderr.contains("banger up"), "{args:?}: {stderr}");
+        // "At once": far below the 60 s timeout (the violation comes back in milliseconds).
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -199,6 +199,21 @@ pub fn http_get_ok(addr: &str, path: &str) -> bool {
     head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200")
 }
 
+/// The body of `GET path` on `addr` when it answers 200 (monitoring endpoints: `/varz`,
+/// `/routez`).
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200"))
+        .then(|| body.to_owned())
+}
+
 /// A real `nats-server` on a free loopback port, with JetStream and its own store dir.
 pub struct NatsServer {
     port: u16,

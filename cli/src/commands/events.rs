@@ -27,6 +27,15 @@ pub struct EventsArgs {
     /// then keep watching
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     pub since: Option<std::time::Duration>,
+    /// Create the event history (the JetStream stream `--since` replays; `banger up` creates
+    /// it on a single host) when it does not exist yet, then exit. In a lab, run it once as the
+    /// operator with `--replicas 3`
+    #[arg(long, conflicts_with_all = ["vm", "host", "kind", "count", "since"])]
+    pub create_history: bool,
+    /// Copies of the event history kept by the cluster, with --create-history
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "create_history",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
 }
 
 /// Parses `30s`, `10m`, `2h`, `1d`.
@@ -72,7 +81,8 @@ async fn replay(app: &App, filter: &str, age: std::time::Duration) -> anyhow::Re
     let stream = js.get_stream(&name).await.map_err(|e| {
         anyhow::anyhow!(
             "event history is not available ({e}): the JetStream stream {name} is created by \
-             `banger up`; events since then can be replayed"
+             `banger up` (in a lab: `banger events --create-history --replicas 3`); events since \
+             then can be replayed"
         )
     })?;
     let start_ms =
@@ -137,6 +147,13 @@ fn format_time(ms: u64) -> String {
 
 /// Runs `banger events`.
 pub async fn run(app: &App, args: EventsArgs) -> anyhow::Result<u8> {
+    if args.create_history {
+        banger_bus::history::ensure_replicated_event_stream(&app.bus, usize::from(args.replicas))
+            .await?;
+        let name = banger_bus::history::stream_name(app.bus.subjects().prefix());
+        eprintln!("event history {name} is in place");
+        return Ok(exit::OK);
+    }
     // A full id narrows the subscription itself; names and prefixes are filtered here.
     let vm_id = args.vm.as_deref().and_then(|r| VmId::new(r).ok());
     let filter = app

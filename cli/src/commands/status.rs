@@ -1,6 +1,11 @@
 //! `banger status`: every service on every host (version, uptime, requests, errors, latency,
 //! from the NATS service API), the NATS server, the DNS listener, each host's bridge and NAT
 //! state, and VM counts by state. `--json` prints the same report as JSON.
+//!
+//! Nothing that fails to answer is dropped: a lab member (a host with a subnet claim) whose
+//! vm-controller, netd or stord did not answer discovery, an instance that did not answer
+//! `$SRV.STATS`, a netd or dnsd that did not answer its status request are all named, as is a
+//! lab membership that could not be read; any of them makes the exit status 3.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,8 +25,20 @@ const DISCOVERY_WINDOW: Duration = Duration::from_millis(1000);
 /// Deadline of each per-service status request.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long the lab's membership may take to read (a healthy read takes milliseconds).
+const MEMBERS_WAIT: Duration = Duration::from_secs(3);
+
+/// The services every lab member runs.
+const PER_HOST_SERVICES: [&str; 3] = [VM_CONTROLLER, service::NETD, service::STORD];
+
 /// Flags of `banger status`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 when every service answered, 3 when the report may be \
+                        incomplete (a service or host did not answer, or the lab's membership \
+                        could not be read: each named in the report), 4 when no banger service \
+                        answered at all."
+)]
 pub struct StatusArgs {}
 
 /// The whole report.
@@ -39,6 +56,28 @@ pub struct StatusReport {
     pub vms_by_state: BTreeMap<String, u32>,
     /// Controllers that were found but did not answer `vm.list`.
     pub unreachable_hosts: Vec<String>,
+    /// Services that were expected but did not answer, and what they did not answer.
+    pub silent: Vec<SilentService>,
+    /// The lab's membership could not be read: a cut-off host's services cannot be named.
+    pub membership_unknown: bool,
+}
+
+/// A service that was expected to answer and did not.
+#[derive(Debug, Serialize)]
+pub struct SilentService {
+    /// Service name.
+    pub name: String,
+    /// Host id.
+    pub host: String,
+    /// What it did not answer (`$SRV.PING`: not found at all).
+    pub missed: String,
+}
+
+impl StatusReport {
+    /// Whether something that should have answered did not.
+    pub fn is_partial(&self) -> bool {
+        !self.unreachable_hosts.is_empty() || !self.silent.is_empty() || self.membership_unknown
+    }
 }
 
 /// The NATS server.
@@ -85,6 +124,8 @@ pub async fn run(app: &App, _args: StatusArgs) -> anyhow::Result<u8> {
     }
     Ok(if report.services.is_empty() {
         exit::NOT_FOUND_OR_UNAVAILABLE
+    } else if report.is_partial() {
+        exit::PARTIAL
     } else {
         exit::OK
     })
@@ -99,10 +140,38 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
         version: info.version.clone(),
         cluster_urls: info.connect_urls.clone(),
     };
-    let instances = bus.ping(None, DISCOVERY_WINDOW).await?;
+    let (instances, members) = tokio::join!(
+        bus.ping(None, DISCOVERY_WINDOW),
+        banger_bus::lab::membership(bus, MEMBERS_WAIT)
+    );
+    let instances = instances?;
+    crate::announce_simulated_controllers(&instances);
     let stats = bus
         .service_verb(SRV_STATS.to_owned(), DISCOVERY_WINDOW)
         .await?;
+    let mut silent = Vec::new();
+    let mut miss = |name: &str, host: &str, missed: &str| {
+        silent.push(SilentService {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            missed: missed.to_owned(),
+        });
+    };
+    for host in members.hosts() {
+        for name in PER_HOST_SERVICES {
+            if !instances
+                .iter()
+                .any(|i| i.name == name && i.host() == Some(host.as_str()))
+            {
+                miss(name, host, "$SRV.PING");
+            }
+        }
+    }
+    for i in &instances {
+        if !stats.iter().any(|s| s["id"] == i.id.as_str()) {
+            miss(&i.name, i.host().unwrap_or("?"), "$SRV.STATS");
+        }
+    }
     let now = banger_bus::now_ms();
     let mut services: Vec<ServiceRow> = instances
         .iter()
@@ -141,23 +210,32 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
         .collect();
     services.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
 
-    let dns = if services.iter().any(|s| s.name == service::DNSD) {
-        bus.call::<op::dns::Status>(&Lab, &DnsStatusRequest::default(), QUERY_TIMEOUT)
-            .await
-            .ok()
-    } else {
-        None
+    let dns = match services.iter().find(|s| s.name == service::DNSD) {
+        Some(d) => {
+            let answer = bus
+                .call::<op::dns::Status>(&Lab, &DnsStatusRequest::default(), QUERY_TIMEOUT)
+                .await
+                .ok();
+            if answer.is_none() {
+                miss(&d.name, &d.host, "dns.status");
+            }
+            answer
+        }
+        None => None,
     };
     let mut networks = BTreeMap::new();
     for s in services.iter().filter(|s| s.name == service::NETD) {
         let Ok(host) = HostId::new(&s.host) else {
             continue;
         };
-        if let Ok(st) = bus
+        match bus
             .call::<op::net::Status>(&host, &NetStatusRequest::default(), QUERY_TIMEOUT)
             .await
         {
-            networks.insert(s.host.clone(), st);
+            Ok(st) => {
+                networks.insert(s.host.clone(), st);
+            }
+            Err(_) => miss(&s.name, &s.host, "net.status"),
         }
     }
     let controllers: Vec<&ServiceRow> = services
@@ -187,6 +265,7 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
         .filter(|c| !answered.contains(&c.host))
         .map(|c| c.host.clone())
         .collect();
+    silent.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
     Ok(StatusReport {
         nats,
         services,
@@ -194,6 +273,8 @@ async fn collect(app: &App) -> anyhow::Result<StatusReport> {
         networks,
         vms_by_state,
         unreachable_hosts,
+        silent,
+        membership_unknown: members.is_unknown(),
     })
 }
 
@@ -227,6 +308,23 @@ pub fn render(r: &StatusReport) -> String {
         out.push_str("no banger service answered: is the stack running (`banger up`)?\n");
         return out;
     }
+    let mut rows = rows;
+    rows.extend(
+        r.silent
+            .iter()
+            .filter(|s| s.missed == "$SRV.PING")
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.host.clone(),
+                    "no answer".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                ]
+            }),
+    );
     out.push_str(&output::table(
         &[
             "SERVICE", "HOST", "VERSION", "UPTIME", "REQUESTS", "ERRORS", "AVG",
@@ -282,6 +380,18 @@ pub fn render(r: &StatusReport) -> String {
     ));
     for h in &r.unreachable_hosts {
         out.push_str(&format!("warning: host {h} did not answer vm.list\n"));
+    }
+    for s in &r.silent {
+        out.push_str(&format!(
+            "warning: {} on {} did not answer {}\n",
+            s.name, s.host, s.missed
+        ));
+    }
+    if r.membership_unknown {
+        out.push_str(
+            "warning: lab membership unknown (its JetStream bucket could not be read): the \
+             services of a host that answers nothing at all are not named\n",
+        );
     }
     out
 }
@@ -353,6 +463,12 @@ mod tests {
             )]),
             vms_by_state: BTreeMap::from([("running".to_owned(), 1), ("stopped".to_owned(), 1)]),
             unreachable_hosts: vec!["lab3".into()],
+            silent: vec![SilentService {
+                name: "stord".into(),
+                host: "lab3".into(),
+                missed: "$SRV.PING".into(),
+            }],
+            membership_unknown: false,
         }
     }
 
@@ -366,6 +482,17 @@ mod tests {
         let mut r = report();
         r.services.clear();
         assert!(render(&r).contains("`banger up`"));
+    }
+
+    #[test]
+    fn an_unknown_membership_is_said_and_partial() {
+        let mut r = report();
+        r.silent.clear();
+        r.unreachable_hosts.clear();
+        assert!(!r.is_partial());
+        r.membership_unknown = true;
+        assert!(r.is_partial());
+        assert!(render(&r).contains("lab membership unknown"));
     }
 
     #[test]

@@ -36,10 +36,18 @@ impl Controller {
             .unwrap_or_else(|| inner.config.default_image.clone());
         let image = inner.stord.image_show(&image_name).await.map_err(|e| {
             if e.code == ErrorCode::NotFound {
+                // Images are per host: the registration must name this one.
                 let hint = if req.image.is_none() {
-                    " (the default image); register one with `banger image register` or pass --image"
+                    format!(
+                        " (the default image); register one with `banger image register ... \
+                         --host {}` or pass --image",
+                        inner.host
+                    )
                 } else {
-                    "; register it with `banger image register`"
+                    format!(
+                        "; register it with `banger image register {image_name} ... --host {}`",
+                        inner.host
+                    )
                 };
                 ApiError::not_found(format!(
                     "image {image_name} is not registered on host {}{hint}",

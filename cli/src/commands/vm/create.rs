@@ -8,7 +8,7 @@ use banger_proto::agent::Health;
 use banger_proto::net::PortForward;
 use banger_proto::op::{Lab, vm};
 use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmState};
-use banger_proto::{ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, VmName};
+use banger_proto::{ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, VmName, service};
 
 use super::units::{format_mib, parse_cpus, parse_disk, parse_memory, parse_seconds};
 use crate::progress::Progress;
@@ -30,8 +30,10 @@ const HEALTH_ATTEMPT: Duration = Duration::from_secs(5);
 Sizes are MiB when given as a plain number (1024), or take a unit: 512M, 2G, 1T. Zero or \
 negative cpus and sizes are refused before anything is sent.
 
-Exit status: 0 created (and healthy with --wait), 2 invalid flags, 4 no controller answered or \
---wait timed out, 1 any other failure (name taken, image missing, ...).")]
+Exit status: 0 created (and healthy with --wait), 2 invalid flags, 4 not found or unavailable \
+(the image is not registered on the host that took the VM, no controller answered, or --wait \
+timed out), 1 any other failure (name taken, ...). Images are registered per host: \
+`banger image register NAME ... --host HOST` on every host that may run the VM.")]
 pub struct CreateArgs {
     /// Name of the new VM: lowercase letters, digits and '-'; the VM is reachable as NAME.vm
     #[arg(value_name = "NAME")]
@@ -110,13 +112,36 @@ pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// The longest placement waits for the controllers' discovery answers (it returns shortly
+/// after the last one, and at once when there is none).
+const PLACEMENT_WINDOW: Duration = Duration::from_secs(5);
+
 /// Sends one validated `vm.create` and returns the controller's answer.
+///
+/// A named host gets the request on its own subject. Otherwise the VM goes to the controller
+/// that answers discovery first: only live controllers answer, so a host that is cut off (or
+/// whose controller stopped) leaves placement at once. The controllers' queue group
+/// (`vm.create`) would still offer requests to a lost host until its NATS node drops the
+/// route, and such a request waits out its whole deadline. When discovery finds no
+/// controller, the queue group gets the request (and says nobody answers).
 pub(crate) async fn send(app: &App, req: &CreateVmRequest) -> anyhow::Result<VmOpReply> {
-    // A named host gets the request on its own subject; otherwise the controllers' queue
-    // group picks one (that is placement).
+    let mut req = req.clone();
+    if req.host.is_none() {
+        let controllers = app
+            .bus
+            .ping(
+                Some(service::VM_CONTROLLER),
+                app.timeout.min(PLACEMENT_WINDOW),
+            )
+            .await?;
+        crate::announce_simulated_controllers(&controllers);
+        req.host = controllers
+            .iter()
+            .find_map(|c| c.host().and_then(|h| HostId::new(h).ok()));
+    }
     let reply = match &req.host {
-        Some(h) => app.bus.call::<vm::Create>(h, req, app.timeout).await,
-        None => app.bus.call::<vm::Place>(&Lab, req, app.timeout).await,
+        Some(h) => app.bus.call::<vm::Create>(h, &req, app.timeout).await,
+        None => app.bus.call::<vm::Place>(&Lab, &req, app.timeout).await,
     };
     reply.with_context(|| format!("creating VM {}", req.name))
 }

@@ -9,9 +9,12 @@ use crate::{App, exit, output};
 /// Flags of `banger vm list`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit status: 0 when every host answered, 3 when some hosts did not \
-                        answer (their VMs are missing from the list and the hosts are named on \
-                        stderr), 4 when no vm-controller runs."
+    after_help = "Exit status: 0 when every host answered, 3 when the list may be \
+                        incomplete: some hosts did not answer (their VMs are missing; the hosts \
+                        are named on stderr and in --json's unreachable_hosts), or the lab's \
+                        membership could not be read (\"lab membership unknown\" on stderr, \
+                        \"membership\": \"unknown\" in --json: a cut-off host cannot be \
+                        named), 4 when no vm-controller runs."
 )]
 pub struct ListArgs {}
 
@@ -22,6 +25,7 @@ pub(crate) async fn run(app: &App, _args: ListArgs) -> anyhow::Result<u8> {
         output::print_json(&serde_json::json!({
             "vms": snap.vms,
             "unreachable_hosts": snap.unreachable,
+            "membership": if snap.membership_unknown { "unknown" } else { "known" },
         }))?;
     } else {
         print!("{}", render(&snap.vms, banger_bus::now_ms()));
@@ -31,10 +35,10 @@ pub(crate) async fn run(app: &App, _args: ListArgs) -> anyhow::Result<u8> {
 }
 
 fn code(snap: &Snapshot) -> u8 {
-    if snap.unreachable.is_empty() && snap.bad_replies.is_empty() {
-        exit::OK
-    } else {
+    if snap.is_partial() {
         exit::PARTIAL
+    } else {
+        exit::OK
     }
 }
 

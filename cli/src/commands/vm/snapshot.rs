@@ -36,6 +36,9 @@ pub(crate) struct Snapshot {
     pub(crate) unreachable: Vec<String>,
     /// Answers that could not be read (an error reply or a reply of another shape).
     pub(crate) bad_replies: Vec<String>,
+    /// The lab's membership could not be read: hosts that answer nothing at all (cut off)
+    /// cannot be named, so the list may be incomplete without anyone named unreachable.
+    pub(crate) membership_unknown: bool,
 }
 
 impl Snapshot {
@@ -61,9 +64,10 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
             Some(service::VM_CONTROLLER),
             app.timeout.min(DISCOVERY_WINDOW)
         ),
-        banger_bus::lab::lab_hosts(&app.bus, MEMBERS_WAIT)
+        banger_bus::lab::membership(&app.bus, MEMBERS_WAIT)
     );
     let controllers = controllers?;
+    crate::announce_simulated_controllers(&controllers);
     if controllers.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
@@ -80,7 +84,10 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
             app.timeout.min(LIST_DEADLINE),
         )
         .await?;
-    let mut snap = Snapshot::default();
+    let mut snap = Snapshot {
+        membership_unknown: members.is_unknown(),
+        ..Snapshot::default()
+    };
     let mut answered = Vec::new();
     for r in replies {
         match r {
@@ -94,7 +101,7 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
     let mut unreachable: Vec<String> = controllers
         .iter()
         .filter_map(|c| c.host())
-        .chain(members.iter().map(String::as_str))
+        .chain(members.hosts().iter().map(String::as_str))
         .filter(|h| !answered.iter().any(|a| a == h))
         .map(str::to_owned)
         .collect();
@@ -106,8 +113,23 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
     Ok(snap)
 }
 
-/// Warns on stderr about hosts that did not answer and answers that could not be read.
+impl Snapshot {
+    /// Whether the snapshot may miss VMs: a host did not answer, an answer could not be read,
+    /// or the lab's membership is unknown.
+    pub(crate) fn is_partial(&self) -> bool {
+        !self.unreachable.is_empty() || !self.bad_replies.is_empty() || self.membership_unknown
+    }
+}
+
+/// Warns on stderr about hosts that did not answer, answers that could not be read, and an
+/// unknown lab membership.
 pub(crate) fn warn_incomplete(snap: &Snapshot) {
+    if snap.membership_unknown {
+        eprintln!(
+            "warning: lab membership unknown (its JetStream bucket could not be read): hosts \
+             that answer nothing at all are not named, and their VMs are not shown"
+        );
+    }
     for h in &snap.unreachable {
         eprintln!("warning: host {h} did not answer vm.list; its VMs are not shown");
     }
