@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod exit;
 pub mod forward_accept;
+pub mod kernel;
 pub mod lease;
 pub mod link;
 pub mod nat;
