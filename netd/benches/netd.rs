@@ -285,7 +285,7 @@ async fn measure(url: String, state_dir: std::path::PathBuf) {
     for i in 0..BATCH {
         attach(&netd, req(3000 + i)).await.unwrap();
     }
-    let ops_before = netd.links.delete_ops();
+    let ops_before = netd.kernel.delete_ops();
     let t = Instant::now();
     let all =
         futures::future::join_all((0..BATCH).map(|i| detach(&netd, detach_req(3000 + i, false))))
@@ -298,7 +298,7 @@ async fn measure(url: String, state_dir: std::path::PathBuf) {
     );
     println!(
         "  kernel delete operations for {BATCH} concurrent detaches: {}",
-        netd.links.delete_ops() - ops_before
+        netd.kernel.delete_ops() - ops_before
     );
     println!(
         "  one batch is {:.1}x faster than {BATCH} serial detaches",

@@ -56,7 +56,7 @@ pub enum ExitError {
 pub async fn on_exit(netd: &Netd) -> Result<ExitOutcome, ExitError> {
     let _gate = netd.gate.write().await;
     let active_leases = netd.store.all().await?.iter().filter(|l| l.active).count();
-    let links = netd.links.list().await?;
+    let links = netd.kernel.list_links().await?;
     let bridge = links.iter().find(|l| l.name == netd.cfg.bridge);
     let interfaces: Vec<String> = links
         .iter()
@@ -76,10 +76,10 @@ pub async fn on_exit(netd: &Netd) -> Result<ExitOutcome, ExitError> {
             interfaces,
         });
     }
-    netd.nat.delete_table().await?;
-    netd.forward.remove().await?;
+    netd.kernel.delete_table().await?;
+    netd.kernel.remove_forward_accepts().await?;
     if let Some(b) = bridge {
-        netd.links.delete(b.index).await?;
+        netd.kernel.delete_link(b.index).await?;
     }
     tracing::info!(
         bridge = %netd.cfg.bridge,

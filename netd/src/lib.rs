@@ -2,8 +2,10 @@
 //!
 //! Answers `<p>.host.<host>.net.{attach,detach,list,status}` ([`ops`]), reacts to this host's
 //! `stopped` and `deleted` events ([`events`]) and reconciles at start-up and periodically
-//! ([`reconcile`]). Kernel state goes through [`link`] (rtnetlink), [`tap`] (tun ioctls) and
-//! [`nat`] (one nftables table); leases live in SQLite ([`store`]). What is left behind on exit
+//! ([`reconcile`]). Every kernel call goes through the trait [`kernel::HostNet`], whose real
+//! implementation delegates to [`link`] (rtnetlink), [`tap`] (tun ioctls), [`nat`] (one
+//! nftables table), [`forward_accept`] (iptables) and [`route`]; a recording double unit-tests
+//! the decisions without root. Leases live in SQLite ([`store`]). What is left behind on exit
 //! is decided in [`exit`].
 //!
 //! Lab mode (several hosts on one NATS cluster): the host's VM subnet is claimed in a JetStream
@@ -14,6 +16,7 @@ pub mod config;
 pub mod events;
 pub mod exit;
 pub mod forward_accept;
+pub mod kernel;
 pub mod lease;
 pub mod link;
 pub mod nat;

@@ -131,7 +131,7 @@ pub async fn refresh(netd: &Netd) -> Result<(), RouteError> {
     }
     let current = netd.peers.current(Instant::now(), netd.cfg.peers.expiry);
     let want = wanted_routes(netd.host.as_str(), netd.cfg.subnet, &current);
-    let done = netd.routes.sync(&want).await?;
+    let done = netd.kernel.sync_routes(&want).await?;
     for r in &done.install {
         tracing::info!(subnet = %r.subnet, via = %r.via, "route to a peer host installed");
     }
@@ -158,7 +158,7 @@ pub async fn periodic(netd: Arc<Netd>, shutdown: CancellationToken) {
 
 /// Removes every route netd installed (on exit).
 pub async fn remove_all(netd: &Netd) -> Result<usize, RouteError> {
-    let done = netd.routes.sync(&[]).await?;
+    let done = netd.kernel.sync_routes(&[]).await?;
     Ok(done.remove.len())
 }
 

@@ -27,7 +27,7 @@ use rtnetlink::packet_route::link::InfoKind;
 use crate::lease::TAP_PREFIX;
 use crate::link::{Link, LinkError};
 use crate::ops::detach::{DetachError, Teardown, teardown_locked};
-use crate::state::{Netd, RestoreError, desired_rules, enable_forwarding};
+use crate::state::{Netd, RestoreError, desired_rules};
 use crate::store::{LeaseRow, StoreError};
 
 /// How long `$SRV.PING` collects answers from controllers.
@@ -178,23 +178,28 @@ pub async fn reconcile(netd: &Netd) -> Result<(), ReconcileError> {
         .saturating_sub(u64::try_from(netd.cfg.reconcile_grace.as_millis()).unwrap_or(u64::MAX));
     // Asked before taking the gate: the answer may take a while and is judged with `recent_ms`.
     let vms = controller_view(netd).await;
+    reconcile_with(netd, vms.as_ref(), recent_ms).await
+}
+
+/// One pass given the controller's view of this host's VMs (`None`: no controller answered);
+/// leases updated at or after `recent_ms` are left alone.
+pub async fn reconcile_with(
+    netd: &Netd,
+    vms: Option<&HashMap<VmId, VmState>>,
+    recent_ms: u64,
+) -> Result<(), ReconcileError> {
     let _gate = netd.gate.write().await;
 
     netd.ensure_bridge().await?;
-    enable_forwarding()
+    netd.kernel
+        .enable_forwarding()
         .await
         .map_err(ReconcileError::Forwarding)?;
     // Links first, then leases: attach stores the lease before creating the tap, so a tap seen
     // here always has its lease in the read that follows.
-    let links: Vec<Link> = netd.links.list().await?;
+    let links: Vec<Link> = netd.kernel.list_links().await?;
     let leases = netd.store.all().await?;
-    let plan = plan(
-        &links,
-        &leases,
-        vms.as_ref(),
-        recent_ms,
-        netd.cfg.teardown_group,
-    );
+    let plan = plan(&links, &leases, vms, recent_ms, netd.cfg.teardown_group);
     if !plan.teardown.is_empty() {
         tracing::info!(
             vms = plan.teardown.len(),
@@ -206,15 +211,15 @@ pub async fn reconcile(netd: &Netd) -> Result<(), ReconcileError> {
     if !plan.orphan_taps.is_empty() {
         let names: Vec<String> = plan.orphan_taps.iter().map(|(_, n)| n.clone()).collect();
         tracing::info!(taps = ?names, "reconcile: removing orphan taps");
-        netd.links
-            .delete_many(&names, netd.cfg.teardown_group)
+        netd.kernel
+            .delete_links(&names, netd.cfg.teardown_group)
             .await?;
     }
 
     // Rules: compare what is installed with what the leases want; rebuild on any difference.
     let leases = netd.store.all().await?;
     let want = desired_rules(&leases);
-    let state = netd.nat.state().await?;
+    let state = netd.kernel.rules_state().await?;
     let want_counts: HashMap<&VmId, usize> =
         want.iter().map(|v| (&v.vm, v.forwards.len() * 2)).collect();
     let have_counts: HashMap<&VmId, usize> =
@@ -228,7 +233,7 @@ pub async fn reconcile(netd: &Netd) -> Result<(), ReconcileError> {
         netd.restore_rules().await?;
     }
     // Another firewall (Docker) may have set the FORWARD policy to DROP since the last pass.
-    netd.forward.ensure().await?;
+    netd.kernel.ensure_forward_accepts().await?;
     Ok(())
 }
 

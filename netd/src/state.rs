@@ -1,5 +1,5 @@
-//! The running netd: configuration, lease store, netlink connection and NAT table, plus the
-//! locks that keep operations on one VM in order.
+//! The running netd: configuration, lease store and the kernel ([`HostNet`]), plus the locks
+//! that keep operations on one VM in order.
 //!
 //! Locking: every operation on a VM holds that VM's lock, so attach, detach and event reactions
 //! of one VM never interleave while different VMs proceed in parallel. Reconciliation takes the
@@ -16,15 +16,13 @@ use tokio::sync::{OwnedMutexGuard, RwLock};
 
 use crate::config::NetConfig;
 use crate::forward_accept::ForwardAccept;
+use crate::kernel::{BridgeSpec, HostNet, IP_FORWARD, Linux};
 use crate::lease;
 use crate::link::{LinkError, Links};
 use crate::nat::{Nat, NatError, VmRules};
 use crate::peers::PeerTable;
 use crate::route::{RouteError, Routes};
 use crate::store::{LeaseRow, LeaseStore, StoreError};
-
-/// Where the kernel's IPv4 forwarding switch lives (per network namespace).
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Why netd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,20 +101,14 @@ pub struct Netd {
     pub bus: Bus,
     /// Leases.
     pub store: LeaseStore,
-    /// Netlink.
-    pub links: Links,
-    /// The nftables table.
-    pub nat: Nat,
+    /// The kernel: devices, the nftables table, iptables accepts, routes.
+    pub kernel: Arc<dyn HostNet>,
     /// Shared by operations, exclusive for reconciliation.
     pub gate: RwLock<()>,
     /// Per-VM locks.
     pub locks: VmLocks,
     /// The other hosts' netds, as discovered (lab mode).
     pub peers: PeerTable,
-    /// Routes to the other hosts' VM subnets.
-    pub routes: Routes,
-    /// Accepts for the bridge in iptables' FORWARD path, when its policy drops (Docker).
-    pub forward: ForwardAccept,
 }
 
 impl Netd {
@@ -131,27 +123,41 @@ impl Netd {
         let store = tokio::task::spawn_blocking(move || LeaseStore::open(&state_dir))
             .await
             .map_err(StoreError::Join)??;
-        let links = Links::connect()?;
-        let nat = Nat::new(&cfg.table, &cfg.bridge, cfg.subnet, &cfg.uplinks)
-            .with_lab_range(cfg.lab.as_ref().map(|l| l.range));
-        let routes = Routes::connect(cfg.peers.route_protocol)?;
-        let forward =
-            ForwardAccept::new(&cfg.bridge, &cfg.table, cfg.lab.as_ref().map(|l| l.range));
+        let lab_range = cfg.lab.as_ref().map(|l| l.range);
+        let kernel = Linux {
+            links: Links::connect()?,
+            nat: Nat::new(&cfg.table, &cfg.bridge, cfg.subnet, &cfg.uplinks)
+                .with_lab_range(lab_range),
+            routes: Routes::connect(cfg.peers.route_protocol)?,
+            forward: ForwardAccept::new(&cfg.bridge, &cfg.table, lab_range),
+        };
+        Self::with_kernel(bus, host, cfg, store, Arc::new(kernel)).await
+    }
+
+    /// Starts on `kernel` with an opened `store`: ensures the bridge, enables forwarding and
+    /// installs the table with the rules of the active leases.
+    pub async fn with_kernel(
+        bus: Bus,
+        host: HostId,
+        cfg: NetConfig,
+        store: LeaseStore,
+        kernel: Arc<dyn HostNet>,
+    ) -> Result<Self, StartError> {
         let netd = Self {
             cfg,
             host,
             bus,
             store,
-            links,
-            nat,
+            kernel,
             gate: RwLock::new(()),
             locks: VmLocks::default(),
             peers: PeerTable::default(),
-            routes,
-            forward,
         };
         netd.ensure_bridge().await?;
-        enable_forwarding().await.map_err(StartError::Forwarding)?;
+        netd.kernel
+            .enable_forwarding()
+            .await
+            .map_err(StartError::Forwarding)?;
         match netd.restore_rules().await {
             Ok(()) => {}
             Err(RestoreError::Store(e)) => return Err(e.into()),
@@ -168,20 +174,20 @@ impl Netd {
 
     /// Creates the bridge if it is missing; returns its index.
     pub async fn ensure_bridge(&self) -> Result<u32, LinkError> {
-        self.links
-            .ensure_bridge(
-                &self.cfg.bridge,
-                self.cfg.gateway,
-                self.cfg.subnet.prefix_len(),
-                self.cfg.mtu,
-            )
+        self.kernel
+            .ensure_bridge(BridgeSpec {
+                name: &self.cfg.bridge,
+                gateway: self.cfg.gateway,
+                prefix_len: self.cfg.subnet.prefix_len(),
+                mtu: self.cfg.mtu,
+            })
             .await
     }
 
     /// Reinstalls the whole table from the active leases, atomically.
     pub async fn restore_rules(&self) -> Result<(), RestoreError> {
         let leases = self.store.all().await?;
-        self.nat.install(&desired_rules(&leases)).await?;
+        self.kernel.install_rules(&desired_rules(&leases)).await?;
         Ok(())
     }
 
@@ -219,17 +225,4 @@ pub fn desired_rules(leases: &[LeaseRow]) -> Vec<VmRules> {
             forwards: l.port_forwards.clone(),
         })
         .collect()
-}
-
-/// Turns on IPv4 forwarding (a no-op write when it is on).
-pub async fn enable_forwarding() -> Result<(), std::io::Error> {
-    tokio::task::spawn_blocking(|| {
-        if std::fs::read_to_string(IP_FORWARD)?.trim() == "1" {
-            return Ok(());
-        }
-        tracing::info!("enabling IPv4 forwarding");
-        std::fs::write(IP_FORWARD, "1\n")
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }

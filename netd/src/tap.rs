@@ -55,6 +55,9 @@ pub enum TapError {
         #[source]
         source: nix::Error,
     },
+    /// The blocking task that made the calls died.
+    #[error("creating tap {0}: the blocking task failed")]
+    Task(String),
 }
 
 /// Opens tap `name` (creating it when it does not exist) and returns its queue file descriptor.

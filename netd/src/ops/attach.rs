@@ -47,9 +47,6 @@ pub enum AttachError {
         #[source]
         source: TapError,
     },
-    /// The blocking task creating the tap died.
-    #[error("creating tap {0}: the blocking task failed")]
-    TapTask(String),
     /// Netlink failed while setting the tap up.
     #[error("putting tap {tap} on the bridge")]
     Link {
@@ -161,7 +158,7 @@ async fn apply(
     r: &Reservation,
     created_tap: &mut Option<u32>,
 ) -> Result<(), AttachError> {
-    let bridge = match netd.links.by_name(&netd.cfg.bridge).await {
+    let bridge = match netd.kernel.link_by_name(&netd.cfg.bridge).await {
         Ok(Some(b)) => b.index,
         Ok(None) | Err(_) => netd.ensure_bridge().await.map_err(AttachError::Bridge)?,
     };
@@ -170,20 +167,24 @@ async fn apply(
         tap: tap_name.clone(),
         source,
     };
-    let tap = match netd.links.by_name(&tap_name).await.map_err(link_err)? {
+    let tap = match netd
+        .kernel
+        .link_by_name(&tap_name)
+        .await
+        .map_err(link_err)?
+    {
         Some(t) => t,
         None => {
-            let name = tap_name.clone();
-            tokio::task::spawn_blocking(move || crate::tap::create_persistent(&name))
+            netd.kernel
+                .create_tap(&tap_name)
                 .await
-                .map_err(|_| AttachError::TapTask(tap_name.clone()))?
                 .map_err(|source| AttachError::Tap {
                     tap: tap_name.clone(),
                     source,
                 })?;
             let t = netd
-                .links
-                .by_name(&tap_name)
+                .kernel
+                .link_by_name(&tap_name)
                 .await
                 .map_err(link_err)?
                 .ok_or_else(|| link_err(LinkError::Vanished(tap_name.clone())))?;
@@ -191,7 +192,7 @@ async fn apply(
             t
         }
     };
-    netd.links
+    netd.kernel
         .join_bridge(tap.index, bridge, netd.cfg.mtu)
         .await
         .map_err(link_err)?;
@@ -206,7 +207,7 @@ async fn apply(
             ip: r.lease.ip,
             forwards: r.lease.port_forwards.clone(),
         };
-        match netd.nat.replace_vm(&rules).await {
+        match netd.kernel.replace_vm_rules(&rules).await {
             Ok(()) => {}
             Err(NatError::Incomplete(table)) => {
                 tracing::warn!(%table, "table incomplete: reinstalling it");
@@ -221,7 +222,7 @@ async fn apply(
 /// Puts everything back as it was before the reservation.
 async fn undo(netd: &Netd, r: Reservation, created_tap: Option<u32>) {
     if let Some(index) = created_tap
-        && let Err(e) = netd.links.delete(index).await
+        && let Err(e) = netd.kernel.delete_link(index).await
     {
         tracing::warn!(error = %chain(&e), "undo: removing the tap failed");
     }

@@ -3,7 +3,7 @@
 //!
 //! Teardown of a batch of VMs: remove their per-VM rules (skipped when the table or the rules
 //! are already gone: there is nothing left to identify them by), delete their taps in one kernel
-//! operation (see [`crate::link::Links::delete_many`]), then mark the leases inactive or release
+//! operation (see [`crate::kernel::HostNet::delete_links`]), then mark the leases inactive or release
 //! them. A tap that cannot be deleted leaves the lease untouched, so a retry or the next
 //! reconciliation finishes the job; rules that could not be removed one by one are dropped by
 //! rebuilding the table from the leases.
@@ -152,7 +152,7 @@ pub async fn teardown_locked(
 
     let mut rules_failed = false;
     if leases.values().any(|l| !l.port_forwards.is_empty()) {
-        match netd.nat.remove_vms(&leased).await {
+        match netd.kernel.remove_vm_rules(&leased).await {
             Ok(n) => tracing::debug!(rules = n, "removed VM rules"),
             Err(e) => {
                 tracing::warn!(error = %chain(&e), "removing VM rules failed; rebuilding the table");
@@ -163,8 +163,8 @@ pub async fn teardown_locked(
 
     let taps: Vec<String> = leases.values().map(|l| l.tap.clone()).collect();
     let removed = netd
-        .links
-        .delete_many(&taps, netd.cfg.teardown_group)
+        .kernel
+        .delete_links(&taps, netd.cfg.teardown_group)
         .await?;
 
     let release: Vec<VmId> = leased

@@ -36,8 +36,8 @@ pub async fn handle(netd: Arc<Netd>, _req: NetListRequest) -> Result<NetListRepl
 pub async fn list(netd: &Netd) -> Result<NetListReply, ListError> {
     let leases = netd.store.all().await?;
     let names: HashSet<String> = netd
-        .links
-        .list()
+        .kernel
+        .list_links()
         .await?
         .into_iter()
         .map(|l| l.name)

@@ -38,14 +38,14 @@ pub async fn handle(netd: Arc<Netd>, _req: NetStatusRequest) -> Result<NetStatus
 
 /// The status (`nat_table_present` means the table and all its base rules are there).
 pub async fn status(netd: &Netd) -> Result<NetStatus, StatusError> {
-    let links = netd.links.list().await?;
+    let links = netd.kernel.list_links().await?;
     let bridge_up = links.iter().any(|l| l.name == netd.cfg.bridge && l.up);
     let taps = links
         .iter()
         .filter(|l| l.name.starts_with(TAP_PREFIX))
         .count();
     let leases = netd.store.all().await?.len();
-    let table = netd.nat.state().await?;
+    let table = netd.kernel.rules_state().await?;
     Ok(NetStatus {
         bridge: netd.cfg.bridge.clone(),
         bridge_up,
