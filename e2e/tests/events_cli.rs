@@ -68,6 +68,7 @@ async fn events_prints_only_the_watched_vm_in_order() {
     let nats = NatsServer::start();
     let bus = bus(&nats).await;
     let child = spawn_events(&nats, &["--vm", "web", "--count", "2"]);
+    nats.wait_for_subscription("banger.events.");
     let host = HostId::new("h1").unwrap();
     bus.publish_event(&host, &event("db", DB, EventKind::Started, 1))
         .await
@@ -82,9 +83,13 @@ async fn events_prints_only_the_watched_vm_in_order() {
         .await
         .unwrap();
     bus.client().flush().await.unwrap();
-    let printed = tokio::task::spawn_blocking(move || events_printed(child))
-        .await
-        .unwrap();
+    let printed = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || events_printed(child)),
+    )
+    .await
+    .expect("banger events --count 2 did not finish")
+    .unwrap();
     let seen: Vec<(String, EventKind, u64)> = printed
         .iter()
         .map(|e| (e.vm.name.to_string(), e.kind, e.seq))

@@ -275,6 +275,26 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Waits until a client of this server holds a subscription whose subject starts with
+    /// `prefix`, as the server's monitoring endpoint (`/subsz`) lists it. A client's `flush`
+    /// only says its SUB was sent; a test that publishes from another connection must know the
+    /// server registered it, or the message may be delivered to nobody.
+    ///
+    /// # Panics
+    /// When no such subscription appears within 10 s.
+    pub fn wait_for_subscription(&self, prefix: &str) {
+        let monitor = format!("127.0.0.1:{}", self.monitor_port);
+        let needle = format!("\"subject\": \"{prefix}");
+        wait_until_blocking(
+            &format!("a subscription to {prefix}… on the server"),
+            Duration::from_secs(10),
+            || {
+                http_get(&monitor, "/subsz?subs=1&limit=100000")
+                    .is_some_and(|b| b.contains(&needle))
+            },
+        );
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
