@@ -254,6 +254,22 @@ impl Bus {
         self.discover(subject, wait).await
     }
 
+    /// The first service instance (of service `name`) to answer `$SRV.PING`, within `wait`:
+    /// one round trip when an instance is alive, none found at once when nothing runs it (the
+    /// server's "no responders"). For picking *a* live instance, where waiting for every
+    /// answer ([`Bus::ping`]) would cost the whole stall window.
+    pub async fn ping_first(
+        &self,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<ServiceInstance>, BusError> {
+        let subject = format!("{}.{name}", banger_proto::service::SRV_PING);
+        let values = self.collect_verb(subject, wait, Some(1)).await?;
+        Ok(values
+            .into_iter()
+            .find_map(|v| serde_json::from_value(v).ok()))
+    }
+
     /// Collects raw JSON answers of a service-API verb (`$SRV.INFO`, `$SRV.STATS`, ...).
     ///
     /// Nobody knows in advance how many instances will answer, so this is a scatter-gather
@@ -267,6 +283,16 @@ impl Bus {
         &self,
         subject: String,
         wait: Duration,
+    ) -> Result<Vec<serde_json::Value>, BusError> {
+        self.collect_verb(subject, wait, None).await
+    }
+
+    /// [`Bus::service_verb`], ending as soon as `enough` answers came when it is given.
+    async fn collect_verb(
+        &self,
+        subject: String,
+        wait: Duration,
+        enough: Option<usize>,
     ) -> Result<Vec<serde_json::Value>, BusError> {
         let inbox = self.client.new_inbox();
         let mut sub = self
@@ -293,6 +319,9 @@ impl Bus {
             }
             if let Ok(v) = serde_json::from_slice(&msg.payload) {
                 out.push(v);
+            }
+            if enough.is_some_and(|n| out.len() >= n) {
+                break;
             }
             end = window_end.min(tokio::time::Instant::now() + DISCOVERY_STALL);
         }
@@ -406,5 +435,62 @@ mod discovery_tests {
             .unwrap_or_else(|e| panic!("ping failed: {e}"));
         let names: Vec<&str> = found.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["slow"]);
+    }
+
+    /// `ping_first` gives the instance that answered, even beside one that stays silent, and
+    /// nothing (at once: no responders) when nobody runs the service. (That it returns without
+    /// the stall window is a latency property: `vm create` in `scripts/bench` measures it.)
+    #[tokio::test]
+    async fn ping_first_returns_with_the_first_answer() {
+        let nats = NatsServer::start();
+        let bus = bus(&nats).await;
+        let subject = format!("{}.pair", banger_proto::service::SRV_PING);
+        let mut quick = bus
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Subscribed but silent: an instance that will not answer in time.
+        let _silent = bus
+            .client()
+            .subscribe(subject)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        bus.client()
+            .flush()
+            .await
+            .unwrap_or_else(|e| panic!("flush: {e}"));
+        nats.wait_for_subscription("$SRV.PING.pair");
+        let responder = bus.client().clone();
+        tokio::spawn(async move {
+            while let Some(msg) = quick.next().await {
+                let instance = ServiceInstance {
+                    name: "pair".into(),
+                    id: "quick".into(),
+                    version: "0".into(),
+                    metadata: HashMap::new(),
+                };
+                if let (Some(reply), Ok(body)) = (msg.reply, serde_json::to_vec(&instance)) {
+                    let _ = responder.publish(reply, body.into()).await;
+                }
+            }
+        });
+        let first = tokio::time::timeout(
+            Duration::from_secs(30),
+            bus.ping_first("pair", Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("ping_first did not return"))
+        .unwrap_or_else(|e| panic!("ping_first failed: {e}"));
+        assert_eq!(first.map(|i| i.id), Some("quick".to_owned()));
+        // Nobody runs it: none, at once.
+        let none = tokio::time::timeout(
+            Duration::from_secs(30),
+            bus.ping_first("nobody-runs-this", Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("ping_first waited although nobody listens"))
+        .unwrap_or_else(|e| panic!("ping_first failed: {e}"));
+        assert!(none.is_none());
     }
 }

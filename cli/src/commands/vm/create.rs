@@ -112,8 +112,8 @@ pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// The longest placement waits for the controllers' discovery answers (it returns shortly
-/// after the last one, and at once when there is none).
+/// The longest placement waits for a controller's discovery answer (it returns with the first
+/// one, and at once when there is none).
 const PLACEMENT_WINDOW: Duration = Duration::from_secs(5);
 
 /// Sends one validated `vm.create` and returns the controller's answer.
@@ -127,17 +127,16 @@ const PLACEMENT_WINDOW: Duration = Duration::from_secs(5);
 pub(crate) async fn send(app: &App, req: &CreateVmRequest) -> anyhow::Result<VmOpReply> {
     let mut req = req.clone();
     if req.host.is_none() {
-        let controllers = app
+        // The first live controller to answer takes it: one round trip, not the stall window
+        // that waiting for every answer costs.
+        let first = app
             .bus
-            .ping(
-                Some(service::VM_CONTROLLER),
-                app.timeout.min(PLACEMENT_WINDOW),
-            )
+            .ping_first(service::VM_CONTROLLER, app.timeout.min(PLACEMENT_WINDOW))
             .await?;
-        crate::announce_simulated_controllers(&controllers);
-        req.host = controllers
-            .iter()
-            .find_map(|c| c.host().and_then(|h| HostId::new(h).ok()));
+        if let Some(c) = &first {
+            crate::announce_simulated_controllers(std::slice::from_ref(c));
+        }
+        req.host = first.and_then(|c| c.host().and_then(|h| HostId::new(h).ok()));
     }
     let reply = match &req.host {
         Some(h) => app.bus.call::<vm::Create>(h, &req, app.timeout).await,
