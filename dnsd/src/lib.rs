@@ -15,6 +15,8 @@ pub mod ops;
 pub mod rebuild;
 pub mod registry;
 pub mod state;
+pub mod udp;
+pub mod wire;
 pub mod zone;
 
 use std::net::SocketAddr;
@@ -155,12 +157,21 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
         stop.clone(),
     ));
 
-    let mut server = listen::serve(bound, state.store.current());
+    let (mut server, udp_workers) =
+        listen::serve(bound, state.store.current()).map_err(RunError::Bind)?;
     let server_stop = stop.clone();
     let server_failed = failed.clone();
     host.spawn(async move {
         tokio::select! {
             () = server_stop.cancelled() => {
+                let stopped = tokio::task::spawn_blocking(move || {
+                    for w in udp_workers {
+                        w.stop();
+                    }
+                });
+                if stopped.await.is_err() {
+                    tracing::warn!("stopping the DNS UDP threads failed");
+                }
                 match tokio::time::timeout(DNS_SHUTDOWN_TIMEOUT, server.shutdown_gracefully()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "stopping the DNS server"),
