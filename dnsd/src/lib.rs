@@ -164,14 +164,6 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
     host.spawn(async move {
         tokio::select! {
             () = server_stop.cancelled() => {
-                let stopped = tokio::task::spawn_blocking(move || {
-                    for w in udp_workers {
-                        w.stop();
-                    }
-                });
-                if stopped.await.is_err() {
-                    tracing::warn!("stopping the DNS UDP threads failed");
-                }
                 match tokio::time::timeout(DNS_SHUTDOWN_TIMEOUT, server.shutdown_gracefully()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "stopping the DNS server"),
@@ -186,6 +178,14 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
                 server_failed.store(true, Ordering::SeqCst);
                 server_stop.cancel();
             }
+        }
+        let stopped = tokio::task::spawn_blocking(move || {
+            for w in udp_workers {
+                w.stop();
+            }
+        });
+        if stopped.await.is_err() {
+            tracing::warn!("stopping the DNS UDP threads failed");
         }
     });
     tracing::info!(listen = ?listeners, records = state.store.snapshot().record_count(), "answering DNS for vm.");

@@ -123,40 +123,49 @@ impl UdpWorkers {
             next: AtomicU16::new(0),
             slots: Mutex::new(vec![None; SLOTS]),
         });
+        // Built first so that an error below stops the threads already started (Drop).
+        let mut workers = Self {
+            stop,
+            threads: Vec::with_capacity(sockets.len() + 1),
+        };
         let Some(first) = sockets.first() else {
-            return Ok(Self {
-                stop,
-                threads: Vec::new(),
-            });
+            return Ok(workers);
         };
         let reply_from = first.try_clone()?;
-        let mut threads = Vec::with_capacity(sockets.len() + 1);
         for socket in sockets {
             socket.set_read_timeout(Some(POLL))?;
-            let (stop, relay, current) = (stop.clone(), relay.clone(), current.clone());
-            threads.push(
+            let (stop, relay, current) = (workers.stop.clone(), relay.clone(), current.clone());
+            workers.threads.push(
                 std::thread::Builder::new()
                     .name("dnsd-udp".into())
                     .spawn(move || serve(&socket, &relay, &current, &stop))?,
             );
         }
-        let stop2 = stop.clone();
-        threads.push(
+        let stop = workers.stop.clone();
+        workers.threads.push(
             std::thread::Builder::new()
                 .name("dnsd-relay".into())
-                .spawn(move || relay_replies(&relay, &reply_from, &stop2))?,
+                .spawn(move || relay_replies(&relay, &reply_from, &stop))?,
         );
-        Ok(Self { stop, threads })
+        Ok(workers)
     }
 
     /// Stops every thread and waits for them (at most one poll period); the sockets close.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             if t.join().is_err() {
                 tracing::error!("a DNS UDP thread panicked");
             }
         }
+    }
+}
+
+impl Drop for UdpWorkers {
+    /// Dropped without [`UdpWorkers::stop`] (a start-up error): the threads stop by themselves
+    /// within one poll period.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
