@@ -76,11 +76,14 @@ impl std::fmt::Debug for UdpWorkers {
     }
 }
 
+/// A relayed query's client and original id.
+type Origin = (SocketAddr, [u8; 2]);
+
 /// Where relayed queries came from, by relay slot.
 struct Relay {
     socket: UdpSocket,
     next: AtomicU16,
-    slots: Mutex<Vec<Option<(SocketAddr, [u8; 2])>>>,
+    slots: Mutex<Vec<Option<Origin>>>,
 }
 
 impl Relay {
@@ -99,7 +102,7 @@ impl Relay {
     }
 
     /// The client and original id of the reply `datagram`, whose slot is freed.
-    fn take(&self, datagram: &[u8]) -> Option<(SocketAddr, [u8; 2])> {
+    fn take(&self, datagram: &[u8]) -> Option<Origin> {
         let slot = u16::from_be_bytes([*datagram.first()?, *datagram.get(1)?]);
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots[usize::from(slot)].take()

@@ -25,9 +25,9 @@ const TYPE_OPT: u16 = 41;
 /// Class IN.
 const CLASS_IN: u16 = 1;
 /// The largest UDP response without EDNS.
-const PLAIN_UDP_MAX: usize = 512;
+const PLAIN_UDP_MAX: u16 = 512;
 /// A compression pointer to the question's name, which always starts right after the header.
-const QUESTION_NAME_POINTER: [u8; 2] = [0xC0, HEADER as u8];
+const QUESTION_NAME_POINTER: [u8; 2] = [0xC0, 12];
 
 /// The encoded resource records of one type at one name, ready to follow a question.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl EncodedAnswers {
             out.extend_from_slice(&CLASS_IN.to_be_bytes());
             out.extend_from_slice(&ttl.to_be_bytes());
             // An address is 4 or 16 bytes.
-            out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+            out.extend_from_slice(&u16::try_from(rdata.len()).unwrap_or(u16::MAX).to_be_bytes());
             out.extend_from_slice(&rdata);
             *n = n.saturating_add(1);
         }
@@ -108,7 +108,7 @@ pub fn encode_soa(
     out.extend_from_slice(&CLASS_IN.to_be_bytes());
     out.extend_from_slice(&ttl.to_be_bytes());
     // Two names of at most 255 bytes and 20 bytes of numbers.
-    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(&u16::try_from(rdata.len()).unwrap_or(u16::MAX).to_be_bytes());
     out.extend_from_slice(&rdata);
     out.into()
 }
@@ -124,8 +124,9 @@ pub fn wire_key(fqdn: &str) -> Box<[u8]> {
 fn push_name(out: &mut Vec<u8>, dotted: &str) {
     for label in dotted.split('.').filter(|l| !l.is_empty()) {
         // Labels of names the zone forms are validated to at most 63 bytes.
-        out.push(label.len().min(63) as u8);
-        out.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+        let len = label.len().min(63);
+        out.push(u8::try_from(len).unwrap_or(63));
+        out.extend_from_slice(&label.as_bytes()[..len]);
     }
     out.push(0);
 }
@@ -168,7 +169,8 @@ pub fn parse<'k>(query: &[u8], key_buf: &'k mut [u8; 256]) -> Option<Parsed<'k>>
     let mut at = HEADER;
     let mut key_len = 0;
     loop {
-        let len = usize::from(*query.get(at)?);
+        let len_byte = *query.get(at)?;
+        let len = usize::from(len_byte);
         if len == 0 {
             key_buf[key_len] = 0;
             key_len += 1;
@@ -180,7 +182,7 @@ pub fn parse<'k>(query: &[u8], key_buf: &'k mut [u8; 256]) -> Option<Parsed<'k>>
             return None;
         }
         let label = query.get(at + 1..at + 1 + len)?;
-        key_buf[key_len] = len as u8;
+        key_buf[key_len] = len_byte;
         for (dst, src) in key_buf[key_len + 1..key_len + 1 + len]
             .iter_mut()
             .zip(label)
@@ -269,9 +271,11 @@ pub fn respond(
         } else {
             0
         };
-    let limit = parsed
-        .edns_payload
-        .map_or(PLAIN_UDP_MAX, |p| usize::from(p).max(PLAIN_UDP_MAX));
+    let limit = usize::from(
+        parsed
+            .edns_payload
+            .map_or(PLAIN_UDP_MAX, |p| p.max(PLAIN_UDP_MAX)),
+    );
     if len > limit {
         return false;
     }
@@ -289,7 +293,7 @@ pub fn respond(
     if let Some(payload) = parsed.edns_payload {
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&payload.max(PLAIN_UDP_MAX as u16).to_be_bytes());
+        out.extend_from_slice(&payload.max(PLAIN_UDP_MAX).to_be_bytes());
         out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     }
     true
