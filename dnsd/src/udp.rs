@@ -42,10 +42,8 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     };
     let fd: OwnedFd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&fd, sockopt::ReusePort, &true)?;
-    if addr.is_ipv6() {
-        // As std binds: an IPv6 socket answers IPv6 only, so IPv4 on the same port stays free.
-        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-    }
+    // IPV6_V6ONLY is left at the system default, as std's and tokio's bind leave it (and as the
+    // TCP listener on the same address has it).
     bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrStorage::from(addr),
