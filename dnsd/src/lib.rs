@@ -15,6 +15,8 @@ pub mod ops;
 pub mod rebuild;
 pub mod registry;
 pub mod state;
+pub mod udp;
+pub mod wire;
 pub mod zone;
 
 use std::net::SocketAddr;
@@ -150,7 +152,8 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
         stop.clone(),
     ));
 
-    let mut server = listen::serve(bound, state.store.current());
+    let (mut server, udp_workers) =
+        listen::serve(bound, state.store.current()).map_err(RunError::Bind)?;
     let server_stop = stop.clone();
     let server_failed = failed.clone();
     host.spawn(async move {
@@ -170,6 +173,14 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
                 server_failed.store(true, Ordering::SeqCst);
                 server_stop.cancel();
             }
+        }
+        let stopped = tokio::task::spawn_blocking(move || {
+            for w in udp_workers {
+                w.stop();
+            }
+        });
+        if stopped.await.is_err() {
+            tracing::warn!("stopping the DNS UDP threads failed");
         }
     });
     tracing::info!(listen = ?listeners, records = state.store.snapshot().record_count(), "answering DNS for vm.");

@@ -1,5 +1,8 @@
-//! The DNS listeners: one UDP socket and one TCP listener per configured address, served by a
-//! hickory [`Server`] whose catalog holds only the `vm.` zone (any other name is REFUSED).
+//! The DNS listeners: per configured address, one UDP socket per CPU sharing the port
+//! (`SO_REUSEPORT`, served by [`crate::udp`]'s fast path) and one TCP listener, served by a
+//! hickory [`Server`] whose catalog holds only the `vm.` zone (any other name is REFUSED). UDP
+//! queries the fast path does not answer are relayed to the same hickory server on a private
+//! loopback socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +13,8 @@ use hickory_server::Server;
 use hickory_server::proto::rr::LowerName;
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use tokio::net::{TcpListener, UdpSocket};
+
+use crate::udp::{UdpWorkers, bind_reuseport, loopback_for};
 
 use crate::zone::{VmZoneHandler, Zone, origin};
 
@@ -46,11 +51,11 @@ pub enum BindError {
     },
 }
 
-/// One bound address: its UDP socket and TCP listener share the port.
+/// One bound address: its UDP sockets and TCP listener share the port.
 #[derive(Debug)]
 pub struct Bound {
-    /// The UDP socket.
-    pub udp: UdpSocket,
+    /// The UDP sockets, one per CPU (`SO_REUSEPORT`).
+    pub udp: Vec<std::net::UdpSocket>,
     /// The TCP listener.
     pub tcp: TcpListener,
     /// The address actually bound (port 0 resolved).
@@ -66,16 +71,21 @@ pub async fn bind(addr: SocketAddr) -> Result<Bound, BindError> {
     };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| BindError::Udp { addr, source })?;
+        let udp = bind_reuseport(addr).map_err(|source| BindError::Udp { addr, source })?;
         let bound = udp
             .local_addr()
             .map_err(|source| BindError::Udp { addr, source })?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => {
+                let mut sockets = vec![udp];
+                for _ in 1..udp_sockets_per_address() {
+                    sockets.push(bind_reuseport(bound).map_err(|source| BindError::Udp {
+                        addr: bound,
+                        source,
+                    })?);
+                }
                 return Ok(Bound {
-                    udp,
+                    udp: sockets,
                     tcp,
                     addr: bound,
                 });
@@ -117,15 +127,38 @@ pub fn check_bindable(addrs: &[SocketAddr]) -> Result<(), BindError> {
     Ok(())
 }
 
-/// A DNS server answering from `current` on every bound address.
-pub fn serve(bound: Vec<Bound>, current: Arc<ArcSwap<Zone>>) -> Server<Catalog> {
+/// How many UDP sockets (and threads) serve each address: one per CPU.
+pub fn udp_sockets_per_address() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// A DNS server answering from `current` on every bound address: the hickory server (TCP, and
+/// UDP relayed from the fast path) and the UDP threads of each address. Needs a tokio runtime.
+pub fn serve(
+    bound: Vec<Bound>,
+    current: Arc<ArcSwap<Zone>>,
+) -> Result<(Server<Catalog>, Vec<UdpWorkers>), BindError> {
     let mut catalog = Catalog::new();
-    let handler: Arc<dyn ZoneHandler> = Arc::new(VmZoneHandler::new(current));
+    let handler: Arc<dyn ZoneHandler> = Arc::new(VmZoneHandler::new(Arc::clone(&current)));
     catalog.upsert(LowerName::new(&origin()), vec![handler]);
     let mut server = Server::new(catalog);
+    let mut workers = Vec::with_capacity(bound.len());
     for b in bound {
-        server.register_socket(b.udp);
+        let private = loopback_for(b.addr);
+        let udp_err = |source| BindError::Udp {
+            addr: private,
+            source,
+        };
+        let inner = std::net::UdpSocket::bind(private).map_err(udp_err)?;
+        let inner_addr = inner.local_addr().map_err(udp_err)?;
+        inner.set_nonblocking(true).map_err(udp_err)?;
+        server.register_socket(UdpSocket::from_std(inner).map_err(udp_err)?);
         server.register_listener(b.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let addr = b.addr;
+        workers.push(
+            UdpWorkers::start(b.udp, inner_addr, Arc::clone(&current))
+                .map_err(|source| BindError::Udp { addr, source })?,
+        );
     }
-    server
+    Ok((server, workers))
 }

@@ -35,6 +35,8 @@ use hickory_server::zone_handler::{
 };
 use rpds::HashTrieMapSync;
 
+use crate::wire::{EncodedAnswers, wire_key};
+
 /// SOA refresh: nothing replicates this zone; a conventional value keeps tools quiet.
 const SOA_REFRESH: i32 = 3600;
 /// SOA retry.
@@ -84,6 +86,8 @@ struct Node {
     host_vms: usize,
     a: Option<Arc<RecordSet>>,
     aaaa: Option<Arc<RecordSet>>,
+    /// The same A and AAAA records, encoded for the UDP fast path.
+    wire: EncodedAnswers,
 }
 
 impl Node {
@@ -98,7 +102,9 @@ impl Node {
             set.get_or_insert_with(|| RecordSet::with_ttl(edit.name.clone(), rtype, ttl))
                 .insert(Record::from_rdata(edit.name.clone(), ttl, rdata), serial);
         }
+        let wire = EncodedAnswers::new(ttl, edit.vms.iter().map(|e| &e.addr));
         Self {
+            wire,
             fqdn: edit.fqdn,
             name: edit.name,
             vms: edit.vms,
@@ -159,6 +165,10 @@ pub struct Zone {
     soa: Arc<RecordSet>,
     ns: Arc<RecordSet>,
     nodes: HashTrieMapSync<LowerName, Arc<Node>>,
+    /// The same nodes by the lowercase wire form of their name, for the UDP fast path.
+    by_wire: HashTrieMapSync<Box<[u8]>, Arc<Node>>,
+    /// The SOA as an authority record, encoded for the fast path's NODATA answers.
+    soa_wire: Arc<[u8]>,
     /// How many A/AAAA records are served (two per VM).
     record_count: usize,
 }
@@ -225,6 +235,8 @@ impl Zone {
             soa,
             ns,
             nodes: HashTrieMapSync::new_sync(),
+            by_wire: HashTrieMapSync::new_sync(),
+            soa_wire: soa_wire(settings, serial),
             record_count: 0,
         })
     }
@@ -272,15 +284,20 @@ impl Zone {
             };
         }
         let mut nodes = self.nodes.clone();
+        let mut by_wire = self.by_wire.clone();
         let mut record_count = self.record_count;
         for (key, edit) in edits {
             record_count = record_count
                 .saturating_sub(edit.vms_before)
                 .saturating_add(edit.vms.len());
+            let wire = wire_key(&edit.fqdn);
             if edit.vms.is_empty() && edit.host_vms == 0 {
                 nodes.remove_mut(&key);
+                by_wire.remove_mut(&wire);
             } else {
-                nodes.insert_mut(key, Arc::new(Node::new(settings.ttl, serial, edit)));
+                let node = Arc::new(Node::new(settings.ttl, serial, edit));
+                by_wire.insert_mut(wire, Arc::clone(&node));
+                nodes.insert_mut(key, node);
             }
         }
         let (soa, ns) = apex(settings, serial)?;
@@ -291,6 +308,8 @@ impl Zone {
             soa,
             ns,
             nodes,
+            by_wire,
+            soa_wire: soa_wire(settings, serial),
             record_count,
         })
     }
@@ -415,6 +434,19 @@ impl Zone {
         out
     }
 
+    /// Answers `query` from the pre-encoded records into `out` (see [`crate::wire`]); `false`
+    /// when the query is not the plain A/AAAA case of a name this snapshot holds, for hickory.
+    pub fn answer_fast(&self, query: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut key = [0u8; 256];
+        let Some(parsed) = crate::wire::parse(query, &mut key) else {
+            return false;
+        };
+        let Some(node) = self.by_wire.get(parsed.key) else {
+            return false;
+        };
+        crate::wire::respond(query, &parsed, &node.wire, &self.soa_wire, out)
+    }
+
     /// Answers `name`/`rtype` from this snapshot.
     fn answer(
         &self,
@@ -482,6 +514,19 @@ fn apex(
         RData::NS(NS(settings.ns_name.clone())),
     );
     Ok((Arc::new(rrset(soa, serial)), Arc::new(rrset(ns, serial))))
+}
+
+/// The SOA with serial `serial`, encoded for the fast path (as [`apex`] makes it).
+fn soa_wire(settings: &ZoneSettings, serial: u32) -> Arc<[u8]> {
+    crate::wire::encode_soa(
+        settings.negative_ttl,
+        &settings.ns_name.to_ascii(),
+        SOA_RNAME,
+        serial,
+        [SOA_REFRESH, SOA_RETRY, SOA_EXPIRE],
+        settings.negative_ttl,
+    )
+    .into()
 }
 
 fn rrset(record: Record, serial: u32) -> RecordSet {

@@ -6,8 +6,9 @@
 //! volume record explains are reported and removed.
 //!
 //! Layout: `<state_dir>/stord/` holds `stord.db` (the registry), `volumes/<vm id>/` (each VM's
-//! root or exception store, and its work disk) and `scratch/` (temporary files, emptied at
-//! start-up). See the crate README for the configuration.
+//! root or exception store, and its work disk), `templates/` (pre-formatted work disks that new
+//! ones are cloned from, see [`template`]) and `scratch/` (temporary files, emptied at start-up).
+//! See the crate README for the configuration.
 
 pub mod backend;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod reconcile;
 pub mod retry;
 pub mod state;
 pub mod sys;
+pub mod template;
 pub mod workdisk;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use crate::backend::dm::BlockDevices;
 use crate::backend::{Backends, RootSpec, SelectError};
 use crate::config::StordConfig;
 use crate::db::{Db, DbError, ImageRow, VolumeRow};
+use crate::template::Templates;
 
 /// Why stord could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub struct Dirs {
     pub volumes: PathBuf,
     /// `scratch/`: temporary files and mount points; emptied at start-up.
     pub scratch: PathBuf,
+    /// `templates/`: pre-formatted work disks that new work disks are cloned from.
+    pub templates: PathBuf,
     /// The registry.
     pub db: PathBuf,
 }
@@ -58,6 +61,7 @@ impl Dirs {
         Self {
             volumes: root.join("volumes"),
             scratch: root.join("scratch"),
+            templates: root.join("templates"),
             db: root.join("stord.db"),
             root,
         }
@@ -113,6 +117,8 @@ pub struct Stord {
     pub locks: VmLocks,
     /// Device name tag of this state directory.
     pub state_tag: String,
+    /// Work-disk templates.
+    pub templates: Templates,
 }
 
 /// Creates `path` (and its parents) readable by root only, if it does not exist.
@@ -156,12 +162,15 @@ impl Stord {
             }
         }
         make_private_dir(&dirs.scratch)?;
+        make_private_dir(&dirs.templates)?;
         let db = crate::db::open(&dirs.db)?;
         let state_tag = dirs.state_tag();
         let backends =
             crate::backend::select(config.backend, &dirs.volumes, &state_tag, devices.clone())?;
+        let templates = Templates::new(dirs.templates.clone(), dirs.scratch.clone());
         Ok(Self {
             dirs,
+            templates,
             db,
             backends,
             devices,

@@ -166,12 +166,10 @@ pub fn apply(st: &Stord, req: &VolumeCreateRequest) -> Result<VolumeSet, CreateE
         }
     };
     let work = dir.join(WORK_FILE);
-    if let Err(source) = workdisk::create(
-        &work,
-        u64::from(disk_mib.get()),
-        Some(rootfs),
-        &st.dirs.scratch,
-    ) {
+    if let Err(source) =
+        st.templates
+            .create_work_disk(&work, u64::from(disk_mib.get()), Some(rootfs))
+    {
         undo(true);
         return Err(CreateError::WorkDisk {
             vm: vm.clone(),
@@ -262,16 +260,12 @@ fn prepare_existing(
         }
     } else {
         tracing::warn!(vm.id = %vm, path = %work.display(), "the work disk is missing; making a new, empty one");
-        workdisk::create(
-            &work,
-            u64::from(v.disk_mib.get()),
-            Some(rootfs),
-            &st.dirs.scratch,
-        )
-        .map_err(|source| CreateError::WorkDisk {
-            vm: vm.clone(),
-            source,
-        })?;
+        st.templates
+            .create_work_disk(&work, u64::from(v.disk_mib.get()), Some(rootfs))
+            .map_err(|source| CreateError::WorkDisk {
+                vm: vm.clone(),
+                source,
+            })?;
     }
     Ok(volume_set(&v, image))
 }
