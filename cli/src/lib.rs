@@ -244,8 +244,24 @@ pub(crate) async fn connect_bus(
     banger_bus::connect::connect_observed(&config.nats, false, events)
         .await
         .map_err(|e| {
-            anyhow::Error::new(e).context(
-                "cannot reach the banger bus: is the stack running? start it with `banger up`",
-            )
+            let refused = matches!(
+                &e,
+                banger_bus::BusError::Connect { source, .. }
+                    if matches!(
+                        source.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    )
+            );
+            let hint = if refused {
+                // The server is there; these credentials (or none) are not accepted. The local
+                // stack's are in its root-only stack file.
+                "the banger bus refused these credentials: the local stack's are readable by \
+                 root only (run as root), or pass your own (--nats-user/--nats-password, \
+                 --nats-creds, or a config file: see `banger --help`)"
+            } else {
+                "cannot reach the banger bus: is the stack running? start it with `banger up`"
+            };
+            anyhow::Error::new(e).context(hint)
         })
 }

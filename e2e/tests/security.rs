@@ -453,6 +453,12 @@ fn an_unprivileged_user_finds_every_door_closed() {
         "the bus let a user without credentials in: {}",
         text(&refused)
     );
+    // And the user is told why, not sent to start a stack that runs.
+    assert!(
+        text(&refused).contains("refused these credentials"),
+        "a refused user is not told the credentials were refused: {}",
+        text(&refused)
+    );
     let stack_file: toml::Table = std::fs::read_to_string(state.join("stack.toml"))
         .unwrap()
         .parse()
