@@ -323,6 +323,11 @@ fn compose_boots_a_vm_and_down_leaves_nothing() {
         }
     };
     let ns = NetNs::create("cmp");
+    // A new namespace inherits the host's IPv4 forwarding switch, which earlier tests (or the
+    // host's own set-up) may have turned on. Docker sets the FORWARD policy to DROP only when it
+    // turns forwarding on itself, as on a fresh Debian host; start from there, so the test
+    // covers the case that matters whatever ran before it.
+    ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
     let dir = std::env::temp_dir().join(format!("banger-compose-{}", ns.name()));
     let docker = match PrivateDocker::start(&ns, &dir.join("docker")) {
         Ok(d) => d,
@@ -332,6 +337,11 @@ fn compose_boots_a_vm_and_down_leaves_nothing() {
         }
     };
     eprintln!("[{:?}] private dockerd up", started.elapsed());
+    let forward = ns.exec(&["iptables", "-S", "FORWARD"]);
+    assert!(
+        forward.contains("-P FORWARD DROP"),
+        "dockerd turned forwarding on, so it should have set the FORWARD policy to DROP:\n{forward}"
+    );
 
     // The image's root filesystem, from the binaries this test run built.
     let bin_dir = bin_path("banger").parent().unwrap().to_owned();
