@@ -62,26 +62,20 @@ impl Controller {
             Ok(rec) => {
                 self.watch(rec.id(), log_ends);
                 tracing::info!(vm.id = %rec.id(), vm.name = %rec.info.name, pid = ?rec.pid, "vm running");
-                self.emit(EventKind::Started, &rec.info).await;
                 Ok(rec)
             }
             Err(e) => {
                 tracing::warn!(vm.id = %id, vm.name = %rec.info.name, error = %e.message, "boot failed; unwinding");
                 self.unwind(&rec, kind, undo).await;
                 let reason = e.message.clone();
-                let failed = self
-                    .inner
-                    .db
-                    .modify(id, move |r| {
-                        r.info.state = VmState::Failed;
-                        r.info.reason = Some(reason);
-                        r.info.network = None;
-                        r.pid = None;
-                        Ok(())
-                    })
-                    .await
-                    .map_err(|e| self.store_error(e))?;
-                self.emit(EventKind::Failed, &failed.info).await;
+                self.modify_and_emit(id, EventKind::Failed, move |r| {
+                    r.info.state = VmState::Failed;
+                    r.info.reason = Some(reason);
+                    r.info.network = None;
+                    r.pid = None;
+                    Ok(())
+                })
+                .await?;
                 Err(e)
             }
         }
@@ -123,14 +117,6 @@ impl Controller {
             mac: lease.mac.clone(),
             tap: lease.tap.clone(),
         };
-        inner
-            .db
-            .modify(&id, move |r| {
-                r.info.network = Some(network);
-                Ok(())
-            })
-            .await
-            .map_err(|e| self.store_error(e))?;
 
         let boot_args = format!("{} {}", volumes.kernel_args.trim(), lease.kernel_ip_arg)
             .trim()
@@ -155,9 +141,13 @@ impl Controller {
             .await
             .map_err(|e| step("spawning the hypervisor", vmm_error(&e)))?;
         undo.pid = Some(pid);
+        // The lease and the pid in one write. Until it commits, a crash leaves a `starting`
+        // record without them: reconcile then detaches the tap unconditionally and finds the
+        // hypervisor by its API socket, so neither needed its own transaction.
         inner
             .db
             .modify(&id, move |r| {
+                r.info.network = Some(network);
                 r.pid = Some(pid);
                 Ok(())
             })
@@ -169,16 +159,13 @@ impl Controller {
             .await
             .map_err(|e| step("configuring the hypervisor", vmm_error(&e)))?;
         let now = banger_bus::now_ms();
-        inner
-            .db
-            .modify(&id, move |r| {
-                r.info.state = VmState::Running;
-                r.info.started_at_ms = Some(now);
-                r.info.reason = None;
-                Ok(())
-            })
-            .await
-            .map_err(|e| self.store_error(e))
+        self.modify_and_emit(&id, EventKind::Started, move |r| {
+            r.info.state = VmState::Running;
+            r.info.started_at_ms = Some(now);
+            r.info.reason = None;
+            Ok(())
+        })
+        .await
     }
 
     /// Undoes what a failed boot did, in reverse order. Failures here are logged: the reply

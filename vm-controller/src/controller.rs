@@ -137,7 +137,8 @@ impl Controller {
         self.inner.events.emit(kind, vm).await;
     }
 
-    /// Moves VM `id` to `to` (checked by the state machine) and publishes `kind`.
+    /// Moves VM `id` to `to` (checked by the state machine) and publishes `kind`, numbered in
+    /// the same write transaction as the move.
     pub(crate) async fn transition_and_emit(
         &self,
         id: &VmId,
@@ -145,14 +146,30 @@ impl Controller {
         reason: Option<String>,
         kind: EventKind,
     ) -> Result<VmRecord, ApiError> {
-        let rec = self
-            .inner
-            .db
-            .transition(id, to, reason)
+        self.modify_and_emit(id, kind, move |r| {
+            r.info.state = to;
+            r.info.reason = reason;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies `change` to VM `id` (see [`Store::modify`]) and publishes `kind` with the new
+    /// snapshot, numbered in the same write transaction as the change.
+    pub(crate) async fn modify_and_emit<F>(
+        &self,
+        id: &VmId,
+        kind: EventKind,
+        change: F,
+    ) -> Result<VmRecord, ApiError>
+    where
+        F: FnOnce(&mut VmRecord) -> Result<(), StoreError> + Send + 'static,
+    {
+        self.inner
+            .events
+            .commit(kind, self.inner.db.modify_numbered(id, change))
             .await
-            .map_err(|e| self.store_error(e))?;
-        self.emit(kind, &rec.info).await;
-        Ok(rec)
+            .map_err(|e| self.store_error(e))
     }
 
     /// Turns a store failure into a reply error with a stable code.

@@ -21,7 +21,7 @@ use banger_proto::vm::{ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, VmId, VmName};
 use futures::future::BoxFuture;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError, VmRecord};
 
 /// A failed request to a peer: which one, what for, and its error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,7 +114,9 @@ pub trait EventSink: Send + Sync + 'static {
 }
 
 /// Numbers and publishes lifecycle events: one increasing sequence per host, persisted, and
-/// published in sequence order.
+/// published in sequence order. A state change numbers its event in its own write transaction
+/// ([`Events::commit`]); an event that reports no stored change is numbered alone
+/// ([`Events::emit`]).
 #[derive(Clone)]
 pub struct Events {
     sink: Arc<dyn EventSink>,
@@ -134,8 +136,8 @@ impl Events {
         }
     }
 
-    /// Publishes `kind` with snapshot `vm`. A failure is logged, never fatal: the transition
-    /// already happened, and peers reconcile.
+    /// Publishes `kind` with snapshot `vm`, numbered in a transaction of its own. A failure is
+    /// logged, never fatal: the transition already happened, and peers reconcile.
     pub async fn emit(&self, kind: EventKind, vm: &VmInfo) {
         let _order = self.order.lock().await;
         let seq = match self.store.next_event_seq().await {
@@ -145,6 +147,24 @@ impl Events {
                 return;
             }
         };
+        self.publish(kind, seq, vm).await;
+    }
+
+    /// Runs `change`, a store write that numbers its event in the same transaction (the
+    /// store's `*_numbered` calls), then publishes `kind` with the record it returns. A failed
+    /// change publishes nothing and is returned; a failed publication is logged (peers
+    /// reconcile).
+    pub async fn commit<F>(&self, kind: EventKind, change: F) -> Result<VmRecord, StoreError>
+    where
+        F: std::future::Future<Output = Result<(VmRecord, u64), StoreError>>,
+    {
+        let _order = self.order.lock().await;
+        let (rec, seq) = change.await?;
+        self.publish(kind, seq, &rec.info).await;
+        Ok(rec)
+    }
+
+    async fn publish(&self, kind: EventKind, seq: u64, vm: &VmInfo) {
         let event = VmEvent {
             kind,
             at_ms: banger_bus::now_ms(),

@@ -89,13 +89,8 @@ impl Controller {
                 };
                 if !exited && let Err(e) = self.kill_all(&paths, Some(pid)).await {
                     let reason = format!("stopping: {}", e.message);
-                    let failed = self
-                        .inner
-                        .db
-                        .transition(id, VmState::Failed, Some(reason))
-                        .await
-                        .map_err(|e| self.store_error(e))?;
-                    self.emit(EventKind::Failed, &failed.info).await;
+                    self.transition_and_emit(id, VmState::Failed, Some(reason), EventKind::Failed)
+                        .await?;
                     return Err(e);
                 }
             }
@@ -256,19 +251,15 @@ impl Controller {
             self.detach_with_retries(req).await;
         }
         let stopped = self
-            .inner
-            .db
-            .modify(&id, move |r| {
+            .modify_and_emit(&id, crate::watch::end_event(end), move |r| {
                 r.info.state = end;
                 r.info.network = None;
                 r.info.reason = reason;
                 r.pid = None;
                 Ok(())
             })
-            .await
-            .map_err(|e| self.store_error(e))?;
+            .await?;
         tracing::info!(vm.id = %id, vm.name = %stopped.info.name, state = %end, "vm ended");
-        self.emit(crate::watch::end_event(end), &stopped.info).await;
         Ok(stopped)
     }
 }

@@ -89,19 +89,14 @@ impl Controller {
         if let Err(e) = self.inner.netd.detach(req).await {
             tracing::warn!(vm.id = %id, error = %e, "reconcile: detaching the tap");
         }
-        let failed = self
-            .inner
-            .db
-            .modify(&id, |r| {
-                r.info.state = VmState::Failed;
-                r.info.reason = Some("the controller stopped while the vm was starting".into());
-                r.info.network = None;
-                r.pid = None;
-                Ok(())
-            })
-            .await
-            .map_err(|e| self.store_error(e))?;
-        self.emit(EventKind::Failed, &failed.info).await;
+        self.modify_and_emit(&id, EventKind::Failed, |r| {
+            r.info.state = VmState::Failed;
+            r.info.reason = Some("the controller stopped while the vm was starting".into());
+            r.info.network = None;
+            r.pid = None;
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 

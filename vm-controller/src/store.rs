@@ -11,8 +11,17 @@
 //! and checks the move against [`VmState::can_become`] inside one write transaction — the only
 //! place a state is written. Two mutations of one VM never interleave: callers hold that VM's
 //! lock (see [`crate::locks`]), and each write is a transaction of its own.
+//!
+//! A change that is reported by an event numbers that event in the same transaction
+//! ([`Store::insert_numbered`], [`Store::modify_numbered`], [`Store::remove_numbered`]): the
+//! caller publishes the returned sequence number after the commit, so a crash can never leave a
+//! state change whose event number was not taken, and an operation costs one write transaction
+//! per step instead of two. [`Store::write_transactions`] counts the write transactions, so
+//! tests can hold the hot path to its count.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use banger_proto::net::PortForward;
 use banger_proto::vm::{VmInfo, VmNetwork, VmState};
@@ -119,6 +128,8 @@ pub struct NewVm {
 pub struct Store {
     db: Db,
     host: HostId,
+    /// Write transactions begun through this store (every clone shares it).
+    writes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -186,7 +197,14 @@ impl Store {
         Ok(Self {
             db: Db::open(path, &SCHEMA)?,
             host,
+            writes: Arc::default(),
         })
+    }
+
+    /// How many write transactions this store (and its clones) has run since it was opened:
+    /// tests hold each operation to its count (a count is behaviour, not timing).
+    pub fn write_transactions(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// The database file.
@@ -211,55 +229,22 @@ impl Store {
         F: FnOnce(&rusqlite::Transaction<'_>, &HostId) -> Result<T, StoreError> + Send + 'static,
     {
         let host = self.host.clone();
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.db.write_async(move |tx| f(tx, &host)).await
     }
 
     /// Inserts a `creating` record, allocating a vsock CID. Fails with
     /// [`StoreError::NameTaken`] when the name exists.
     pub async fn insert(&self, vm: NewVm) -> Result<VmRecord, StoreError> {
+        self.write(move |tx, host| insert_row(tx, host, vm)).await
+    }
+
+    /// [`Store::insert`], numbering the `created` event in the same transaction: returns the
+    /// record and the event's sequence number.
+    pub async fn insert_numbered(&self, vm: NewVm) -> Result<(VmRecord, u64), StoreError> {
         self.write(move |tx, host| {
-            let taken: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM vms WHERE name = ?1)",
-                    [vm.name.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(sql("checking the name"))?;
-            if taken {
-                return Err(StoreError::NameTaken(vm.name));
-            }
-            let cid = next_cid(tx)?;
-            let forwards = serde_json::to_string(&vm.port_forwards).unwrap_or_else(|_| "[]".into());
-            tx.execute(
-                "INSERT INTO vms (id, name, state, image, cpus, memory_mib, disk_mib, port_forwards,
-                                  created_at_ms, updated_at_ms, vsock_cid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
-                params![
-                    vm.id.as_str(),
-                    vm.name.as_str(),
-                    VmState::Creating.as_str(),
-                    vm.image.as_str(),
-                    vm.cpus.get(),
-                    vm.memory_mib.get(),
-                    vm.disk_mib.get(),
-                    forwards,
-                    to_i64(vm.now_ms),
-                    cid,
-                ],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::NameTaken(vm.name.clone())
-                }
-                e => StoreError::Sql {
-                    step: "inserting the vm",
-                    source: e,
-                },
-            })?;
-            let rec = get_row(tx, host, &vm.id)?.ok_or_else(|| StoreError::NotFound(vm.id))?;
-            Ok(rec)
+            let rec = insert_row(tx, host, vm)?;
+            Ok((rec, bump_event_seq(tx)?))
         })
         .await
     }
@@ -302,22 +287,24 @@ impl Store {
         F: FnOnce(&mut VmRecord) -> Result<(), StoreError> + Send + 'static,
     {
         let id = id.clone();
+        self.write(move |tx, host| modify_row(tx, host, &id, change))
+            .await
+    }
+
+    /// [`Store::modify`], numbering the event that reports the change in the same transaction:
+    /// returns the record and the event's sequence number.
+    pub async fn modify_numbered<F>(
+        &self,
+        id: &VmId,
+        change: F,
+    ) -> Result<(VmRecord, u64), StoreError>
+    where
+        F: FnOnce(&mut VmRecord) -> Result<(), StoreError> + Send + 'static,
+    {
+        let id = id.clone();
         self.write(move |tx, host| {
-            let before = get_row(tx, host, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            let mut after = before.clone();
-            change(&mut after)?;
-            if after.info.state != before.info.state
-                && !before.info.state.can_become(after.info.state)
-            {
-                return Err(StoreError::BadTransition {
-                    name: before.info.name,
-                    from: before.info.state,
-                    to: after.info.state,
-                });
-            }
-            after.info.updated_at_ms = banger_bus::now_ms();
-            write_row(tx, &after)?;
-            Ok(after)
+            let rec = modify_row(tx, host, &id, change)?;
+            Ok((rec, bump_event_seq(tx)?))
         })
         .await
     }
@@ -340,35 +327,25 @@ impl Store {
     /// Removes VM `id`; returns whether a row was removed.
     pub async fn remove(&self, id: &VmId) -> Result<bool, StoreError> {
         let id = id.clone();
+        self.write(move |tx, _| remove_row(tx, &id)).await
+    }
+
+    /// [`Store::remove`], numbering the `deleted` event in the same transaction: returns
+    /// whether a row was removed and the event's sequence number.
+    pub async fn remove_numbered(&self, id: &VmId) -> Result<(bool, u64), StoreError> {
+        let id = id.clone();
         self.write(move |tx, _| {
-            let n = tx
-                .execute("DELETE FROM vms WHERE id = ?1", [id.as_str()])
-                .map_err(sql("deleting the vm"))?;
-            Ok(n > 0)
+            let removed = remove_row(tx, &id)?;
+            Ok((removed, bump_event_seq(tx)?))
         })
         .await
     }
 
     /// Hands out the next event sequence number of this host (persisted, so it keeps increasing
-    /// across restarts).
+    /// across restarts), in a transaction of its own: for events that report no stored change
+    /// (`health`).
     pub async fn next_event_seq(&self) -> Result<u64, StoreError> {
-        self.write(|tx, _| {
-            let cur: Option<i64> = tx
-                .query_row("SELECT value FROM meta WHERE key = 'event_seq'", [], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(sql("reading the event sequence"))?;
-            let next = cur.unwrap_or(0).saturating_add(1);
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('event_seq', ?1)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [next],
-            )
-            .map_err(sql("writing the event sequence"))?;
-            Ok(u64::try_from(next).unwrap_or(0))
-        })
-        .await
+        self.write(|tx, _| bump_event_seq(tx)).await
     }
 
     /// Runs a pragma query on a fresh pooled connection (tests check the profile with it).
@@ -386,6 +363,108 @@ impl Store {
         })
         .await
     }
+}
+
+/// Inserts a `creating` record in `tx` (see [`Store::insert`]).
+fn insert_row(
+    tx: &rusqlite::Transaction<'_>,
+    host: &HostId,
+    vm: NewVm,
+) -> Result<VmRecord, StoreError> {
+    let taken: bool = tx
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM vms WHERE name = ?1)",
+            [vm.name.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(sql("checking the name"))?;
+    if taken {
+        return Err(StoreError::NameTaken(vm.name));
+    }
+    let cid = next_cid(tx)?;
+    let forwards = serde_json::to_string(&vm.port_forwards).unwrap_or_else(|_| "[]".into());
+    tx.execute(
+        "INSERT INTO vms (id, name, state, image, cpus, memory_mib, disk_mib, port_forwards,
+                          created_at_ms, updated_at_ms, vsock_cid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+        params![
+            vm.id.as_str(),
+            vm.name.as_str(),
+            VmState::Creating.as_str(),
+            vm.image.as_str(),
+            vm.cpus.get(),
+            vm.memory_mib.get(),
+            vm.disk_mib.get(),
+            forwards,
+            to_i64(vm.now_ms),
+            cid,
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::NameTaken(vm.name.clone())
+        }
+        e => StoreError::Sql {
+            step: "inserting the vm",
+            source: e,
+        },
+    })?;
+    get_row(tx, host, &vm.id)?.ok_or(StoreError::NotFound(vm.id))
+}
+
+/// Reads VM `id` in `tx`, applies `change`, checks any state move and writes the row back
+/// (see [`Store::modify`]).
+fn modify_row<F>(
+    tx: &rusqlite::Transaction<'_>,
+    host: &HostId,
+    id: &VmId,
+    change: F,
+) -> Result<VmRecord, StoreError>
+where
+    F: FnOnce(&mut VmRecord) -> Result<(), StoreError>,
+{
+    let before = get_row(tx, host, id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+    let mut after = before.clone();
+    change(&mut after)?;
+    if after.info.state != before.info.state && !before.info.state.can_become(after.info.state) {
+        return Err(StoreError::BadTransition {
+            name: before.info.name,
+            from: before.info.state,
+            to: after.info.state,
+        });
+    }
+    after.info.updated_at_ms = banger_bus::now_ms();
+    write_row(tx, &after)?;
+    Ok(after)
+}
+
+/// Deletes VM `id`'s row in `tx`; returns whether there was one.
+fn remove_row(tx: &rusqlite::Transaction<'_>, id: &VmId) -> Result<bool, StoreError> {
+    let n = tx
+        .execute("DELETE FROM vms WHERE id = ?1", [id.as_str()])
+        .map_err(sql("deleting the vm"))?;
+    Ok(n > 0)
+}
+
+/// Takes the next event sequence number of this host in `tx` (persisted in `meta`, so it keeps
+/// increasing across restarts).
+fn bump_event_seq(tx: &rusqlite::Transaction<'_>) -> Result<u64, StoreError> {
+    let cur: Option<i64> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'event_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql("reading the event sequence"))?;
+    let next = cur.unwrap_or(0).saturating_add(1);
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('event_seq', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [next],
+    )
+    .map_err(sql("writing the event sequence"))?;
+    Ok(u64::try_from(next).unwrap_or(0))
 }
 
 /// The smallest free CID at or above [`FIRST_GUEST_CID`].
@@ -653,6 +732,40 @@ mod tests {
             r.unwrap();
         }
         assert_eq!(s.next_event_seq().await.unwrap(), 101);
+    }
+
+    #[tokio::test]
+    async fn a_change_and_its_event_number_commit_together_or_not_at_all() {
+        let (_d, s) = store();
+        let before = s.write_transactions();
+        let (a, created) = s.insert_numbered(new_vm("a")).await.unwrap();
+        let (r, starting) = s
+            .modify_numbered(a.id(), |r| {
+                r.info.state = VmState::Starting;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!((created, starting), (1, 2));
+        assert_eq!(r.state(), VmState::Starting);
+        assert_eq!(s.write_transactions() - before, 2, "one transaction each");
+        // A refused change takes no number.
+        let err = s
+            .modify_numbered(a.id(), |r| {
+                r.info.state = VmState::Creating;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
+        assert!(matches!(
+            s.insert_numbered(new_vm("a")).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        let (removed, deleted) = s.remove_numbered(a.id()).await.unwrap();
+        assert!(removed);
+        assert_eq!(deleted, 3, "failed changes took no number");
+        assert!(s.find(a.id()).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -666,3 +666,62 @@ async fn with_stop_vms_on_exit_a_controller_shutdown_stops_every_running_vm_firs
         assert_eq!(got.state, VmState::Stopped);
     }
 }
+
+/// Each state change numbers its event in its own write transaction, so an operation costs one
+/// write per step: create 4 (record + `created`, `starting`, lease and pid, `started`), stop 2
+/// (`stopping`, `stopped`), start 3, delete 2 (`deleting`, row gone + `deleted`), create
+/// without starting 2. Before events were numbered in the state change's transaction these
+/// were 8, 4, 6, 3 and 4. The events still carry consecutive sequence numbers.
+#[tokio::test]
+async fn each_operation_makes_one_write_transaction_per_state_change() {
+    let h = Harness::start().await;
+    let db = h.ctl.db().clone();
+    let mut last = db.write_transactions();
+    let mut writes = || {
+        let now = db.write_transactions();
+        let n = now - last;
+        last = now;
+        n
+    };
+
+    let vm = h.create("web").await;
+    assert_eq!(writes(), 4, "create (and start)");
+    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    assert_eq!(writes(), 2, "stop");
+    h.op(VmOp::Start, &vm.id).await.unwrap();
+    assert_eq!(writes(), 3, "start");
+    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    assert_eq!(writes(), 2, "stop");
+    h.op(VmOp::Delete, &vm.id).await.unwrap();
+    assert_eq!(writes(), 2, "delete of a stopped vm");
+
+    let mut req = create_request("cold");
+    req.start = false;
+    let cold = h.create_req(&req).await.unwrap().vm;
+    assert_eq!(cold.state, VmState::Stopped);
+    assert_eq!(writes(), 2, "create --no-start");
+    h.op(VmOp::Start, &cold.id).await.unwrap();
+    assert_eq!(writes(), 3, "start");
+    h.op(VmOp::Delete, &cold.id).await.unwrap();
+    assert_eq!(writes(), 4, "delete of a running vm (stop, then delete)");
+
+    h.wait_event("cold", EventKind::Deleted).await;
+    let seqs: Vec<u64> = h.events.snapshot().iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "one number per event, in publication order");
+    assert_eq!(
+        h.events.kinds("web"),
+        [
+            EventKind::Created,
+            EventKind::Starting,
+            EventKind::Started,
+            EventKind::Stopping,
+            EventKind::Stopped,
+            EventKind::Starting,
+            EventKind::Started,
+            EventKind::Stopping,
+            EventKind::Stopped,
+            EventKind::Deleted,
+        ]
+    );
+}

@@ -68,22 +68,23 @@ impl Controller {
         let id = new_vm_id();
         // The id is lockable the moment it exists: take the lock before the record is visible.
         let _guard = self.lock(&id).await;
+        let new = NewVm {
+            id: id.clone(),
+            name: req.name.clone(),
+            image: image.name.clone(),
+            cpus: req.cpus.unwrap_or(inner.config.default_cpus),
+            memory_mib: req.memory_mib.unwrap_or(inner.config.default_memory_mib),
+            disk_mib: req.disk_mib.unwrap_or(image.default_disk_mib),
+            port_forwards: req.port_forwards.clone(),
+            now_ms: banger_bus::now_ms(),
+        };
+        // The record and its `created` event's number: one write transaction.
         let rec = inner
-            .db
-            .insert(NewVm {
-                id: id.clone(),
-                name: req.name.clone(),
-                image: image.name.clone(),
-                cpus: req.cpus.unwrap_or(inner.config.default_cpus),
-                memory_mib: req.memory_mib.unwrap_or(inner.config.default_memory_mib),
-                disk_mib: req.disk_mib.unwrap_or(image.default_disk_mib),
-                port_forwards: req.port_forwards.clone(),
-                now_ms: banger_bus::now_ms(),
-            })
+            .events
+            .commit(EventKind::Created, inner.db.insert_numbered(new))
             .await
             .map_err(|e| self.store_error(e))?;
         tracing::info!(vm.id = %id, vm.name = %rec.info.name, image = %image.name, "vm created");
-        self.emit(EventKind::Created, &rec.info).await;
         if req.start {
             let rec = self.boot(&id, BootKind::Create).await?;
             return Ok(VmOpReply {

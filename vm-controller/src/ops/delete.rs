@@ -54,22 +54,27 @@ impl Controller {
                 .map_err(|e| self.store_error(e))?
         };
         if let Err(e) = self.remove_resources(&id).await {
-            let failed = self
-                .inner
-                .db
-                .transition(&id, VmState::Failed, Some(e.message.clone()))
-                .await
-                .map_err(|e| self.store_error(e))?;
-            self.emit(EventKind::Failed, &failed.info).await;
+            self.transition_and_emit(
+                &id,
+                VmState::Failed,
+                Some(e.message.clone()),
+                EventKind::Failed,
+            )
+            .await?;
             return Err(e);
         }
-        self.inner
-            .db
-            .remove(&id)
+        // The row goes and its `deleted` event is numbered in one write transaction.
+        let removed = self.inner.db.remove_numbered(&id);
+        let rec = self
+            .inner
+            .events
+            .commit(EventKind::Deleted, async move {
+                let (_, seq) = removed.await?;
+                Ok((rec, seq))
+            })
             .await
             .map_err(|e| self.store_error(e))?;
         tracing::info!(vm.id = %id, vm.name = %rec.info.name, "vm deleted");
-        self.emit(EventKind::Deleted, &rec.info).await;
         self.inner.locks.forget(&id);
         drop(guard);
         if let Ok(mut seen) = self.inner.last_health.lock() {
