@@ -1,6 +1,13 @@
 //! Reactions to this host's lifecycle events: `stopped` removes a VM's tap and rules (the lease
 //! is kept, so it comes back with the same address), `deleted` also releases the lease.
 //!
+//! One owner per teardown step: the controller calls `net.detach` on the hot path, before its
+//! `vm stop`/`vm delete` returns and before it publishes the event, so the tap is gone when the
+//! user gets the answer. These reactions are idempotent catch-up for a call that was missed
+//! (netd unreachable at that moment, an older controller): a lease the controller already
+//! detached (inactive) costs no kernel call and no write, only a release still due is made
+//! (see [`Teardown::catch_up`]); reconciliation catches what both missed.
+//!
 //! Events that arrive together (a batch `vm stop` of many VMs) are torn down together, so their
 //! taps go in one kernel operation: after the first event, more are collected for
 //! [`BATCH_WINDOW`]. Events of VMs netd has no lease for are ignored, and so is a `stopped`
@@ -52,6 +59,7 @@ fn item(ev: &ReceivedEvent) -> Teardown {
         vm: ev.event.vm.id.clone(),
         release: ev.event.kind == EventKind::Deleted,
         stopped_at_ms: (ev.event.kind == EventKind::Stopped).then_some(ev.event.at_ms),
+        catch_up: true,
     }
 }
 

@@ -102,6 +102,7 @@ pub fn plan(
                         vm: l.vm_id.clone(),
                         release: true,
                         stopped_at_ms: None,
+                        catch_up: false,
                     });
                     handled_taps.insert(l.tap.as_str());
                     continue;
@@ -111,6 +112,7 @@ pub fn plan(
                         vm: l.vm_id.clone(),
                         release: false,
                         stopped_at_ms: None,
+                        catch_up: false,
                     });
                     handled_taps.insert(l.tap.as_str());
                     continue;
@@ -341,11 +343,13 @@ mod tests {
                     vm: id(2),
                     release: false,
                     stopped_at_ms: None,
+                    catch_up: false,
                 },
                 Teardown {
                     vm: id(3),
                     release: true,
                     stopped_at_ms: None,
+                    catch_up: false,
                 },
             ]
         );

@@ -326,6 +326,7 @@ async fn a_batch_teardown_is_one_group_delete() {
             vm: id(n),
             release: n == 5,
             stopped_at_ms: None,
+            catch_up: false,
         })
         .collect();
     let done = teardown(&f.netd, &batch).await.unwrap();
@@ -358,6 +359,7 @@ async fn stopped_events_are_idempotent() {
         vm: id(1),
         release: false,
         stopped_at_ms: Some(banger_bus::now_ms() + 1),
+        catch_up: true,
     };
     let first = teardown(&f.netd, &[event.clone(), event.clone()])
         .await
@@ -371,19 +373,117 @@ async fn stopped_events_are_idempotent() {
     assert!(again[0].had_lease && !again[0].tap_removed && !again[0].released);
     let calls = f.kernel.take_calls();
     assert!(
-        !calls.iter().any(|c| matches!(c, Call::InstallRules(_))),
-        "{calls:?}"
+        calls.is_empty(),
+        "a repeated event does no kernel work: {calls:?}"
     );
     let after = f.netd.store.get(id(1)).await.unwrap().unwrap();
-    // The same lease, still detached (a repeated detach only renews its timestamp).
-    assert_eq!(
-        crate::store::LeaseRow {
-            updated_at_ms: lease.updated_at_ms,
-            ..after
-        },
-        lease
-    );
+    assert_eq!(after, lease, "the same lease, untouched");
     assert!(f.kernel.world(|w| w.taps().is_empty()));
+}
+
+/// The controller owns the teardown on the hot path (`net.detach` before `vm stop` or
+/// `vm delete` returns); the `stopped`/`deleted` events that follow find the work done and
+/// make no kernel call, and no lease write unless a release is still due.
+#[tokio::test]
+async fn events_after_the_controllers_detach_do_no_kernel_work() {
+    let f = fx().await;
+    attach(&f.netd, req(1, vec![pf(8080)])).await.unwrap();
+    attach(&f.netd, req(2, vec![pf(8081)])).await.unwrap();
+    // vm stop of 1 and vm delete of 2: the controller's calls.
+    detach(&f.netd, stop(1, false)).await.unwrap();
+    detach(&f.netd, stop(2, true)).await.unwrap();
+    assert!(f.kernel.world(|w| w.taps().is_empty()));
+    let stopped_lease = f.netd.store.get(id(1)).await.unwrap().unwrap();
+    let ops = f.kernel.delete_ops_now();
+    f.kernel.take_calls();
+
+    let at = Some(banger_bus::now_ms() + 1);
+    let events = [
+        Teardown {
+            vm: id(1),
+            release: false,
+            stopped_at_ms: at,
+            catch_up: true,
+        },
+        Teardown {
+            vm: id(2),
+            release: false,
+            stopped_at_ms: at,
+            catch_up: true,
+        },
+        Teardown {
+            vm: id(2),
+            release: true,
+            stopped_at_ms: None,
+            catch_up: true,
+        },
+    ];
+    let done = teardown(&f.netd, &events).await.unwrap();
+    let calls = f.kernel.take_calls();
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(f.kernel.delete_ops_now(), ops);
+    assert!(done[0].had_lease && !done[0].tap_removed && !done[0].released);
+    assert!(
+        !done[1].had_lease,
+        "the deleted VM's lease went with the controller's call"
+    );
+    assert_eq!(
+        f.netd.store.get(id(1)).await.unwrap().unwrap(),
+        stopped_lease,
+        "no lease write"
+    );
+
+    // A `deleted` event whose release the controller's call did not make (its delete
+    // stopped after the stop): the release, still no kernel call.
+    let done = teardown(
+        &f.netd,
+        &[Teardown {
+            vm: id(1),
+            release: true,
+            stopped_at_ms: None,
+            catch_up: true,
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(done[0].had_lease && done[0].released && !done[0].tap_removed);
+    assert_eq!(f.active(1).await, None, "released");
+    let calls = f.kernel.take_calls();
+    assert!(calls.is_empty(), "{calls:?}");
+}
+
+/// When the controller's `net.detach` was missed, the event reaction still does it all.
+#[tokio::test]
+async fn an_event_whose_detach_was_missed_tears_the_vm_down() {
+    let f = fx().await;
+    attach(&f.netd, req(1, vec![pf(8080)])).await.unwrap();
+    attach(&f.netd, req(2, vec![])).await.unwrap();
+    let at = Some(banger_bus::now_ms() + 1);
+    let done = teardown(
+        &f.netd,
+        &[
+            Teardown {
+                vm: id(1),
+                release: false,
+                stopped_at_ms: at,
+                catch_up: true,
+            },
+            Teardown {
+                vm: id(2),
+                release: true,
+                stopped_at_ms: None,
+                catch_up: true,
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(done[0].tap_removed && !done[0].released);
+    assert!(done[1].tap_removed && done[1].released);
+    assert!(f.kernel.world(|w| w.taps().is_empty()));
+    assert!(f.kernel.world(|w| w.rule_vms().is_empty()));
+    assert_eq!(f.active(1).await, Some(false), "lease kept, inactive");
+    assert_eq!(f.active(2).await, None, "lease released");
 }
 
 #[tokio::test]
@@ -397,6 +497,7 @@ async fn a_stopped_event_older_than_the_last_attach_keeps_the_tap() {
             vm: id(1),
             release: false,
             stopped_at_ms: Some(stopped_at),
+            catch_up: true,
         }],
     )
     .await
@@ -419,11 +520,13 @@ async fn a_stopped_and_a_deleted_event_in_one_batch_release_the_lease() {
                 vm: id(1),
                 release: false,
                 stopped_at_ms: at,
+                catch_up: true,
             },
             Teardown {
                 vm: id(1),
                 release: true,
                 stopped_at_ms: None,
+                catch_up: true,
             },
         ],
     )

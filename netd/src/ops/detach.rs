@@ -58,6 +58,12 @@ pub struct Teardown {
     /// after that time has been started again meanwhile (a restart whose `attach` overtook the
     /// event) and keeps its tap. `None`: tear down whatever the lease's age.
     pub stopped_at_ms: Option<u64>,
+    /// A catch-up reaction to a `stopped`/`deleted` event. The controller calls `net.detach`
+    /// itself before it publishes those (it owns the teardown on the hot path), so a lease it
+    /// already detached (inactive) costs no kernel call and no lease write: only a release
+    /// that is still due is made. An active lease (the controller's call was missed) is torn
+    /// down in full. `false` (`net.detach`, reconciliation): always tear down what is there.
+    pub catch_up: bool,
 }
 
 /// What happened to one VM.
@@ -92,6 +98,7 @@ pub async fn detach(netd: &Netd, req: DetachRequest) -> Result<DetachReply, Deta
             vm: req.vm_id.clone(),
             release: req.release,
             stopped_at_ms: None,
+            catch_up: false,
         }],
     )
     .await?;
@@ -119,27 +126,29 @@ pub async fn teardown_locked(
     items: &[Teardown],
 ) -> Result<Vec<TornDown>, DetachError> {
     // Merge duplicates: a `stopped` and a `deleted` of one VM in one batch mean "release"; of
-    // two stop times the later one counts, and an unconditional teardown wins.
-    let mut wanted: HashMap<&VmId, (bool, Option<u64>)> = HashMap::new();
+    // two stop times the later one counts, and an unconditional teardown wins (so does a
+    // teardown that is not a catch-up).
+    let mut wanted: HashMap<&VmId, (bool, Option<u64>, bool)> = HashMap::new();
     for t in items {
         wanted
             .entry(&t.vm)
-            .and_modify(|(release, at)| {
+            .and_modify(|(release, at, catch_up)| {
                 *release |= t.release;
                 *at = at.zip(t.stopped_at_ms).map(|(a, b)| a.max(b));
+                *catch_up &= t.catch_up;
             })
-            .or_insert((t.release, t.stopped_at_ms));
+            .or_insert((t.release, t.stopped_at_ms, t.catch_up));
     }
     let mut restarted = HashSet::new();
     let ids: Vec<VmId> = wanted.keys().map(|v| (*v).clone()).collect();
-    let leases: HashMap<VmId, _> = netd
+    let (settled, leases): (HashMap<VmId, _>, HashMap<VmId, _>) = netd
         .store
         .get_many(ids)
         .await?
         .into_iter()
         .filter(|l| match wanted.get(&l.vm_id) {
             None => false,
-            Some((false, Some(at))) if l.active && l.updated_at_ms >= *at => {
+            Some((false, Some(at), _)) if l.active && l.updated_at_ms >= *at => {
                 tracing::debug!(vm.id = %l.vm_id, "attached again since it stopped: keeping its tap");
                 restarted.insert(l.vm_id.clone());
                 false
@@ -147,7 +156,12 @@ pub async fn teardown_locked(
             Some(_) => true,
         })
         .map(|l| (l.vm_id.clone(), l))
-        .collect();
+        // The cheap check of a catch-up: an inactive lease was detached already (its tap and
+        // rules went before it was marked inactive), so there is no kernel work left.
+        .partition(|(vm, l)| !l.active && wanted.get(vm).is_some_and(|w| w.2));
+    if !settled.is_empty() {
+        tracing::debug!(vms = settled.len(), "already detached: no kernel work");
+    }
     let leased: Vec<VmId> = leases.keys().cloned().collect();
 
     let mut rules_failed = false;
@@ -169,10 +183,13 @@ pub async fn teardown_locked(
 
     let release: Vec<VmId> = leased
         .iter()
-        .filter(|v| wanted.get(v).is_some_and(|(release, _)| *release))
+        .chain(settled.keys())
+        .filter(|v| wanted.get(v).is_some_and(|(release, _, _)| *release))
         .cloned()
         .collect();
-    netd.store.detach(leased.clone(), release.clone()).await?;
+    if !leased.is_empty() || !release.is_empty() {
+        netd.store.detach(leased.clone(), release.clone()).await?;
+    }
     if rules_failed {
         netd.restore_rules().await?;
     }
@@ -186,7 +203,7 @@ pub async fn teardown_locked(
         let lease = leases.get(&t.vm);
         let done = TornDown {
             vm: t.vm.clone(),
-            had_lease: lease.is_some() || restarted.contains(&t.vm),
+            had_lease: lease.is_some() || settled.contains_key(&t.vm) || restarted.contains(&t.vm),
             tap_removed: lease.is_some_and(|l| removed.contains(&l.tap)),
             released: release.contains(&t.vm),
         };
