@@ -1,7 +1,8 @@
 //! Reaction to this host's `deleted` events: whatever volumes stord still holds for the VM are
-//! removed. The controller normally calls `volume.delete` itself before it publishes `deleted`;
-//! this catches a delete whose storage step failed or was skipped, and is idempotent (a VM
-//! without volumes is a no-op).
+//! removed. One owner per teardown step: the controller calls `volume.delete` itself before it
+//! publishes `deleted`, so this is catch-up for a delete whose storage step failed or was
+//! skipped, and idempotent: a VM with neither a record nor a directory ends at that cheap check,
+//! without listing or touching a device ([`volume_delete::catch_up`]).
 
 use std::sync::Arc;
 
@@ -33,11 +34,11 @@ pub async fn watch(st: Arc<Stord>, mut events: EventStream, shutdown: Cancellati
         let Some(ev) = ev else { break };
         let vm = ev.event.vm.id.clone();
         let span = tracing::info_span!(parent: &ev.span, "store.volume.delete", vm.id = %vm);
-        match volume_delete::delete(st.clone(), vm.clone())
+        match volume_delete::catch_up(st.clone(), vm.clone())
             .instrument(span.clone())
             .await
         {
-            Ok(r) if r.removed => span.in_scope(|| {
+            Ok(Some(r)) if r.removed => span.in_scope(|| {
                 tracing::info!(vm.id = %vm, "removed the volumes of a deleted VM");
             }),
             Ok(_) => {}

@@ -350,6 +350,8 @@ pub mod fake {
         pub dm_unavailable: Option<String>,
         /// Every call, in order.
         pub calls: Vec<String>,
+        /// How many times the devices were listed (`list_dm`, `list_loops`).
+        pub lists: u32,
         next_loop: u32,
     }
 
@@ -400,7 +402,9 @@ pub mod fake {
         }
 
         fn list_loops(&self) -> Result<Vec<LoopEntry>, DevError> {
-            Ok(self.state().loops.clone())
+            let mut s = self.state();
+            s.lists += 1;
+            Ok(s.loops.clone())
         }
 
         fn create_snapshot(&self, name: &str, table: &SnapshotTable) -> Result<u32, DevError> {
@@ -431,12 +435,9 @@ pub mod fake {
         }
 
         fn list_dm(&self) -> Result<Vec<(String, u32)>, DevError> {
-            Ok(self
-                .state()
-                .dms
-                .iter()
-                .map(|d| (d.0.clone(), d.1))
-                .collect())
+            let mut s = self.state();
+            s.lists += 1;
+            Ok(s.dms.iter().map(|d| (d.0.clone(), d.1)).collect())
         }
     }
 }

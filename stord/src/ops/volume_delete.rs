@@ -140,10 +140,153 @@ pub async fn delete(st: Arc<Stord>, vm: VmId) -> Result<VolumeDeleteReply, ApiEr
     .await
 }
 
+/// Whether `vm` has neither a record nor a directory: what a completed delete leaves. Cheap (one
+/// registry read and one `stat`, no device listing).
+pub fn already_removed(st: &Stord, vm: &VmId) -> Result<bool, DeleteError> {
+    Ok(st.db.volume(vm).map_err(DeleteError::Db)?.is_none() && !st.dirs.vm_dir(vm).exists())
+}
+
+/// The reaction to a `deleted` event: the controller calls `volume.delete` itself before it
+/// publishes `deleted`, so the volumes are normally gone and the cheap check
+/// ([`already_removed`]) ends it without touching a device. A delete that was missed (or
+/// failed) is finished as [`delete`] does. Debris without a record or a directory (devices of
+/// a crash) is start-up reconciliation's. Returns `None` when there was nothing to do.
+pub async fn catch_up(st: Arc<Stord>, vm: VmId) -> Result<Option<VolumeDeleteReply>, ApiError> {
+    let guard = st.locks.lock(&vm).await;
+    blocking("deleting volumes", move || {
+        let _guard = guard;
+        if already_removed(&st, &vm)? {
+            return Ok(None);
+        }
+        Ok(Some(apply(&st, &vm, Backoff::REMOVAL)?))
+    })
+    .await
+}
+
 /// Handles one request.
 pub async fn handle(
     st: Arc<Stord>,
     req: VolumeDeleteRequest,
 ) -> Result<VolumeDeleteReply, ApiError> {
     delete(st, req.vm_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use banger_proto::store::ImageInfo;
+    use banger_proto::{ImageName, MemMib, VmId};
+
+    use super::*;
+    use crate::backend::dm::fake::FakeDevices;
+    use crate::backend::dm::{DeviceNames, SnapshotTable};
+    use crate::config::StordFile;
+    use crate::db::{ImageRow, VolumeRow};
+    use crate::sys::loopdev::LoopEntry;
+
+    fn id(n: u8) -> VmId {
+        VmId::new(format!("{n:032x}")).unwrap()
+    }
+
+    /// A stord on fake devices with `vms`' dm-snapshot volumes in place: record, directory,
+    /// work disk, dm device and loops.
+    fn stord_with(vms: &[VmId]) -> (tempfile::TempDir, Arc<FakeDevices>, Arc<Stord>) {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = Arc::new(FakeDevices::default());
+        let st = Stord::open(
+            dir.path().join("stord"),
+            StordFile::default().resolve().unwrap(),
+            devices.clone(),
+        )
+        .unwrap();
+        st.db
+            .insert_image(&ImageRow {
+                info: ImageInfo {
+                    name: ImageName::new("base").unwrap(),
+                    kernel: "/k".into(),
+                    initrd: None,
+                    rootfs: "/r".into(),
+                    kernel_args: String::new(),
+                    default_disk_mib: MemMib::new(8).unwrap(),
+                    rootfs_bytes: 0,
+                    created_at_ms: 0,
+                },
+                rootfs_mtime_ns: 0,
+            })
+            .unwrap();
+        for (i, vm) in vms.iter().enumerate() {
+            let vm_dir = st.dirs.vm_dir(vm);
+            std::fs::create_dir_all(&vm_dir).unwrap();
+            std::fs::write(vm_dir.join(WORK_FILE), b"").unwrap();
+            st.db
+                .insert_volume(&VolumeRow {
+                    vm_id: vm.clone(),
+                    image: ImageName::new("base").unwrap(),
+                    backend: "dm-snapshot".into(),
+                    root_path: format!("/dev/dm-{i}"),
+                    work_disk_path: vm_dir.join(WORK_FILE).display().to_string(),
+                    disk_mib: MemMib::new(8).unwrap(),
+                    created_at_ms: 0,
+                })
+                .unwrap();
+            let names = DeviceNames::new(&st.state_tag, vm);
+            let n = u32::try_from(i).unwrap() * 2;
+            let mut f = devices.state();
+            f.dms.push((
+                names.dm.clone(),
+                n,
+                SnapshotTable::new(512, "7:0".into(), "7:1".into()),
+            ));
+            for (number, tag) in [(n, &names.origin_tag), (n + 1, &names.cow_tag)] {
+                f.loops.push(LoopEntry {
+                    number,
+                    tag: tag.clone(),
+                    backing_file: PathBuf::from("/x"),
+                });
+            }
+        }
+        (dir, devices, Arc::new(st))
+    }
+
+    #[tokio::test]
+    async fn a_deleted_event_after_the_controllers_delete_touches_no_device() {
+        let vm = id(1);
+        let (_dir, devices, st) = stord_with(std::slice::from_ref(&vm));
+        // The controller's `volume.delete`, on the hot path.
+        assert!(delete(st.clone(), vm.clone()).await.unwrap().removed);
+        assert!(devices.state().dms.is_empty());
+        {
+            let mut f = devices.state();
+            f.calls.clear();
+            f.lists = 0;
+        }
+        // The `deleted` event that follows: the cheap check ends it.
+        assert_eq!(catch_up(st.clone(), vm.clone()).await.unwrap(), None);
+        let f = devices.state();
+        assert!(f.calls.is_empty(), "{:?}", f.calls);
+        assert_eq!(f.lists, 0, "no device listing");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_event_whose_delete_was_missed_removes_the_volumes() {
+        let (gone, kept) = (id(1), id(2));
+        let (_dir, devices, st) = stord_with(&[gone.clone(), kept.clone()]);
+        let reply = catch_up(st.clone(), gone.clone()).await.unwrap();
+        assert!(reply.is_some_and(|r| r.removed));
+        assert!(st.db.volume(&gone).unwrap().is_none());
+        assert!(!st.dirs.vm_dir(&gone).exists());
+        let f = devices.state();
+        let kept_names = DeviceNames::new(&st.state_tag, &kept);
+        let dms: Vec<&str> = f.dms.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(
+            dms,
+            [kept_names.dm.as_str()],
+            "only the deleted VM's device went"
+        );
+        assert_eq!(f.loops.len(), 2, "{:?}", f.loops);
+        drop(f);
+        assert!(st.db.volume(&kept).unwrap().is_some());
+    }
 }
