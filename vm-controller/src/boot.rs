@@ -52,6 +52,7 @@ impl Controller {
             .transition_and_emit(id, VmState::Starting, None, EventKind::Starting)
             .await?;
         let mut undo = Undo::default();
+        self.forget_health(id);
         // This boot's console and log output start here: the watch reads from there on.
         let ctl = self.clone();
         let key = id.clone();
@@ -61,6 +62,7 @@ impl Controller {
         match self.boot_steps(&rec, &mut undo).await {
             Ok(rec) => {
                 self.watch(rec.id(), log_ends);
+                self.probe_health(rec.id(), rec.info.started_at_ms);
                 tracing::info!(vm.id = %rec.id(), vm.name = %rec.info.name, pid = ?rec.pid, "vm running");
                 Ok(rec)
             }

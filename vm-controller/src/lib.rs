@@ -23,6 +23,7 @@ pub mod ids;
 pub mod locks;
 pub mod ops;
 pub mod postmortem;
+pub mod probe;
 pub mod reconcile;
 pub mod store;
 pub mod vmm;

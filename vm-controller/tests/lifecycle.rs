@@ -44,10 +44,17 @@ async fn create_boots_a_vm_and_publishes_every_transition_with_its_snapshot() {
     );
     assert_eq!(spec.tap, net.tap);
 
-    h.wait_event("web", EventKind::Started).await;
+    // After the boot the controller probes the agent and publishes its first healthy answer
+    // (what `vm create --wait` listens for).
+    h.wait_event("web", EventKind::Health).await;
     assert_eq!(
         h.events.kinds("web"),
-        [EventKind::Created, EventKind::Starting, EventKind::Started]
+        [
+            EventKind::Created,
+            EventKind::Starting,
+            EventKind::Started,
+            EventKind::Health
+        ]
     );
     let started = h
         .events
@@ -675,6 +682,11 @@ async fn with_stop_vms_on_exit_a_controller_shutdown_stops_every_running_vm_firs
 #[tokio::test]
 async fn each_operation_makes_one_write_transaction_per_state_change() {
     let h = Harness::start().await;
+    // No agent answers, so the health probe after each boot publishes (and numbers) nothing.
+    h.fakes
+        .agent
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let db = h.ctl.db().clone();
     let mut last = db.write_transactions();
     let mut writes = || {

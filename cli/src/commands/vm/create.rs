@@ -1,24 +1,17 @@
 //! `banger vm create NAME`: validate the settings here, send one `vm.create`, optionally wait
-//! for the guest agent to answer its health check.
+//! for the guest agent to answer its health check (by its `health` event: [`super::wait`]).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use banger_proto::agent::Health;
 use banger_proto::net::PortForward;
 use banger_proto::op::{Lab, vm};
 use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmState};
-use banger_proto::{ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, VmName, service};
+use banger_proto::{CpuCount, HostId, ImageName, MemMib, VmName, service};
 
 use super::units::{format_mib, parse_cpus, parse_disk, parse_memory, parse_seconds};
-use crate::progress::Progress;
+use super::wait::{HealthEvents, wait_healthy};
 use crate::{App, exit, output};
-
-/// How often `--wait` asks the agent again.
-const HEALTH_POLL: Duration = Duration::from_millis(500);
-/// Deadline of one health request while waiting: the agent answers in milliseconds when it is
-/// up, so a slow answer is as good as none.
-const HEALTH_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// Flags of `banger vm create`.
 #[derive(Debug, clap::Args)]
@@ -87,6 +80,12 @@ impl CreateArgs {
 
 /// Runs `banger vm create`.
 pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
+    // Subscribed before the create is sent, so the guest's `health` event cannot be missed.
+    let events = if args.wait {
+        Some(HealthEvents::subscribe(app, args.host.as_ref()).await)
+    } else {
+        None
+    };
     let reply = send(app, &args.request()).await?;
     let vm = reply.vm;
     if app.json && !args.wait {
@@ -97,10 +96,10 @@ pub(crate) async fn run(app: &App, args: CreateArgs) -> anyhow::Result<u8> {
             println!("note: {note}");
         }
     }
-    if !args.wait {
+    let Some(events) = events else {
         return Ok(exit::OK);
-    }
-    let health = wait_healthy(app, &vm, args.wait_timeout).await?;
+    };
+    let health = wait_healthy(app, &vm, args.wait_timeout, events).await?;
     if app.json {
         output::print_json(&serde_json::json!({ "vm": vm, "note": reply.note, "health": health }))?;
     } else {
@@ -164,82 +163,6 @@ pub(crate) fn describe(vm: &VmInfo) -> String {
         None => {}
     }
     line
-}
-
-/// Asks the VM's controller for agent health until it answers or `timeout` passes.
-async fn wait_healthy(app: &App, vm: &VmInfo, timeout: Duration) -> anyhow::Result<Health> {
-    let req = banger_proto::vm::VmRefRequest { id: vm.id.clone() };
-    let end = tokio::time::Instant::now() + timeout;
-    let waiting = format!(
-        "waiting up to {}s for {}'s guest agent",
-        timeout.as_secs(),
-        vm.name
-    );
-    let progress = if app.json {
-        Progress::hidden()
-    } else {
-        Progress::announce(waiting.clone())
-    };
-    let mut last_error = String::from("no answer yet");
-    loop {
-        let left = end.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "{} did not become healthy within {}s (last: {last_error}); see `banger vm \
-                     logs {}`",
-                    vm.name,
-                    timeout.as_secs(),
-                    vm.name
-                ),
-            )
-            .into());
-        }
-        match app
-            .bus
-            .call::<vm::Health>(&vm.host, &req, left.min(HEALTH_ATTEMPT))
-            .await
-        {
-            Ok(h) => {
-                if h.status == "ok" {
-                    progress.finish_and_clear();
-                    return Ok(h);
-                }
-                last_error = format!("agent status {:?}", h.status);
-            }
-            // The VM itself is gone or broken: waiting longer will not help.
-            Err(banger_bus::RequestError::Remote(e))
-                if matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidArgument) =>
-            {
-                return Err(e.into());
-            }
-            // Not running (yet, or any more): only keep waiting while it is on its way up.
-            Err(banger_bus::RequestError::Remote(e)) if e.code == ErrorCode::Conflict => {
-                if let Ok(now) = super::show::get(app, vm, left.min(HEALTH_ATTEMPT)).await
-                    && !matches!(
-                        now.state,
-                        VmState::Creating | VmState::Starting | VmState::Running
-                    )
-                {
-                    return Err(ApiError::new(
-                        ErrorCode::Conflict,
-                        format!(
-                            "{} is {} and will not become healthy{}",
-                            now.name,
-                            now.state,
-                            now.reason.map(|r| format!(": {r}")).unwrap_or_default()
-                        ),
-                    )
-                    .into());
-                }
-                last_error = e.to_string();
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-        progress.set_message(format!("{waiting} (last: {last_error})"));
-        tokio::time::sleep(HEALTH_POLL.min(left)).await;
-    }
 }
 
 #[cfg(test)]

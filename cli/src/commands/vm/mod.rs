@@ -16,6 +16,7 @@ pub mod show;
 pub(crate) mod snapshot;
 pub mod ssh;
 pub(crate) mod units;
+pub(crate) mod wait;
 
 use banger_proto::subject::VmOp;
 use banger_proto::vm::VmInfo;

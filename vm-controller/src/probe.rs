@@ -1,0 +1,81 @@
+//! After a boot, the controller asks the guest agent for its health until it first answers
+//! healthy, and publishes the `health` event then: `vm create --wait` listens for that event
+//! instead of polling (it subscribes before it sends the create, so the event cannot be
+//! missed).
+//!
+//! The probe starts every [`FIRST_INTERVAL`] and doubles up to [`MAX_INTERVAL`], and gives up
+//! after [`PROBE_FOR`] (an image without an agent never answers; `vm health` still asks on
+//! demand). It ends as soon as the boot it probes for is over (the VM stopped, failed, was
+//! deleted or booted again), and it publishes only the change to healthy: an agent that does
+//! not answer yet is the normal state of a booting guest, and a guest that dies is the watch's
+//! to report ([`crate::watch`]).
+
+use std::time::Duration;
+
+use banger_proto::VmId;
+use banger_proto::event::EventKind;
+use banger_proto::vm::VmState;
+
+use crate::controller::Controller;
+
+/// The first wait between two probes.
+const FIRST_INTERVAL: Duration = Duration::from_millis(5);
+/// The longest wait between two probes.
+const MAX_INTERVAL: Duration = Duration::from_millis(100);
+/// How long after a boot the agent is probed.
+const PROBE_FOR: Duration = Duration::from_secs(120);
+
+impl Controller {
+    /// Forgets VM `id`'s last known health: a boot begins, and the next healthy answer is news.
+    pub(crate) fn forget_health(&self, id: &VmId) {
+        if let Ok(mut seen) = self.inner.last_health.lock() {
+            seen.remove(id);
+        }
+    }
+
+    /// Probes the agent of VM `id`, booted at `started_at_ms`, in the background (see the
+    /// module's documentation).
+    pub(crate) fn probe_health(&self, id: &VmId, started_at_ms: Option<u64>) {
+        let ctl = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move { ctl.probe(&id, started_at_ms).await });
+    }
+
+    async fn probe(&self, id: &VmId, started_at_ms: Option<u64>) {
+        let end = tokio::time::Instant::now() + PROBE_FOR;
+        let mut interval = FIRST_INTERVAL;
+        let port = self.inner.config.agent_port;
+        loop {
+            // Still the boot this probe is for?
+            let rec = match self.inner.db.find(id).await {
+                Ok(Some(rec))
+                    if rec.state() == VmState::Running
+                        && rec.info.started_at_ms == started_at_ms =>
+                {
+                    rec
+                }
+                _ => return,
+            };
+            let vsock = self.paths(id).vsock_uds;
+            if matches!(self.inner.agent.health(vsock, port).await, Ok(h) if h.status == "ok") {
+                let changed = self
+                    .inner
+                    .last_health
+                    .lock()
+                    .map(|mut seen| seen.insert(id.clone(), true) != Some(true))
+                    .unwrap_or(false);
+                if changed {
+                    tracing::debug!(vm.id = %id, vm.name = %rec.info.name, "guest agent healthy");
+                    self.emit(EventKind::Health, &rec.info).await;
+                }
+                return;
+            }
+            if tokio::time::Instant::now() + interval >= end {
+                tracing::debug!(vm.id = %id, "the guest agent did not answer; probing ends");
+                return;
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(MAX_INTERVAL);
+        }
+    }
+}
