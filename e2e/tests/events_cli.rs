@@ -160,7 +160,7 @@ fn events_show_a_vm_created_meanwhile_on_a_real_stack() {
 
     let mut watcher = stack
         .command()
-        .args(["--json", "events", "--vm", "web", "--count", "3"])
+        .args(["--json", "events", "--vm", "web", "--count", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -171,12 +171,19 @@ fn events_show_a_vm_created_meanwhile_on_a_real_stack() {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "events exited early");
     }
+    // No --wait and nobody asks for health: the `health` event is the controller's own probe
+    // of the booted guest's agent (what `vm create --wait` listens for).
     stack.banger_ok(&["vm", "create", "web", "--image", "demo"]);
     let printed = events_printed(watcher);
     let kinds: Vec<EventKind> = printed.iter().map(|e| e.kind).collect();
     assert_eq!(
         kinds,
-        [EventKind::Created, EventKind::Starting, EventKind::Started]
+        [
+            EventKind::Created,
+            EventKind::Starting,
+            EventKind::Started,
+            EventKind::Health
+        ]
     );
     assert!(printed.iter().all(|e| e.vm.name.as_str() == "web"));
     assert!(printed.windows(2).all(|w| w[0].seq < w[1].seq));

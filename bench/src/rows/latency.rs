@@ -9,6 +9,7 @@
 //! | `vm start` | `ip tuntap add mode tap` + `ip link set master <bridge> up` |
 //! | `vm stop` | `ip link del` of that tap |
 //! | `vm delete` | `rm` of the two disk files |
+//! | `vm create --wait` (create to healthy agent) | none: the simulator boots no kernel, so this is the control plane's and the agent's start |
 //! | `banger --version` | none: the CLI's process start, the floor of every row |
 
 use std::time::{Duration, Instant};
@@ -21,10 +22,11 @@ use crate::table::Row;
 /// How long to wait for the last spans to be exported after the last command.
 const SPAN_WAIT: Duration = Duration::from_secs(30);
 
-/// One operation: its label, the CLI command that names its trace, and its samples.
+/// One operation: its label, the CLI command that names its trace (`None`: its spans are not
+/// told apart from another row's), and its samples.
 struct Op {
     what: String,
-    command: &'static str,
+    command: Option<&'static str>,
     ours: Samples,
     reference: Samples,
 }
@@ -42,7 +44,12 @@ impl Latency {
     /// floor.
     pub(crate) fn rows(&self, bench: &Bench) -> Vec<Row> {
         let spans = bench.receiver.as_ref().map(|r| {
-            wait_for_spans(r, self.ops.last().map_or(0, |op| op.ours.ok_count()));
+            let deletes = self
+                .ops
+                .iter()
+                .find(|op| op.command == Some("banger vm delete"))
+                .map_or(0, |op| op.ours.ok_count());
+            wait_for_spans(r, deletes);
             r.spans()
         });
         let mut rows: Vec<Row> = self
@@ -50,7 +57,10 @@ impl Latency {
             .iter()
             .map(|op| {
                 let row = compare(&op.what, &op.ours, &op.reference);
-                match spans.as_deref().map(|s| spans::shares(s, op.command)) {
+                let Some(command) = op.command else {
+                    return row;
+                };
+                match spans.as_deref().map(|s| spans::shares(s, command)) {
                     Some(Some((shares, n))) => {
                         let mut row = row.add_note(&format!(
                             "spans of {n}: {} of the command",
@@ -94,9 +104,9 @@ pub(crate) fn measure(bench: &Bench, backend: Backend, reps: usize) -> Latency {
         Backend::Sparse => "--sparse=always",
         Backend::Reflink => "--reflink=always",
     };
-    let op = |what: &str, command| Op {
+    let op = |what: &str, command: &'static str| Op {
         what: format!("{label}: {what}"),
-        command,
+        command: Some(command),
         ours: Samples::default(),
         reference: Samples::default(),
     };
@@ -108,6 +118,10 @@ pub(crate) fn measure(bench: &Bench, backend: Backend, reps: usize) -> Latency {
         op("vm start (ref: tap add+enslave)", "banger vm start"),
         op("vm stop (ref: tap del)", "banger vm stop"),
         op("vm delete (ref: rm disks)", "banger vm delete"),
+        Op {
+            command: None,
+            ..op("create to healthy agent (vm create --wait, no ref)", "")
+        },
     ];
     let mut version = Samples::default();
     for i in 0..reps {
@@ -149,6 +163,12 @@ pub(crate) fn measure(bench: &Bench, backend: Backend, reps: usize) -> Latency {
             let _ = time(&mut bench.banger(&["vm", "delete", &name]));
             let _ = time(&mut bench.sh(&format!("ip link del {tap}; rm -f {root} {work}")));
         }
+        // Create to a healthy guest agent, then an untimed delete.
+        let healthy = format!("hl{i}");
+        ops[4].ours.push(time(
+            &mut bench.banger(&["vm", "create", &healthy, "--wait"]),
+        ));
+        let _ = time(&mut bench.banger(&["vm", "delete", &healthy]));
         version.push(time(&mut bench.banger(&["--version"])));
     }
     Latency {

@@ -54,8 +54,9 @@ pub struct CreateArgs {
     /// Only create the VM; start it later with `banger vm start NAME`
     #[arg(long, conflicts_with = "wait")]
     pub no_start: bool,
-    /// Wait until the guest agent answers its health check before returning; a guest that
-    /// dies (its init exits: a kernel panic on the console) ends the wait at once, with why
+    /// Wait until the guest agent answers its health check before returning (the controller
+    /// announces it with a `health` event); a guest that dies (its init exits: a kernel panic
+    /// on the console) ends the wait at once, with why
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits: seconds (90, 90s) or minutes (5m)
