@@ -259,6 +259,7 @@ async fn measure(url: String, state_dir: std::path::PathBuf) {
             vm: vm(3000 + i),
             release: false,
             stopped_at_ms: None,
+            catch_up: false,
         })
         .collect();
     let (r, batch) = timed(teardown(&netd, &items)).await;
