@@ -17,6 +17,7 @@ use banger_proto::event::EventKind;
 use banger_proto::vm::VmState;
 
 use crate::controller::Controller;
+use crate::store::VmRecord;
 
 /// The first wait between two probes.
 const FIRST_INTERVAL: Duration = Duration::from_millis(5);
@@ -41,23 +42,34 @@ impl Controller {
         tokio::spawn(async move { ctl.probe(&id, started_at_ms).await });
     }
 
+    /// VM `id`'s record while it is still running the boot of `started_at_ms`.
+    async fn this_boot(&self, id: &VmId, started_at_ms: Option<u64>) -> Option<VmRecord> {
+        match self.inner.db.find(id).await {
+            Ok(Some(rec))
+                if rec.state() == VmState::Running && rec.info.started_at_ms == started_at_ms =>
+            {
+                Some(rec)
+            }
+            _ => None,
+        }
+    }
+
     async fn probe(&self, id: &VmId, started_at_ms: Option<u64>) {
         let end = tokio::time::Instant::now() + PROBE_FOR;
         let mut interval = FIRST_INTERVAL;
         let port = self.inner.config.agent_port;
         loop {
-            // Still the boot this probe is for?
-            let rec = match self.inner.db.find(id).await {
-                Ok(Some(rec))
-                    if rec.state() == VmState::Running
-                        && rec.info.started_at_ms == started_at_ms =>
-                {
-                    rec
-                }
-                _ => return,
-            };
+            if self.this_boot(id, started_at_ms).await.is_none() {
+                return;
+            }
             let vsock = self.paths(id).vsock_uds;
             if matches!(self.inner.agent.health(vsock, port).await, Ok(h) if h.status == "ok") {
+                // Under the VM's lock, so the event (its snapshot says `running`) cannot be
+                // published after a stop that began meanwhile: dnsd would serve the name again.
+                let _guard = self.lock(id).await;
+                let Some(rec) = self.this_boot(id, started_at_ms).await else {
+                    return;
+                };
                 let changed = self
                     .inner
                     .last_health
