@@ -737,3 +737,38 @@ async fn each_operation_makes_one_write_transaction_per_state_change() {
         ]
     );
 }
+
+/// After every boot the controller asks the agent until it answers and publishes that as a
+/// `health` event (what `vm create --wait` listens for), before any later stop's events.
+#[tokio::test]
+async fn every_boot_publishes_the_agents_first_healthy_answer() {
+    let h = Harness::start().await;
+    let vm = h.create("web").await;
+    h.wait_event("web", EventKind::Health).await;
+    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    h.op(VmOp::Start, &vm.id).await.unwrap();
+    let events = h.events.clone();
+    banger_testkit::wait_until("a second health event", Duration::from_secs(15), || {
+        let n = events
+            .kinds("web")
+            .iter()
+            .filter(|k| **k == EventKind::Health)
+            .count();
+        async move { n == 2 }
+    })
+    .await;
+    assert_eq!(
+        h.events.kinds("web"),
+        [
+            EventKind::Created,
+            EventKind::Starting,
+            EventKind::Started,
+            EventKind::Health,
+            EventKind::Stopping,
+            EventKind::Stopped,
+            EventKind::Starting,
+            EventKind::Started,
+            EventKind::Health,
+        ]
+    );
+}
