@@ -8,8 +8,9 @@
 //! per VM), [`deps`] (stord, netd, the agent, the other controllers and the event sink behind
 //! small traits), [`vmm`] (the hypervisor behind the [`vmm::Vmm`] trait), [`boot`] and [`halt`]
 //! (the shared halves of the lifecycle), [`ops`] (one file per operation), [`reconcile`],
-//! [`watch`] and [`postmortem`] (a dead guest or hypervisor reported at once, with the reason)
-//! and [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
+//! [`watch`] and [`postmortem`] (a dead guest or hypervisor reported at once, with the reason),
+//! [`error`] (the errors, each with its code, and their one mapping to the wire) and
+//! [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
 //! call [`serve`].
 
 pub mod boot;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod controller;
 pub mod deps;
 pub mod endpoints;
+pub mod error;
 pub mod exit;
 pub mod halt;
 pub mod ids;
