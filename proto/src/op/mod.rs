@@ -239,7 +239,12 @@ mod tests {
                 );
             }
             let unique: HashSet<_> = info.errors.iter().collect();
-            assert_eq!(unique.len(), info.errors.len(), "{} lists a code twice", info.name);
+            assert_eq!(
+                unique.len(),
+                info.errors.len(),
+                "{} lists a code twice",
+                info.name
+            );
         }
     }
 
