@@ -99,7 +99,23 @@ impl Bus {
         expect: Option<usize>,
         deadline: Duration,
     ) -> Result<Vec<Result<O::Reply, RequestError>>, BusError> {
-        self.gather_subject(O::subject(&self.subjects, at), req, expect, deadline)
+        self.gather_subject(O::subject(&self.subjects, at), req, deadline, |out| {
+            expect.is_some_and(|n| out.len() >= n)
+        })
+        .await
+    }
+
+    /// [`Bus::gather`], ending as soon as `done` says the answers so far are enough (it is
+    /// asked after each answer), when `deadline` passed, or at once when nobody serves `O`
+    /// (the server's "no responders": the result is then empty).
+    pub async fn gather_until<O: Operation>(
+        &self,
+        at: &O::At,
+        req: &O::Request,
+        deadline: Duration,
+        done: impl FnMut(&[Result<O::Reply, RequestError>]) -> bool,
+    ) -> Result<Vec<Result<O::Reply, RequestError>>, BusError> {
+        self.gather_subject(O::subject(&self.subjects, at), req, deadline, done)
             .await
     }
 
@@ -167,8 +183,8 @@ impl Bus {
         &self,
         subject: String,
         req: &Req,
-        expect: Option<usize>,
         deadline: Duration,
+        mut done: impl FnMut(&[Result<Resp, RequestError>]) -> bool,
     ) -> Result<Vec<Result<Resp, RequestError>>, BusError>
     where
         Req: Serialize + ?Sized,
@@ -206,7 +222,7 @@ impl Bus {
                 })?;
             let mut out = Vec::new();
             let end = tokio::time::Instant::now() + deadline;
-            while expect.is_none_or(|n| out.len() < n) {
+            loop {
                 match tokio::time::timeout_at(end, sub.next()).await {
                     Ok(Some(msg)) => {
                         // A no-responders status arrives as an empty message with a status.
@@ -214,6 +230,9 @@ impl Bus {
                             break;
                         }
                         out.push(decode_reply(&subject, &msg));
+                        if done(&out) {
+                            break;
+                        }
                     }
                     Ok(None) | Err(_) => break,
                 }

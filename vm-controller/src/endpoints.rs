@@ -7,17 +7,24 @@ use banger_bus::error::BusError;
 use banger_proto::op::{Lab, vm};
 
 use crate::controller::Controller;
+use crate::presence::Presence;
 
 /// Adds every endpoint of `ctl` to `host`.
-pub async fn register(host: &mut ServiceHost, ctl: &Controller) -> Result<(), BusError> {
+/// `vm.list` answers carry what `presence` knows of the other controllers.
+pub async fn register(
+    host: &mut ServiceHost,
+    ctl: &Controller,
+    presence: &Presence,
+) -> Result<(), BusError> {
     let me = ctl.host().clone();
     let c = ctl.clone();
-    host.serve(
-        vm::List,
-        &Lab,
-        c.clone(),
-        |c, _| async move { c.list().await },
-    )
+    let listing = (c.clone(), presence.clone());
+    host.serve(vm::List, &Lab, listing, |(c, p), r| async move {
+        let mut reply = c.list(r).await?;
+        p.fill(&mut reply);
+        reply.vmm = Some(c.config().vmm.as_str().to_owned());
+        Ok(reply)
+    })
     .await?;
     // Placement: any controller of the lab (queue group) ...
     host.serve(vm::Place, &Lab, c.clone(), |c, r| async move {

@@ -125,7 +125,7 @@ fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
         let list: ListVmsReply = call(
             &bus,
             bus.subjects().vm_list(),
-            &ListVmsRequest {},
+            &ListVmsRequest::default(),
             Duration::from_secs(10),
         )
         .await

@@ -152,7 +152,7 @@ impl Stack {
                             .await
                             .is_ok();
                         let vms = bus
-                            .request::<_, ListVmsReply>(s.vm_list(), &ListVmsRequest {}, t)
+                            .request::<_, ListVmsReply>(s.vm_list(), &ListVmsRequest::default(), t)
                             .await
                             .is_ok();
                         store && net && vms
