@@ -222,19 +222,14 @@ impl Bus {
                 })?;
             let mut out = Vec::new();
             let end = tokio::time::Instant::now() + deadline;
-            loop {
-                match tokio::time::timeout_at(end, sub.next()).await {
-                    Ok(Some(msg)) => {
-                        // A no-responders status arrives as an empty message with a status.
-                        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                            break;
-                        }
-                        out.push(decode_reply(&subject, &msg));
-                        if done(&out) {
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some(msg)) = tokio::time::timeout_at(end, sub.next()).await {
+                // A no-responders status arrives as an empty message with a status.
+                if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    break;
+                }
+                out.push(decode_reply(&subject, &msg));
+                if done(&out) {
+                    break;
                 }
             }
             Ok(out)

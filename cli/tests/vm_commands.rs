@@ -1169,10 +1169,20 @@ async fn the_peers_named_in_the_answers_are_the_hosts_waited_for_and_named() {
     let Some(lab) = Lab::start() else {
         return;
     };
-    lab.knowing("h1", vec![vm("a", A, "h1", VmState::Running)], &["h1", "h2"], &[])
-        .await;
-    lab.knowing("h2", vec![vm("b", B, "h2", VmState::Running)], &["h1", "h2"], &[])
-        .await;
+    lab.knowing(
+        "h1",
+        vec![vm("a", A, "h1", VmState::Running)],
+        &["h1", "h2"],
+        &[],
+    )
+    .await;
+    lab.knowing(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Running)],
+        &["h1", "h2"],
+        &[],
+    )
+    .await;
     let out = lab.banger(&["vm", "list", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1220,8 +1230,13 @@ async fn commands_on_vms_list_only_what_their_refs_could_name() {
         ));
     }
     lab.knowing("h1", h1, &["h1", "h2"], &[]).await;
-    lab.knowing("h2", vec![vm("b", B, "h2", VmState::Running)], &["h1", "h2"], &[])
-        .await;
+    lab.knowing(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Running)],
+        &["h1", "h2"],
+        &[],
+    )
+    .await;
     let out = lab.banger(&["vm", "stop", "a", "b0", "missing"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(lab.ops(), ["stop a", "stop b"]);

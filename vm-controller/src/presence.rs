@@ -78,7 +78,9 @@ impl Presence {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, View> {
         // A poisoned view is still a view: every write replaces a whole field.
-        self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -204,7 +206,10 @@ mod tests {
         assert_eq!((reply.peers.clone(), reply.members.clone()), (None, None));
         p.set_peers(vec!["h1".into(), "h2".into()]);
         p.fill(&mut reply);
-        assert_eq!(reply.peers.as_deref(), Some(&["h1".to_owned(), "h2".to_owned()][..]));
+        assert_eq!(
+            reply.peers.as_deref(),
+            Some(&["h1".to_owned(), "h2".to_owned()][..])
+        );
         assert_eq!(reply.members.as_deref(), Some(&["h1".to_owned()][..]));
         // An old view is not reported.
         p.lock().peers = Some((vec!["h1".into()], Instant::now() - MAX_AGE));

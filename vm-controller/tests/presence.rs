@@ -125,9 +125,7 @@ async fn a_running_controller_beats_names_itself_and_a_clean_stop_deletes_its_ke
     ));
     banger_testkit::wait_until("h1 to name h7 as a peer", PATIENCE, || {
         let bus = bus.clone();
-        async move {
-            list(&bus, &[]).await.peers == Some(vec!["h1".to_owned(), "h7".to_owned()])
-        }
+        async move { list(&bus, &[]).await.peers == Some(vec!["h1".to_owned(), "h7".to_owned()]) }
     })
     .await;
     stop_other.cancel();

@@ -96,7 +96,10 @@ fn vm_list_grew_optional_fields_and_both_shapes_still_decode() {
     let fixtures = wire_fixtures();
     let old = &fixtures["<p>.vm.list"]["reply"];
     let decoded: ListVmsReply = serde_json::from_value(old.clone()).unwrap();
-    assert_eq!((decoded.peers.as_ref(), decoded.members.as_ref()), (None, None));
+    assert_eq!(
+        (decoded.peers.as_ref(), decoded.members.as_ref()),
+        (None, None)
+    );
     assert_eq!(decoded.vms.len(), 1);
 
     let mut new = decoded;

@@ -131,10 +131,7 @@ impl Known {
         };
         for r in replies {
             let r = r.as_ref().ok()?;
-            k.peers.extend(r.peers.iter().flatten().cloned());
-            if r.peers.is_none() {
-                return None;
-            }
+            k.peers.extend(r.peers.as_ref()?.iter().cloned());
             if let Some(m) = &r.members {
                 k.members.get_or_insert_default().extend(m.iter().cloned());
             }
