@@ -100,6 +100,8 @@ pub async fn run(
 ) {
     let bucket = controller_bucket(bus.subjects().prefix());
     let mut heartbeat: Option<Heartbeat> = None;
+    // Whether the last beat was written: changes are logged, not every failed beat.
+    let mut beating = false;
     loop {
         if heartbeat.is_none() {
             match Heartbeat::open(&bus, &bucket, host.as_str(), MAX_AGE).await {
@@ -108,7 +110,11 @@ pub async fn run(
             }
         }
         if let Some(h) = &heartbeat {
-            beat(&bus, h, &host, vmm, &bucket, &presence).await;
+            let now = beat(&bus, h, &host, vmm, &bucket, &presence).await;
+            if now != beating {
+                tracing::info!(bucket, beating = now, "heartbeat");
+                beating = now;
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -125,6 +131,7 @@ pub async fn run(
 }
 
 /// One beat: put this controller's key, then read the live controllers and the members.
+/// Whether the key was written.
 async fn beat(
     bus: &Bus,
     h: &Heartbeat,
@@ -132,7 +139,7 @@ async fn beat(
     vmm: &str,
     bucket: &str,
     presence: &Presence,
-) {
+) -> bool {
     let value = ControllerBeat {
         host: host.clone(),
         vmm: vmm.to_owned(),
@@ -143,12 +150,12 @@ async fn beat(
         Ok(v) => h.beat(v).await,
         Err(e) => {
             tracing::warn!(error = %e, "encoding the heartbeat");
-            return;
+            return false;
         }
     };
     if let Err(e) = put {
         tracing::debug!(error = %e, "heartbeat not written");
-        return;
+        return false;
     }
     let (controllers, members) = tokio::join!(
         lab::read_bucket(bus, bucket, READ_WAIT),
@@ -162,6 +169,7 @@ async fn beat(
         Membership::Members(m) => presence.set_members(m),
         Membership::Unknown => {}
     }
+    true
 }
 
 /// The hosts of the beats in `values`, this one always included, sorted.

@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use banger_bus::client::Enough;
 use banger_proto::op::{self, Lab};
 use banger_proto::service;
 use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
@@ -39,6 +40,12 @@ const LIST_DEADLINE: Duration = Duration::from_secs(5);
 /// The longest the lab's membership (netd's subnet claims) may take to read in the fallback;
 /// read alongside discovery, so it only costs time when the bucket is slow.
 const MEMBERS_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a gather waits, once every live controller answered, for a lab member whose
+/// controller has no heartbeat: as long as discovery's silence window, so a member that is
+/// there but not beating (its JetStream view lost) is still heard, while a member that is cut
+/// off costs no more than discovery did.
+const MEMBER_GRACE: Duration = banger_bus::client::DISCOVERY_STALL;
 
 /// The VMs that the answering controllers reported.
 #[derive(Debug, Default)]
@@ -78,7 +85,7 @@ pub(crate) async fn fetch(app: &App, refs: &[String]) -> anyhow::Result<Snapshot
     let replies = app
         .bus
         .gather_until::<op::vm::List>(&Lab, &req, deadline, |out| {
-            Known::of(out).is_none_or(|k| k.all_answered())
+            Known::of(out).map_or(Enough::Yes, |k| k.enough())
         })
         .await?;
     if replies.is_empty() {
@@ -140,12 +147,22 @@ impl Known {
         Some(k)
     }
 
-    /// Whether every live controller has answered. A member without a live controller is
-    /// not waited for: its heartbeat expired, so it is known not to answer (waiting for it
-    /// would make every command on a healthy host take [`LIST_DEADLINE`] while another host
-    /// is cut off).
-    fn all_answered(&self) -> bool {
-        self.peers.is_subset(&self.answered)
+    /// Whether the gather can end: every live controller and every member answered. A member
+    /// without a live controller gets only [`MEMBER_GRACE`] once the live ones are in: its
+    /// heartbeat expired, so it is most likely cut off, and waiting [`LIST_DEADLINE`] for it
+    /// would make every command on a healthy host that slow while another host is cut off.
+    fn enough(&self) -> Enough {
+        if !self.peers.is_subset(&self.answered) {
+            Enough::No
+        } else if self
+            .members
+            .as_ref()
+            .is_none_or(|m| m.is_subset(&self.answered))
+        {
+            Enough::Yes
+        } else {
+            Enough::After(MEMBER_GRACE)
+        }
     }
 }
 
