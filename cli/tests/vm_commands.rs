@@ -1163,7 +1163,7 @@ async fn an_unreadable_lab_membership_is_said_and_exits_3() {
 /// Controllers whose answers name the live controllers (their heartbeats): `vm list` shows
 /// every host's VMs from one gather, complete, without asking discovery; a live controller
 /// named by an answer that does not answer itself, and a lab member that does not, are named
-/// unreachable (exit 3). Nothing here registers h3 or h4 anywhere: only the answers name them.
+/// unreachable (exit 3). Nothing registers h3 or h4 anywhere: only the answers name them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peers_named_in_the_answers_are_the_hosts_waited_for_and_named() {
     let Some(lab) = Lab::start() else {
@@ -1196,10 +1196,26 @@ async fn the_peers_named_in_the_answers_are_the_hosts_waited_for_and_named() {
     assert_eq!(json["unreachable_hosts"], serde_json::json!([]));
     assert_eq!(json["membership"], "known");
 
-    // A third controller that h3's answer says is live (h3 never answers: cut off, killed),
-    // and a lab member h4 without a controller.
-    lab.knowing("h5", vec![], &["h1", "h3", "h5"], &["h1", "h4", "h5"])
-        .await;
+    // Now the answers name a third live controller, h3, that never answers (cut off, killed
+    // after its last beat), and a lab member h4 without a controller.
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    let (peers, members) = (["h1", "h2", "h3"], ["h1", "h2", "h3", "h4"]);
+    lab.knowing(
+        "h1",
+        vec![vm("a", A, "h1", VmState::Running)],
+        &peers,
+        &members,
+    )
+    .await;
+    lab.knowing(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Running)],
+        &peers,
+        &members,
+    )
+    .await;
     let out = lab.banger(&["vm", "list", "--json"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
