@@ -153,7 +153,7 @@ pub async fn controller_view(netd: &Netd) -> Option<HashMap<VmId, VmState>> {
         .bus
         .gather::<op::vm::List>(
             &Lab,
-            &ListVmsRequest {},
+            &ListVmsRequest::default(),
             Some(instances.len()),
             GATHER_DEADLINE,
         )

@@ -344,7 +344,7 @@ impl LabApi for BusLab {
                 .bus
                 .gather::<op::vm::List>(
                     &Lab,
-                    &ListVmsRequest::default(),
+                    &ListVmsRequest::matching([name.as_str()]),
                     Some(expect),
                     self.deadline,
                 )

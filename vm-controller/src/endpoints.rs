@@ -11,21 +11,24 @@ use banger_proto::op::{Lab, vm};
 
 use crate::controller::Controller;
 use crate::error::{Coded, Handled};
+use crate::presence::Presence;
 
-/// Serves operation `O` at `at` with `handler`, whose error is `O`'s ([`Handled`]).
-async fn serve<O, H, Fut>(
+/// Serves operation `O` at `at` with `handler` (given `state`, usually the [`Controller`]),
+/// whose error is `O`'s ([`Handled`]).
+async fn serve<O, S, H, Fut>(
     host: &mut ServiceHost,
     op: O,
     at: &O::At,
-    ctl: Controller,
+    state: S,
     handler: H,
 ) -> Result<(), BusError>
 where
     O: Handled,
-    H: Fn(Controller, O::Request) -> Fut + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
+    H: Fn(S, O::Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<O::Reply, O::Error>> + Send + 'static,
 {
-    host.serve(op, at, ctl, move |c, r| {
+    host.serve(op, at, state, move |c, r| {
         let reply = handler(c, r);
         async move { reply.await.map_err(|e| e.to_api()) }
     })
@@ -33,11 +36,20 @@ where
 }
 
 /// Adds every endpoint of `ctl` to `host`.
-pub async fn register(host: &mut ServiceHost, ctl: &Controller) -> Result<(), BusError> {
+/// `vm.list` answers carry what `presence` knows of the other controllers.
+pub async fn register(
+    host: &mut ServiceHost,
+    ctl: &Controller,
+    presence: &Presence,
+) -> Result<(), BusError> {
     let me = ctl.host().clone();
     let c = ctl.clone();
-    serve(host, vm::List, &Lab, c.clone(), |c, _| async move {
-        c.list().await
+    let listing = (c.clone(), presence.clone());
+    serve(host, vm::List, &Lab, listing, |(c, p), r| async move {
+        let mut reply = c.list(r).await?;
+        p.fill(&mut reply);
+        reply.vmm = Some(c.config().vmm.as_str().to_owned());
+        Ok(reply)
     })
     .await?;
     // Placement: any controller of the lab (queue group) ...

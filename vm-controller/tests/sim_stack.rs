@@ -114,9 +114,14 @@ fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
 
         let deleted = vm_op::<vm::Delete>(&bus, &vm).await.unwrap();
         assert_eq!(deleted.vm.id, vm.id);
-        let list = call::<vm::List>(&bus, &Lab, &ListVmsRequest {}, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let list = call::<vm::List>(
+            &bus,
+            &Lab,
+            &ListVmsRequest::default(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert!(list.vms.is_empty(), "no record");
         let leases = call::<net::List>(&bus, &host(), &NetListRequest {}, Duration::from_secs(10))
             .await

@@ -1,7 +1,7 @@
 //! `vm.get` and `vm.list`: reads of the records (no lock: each read is one consistent row).
 
 use banger_proto::ErrorCode;
-use banger_proto::vm::{ListVmsReply, VmInfo, VmRefRequest};
+use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo, VmRefRequest};
 
 use crate::controller::Controller;
 use crate::error::{Coded, LookupError};
@@ -24,13 +24,17 @@ impl Controller {
         Ok(self.record(&req.id).await?.info)
     }
 
-    /// Every VM of this host, by name.
-    pub async fn list(&self) -> Result<ListVmsReply, ListError> {
+    /// The VMs of this host the request's refs could name (every VM when it has none), by
+    /// name. The caller resolves the refs: this only keeps the answer small.
+    pub async fn list(&self, req: ListVmsRequest) -> Result<ListVmsReply, ListError> {
         let vms = self.inner.db.list().await?;
-        Ok(ListVmsReply {
-            host: self.inner.host.clone(),
-            vms: vms.into_iter().map(|r| r.info).collect(),
-        })
+        Ok(ListVmsReply::new(
+            self.inner.host.clone(),
+            vms.into_iter()
+                .map(|r| r.info)
+                .filter(|v| req.wants(v))
+                .collect(),
+        ))
     }
 }
 

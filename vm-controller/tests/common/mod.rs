@@ -689,6 +689,14 @@ impl Harness {
         self.serve().await;
     }
 
+    /// Stops serving cleanly (SIGTERM's path), without starting another controller.
+    pub async fn stop_controller(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.serving.take() {
+            t.await.unwrap();
+        }
+    }
+
     pub fn host(&self) -> HostId {
         HostId::new(HOST).unwrap()
     }

@@ -147,7 +147,7 @@ impl Stack {
                             .await
                             .is_ok();
                         let vms = bus
-                            .call::<vm::List>(&Lab, &ListVmsRequest {}, t)
+                            .call::<vm::List>(&Lab, &ListVmsRequest::default(), t)
                             .await
                             .is_ok();
                         store && net && vms
