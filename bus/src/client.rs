@@ -30,6 +30,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a service-API scatter-gather waits for another answer after the latest one.
 pub const DISCOVERY_STALL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Whether a gather has the answers it needs ([`Bus::gather_until`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enough {
+    /// Keep gathering until the deadline.
+    No,
+    /// Stop now.
+    Yes,
+    /// Gather for at most this much longer (a later answer may say otherwise).
+    After(Duration),
+}
+
 /// A connection to the bus under one subject prefix.
 #[derive(Clone, Debug)]
 pub struct Bus {
@@ -99,7 +110,28 @@ impl Bus {
         expect: Option<usize>,
         deadline: Duration,
     ) -> Result<Vec<Result<O::Reply, RequestError>>, BusError> {
-        self.gather_subject(O::subject(&self.subjects, at), req, expect, deadline)
+        self.gather_subject(O::subject(&self.subjects, at), req, deadline, |out| {
+            if expect.is_some_and(|n| out.len() >= n) {
+                Enough::Yes
+            } else {
+                Enough::No
+            }
+        })
+        .await
+    }
+
+    /// [`Bus::gather`], ending as soon as `done` says the answers so far are enough (it is
+    /// asked after each answer; [`Enough::After`] shortens the wait), when `deadline` passed,
+    /// or at once when nobody serves `O` (the server's "no responders": the result is then
+    /// empty).
+    pub async fn gather_until<O: Operation>(
+        &self,
+        at: &O::At,
+        req: &O::Request,
+        deadline: Duration,
+        done: impl FnMut(&[Result<O::Reply, RequestError>]) -> Enough,
+    ) -> Result<Vec<Result<O::Reply, RequestError>>, BusError> {
+        self.gather_subject(O::subject(&self.subjects, at), req, deadline, done)
             .await
     }
 
@@ -167,8 +199,8 @@ impl Bus {
         &self,
         subject: String,
         req: &Req,
-        expect: Option<usize>,
         deadline: Duration,
+        mut done: impl FnMut(&[Result<Resp, RequestError>]) -> Enough,
     ) -> Result<Vec<Result<Resp, RequestError>>, BusError>
     where
         Req: Serialize + ?Sized,
@@ -205,18 +237,19 @@ impl Bus {
                     source,
                 })?;
             let mut out = Vec::new();
-            let end = tokio::time::Instant::now() + deadline;
-            while expect.is_none_or(|n| out.len() < n) {
-                match tokio::time::timeout_at(end, sub.next()).await {
-                    Ok(Some(msg)) => {
-                        // A no-responders status arrives as an empty message with a status.
-                        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                            break;
-                        }
-                        out.push(decode_reply(&subject, &msg));
-                    }
-                    Ok(None) | Err(_) => break,
+            let last = tokio::time::Instant::now() + deadline;
+            let mut end = last;
+            while let Ok(Some(msg)) = tokio::time::timeout_at(end, sub.next()).await {
+                // A no-responders status arrives as an empty message with a status.
+                if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    break;
                 }
+                out.push(decode_reply(&subject, &msg));
+                end = match done(&out) {
+                    Enough::Yes => break,
+                    Enough::No => last,
+                    Enough::After(d) => last.min(tokio::time::Instant::now() + d),
+                };
             }
             Ok(out)
         }

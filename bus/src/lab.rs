@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{GetStreamErrorKind, RequestError, RequestErrorKind};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::TryStreamExt;
 
 use crate::client::Bus;
@@ -54,29 +55,58 @@ impl Membership {
     }
 }
 
+/// What one read of a key-value bucket found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketRead {
+    /// No such bucket (or no JetStream at all).
+    Absent,
+    /// The current value of every key (deleted and purged keys left out), in key order.
+    Values(Vec<Vec<u8>>),
+    /// The bucket could not be read in time.
+    Unknown,
+}
+
 /// Reads the lab's membership, trying again for up to `wait`.
 pub async fn membership(bus: &Bus, wait: Duration) -> Membership {
+    let bucket = banger_proto::net::subnet_bucket(bus.subjects().prefix());
+    match read_bucket(bus, &bucket, wait).await {
+        BucketRead::Absent => Membership::NotALab,
+        BucketRead::Unknown => Membership::Unknown,
+        BucketRead::Values(values) => {
+            let mut hosts: Vec<String> = values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            Membership::Members(hosts)
+        }
+    }
+}
+
+/// Reads every current value of key-value bucket `bucket` (without a consumer, see the module
+/// docs), trying again for up to `wait`.
+pub async fn read_bucket(bus: &Bus, bucket: &str, wait: Duration) -> BucketRead {
     let deadline = tokio::time::Instant::now() + wait;
     let js = jetstream::new(bus.client().clone());
-    let bucket = banger_proto::net::subnet_bucket(bus.subjects().prefix());
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            tracing::debug!("lab membership not read in time");
-            return Membership::Unknown;
+            tracing::debug!(bucket, "bucket not read in time");
+            return BucketRead::Unknown;
         }
-        match tokio::time::timeout(ATTEMPT.min(left), read(&js, &bucket)).await {
+        match tokio::time::timeout(ATTEMPT.min(left), read(&js, bucket)).await {
             Ok(Ok(m)) => return m,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "reading lab membership failed; trying again")
+                tracing::debug!(bucket, error = %e, "reading the bucket failed; trying again")
             }
-            Err(_) => tracing::debug!("reading lab membership timed out; trying again"),
+            Err(_) => tracing::debug!(bucket, "reading the bucket timed out; trying again"),
         }
     }
 }
 
 /// One read: `Ok` when the answer is decisive, `Err` when it is worth trying again.
-async fn read(js: &jetstream::Context, bucket: &str) -> Result<Membership, String> {
+async fn read(js: &jetstream::Context, bucket: &str) -> Result<BucketRead, String> {
     let stream = match js.get_stream(format!("KV_{bucket}")).await {
         Ok(s) => s,
         Err(e) => {
@@ -84,38 +114,39 @@ async fn read(js: &jetstream::Context, bucket: &str) -> Result<Membership, Strin
                 GetStreamErrorKind::JetStream(j)
                     if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    Ok(Membership::NotALab)
+                    Ok(BucketRead::Absent)
                 }
-                GetStreamErrorKind::Request if no_jetstream(&e) => Ok(Membership::NotALab),
+                GetStreamErrorKind::Request if no_jetstream(&e) => Ok(BucketRead::Absent),
                 _ => Err(e.to_string()),
             };
         }
     };
     let prefix = format!("$KV.{bucket}.");
-    let subjects: Vec<(String, usize)> = stream
+    let mut subjects: Vec<(String, usize)> = stream
         .info_with_subjects(format!("{prefix}>"))
         .await
         .map_err(|e| e.to_string())?
         .try_collect()
         .await
         .map_err(|e| e.to_string())?;
-    let mut hosts = Vec::new();
+    subjects.sort();
+    let mut values = Vec::new();
     for (subject, _) in subjects {
-        let msg = stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-            .map_err(|e| e.to_string())?;
+        let msg = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            // Expired (max_age) between the listing and the get: gone, as a delete is.
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(e.to_string()),
+        };
         let deleted = msg
             .headers
             .get(KV_OPERATION)
             .is_some_and(|op| op.as_str() != "PUT");
         if !deleted && subject.starts_with(&prefix) && !msg.payload.is_empty() {
-            hosts.push(String::from_utf8_lossy(&msg.payload).into_owned());
+            values.push(msg.payload.to_vec());
         }
     }
-    hosts.sort();
-    hosts.dedup();
-    Ok(Membership::Members(hosts))
+    Ok(BucketRead::Values(values))
 }
 
 /// Whether a failed JetStream request failed because no server runs JetStream.

@@ -4,8 +4,9 @@
 //! page: [`config`] (flags, environment, TOML), [`connect`] (NATS with the auth and TLS options a
 //! lab needs, reconnecting forever), [`telemetry`] (logs and OpenTelemetry), [`client::Bus`]
 //! (typed request/reply with deadlines, scatter-gather, events), [`service::ServiceHost`]
-//! (NATS service API registration, typed endpoints, graceful drain), [`propagation`] (W3C trace
-//! context in NATS headers), [`shutdown`] (SIGTERM/SIGINT) and [`private`] (owner-only files
+//! (NATS service API registration, typed endpoints, graceful drain), [`lab`] and [`heartbeat`]
+//! (who is there: key-value buckets read without a consumer, heartbeat keys that expire),
+//! [`propagation`] (W3C trace context in NATS headers), [`shutdown`] (SIGTERM/SIGINT) and [`private`] (owner-only files
 //! and directories, repaired at start-up).
 
 pub mod client;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod events;
+pub mod heartbeat;
 pub mod history;
 pub mod lab;
 pub mod private;

@@ -118,6 +118,12 @@ pub(crate) fn announce_simulated_controllers(instances: &[banger_bus::client::Se
     }
 }
 
+/// The SIMULATED banner on stderr (at most once per command), for a caller that learnt from a
+/// controller's answer that it runs the simulator.
+pub(crate) fn announce_simulated() {
+    announce_once();
+}
+
 /// The banner on stderr, at most once per command. Flushes stdout first, so the banner never
 /// lands in the middle of a line a command already printed.
 fn announce_once() {

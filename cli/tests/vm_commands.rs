@@ -78,6 +78,10 @@ struct Fake {
     host: HostId,
     vms: Arc<Mutex<Vec<VmInfo>>>,
     calls: Calls,
+    /// What its `vm.list` answers say of the others, as a controller with a heartbeat view
+    /// does: (live controllers, lab members). `None`: the answer of a controller older than
+    /// heartbeats (no `peers`).
+    view: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl Fake {
@@ -279,8 +283,27 @@ impl Lab {
     }
 
     /// Registers a fake vm-controller for `host` holding `vms`. `answers_list: false` plays a
-    /// controller that is found by discovery but never answers `vm.list`.
+    /// controller that is found by discovery but never answers `vm.list`. Its answers carry
+    /// no `peers`, as a controller older than heartbeats answers.
     async fn controller(&self, host: &str, vms: Vec<VmInfo>, answers_list: bool) {
+        self.controller_with(host, vms, answers_list, None).await;
+    }
+
+    /// [`Self::controller`] whose `vm.list` answers name `peers` (live controllers) and
+    /// `members` (the lab's), as a controller with heartbeats does.
+    async fn knowing(&self, host: &str, vms: Vec<VmInfo>, peers: &[&str], members: &[&str]) {
+        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        self.controller_with(host, vms, true, Some((own(peers), own(members))))
+            .await;
+    }
+
+    async fn controller_with(
+        &self,
+        host: &str,
+        vms: Vec<VmInfo>,
+        answers_list: bool,
+        view: Option<(Vec<String>, Vec<String>)>,
+    ) {
         let bus = Bus::new(
             async_nats::connect(self.nats.url()).await.unwrap(),
             Subjects::default(),
@@ -290,6 +313,7 @@ impl Lab {
             host: h.clone(),
             vms: Arc::new(Mutex::new(vms)),
             calls: self.calls.clone(),
+            view,
         };
         // A host named sim* says, as the real controller does, that it runs the simulator.
         let vmm = if host.starts_with("sim") {
@@ -301,12 +325,22 @@ impl Lab {
             .with_meta(service::META_VMM, vmm);
         let mut svc = ServiceHost::start(&bus, spec).await.unwrap();
         if answers_list {
-            svc.serve(vm::List, &op::Lab, fake.clone(), |f, _| async move {
+            svc.serve(vm::List, &op::Lab, fake.clone(), |f, r| async move {
                 f.record("list".into());
-                Ok(ListVmsReply {
-                    host: f.host.clone(),
-                    vms: f.vms.lock().unwrap().clone(),
-                })
+                if !r.refs.is_empty() {
+                    f.record(format!("list refs={}", r.refs.join(",")));
+                }
+                // As the real controller: only the VMs the refs could name.
+                let vms = f.vms.lock().unwrap().clone();
+                let mut reply = ListVmsReply::new(
+                    f.host.clone(),
+                    vms.into_iter().filter(|v| r.wants(v)).collect(),
+                );
+                if let Some((peers, members)) = &f.view {
+                    reply.peers = Some(peers.clone());
+                    reply.members = Some(members.clone());
+                }
+                Ok(reply)
             })
             .await
             .unwrap();
@@ -383,7 +417,7 @@ impl Lab {
             .calls
             .borrow()
             .iter()
-            .filter(|c| *c != "list")
+            .filter(|c| *c != "list" && !c.starts_with("list refs="))
             .cloned()
             .collect();
         v.sort();
@@ -415,12 +449,21 @@ async fn two_hosts(lab: &Lab) {
         .await;
 }
 
+/// [`two_hosts`] whose answers name both as live peers (controllers with heartbeats).
+async fn two_live_hosts(lab: &Lab) {
+    let peers = ["h1", "h2"];
+    lab.knowing("h1", vec![vm("a", A, "h1", VmState::Running)], &peers, &[])
+        .await;
+    lab.knowing("h2", vec![vm("b", B, "h2", VmState::Running)], &peers, &[])
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_a_a_b_missing_stops_each_vm_once_in_typed_order_and_reports_missing() {
     let Some(lab) = Lab::start() else {
         return;
     };
-    two_hosts(&lab).await;
+    two_live_hosts(&lab).await;
     let out = lab.banger(&["vm", "stop", "a", "a", "b", "missing"]).await;
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
@@ -1115,4 +1158,136 @@ async fn an_unreadable_lab_membership_is_said_and_exits_3() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("lab membership unknown"), "{stdout}");
+}
+
+/// Controllers whose answers name the live controllers (their heartbeats): `vm list` shows
+/// every host's VMs from one gather, complete, without asking discovery; a live controller
+/// named by an answer that does not answer itself, and a lab member that does not, are named
+/// unreachable (exit 3). Nothing registers h3 or h4 anywhere: only the answers name them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_named_in_the_answers_are_the_hosts_waited_for_and_named() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    lab.knowing(
+        "h1",
+        vec![vm("a", A, "h1", VmState::Running)],
+        &["h1", "h2"],
+        &[],
+    )
+    .await;
+    lab.knowing(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Running)],
+        &["h1", "h2"],
+        &[],
+    )
+    .await;
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = json["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(json["unreachable_hosts"], serde_json::json!([]));
+    assert_eq!(json["membership"], "known");
+
+    // Now the answers name a third live controller, h3, that never answers (cut off, killed
+    // after its last beat), and a lab member h4 without a controller.
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    let (peers, members) = (["h1", "h2", "h3"], ["h1", "h2", "h3", "h4"]);
+    lab.knowing(
+        "h1",
+        vec![vm("a", A, "h1", VmState::Running)],
+        &peers,
+        &members,
+    )
+    .await;
+    lab.knowing(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Running)],
+        &peers,
+        &members,
+    )
+    .await;
+    let out = lab.banger(&["vm", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["unreachable_hosts"], serde_json::json!(["h3", "h4"]));
+    assert_eq!(json["vms"].as_array().map(Vec::len), Some(2));
+    assert!(
+        text(&out.stderr).contains("host h3 did not answer"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Commands on existing VMs send their refs with `vm.list`, so each controller answers with
+/// only the VMs they could name; resolution and its messages are those of a full list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_on_vms_list_only_what_their_refs_could_name() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    let mut h1 = vec![vm("a", A, "h1", VmState::Running)];
+    // Many bystanders that no ref names.
+    for i in 0..50u32 {
+        h1.push(vm(
+            &format!("other{i}"),
+            &format!("c{i:031x}"),
+            "h1",
+            VmState::Stopped,
+        ));
+    }
+    lab.knowing("h1", h1, &["h1", "h2"], &[]).await;
+    lab.knowing(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Running)],
+        &["h1", "h2"],
+        &[],
+    )
+    .await;
+    let out = lab.banger(&["vm", "stop", "a", "b0", "missing"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(lab.ops(), ["stop a", "stop b"]);
+    let asked: Vec<String> = lab
+        .calls
+        .borrow()
+        .iter()
+        .filter(|c| c.starts_with("list refs="))
+        .cloned()
+        .collect();
+    assert_eq!(asked, ["list refs=a,b0,missing"; 2]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("no VM is named \"missing\""), "{said}");
+    // One ref: `vm show` asks with it too, and an id prefix shared by two VMs is ambiguous.
+    let out = lab.banger(&["vm", "show", "c"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("\"c\" matches 50 VMs"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Answers without `peers` (controllers older than heartbeats, or without JetStream) still
+/// list everything, through discovery as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_without_peers_still_list_through_discovery() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    two_hosts(&lab).await;
+    for _ in 0..3 {
+        let out = lab.banger(&["vm", "list", "--json"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["vms"].as_array().map(Vec::len), Some(2), "{json}");
+    }
 }

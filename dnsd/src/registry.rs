@@ -370,10 +370,7 @@ mod tests {
     }
 
     fn reply(host: &str, vms: Vec<VmInfo>) -> ListVmsReply {
-        ListVmsReply {
-            host: HostId::new(host).unwrap(),
-            vms,
-        }
+        ListVmsReply::new(HostId::new(host).unwrap(), vms)
     }
 
     const RUN: VmState = VmState::Running;

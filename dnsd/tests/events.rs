@@ -16,7 +16,7 @@ use banger_proto::dns::{
     DnsStatus, DnsStatusRequest, LookupReply, LookupRequest, RecordsReply, RecordsRequest,
 };
 use banger_proto::event::EventKind;
-use banger_proto::subject::DnsOp;
+use banger_proto::op::{Lab, dns};
 use banger_proto::vm::VmState;
 use banger_proto::{ErrorCode, service};
 use banger_testkit::{NatsServer, free_port, wait_until};
@@ -144,10 +144,9 @@ async fn bus_operations_report_records_lookups_and_status() {
     publish(&bus, EventKind::Started, 1, &web).await;
     wait_for_addrs(dnsd.port(), "web.vm", &["172.16.0.2"]).await;
 
-    let s = bus.subjects().clone();
     let t = Duration::from_secs(5);
     let recs: RecordsReply = bus
-        .request(s.dns(DnsOp::Records), &RecordsRequest {}, t)
+        .call::<dns::Records>(&Lab, &RecordsRequest {}, t)
         .await
         .unwrap();
     let names: Vec<&str> = recs.records.iter().map(|r| r.name.as_str()).collect();
@@ -159,8 +158,8 @@ async fn bus_operations_report_records_lookups_and_status() {
     );
 
     let found: LookupReply = bus
-        .request(
-            s.dns(DnsOp::Lookup),
+        .call::<dns::Lookup>(
+            &Lab,
             &LookupRequest {
                 name: "web.lab1".into(),
             },
@@ -171,8 +170,8 @@ async fn bus_operations_report_records_lookups_and_status() {
     assert_eq!(found.name, "web.lab1.vm.");
     assert_eq!(found.records.len(), 1);
     let bad = bus
-        .request::<_, LookupReply>(
-            s.dns(DnsOp::Lookup),
+        .call::<dns::Lookup>(
+            &Lab,
             &LookupRequest {
                 name: "no such!".into(),
             },
@@ -183,7 +182,7 @@ async fn bus_operations_report_records_lookups_and_status() {
     assert_eq!(bad.code(), ErrorCode::InvalidArgument, "{bad}");
 
     let status: DnsStatus = bus
-        .request(s.dns(DnsOp::Status), &DnsStatusRequest {}, t)
+        .call::<dns::Status>(&Lab, &DnsStatusRequest {}, t)
         .await
         .unwrap();
     assert_eq!(status.listeners, [dnsd.addr.to_string()]);

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use banger_proto::dns::{DnsStatus, DnsStatusRequest};
+use banger_proto::dns::DnsStatusRequest;
 use banger_proto::event::EventKind;
-use banger_proto::subject::DnsOp;
+use banger_proto::op::{Lab, dns};
 use banger_proto::vm::{VmInfo, VmState};
 use banger_testkit::{NatsServer, wait_until};
 use common::*;
@@ -93,13 +93,9 @@ async fn queries_keep_being_answered_while_events_and_rebuilds_churn_the_zone() 
     let dnsd = InProcess::start(&nats, "rebuild_interval_secs = 1\nttl_secs = 1").await;
     let bus = bus(&nats).await;
     let status = || async {
-        bus.request::<_, DnsStatus>(
-            bus.subjects().dns(DnsOp::Status),
-            &DnsStatusRequest {},
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()
+        bus.call::<dns::Status>(&Lab, &DnsStatusRequest {}, Duration::from_secs(5))
+            .await
+            .unwrap()
     };
     wait_until(
         "the stable fleet to be served",

@@ -13,9 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use banger_proto::dns::{DnsStatus, DnsStatusRequest};
+use banger_proto::dns::DnsStatusRequest;
 use banger_proto::event::EventKind;
-use banger_proto::subject::DnsOp;
+use banger_proto::op::{Lab, dns};
 use banger_testkit::{NatsServer, free_port, wait_until};
 use common::*;
 use hickory_server::proto::op::ResponseCode;
@@ -103,13 +103,9 @@ async fn a_host_that_does_not_answer_vm_list_keeps_its_records() {
     // ...and two more complete rebuilds later, lab2's VM (whose host stays silent) is still
     // served.
     let status = || async {
-        bus.request::<_, DnsStatus>(
-            bus.subjects().dns(DnsOp::Status),
-            &DnsStatusRequest {},
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()
+        bus.call::<dns::Status>(&Lab, &DnsStatusRequest {}, Duration::from_secs(5))
+            .await
+            .unwrap()
     };
     let seen = status().await.last_rebuild_ms.unwrap();
     wait_until("two more rebuilds", Duration::from_secs(20), || async {

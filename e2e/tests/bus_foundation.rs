@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use banger_bus::Bus;
 use banger_proto::Subjects;
+use banger_proto::op::{self, Operation};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{NatsServer, Process, bin_path, require_root, wait_until};
 
@@ -107,10 +108,10 @@ fn a_request_continues_the_callers_trace_in_every_service() {
         let s = Subjects::default();
         let host = banger_proto::HostId::new(HOST).unwrap();
         let subjects = [
-            s.vm_list(),
-            s.host_net(&host, banger_proto::subject::NetOp::Status),
-            s.host_store(&host, banger_proto::subject::StoreOp::ImageList),
-            s.dns(banger_proto::subject::DnsOp::Status),
+            op::vm::List::subject(&s, &op::Lab),
+            op::net::Status::subject(&s, &host),
+            op::store::ImageList::subject(&s, &host),
+            op::dns::Status::subject(&s, &op::Lab),
         ];
         let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
         let parent_span = "00f067aa0ba902b7";
@@ -177,9 +178,9 @@ fn a_service_answers_again_after_nats_server_restarts() {
         .await;
         // The service API subscriptions and the endpoint subscriptions are restored separately,
         // so wait for a real request to succeed rather than assuming their order.
-        let subject = Subjects::default().host_net(
+        let subject = op::net::Status::subject(
+            &Subjects::default(),
             &banger_proto::HostId::new(HOST).unwrap(),
-            banger_proto::subject::NetOp::Status,
         );
         let status = std::sync::Mutex::new(serde_json::Value::Null);
         wait_until(

@@ -708,6 +708,25 @@ fn the_services_run_with_their_role_credentials() {
             .await
             .unwrap();
         assert!(status.subnet.starts_with("10.77."), "{}", status.subnet);
+        // The controller keeps its heartbeat and reads the lab's members with its role's
+        // rights: its vm.list answers name it as a live controller and the host as a member.
+        wait_until(
+            "the controller's vm.list answer to name its peers and members",
+            Duration::from_secs(30),
+            || async {
+                bus.request::<_, banger_proto::vm::ListVmsReply>(
+                    "banger.vm.list".to_owned(),
+                    &banger_proto::vm::ListVmsRequest::default(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .is_ok_and(|r| {
+                    r.peers == Some(vec![HOST.to_owned()])
+                        && r.members == Some(vec![HOST.to_owned()])
+                })
+            },
+        )
+        .await;
 
         // A clean stop, then no service logged a permissions violation.
         for (user, p, _) in &mut procs {

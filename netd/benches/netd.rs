@@ -26,8 +26,8 @@ use banger_netd::config::{NetConfig, NetdFile};
 use banger_netd::ops::attach::attach;
 use banger_netd::ops::detach::{Teardown, detach, teardown};
 use banger_netd::state::Netd;
-use banger_proto::net::{AttachRequest, DetachRequest, Lease};
-use banger_proto::subject::NetOp;
+use banger_proto::net::{AttachRequest, DetachRequest};
+use banger_proto::op::net;
 use banger_proto::{HostId, Subjects, VmId, VmName};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{NatsServer, have_program, is_root, skip};
@@ -202,19 +202,14 @@ async fn measure(url: String, state_dir: std::path::PathBuf) {
     banger_netd::ops::register(&mut host_svc, &netd)
         .await
         .unwrap();
-    let subject = |op| bus.subjects().host_net(&host, op);
     let (mut a, mut d) = (Vec::new(), Vec::new());
     for i in 0..SINGLE_ROUNDS {
-        let (r, t) = timed(bus.request::<_, Lease>(
-            subject(NetOp::Attach),
-            &req(1000 + i),
-            Duration::from_secs(30),
-        ))
-        .await;
+        let (r, t) =
+            timed(bus.call::<net::Attach>(&host, &req(1000 + i), Duration::from_secs(30))).await;
         r.unwrap();
         a.push(t);
-        let (r, t) = timed(bus.request::<_, banger_proto::net::DetachReply>(
-            subject(NetOp::Detach),
+        let (r, t) = timed(bus.call::<net::Detach>(
+            &host,
             &detach_req(1000 + i, true),
             Duration::from_secs(30),
         ))

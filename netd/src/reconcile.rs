@@ -155,7 +155,7 @@ pub async fn controller_view(netd: &Netd) -> Option<HashMap<VmId, VmState>> {
         .bus
         .gather::<op::vm::List>(
             &Lab,
-            &ListVmsRequest {},
+            &ListVmsRequest::default(),
             Some(instances.len()),
             GATHER_DEADLINE,
         )

@@ -26,7 +26,7 @@ use banger_netd::config::LabConfig;
 use banger_netd::subnets::{self, ClaimError};
 use banger_netd::tap;
 use banger_proto::net::{AttachRequest, Lease, NetStatus, NetStatusRequest};
-use banger_proto::subject::NetOp;
+use banger_proto::op::{Operation, net};
 use banger_proto::{HostId, Subjects, VmName};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{NatsServer, Process, require_root, wait_until_blocking};
@@ -94,7 +94,7 @@ impl Host {
         self.netd = Some(Process::spawn("banger-netd", cmd));
         let mut status = None;
         wait_until_blocking("netd to answer status", Duration::from_secs(30), || {
-            status = self.request(NetOp::Status, NetStatusRequest {}).ok();
+            status = self.request::<net::Status>(NetStatusRequest {}).ok();
             status.is_some()
         });
         status.unwrap()
@@ -108,33 +108,22 @@ impl Host {
         }
     }
 
-    fn request<Req, Resp>(&self, op: NetOp, req: Req) -> Result<Resp, String>
-    where
-        Req: serde::Serialize + Send + 'static,
-        Resp: serde::de::DeserializeOwned + Send + 'static,
-    {
+    fn request<O: Operation<At = HostId>>(&self, req: O::Request) -> Result<O::Reply, String> {
         let (url, host) = (self.nats_url.clone(), HostId::new(self.id).unwrap());
         self.ns.block_on(move || async move {
             let bus = common::connect(&url).await;
-            bus.request(
-                bus.subjects().host_net(&host, op),
-                &req,
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|e: RequestError| e.to_string())
+            bus.call::<O>(&host, &req, Duration::from_secs(10))
+                .await
+                .map_err(|e: RequestError| e.to_string())
         })
     }
 
     fn attach(&self, n: u32, name: &str) -> Lease {
-        self.request(
-            NetOp::Attach,
-            AttachRequest {
-                vm_id: vm_id(n),
-                vm_name: VmName::new(name).unwrap(),
-                port_forwards: vec![],
-            },
-        )
+        self.request::<net::Attach>(AttachRequest {
+            vm_id: vm_id(n),
+            vm_name: VmName::new(name).unwrap(),
+            port_forwards: vec![],
+        })
         .unwrap()
     }
 

@@ -17,7 +17,7 @@ use banger_proto::event::EventKind;
 use banger_proto::net::{
     DetachReply, DetachRequest, NetStatus, NetStatusRequest, PortForward, Protocol,
 };
-use banger_proto::subject::NetOp;
+use banger_proto::op::net;
 use banger_testkit::require_root;
 use common::{Fixture, GUEST_DNS, Options, vm_id};
 
@@ -30,7 +30,7 @@ fn tcp(host: u16, guest: u16) -> PortForward {
 }
 
 fn status(fx: &Fixture) -> NetStatus {
-    fx.request(NetOp::Status, NetStatusRequest {}).unwrap()
+    fx.request::<net::Status>(NetStatusRequest {}).unwrap()
 }
 
 #[test]
@@ -163,13 +163,10 @@ fn restart_removes_orphan_taps_and_keeps_leases() {
     let lb = fx.attach(&b, "beta", vec![]);
     // beta is detached (stopped) but keeps its lease.
     let d: DetachReply = fx
-        .request(
-            NetOp::Detach,
-            DetachRequest {
-                vm_id: b.clone(),
-                release: false,
-            },
-        )
+        .request::<net::Detach>(DetachRequest {
+            vm_id: b.clone(),
+            release: false,
+        })
         .unwrap();
     assert_eq!(
         d,
@@ -238,13 +235,10 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     unchanged();
 
     let e = fx
-        .request::<_, DetachReply>(
-            NetOp::Detach,
-            DetachRequest {
-                vm_id: vm_id(77),
-                release: true,
-            },
-        )
+        .request::<net::Detach>(DetachRequest {
+            vm_id: vm_id(77),
+            release: true,
+        })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound, "{e}");
     assert!(e.message.contains(vm_id(77).as_str()), "{e}");
@@ -268,10 +262,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 
     // A malformed id never reaches the handler.
     let e = fx
-        .request::<_, DetachReply>(
-            NetOp::Detach,
-            serde_json::json!({"vm_id": "../../etc", "release": true}),
-        )
+        .raw::<net::Detach>(serde_json::json!({"vm_id": "../../etc", "release": true}))
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
     unchanged();
@@ -297,13 +288,10 @@ fn detach_skips_rule_teardown_when_the_rules_are_already_gone_and_reconcile_rest
     fx.ns.exec(&["nft", "delete", "table", "ip", &fx.table]);
 
     let d: DetachReply = fx
-        .request(
-            NetOp::Detach,
-            DetachRequest {
-                vm_id: a.clone(),
-                release: false,
-            },
-        )
+        .request::<net::Detach>(DetachRequest {
+            vm_id: a.clone(),
+            release: false,
+        })
         .unwrap();
     assert!(d.tap_removed);
     assert!(!fx.has_link(&la.tap));

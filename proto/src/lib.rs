@@ -35,7 +35,7 @@ pub use subject::Subjects;
 #[macro_export]
 macro_rules! contract_version {
     () => {
-        "1"
+        "2"
     };
 }
 

@@ -1,6 +1,7 @@
 //! Subject builders.
 //!
-//! Every subject banger uses is built here from a configurable prefix (`banger` by default):
+//! Every subject banger uses is built from a configurable prefix (`banger` by default), here or,
+//! for a request, by its operation type ([`crate::op::Operation::subject`]):
 //!
 //! | subject | kind |
 //! | --- | --- |
@@ -22,7 +23,9 @@ use crate::names::{HostId, NameError, VmId};
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "banger";
 
-/// Operations of a host's vm-controller.
+/// Operations of a host's vm-controller, for code that picks one at run time (the CLI's batch
+/// commands and TUI actions: `vm stop a b c`). Everything else names the operation's type in
+/// [`crate::op::vm`]; a test there checks each variant has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmOp {
@@ -54,56 +57,6 @@ pub enum VmOp {
     Touch,
 }
 
-/// Operations of a host's netd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NetOp {
-    /// Allocate a lease and create the tap.
-    Attach,
-    /// Remove the tap (and release the lease when asked).
-    Detach,
-    /// Leases with tap state.
-    List,
-    /// Bridge, subnet and rules.
-    Status,
-}
-
-/// Operations of a host's stord.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreOp {
-    /// List images.
-    ImageList,
-    /// Show one image.
-    ImageShow,
-    /// Register an image.
-    ImageRegister,
-    /// Remove an image.
-    ImageRemove,
-    /// Create (or return) a VM's root and work disk.
-    VolumeCreate,
-    /// Delete a VM's volumes.
-    VolumeDelete,
-    /// List volumes.
-    VolumeList,
-    /// Resize a VM's work disk.
-    VolumeResize,
-    /// Which copy-on-write back-end is in use, free space.
-    Capabilities,
-}
-
-/// Operations of dnsd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DnsOp {
-    /// Every record served.
-    Records,
-    /// Look one name up.
-    Lookup,
-    /// Listener addresses and counts.
-    Status,
-}
-
 macro_rules! op_names {
     ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
         impl $t {
@@ -129,14 +82,6 @@ op_names!(VmOp {
     Delete => "delete", Set => "set", Get => "get", Health => "health", Logs => "logs",
     Stats => "stats", Exec => "exec", Touch => "touch",
 });
-op_names!(NetOp { Attach => "attach", Detach => "detach", List => "list", Status => "status" });
-op_names!(StoreOp {
-    ImageList => "image.list", ImageShow => "image.show", ImageRegister => "image.register",
-    ImageRemove => "image.remove", VolumeCreate => "volume.create",
-    VolumeDelete => "volume.delete", VolumeList => "volume.list",
-    VolumeResize => "volume.resize", Capabilities => "capabilities",
-});
-op_names!(DnsOp { Records => "records", Lookup => "lookup", Status => "status" });
 
 /// The name of a JetStream stream or key-value bucket that belongs to the installation under
 /// subject `prefix`: the prefix upper-cased, every other character `_`, then `_<suffix>`
@@ -215,21 +160,6 @@ impl Subjects {
         format!("{}.host.{host}.vm.{op}", self.prefix)
     }
 
-    /// `<p>.host.<host>.net.<op>`.
-    pub fn host_net(&self, host: &HostId, op: NetOp) -> String {
-        format!("{}.host.{host}.net.{op}", self.prefix)
-    }
-
-    /// `<p>.host.<host>.store.<op>`.
-    pub fn host_store(&self, host: &HostId, op: StoreOp) -> String {
-        format!("{}.host.{host}.store.{op}", self.prefix)
-    }
-
-    /// `<p>.dns.<op>`.
-    pub fn dns(&self, op: DnsOp) -> String {
-        format!("{}.dns.{op}", self.prefix)
-    }
-
     /// `<p>.events.<host>.vm.<vm_id>.<kind>`.
     pub fn event(&self, host: &HostId, vm: &VmId, kind: EventKind) -> String {
         format!("{}.events.{host}.vm.{vm}.{kind}", self.prefix)
@@ -290,15 +220,8 @@ mod tests {
         assert_eq!(s.vm_create(), "banger.vm.create");
         assert_eq!(s.vm_list(), "banger.vm.list");
         assert_eq!(s.host_vm(&host(), VmOp::Stop), "banger.host.lab1.vm.stop");
-        assert_eq!(
-            s.host_net(&host(), NetOp::Attach),
-            "banger.host.lab1.net.attach"
-        );
-        assert_eq!(
-            s.host_store(&host(), StoreOp::VolumeCreate),
-            "banger.host.lab1.store.volume.create"
-        );
-        assert_eq!(s.dns(DnsOp::Lookup), "banger.dns.lookup");
+        // netd's, stord's and dnsd's subjects are their operation types' (`op`): pinned by
+        // `op::wire_tests`.
         assert_eq!(
             s.event(&host(), &vm(), EventKind::Started),
             "banger.events.lab1.vm.0123456789abcdef0123456789abcdef.started"
@@ -337,10 +260,6 @@ mod tests {
     fn op_tokens_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for op in VmOp::ALL {
-            assert!(seen.insert(op.as_str()));
-        }
-        seen.clear();
-        for op in StoreOp::ALL {
             assert!(seen.insert(op.as_str()));
         }
     }

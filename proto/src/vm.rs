@@ -204,15 +204,90 @@ pub struct VmOpReply {
 /// `vm.list` request (scatter-gather).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListVmsRequest {}
+pub struct ListVmsRequest {
+    /// Only the VMs these references could name: a VM whose name equals a ref, whose id
+    /// equals it or whose id starts with it (the CLI resolving `vm stop web 3f2a`). Empty:
+    /// every VM (and the request's JSON is `{}`, as before the field existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<String>,
+}
+
+impl ListVmsRequest {
+    /// A request for the VMs `refs` could name.
+    pub fn matching(refs: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            refs: refs.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Whether `vm` passes the filter (every VM does when there is none). The caller still
+    /// resolves: a ref that is a name of one VM and an id prefix of another returns both.
+    pub fn wants(&self, vm: &VmInfo) -> bool {
+        self.refs.is_empty()
+            || self.refs.iter().any(|r| {
+                vm.name.as_str() == r || (!r.is_empty() && vm.id.as_str().starts_with(r.as_str()))
+            })
+    }
+}
 
 /// One controller's answer to `vm.list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListVmsReply {
     /// The answering host.
     pub host: HostId,
-    /// Its VMs.
+    /// Its VMs (those the request's refs could name, when it has any).
     pub vms: Vec<VmInfo>,
+    /// The hosts whose controller is alive as the replier knows it (its heartbeat in the
+    /// controllers bucket, [`controller_bucket`]), the replier included: a gather can end as
+    /// soon as each of them answered. Absent from a controller older than the field, or one
+    /// that does not know (no JetStream, the bucket unread): the caller then discovers the
+    /// controllers itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+    /// The lab's members as the replier knows them (netd's subnet claims): `Some([])` when
+    /// it is not in a lab, `None` when it does not know. A member that does not answer is
+    /// named unreachable; the caller does not wait for a member whose controller has no
+    /// heartbeat (it is known not to be there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
+    /// The replier's hypervisor (`firecracker`, `sim`), as its service metadata says: the
+    /// CLI's SIMULATED banner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<String>,
+}
+
+impl ListVmsReply {
+    /// A reply of `host` with `vms` and nothing known about the other hosts.
+    pub fn new(host: HostId, vms: Vec<VmInfo>) -> Self {
+        Self {
+            host,
+            vms,
+            peers: None,
+            members: None,
+            vmm: None,
+        }
+    }
+}
+
+/// The JetStream key-value bucket in which every live vm-controller keeps a heartbeat:
+/// `banger` -> `BANGER_VM_CONTROLLERS`. Key: the host id; value: a [`ControllerBeat`]. The
+/// bucket's `max_age` is a few beats long, so a controller that dies without deleting its key
+/// (killed, cut off) leaves it within seconds.
+pub fn controller_bucket(prefix: &str) -> String {
+    crate::subject::jetstream_name(prefix, "VM_CONTROLLERS")
+}
+
+/// One vm-controller's heartbeat value in [`controller_bucket`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerBeat {
+    /// The controller's host.
+    pub host: HostId,
+    /// Its hypervisor (`firecracker`, `sim`).
+    pub vmm: String,
+    /// Its version.
+    pub version: String,
+    /// When it wrote this beat (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// Which log to read.

@@ -9,11 +9,11 @@
 
 mod common;
 
+use banger_proto::op::store;
 use banger_proto::store::{
     ImageInfo, ImageListReply, ImageListRequest, ImageRefRequest, ImageRemoveReply,
     RegisterImageRequest, VolumeCreateRequest, VolumeDeleteReply, VolumeDeleteRequest, VolumeSet,
 };
-use banger_proto::subject::StoreOp;
 use banger_proto::{ErrorCode, ImageName, MemMib};
 use common::{Stack, make_image, vm_id};
 
@@ -30,7 +30,7 @@ fn register_req(name: &str, kernel: &str, rootfs: &str) -> RegisterImageRequest 
 
 async fn names(s: &Stack) -> Vec<String> {
     let r: ImageListReply = s
-        .req(StoreOp::ImageList, &ImageListRequest {})
+        .req::<store::ImageList>(&ImageListRequest {})
         .await
         .unwrap();
     r.images.iter().map(|i| i.name.to_string()).collect()
@@ -46,7 +46,7 @@ async fn register_list_show_remove_round_trip() {
     let twisty_kernel = format!("{}/../images/vmlinux", files.dir.display());
     let mut req = register_req("debian", &twisty_kernel, link.to_str().unwrap());
     req.kernel_args = Some("console=ttyS0 quiet".into());
-    let info: ImageInfo = s.req(StoreOp::ImageRegister, &req).await.unwrap();
+    let info: ImageInfo = s.req::<store::ImageRegister>(&req).await.unwrap();
     let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap().display().to_string();
     assert_eq!(info.kernel, canon(&files.kernel));
     assert_eq!(info.rootfs, canon(&files.rootfs));
@@ -63,7 +63,7 @@ async fn register_list_show_remove_round_trip() {
         files.kernel.to_str().unwrap(),
         files.rootfs.to_str().unwrap(),
     );
-    let void: ImageInfo = s.req(StoreOp::ImageRegister, &second).await.unwrap();
+    let void: ImageInfo = s.req::<store::ImageRegister>(&second).await.unwrap();
     assert!(
         void.kernel_args.contains("console=ttyS0"),
         "stord's default kernel args"
@@ -71,12 +71,9 @@ async fn register_list_show_remove_round_trip() {
     assert_eq!(names(&s).await, vec!["debian", "void"]);
 
     let shown: ImageInfo = s
-        .req(
-            StoreOp::ImageShow,
-            &ImageRefRequest {
-                name: info.name.clone(),
-            },
-        )
+        .req::<store::ImageShow>(&ImageRefRequest {
+            name: info.name.clone(),
+        })
         .await
         .unwrap();
     assert_eq!(shown, info);
@@ -87,12 +84,9 @@ async fn register_list_show_remove_round_trip() {
     assert_eq!(names(&s).await, vec!["debian", "void"]);
 
     let removed: ImageRemoveReply = s
-        .req(
-            StoreOp::ImageRemove,
-            &ImageRefRequest {
-                name: info.name.clone(),
-            },
-        )
+        .req::<store::ImageRemove>(&ImageRefRequest {
+            name: info.name.clone(),
+        })
         .await
         .unwrap();
     assert_eq!(removed.name, info.name);
@@ -103,17 +97,14 @@ async fn register_list_show_remove_round_trip() {
     );
 
     let err = s
-        .req::<_, ImageInfo>(
-            StoreOp::ImageShow,
-            &ImageRefRequest {
-                name: info.name.clone(),
-            },
-        )
+        .req::<store::ImageShow>(&ImageRefRequest {
+            name: info.name.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
     let err = s
-        .req::<_, ImageRemoveReply>(StoreOp::ImageRemove, &ImageRefRequest { name: info.name })
+        .req::<store::ImageRemove>(&ImageRefRequest { name: info.name })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
@@ -126,10 +117,7 @@ async fn bad_registrations_are_refused_and_nothing_is_persisted() {
     let kernel = files.kernel.to_str().unwrap().to_owned();
     let rootfs = files.rootfs.to_str().unwrap().to_owned();
     let ok: ImageInfo = s
-        .req(
-            StoreOp::ImageRegister,
-            &register_req("base", &kernel, &rootfs),
-        )
+        .req::<store::ImageRegister>(&register_req("base", &kernel, &rootfs))
         .await
         .unwrap();
 
@@ -192,10 +180,7 @@ async fn bad_registrations_are_refused_and_nothing_is_persisted() {
     ];
     for (req, code, msg) in cases {
         let name = req.name.to_string();
-        let err = s
-            .req::<_, ImageInfo>(StoreOp::ImageRegister, &req)
-            .await
-            .unwrap_err();
+        let err = s.req::<store::ImageRegister>(&req).await.unwrap_err();
         assert_eq!(err.code, code, "{name}: {err}");
         assert!(err.message.contains(msg), "{name}: {err}");
     }
@@ -203,24 +188,18 @@ async fn bad_registrations_are_refused_and_nothing_is_persisted() {
     // Names are checked before anything else: raw JSON with names the typed client refuses.
     for bad in ["", "../etc", "a/b", "UPPER", "-x", &"x".repeat(64)] {
         let body = serde_json::json!({ "name": bad, "kernel": kernel, "rootfs": rootfs });
-        let err = s
-            .req::<_, serde_json::Value>(StoreOp::ImageRegister, &body)
-            .await
-            .unwrap_err();
+        let err = s.raw::<store::ImageRegister>(&body).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument, "{bad:?}: {err}");
         assert!(err.message.contains("image name"), "{bad:?}: {err}");
     }
     let unknown =
         serde_json::json!({ "name": "x", "kernel": kernel, "rootfs": rootfs, "rm": true });
-    let err = s
-        .req::<_, serde_json::Value>(StoreOp::ImageRegister, &unknown)
-        .await
-        .unwrap_err();
+    let err = s.raw::<store::ImageRegister>(&unknown).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
 
     // Nothing but the good image was recorded, and it is unchanged.
     let r: ImageListReply = s
-        .req(StoreOp::ImageList, &ImageListRequest {})
+        .req::<store::ImageList>(&ImageListRequest {})
         .await
         .unwrap();
     assert_eq!(r.images, vec![ok]);
@@ -231,34 +210,25 @@ async fn an_image_in_use_cannot_be_removed() {
     let s = Stack::start("backend = 'sparse'").await;
     let files = make_image(&s.dir.path().join("images"), 16);
     let _: ImageInfo = s
-        .req(
-            StoreOp::ImageRegister,
-            &register_req(
-                "base",
-                files.kernel.to_str().unwrap(),
-                files.rootfs.to_str().unwrap(),
-            ),
-        )
+        .req::<store::ImageRegister>(&register_req(
+            "base",
+            files.kernel.to_str().unwrap(),
+            files.rootfs.to_str().unwrap(),
+        ))
         .await
         .unwrap();
     let vm = vm_id();
     let _: VolumeSet = s
-        .req(
-            StoreOp::VolumeCreate,
-            &VolumeCreateRequest {
-                vm_id: vm.clone(),
-                image: ImageName::new("base").unwrap(),
-                disk_mib: Some(MemMib::new(16).unwrap()),
-            },
-        )
+        .req::<store::VolumeCreate>(&VolumeCreateRequest {
+            vm_id: vm.clone(),
+            image: ImageName::new("base").unwrap(),
+            disk_mib: Some(MemMib::new(16).unwrap()),
+        })
         .await
         .unwrap();
     let name = ImageName::new("base").unwrap();
     let err = s
-        .req::<_, ImageRemoveReply>(
-            StoreOp::ImageRemove,
-            &ImageRefRequest { name: name.clone() },
-        )
+        .req::<store::ImageRemove>(&ImageRefRequest { name: name.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");
@@ -266,12 +236,12 @@ async fn an_image_in_use_cannot_be_removed() {
     assert_eq!(names(&s).await, vec!["base"]);
 
     let d: VolumeDeleteReply = s
-        .req(StoreOp::VolumeDelete, &VolumeDeleteRequest { vm_id: vm })
+        .req::<store::VolumeDelete>(&VolumeDeleteRequest { vm_id: vm })
         .await
         .unwrap();
     assert!(d.removed);
     let _: ImageRemoveReply = s
-        .req(StoreOp::ImageRemove, &ImageRefRequest { name })
+        .req::<store::ImageRemove>(&ImageRefRequest { name })
         .await
         .unwrap();
     assert!(names(&s).await.is_empty());

@@ -14,8 +14,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use banger_proto::op::store;
 use banger_proto::store::{ImageInfo, RegisterImageRequest, VolumeCreateRequest, VolumeSet};
-use banger_proto::subject::StoreOp;
 use banger_proto::{ImageName, MemMib, VmId};
 use common::{Stack, debugfs, make_image, read_ext4, run, vm_id, write_ext4};
 
@@ -23,31 +23,25 @@ async fn stack_with_image() -> Stack {
     let s = Stack::start("backend = 'sparse'").await;
     let files = make_image(&s.dir.path().join("images"), 32);
     let _: ImageInfo = s
-        .req(
-            StoreOp::ImageRegister,
-            &RegisterImageRequest {
-                name: ImageName::new("base").unwrap(),
-                kernel: files.kernel.display().to_string(),
-                initrd: None,
-                rootfs: files.rootfs.display().to_string(),
-                kernel_args: None,
-                default_disk_mib: Some(MemMib::new(32).unwrap()),
-            },
-        )
+        .req::<store::ImageRegister>(&RegisterImageRequest {
+            name: ImageName::new("base").unwrap(),
+            kernel: files.kernel.display().to_string(),
+            initrd: None,
+            rootfs: files.rootfs.display().to_string(),
+            kernel_args: None,
+            default_disk_mib: Some(MemMib::new(32).unwrap()),
+        })
         .await
         .unwrap();
     s
 }
 
 async fn create(s: &Stack, vm: &VmId, mib: Option<i64>) -> VolumeSet {
-    s.req(
-        StoreOp::VolumeCreate,
-        &VolumeCreateRequest {
-            vm_id: vm.clone(),
-            image: ImageName::new("base").unwrap(),
-            disk_mib: mib.map(|m| MemMib::new(m).unwrap()),
-        },
-    )
+    s.req::<store::VolumeCreate>(&VolumeCreateRequest {
+        vm_id: vm.clone(),
+        image: ImageName::new("base").unwrap(),
+        disk_mib: mib.map(|m| MemMib::new(m).unwrap()),
+    })
     .await
     .unwrap()
 }

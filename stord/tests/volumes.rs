@@ -13,54 +13,45 @@ mod common;
 
 use std::path::Path;
 
+use banger_proto::op::store;
 use banger_proto::store::{
     Capabilities, CapabilitiesRequest, ImageInfo, RegisterImageRequest, VolumeCreateRequest,
     VolumeDeleteReply, VolumeDeleteRequest, VolumeListReply, VolumeListRequest, VolumeSet,
 };
-use banger_proto::subject::StoreOp;
 use banger_proto::{ErrorCode, ImageName, MemMib, VmId};
 use common::{LoopMount, Stack, allocated, make_image, read_ext4, vm_id, write_ext4};
 
 async fn register(s: &Stack, name: &str, files: &common::ImageFiles) -> ImageInfo {
-    s.req(
-        StoreOp::ImageRegister,
-        &RegisterImageRequest {
-            name: ImageName::new(name).unwrap(),
-            kernel: files.kernel.display().to_string(),
-            initrd: None,
-            rootfs: files.rootfs.display().to_string(),
-            kernel_args: None,
-            default_disk_mib: Some(MemMib::new(32).unwrap()),
-        },
-    )
+    s.req::<store::ImageRegister>(&RegisterImageRequest {
+        name: ImageName::new(name).unwrap(),
+        kernel: files.kernel.display().to_string(),
+        initrd: None,
+        rootfs: files.rootfs.display().to_string(),
+        kernel_args: None,
+        default_disk_mib: Some(MemMib::new(32).unwrap()),
+    })
     .await
     .unwrap()
 }
 
 async fn create(s: &Stack, vm: &VmId, image: &str) -> VolumeSet {
-    s.req(
-        StoreOp::VolumeCreate,
-        &VolumeCreateRequest {
-            vm_id: vm.clone(),
-            image: ImageName::new(image).unwrap(),
-            disk_mib: None,
-        },
-    )
+    s.req::<store::VolumeCreate>(&VolumeCreateRequest {
+        vm_id: vm.clone(),
+        image: ImageName::new(image).unwrap(),
+        disk_mib: None,
+    })
     .await
     .unwrap()
 }
 
 async fn delete(s: &Stack, vm: &VmId) -> VolumeDeleteReply {
-    s.req(
-        StoreOp::VolumeDelete,
-        &VolumeDeleteRequest { vm_id: vm.clone() },
-    )
-    .await
-    .unwrap()
+    s.req::<store::VolumeDelete>(&VolumeDeleteRequest { vm_id: vm.clone() })
+        .await
+        .unwrap()
 }
 
 async fn capabilities(s: &Stack) -> Capabilities {
-    s.req(StoreOp::Capabilities, &CapabilitiesRequest {})
+    s.req::<store::Capabilities>(&CapabilitiesRequest {})
         .await
         .unwrap()
 }
@@ -117,17 +108,14 @@ async fn roots_are_private_copies(
     );
 
     let listed: VolumeListReply = s
-        .req(StoreOp::VolumeList, &VolumeListRequest { vm_id: None })
+        .req::<store::VolumeList>(&VolumeListRequest { vm_id: None })
         .await
         .unwrap();
     assert_eq!(listed.volumes.len(), 2);
     let only_b: VolumeListReply = s
-        .req(
-            StoreOp::VolumeList,
-            &VolumeListRequest {
-                vm_id: Some(b_id.clone()),
-            },
-        )
+        .req::<store::VolumeList>(&VolumeListRequest {
+            vm_id: Some(b_id.clone()),
+        })
         .await
         .unwrap();
     assert_eq!(only_b.volumes, vec![b.clone()]);
@@ -259,14 +247,11 @@ async fn volume_requests_with_bad_input_are_refused() {
     register(&s, "base", &files).await;
     let vm = vm_id();
     let err = s
-        .req::<_, VolumeSet>(
-            StoreOp::VolumeCreate,
-            &VolumeCreateRequest {
-                vm_id: vm.clone(),
-                image: ImageName::new("nope").unwrap(),
-                disk_mib: None,
-            },
-        )
+        .req::<store::VolumeCreate>(&VolumeCreateRequest {
+            vm_id: vm.clone(),
+            image: ImageName::new("nope").unwrap(),
+            disk_mib: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
@@ -277,14 +262,11 @@ async fn volume_requests_with_bad_input_are_refused() {
         serde_json::json!({ "vm_id": vm.as_str(), "image": "base", "disk_mib": 0 }),
         serde_json::json!({ "vm_id": vm.as_str(), "image": "base", "disk_mib": -1 }),
     ] {
-        let err = s
-            .req::<_, serde_json::Value>(StoreOp::VolumeCreate, &body)
-            .await
-            .unwrap_err();
+        let err = s.raw::<store::VolumeCreate>(&body).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument, "{body}: {err}");
     }
     let listed: VolumeListReply = s
-        .req(StoreOp::VolumeList, &VolumeListRequest { vm_id: None })
+        .req::<store::VolumeList>(&VolumeListRequest { vm_id: None })
         .await
         .unwrap();
     assert!(listed.volumes.is_empty());
@@ -294,14 +276,11 @@ async fn volume_requests_with_bad_input_are_refused() {
     register(&s, "other", &other).await;
     create(&s, &vm, "base").await;
     let err = s
-        .req::<_, VolumeSet>(
-            StoreOp::VolumeCreate,
-            &VolumeCreateRequest {
-                vm_id: vm.clone(),
-                image: ImageName::new("other").unwrap(),
-                disk_mib: None,
-            },
-        )
+        .req::<store::VolumeCreate>(&VolumeCreateRequest {
+            vm_id: vm.clone(),
+            image: ImageName::new("other").unwrap(),
+            disk_mib: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");
@@ -314,14 +293,11 @@ async fn volume_requests_with_bad_input_are_refused() {
         .set_len(17 << 20)
         .unwrap();
     let err = s
-        .req::<_, VolumeSet>(
-            StoreOp::VolumeCreate,
-            &VolumeCreateRequest {
-                vm_id: vm_id(),
-                image: ImageName::new("other").unwrap(),
-                disk_mib: None,
-            },
-        )
+        .req::<store::VolumeCreate>(&VolumeCreateRequest {
+            vm_id: vm_id(),
+            image: ImageName::new("other").unwrap(),
+            disk_mib: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");

@@ -14,11 +14,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use banger_proto::event::{EventKind, VmEvent};
+use banger_proto::op::store;
 use banger_proto::store::{
     ImageInfo, RegisterImageRequest, VolumeCreateRequest, VolumeDeleteReply, VolumeDeleteRequest,
     VolumeListReply, VolumeListRequest, VolumeResizeRequest, VolumeSet,
 };
-use banger_proto::subject::StoreOp;
 use banger_proto::vm::{VmInfo, VmState};
 use banger_proto::{CpuCount, ErrorCode, ImageName, MemMib, VmId, VmName};
 use common::{BindMount, Stack, debugfs, make_image, mkdir_ext4, read_ext4, vm_id, write_ext4};
@@ -27,38 +27,32 @@ async fn stack_with_image() -> (Stack, common::ImageFiles) {
     let s = Stack::start("backend = 'sparse'").await;
     let files = make_image(&s.dir.path().join("images"), 32);
     let _: ImageInfo = s
-        .req(
-            StoreOp::ImageRegister,
-            &RegisterImageRequest {
-                name: ImageName::new("base").unwrap(),
-                kernel: files.kernel.display().to_string(),
-                initrd: None,
-                rootfs: files.rootfs.display().to_string(),
-                kernel_args: None,
-                default_disk_mib: Some(MemMib::new(32).unwrap()),
-            },
-        )
+        .req::<store::ImageRegister>(&RegisterImageRequest {
+            name: ImageName::new("base").unwrap(),
+            kernel: files.kernel.display().to_string(),
+            initrd: None,
+            rootfs: files.rootfs.display().to_string(),
+            kernel_args: None,
+            default_disk_mib: Some(MemMib::new(32).unwrap()),
+        })
         .await
         .unwrap();
     (s, files)
 }
 
 async fn create(s: &Stack, vm: &VmId) -> VolumeSet {
-    s.req(
-        StoreOp::VolumeCreate,
-        &VolumeCreateRequest {
-            vm_id: vm.clone(),
-            image: ImageName::new("base").unwrap(),
-            disk_mib: None,
-        },
-    )
+    s.req::<store::VolumeCreate>(&VolumeCreateRequest {
+        vm_id: vm.clone(),
+        image: ImageName::new("base").unwrap(),
+        disk_mib: None,
+    })
     .await
     .unwrap()
 }
 
 async fn list(s: &Stack) -> Vec<VolumeSet> {
     let r: VolumeListReply = s
-        .req(StoreOp::VolumeList, &VolumeListRequest { vm_id: None })
+        .req::<store::VolumeList>(&VolumeListRequest { vm_id: None })
         .await
         .unwrap();
     r.volumes
@@ -88,7 +82,7 @@ async fn the_work_disk_outlives_its_root_and_restarts() {
     assert_eq!(read_ext4(work, "/notes.txt").as_deref(), Some("keep me"));
 
     let d: VolumeDeleteReply = s
-        .req(StoreOp::VolumeDelete, &VolumeDeleteRequest { vm_id: vm })
+        .req::<store::VolumeDelete>(&VolumeDeleteRequest { vm_id: vm })
         .await
         .unwrap();
     assert!(d.removed);
@@ -114,13 +108,10 @@ async fn the_work_disk_grows_on_request_and_never_shrinks() {
     let before = blocks(&work);
 
     let grown: VolumeSet = s
-        .req(
-            StoreOp::VolumeResize,
-            &VolumeResizeRequest {
-                vm_id: vm.clone(),
-                disk_mib: MemMib::new(96).unwrap(),
-            },
-        )
+        .req::<store::VolumeResize>(&VolumeResizeRequest {
+            vm_id: vm.clone(),
+            disk_mib: MemMib::new(96).unwrap(),
+        })
         .await
         .unwrap();
     assert_eq!(grown.disk_mib.get(), 96);
@@ -140,13 +131,10 @@ async fn the_work_disk_grows_on_request_and_never_shrinks() {
     );
 
     let err = s
-        .req::<_, VolumeSet>(
-            StoreOp::VolumeResize,
-            &VolumeResizeRequest {
-                vm_id: vm.clone(),
-                disk_mib: MemMib::new(64).unwrap(),
-            },
-        )
+        .req::<store::VolumeResize>(&VolumeResizeRequest {
+            vm_id: vm.clone(),
+            disk_mib: MemMib::new(64).unwrap(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
@@ -154,13 +142,10 @@ async fn the_work_disk_grows_on_request_and_never_shrinks() {
     assert_eq!(std::fs::metadata(&work).unwrap().len(), 96 << 20);
 
     let err = s
-        .req::<_, VolumeSet>(
-            StoreOp::VolumeResize,
-            &VolumeResizeRequest {
-                vm_id: vm_id(),
-                disk_mib: MemMib::new(64).unwrap(),
-            },
-        )
+        .req::<store::VolumeResize>(&VolumeResizeRequest {
+            vm_id: vm_id(),
+            disk_mib: MemMib::new(64).unwrap(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
@@ -226,10 +211,7 @@ async fn busy_removal_is_retried_then_reported_and_finished_later() {
     let mut busy = BindMount::new(&files.kernel, Path::new(&set.root_path));
     let started = std::time::Instant::now();
     let err = s
-        .req::<_, VolumeDeleteReply>(
-            StoreOp::VolumeDelete,
-            &VolumeDeleteRequest { vm_id: vm.clone() },
-        )
+        .req::<store::VolumeDelete>(&VolumeDeleteRequest { vm_id: vm.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
@@ -248,7 +230,7 @@ async fn busy_removal_is_retried_then_reported_and_finished_later() {
 
     busy.release();
     let d: VolumeDeleteReply = s
-        .req(StoreOp::VolumeDelete, &VolumeDeleteRequest { vm_id: vm })
+        .req::<store::VolumeDelete>(&VolumeDeleteRequest { vm_id: vm })
         .await
         .unwrap();
     assert!(d.removed);

@@ -38,6 +38,7 @@ impl Operation for EchoOp {
     const ENDPOINT: &'static str = "echo";
     const TOKENS: &'static str = "bench.ours";
     const DELIVERY: Delivery = Delivery::Queue;
+    const ERRORS: &'static [banger_proto::ErrorCode] = banger_proto::op::RUNTIME_ERRORS;
 }
 
 /// The round-trip times of both paths, in the order they were taken.

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use banger_proto::dns::{DnsStatus, DnsStatusRequest};
+use banger_proto::dns::DnsStatusRequest;
 use banger_proto::event::EventKind;
-use banger_proto::subject::DnsOp;
+use banger_proto::op::{Lab, dns};
 use banger_proto::vm::VmInfo;
 
 use crate::dns_packets::{NOERROR, query_packet, raw_udp, rcode};
@@ -287,13 +287,9 @@ pub async fn measure_size(dir: &Path, n: usize) -> SizeResult {
         "the fleet to be served",
         Duration::from_secs(60),
         || async {
-            bus.request::<_, DnsStatus>(
-                bus.subjects().dns(DnsOp::Status),
-                &DnsStatusRequest {},
-                Duration::from_secs(5),
-            )
-            .await
-            .is_ok_and(|s| s.records as usize == 2 * n)
+            bus.call::<dns::Status>(&Lab, &DnsStatusRequest {}, Duration::from_secs(5))
+                .await
+                .is_ok_and(|s| s.records as usize == 2 * n)
         },
     )
     .await;

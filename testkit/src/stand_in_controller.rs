@@ -102,10 +102,7 @@ impl FakeController {
         if answers {
             let list = vms.clone();
             svc.serve(vm::List, &Lab, host_id, move |host, _| {
-                let reply = ListVmsReply {
-                    host,
-                    vms: list.lock().unwrap().clone(),
-                };
+                let reply = ListVmsReply::new(host, list.lock().unwrap().clone());
                 async move { Ok(reply) }
             })
             .await

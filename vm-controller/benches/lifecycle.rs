@@ -35,7 +35,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use banger_bus::Bus;
-use banger_proto::subject::VmOp;
+use banger_proto::HostId;
+use banger_proto::op::{Operation, vm};
 use banger_proto::vm::{VmInfo, VmOpReply, VmRefRequest, VmState};
 
 /// VMs per latency series.
@@ -68,8 +69,12 @@ async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
 /// The operations, over whichever setup.
 trait Driver {
     fn create(&self, name: String) -> impl Future<Output = VmInfo>;
-    fn op(&self, op: VmOp, vm: VmInfo) -> impl Future<Output = VmOpReply>;
+    fn op<O: VmOp>(&self, vm: VmInfo) -> impl Future<Output = VmOpReply>;
 }
+
+/// An operation on one VM that answers with it (`vm::Stop`, `vm::Start`, `vm::Delete`).
+trait VmOp: Operation<At = HostId, Request = VmRefRequest, Reply = VmOpReply> {}
+impl<O: Operation<At = HostId, Request = VmRefRequest, Reply = VmOpReply>> VmOp for O {}
 
 struct Doubles<'a>(&'a common::Harness);
 
@@ -77,8 +82,8 @@ impl Driver for Doubles<'_> {
     async fn create(&self, name: String) -> VmInfo {
         self.0.create(&name).await
     }
-    async fn op(&self, op: VmOp, vm: VmInfo) -> VmOpReply {
-        self.0.op(op, &vm.id).await.unwrap()
+    async fn op<O: VmOp>(&self, vm: VmInfo) -> VmOpReply {
+        self.0.op::<O>(&vm.id).await.unwrap()
     }
 }
 
@@ -86,21 +91,12 @@ struct Real(Bus);
 
 impl Driver for Real {
     async fn create(&self, name: String) -> VmInfo {
-        let r: VmOpReply = sim::call(
-            &self.0,
-            self.0.subjects().vm_create(),
-            &sim::create_req(&name),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-        r.vm
+        sim::create(&self.0, &name, Duration::from_secs(120)).await
     }
-    async fn op(&self, op: VmOp, vm: VmInfo) -> VmOpReply {
-        let subject = self.0.subjects().host_vm(&sim::host(), op);
-        sim::call(
+    async fn op<O: VmOp>(&self, vm: VmInfo) -> VmOpReply {
+        sim::call::<O>(
             &self.0,
-            subject,
+            &sim::host(),
             &VmRefRequest { id: vm.id.clone() },
             Duration::from_secs(120),
         )
@@ -115,11 +111,11 @@ async fn lifecycle_series(setup: &str, d: &impl Driver) {
         let (vm, t) = timed(d.create(format!("lat{i}"))).await;
         assert_eq!(vm.state, VmState::Running);
         create.push(t);
-        let (_, t) = timed(d.op(VmOp::Stop, vm.clone())).await;
+        let (_, t) = timed(d.op::<vm::Stop>(vm.clone())).await;
         stop.push(t);
-        let (_, t) = timed(d.op(VmOp::Start, vm.clone())).await;
+        let (_, t) = timed(d.op::<vm::Start>(vm.clone())).await;
         start.push(t);
-        let (_, t) = timed(d.op(VmOp::Delete, vm)).await;
+        let (_, t) = timed(d.op::<vm::Delete>(vm)).await;
         delete.push(t);
     }
     report(setup, "create+start", create);
@@ -135,15 +131,15 @@ async fn stop_fanout(setup: &str, d: &impl Driver) {
             vms.push(d.create(format!("fan{n}x{i}")).await);
         }
         let (_, concurrent) = timed(futures::future::join_all(
-            vms.iter().map(|v| d.op(VmOp::Stop, v.clone())),
+            vms.iter().map(|v| d.op::<vm::Stop>(v.clone())),
         ))
         .await;
         for v in &vms {
-            d.op(VmOp::Start, v.clone()).await;
+            d.op::<vm::Start>(v.clone()).await;
         }
         let (_, serial) = timed(async {
             for v in &vms {
-                d.op(VmOp::Stop, v.clone()).await;
+                d.op::<vm::Stop>(v.clone()).await;
             }
         })
         .await;
@@ -153,7 +149,7 @@ async fn stop_fanout(setup: &str, d: &impl Driver) {
             serial.as_secs_f64() * 1e3
         );
         for v in vms {
-            d.op(VmOp::Delete, v).await;
+            d.op::<vm::Delete>(v).await;
         }
     }
 }

@@ -10,13 +10,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use banger_proto::VmId;
 use banger_proto::event::EventKind;
 use banger_proto::net::{AttachRequest, DetachRequest};
 use banger_proto::store::VolumeCreateRequest;
 use banger_proto::vm::{VmNetwork, VmState};
-use banger_proto::{ApiError, VmId};
 
 use crate::controller::Controller;
+use crate::error::BootError;
 use crate::store::VmRecord;
 use crate::vmm::LaunchSpec;
 use crate::vmm::firecracker::remove_runtime_sockets;
@@ -47,7 +48,7 @@ pub(crate) enum BootKind {
 impl Controller {
     /// Boots VM `id` (the caller holds its lock; the VM is `creating`, `stopped` or `failed`).
     /// On failure the VM is `failed` with the reason and the error is returned.
-    pub(crate) async fn boot(&self, id: &VmId, kind: BootKind) -> Result<VmRecord, ApiError> {
+    pub(crate) async fn boot(&self, id: &VmId, kind: BootKind) -> Result<VmRecord, BootError> {
         let rec = self
             .transition_and_emit(id, VmState::Starting, None, EventKind::Starting)
             .await?;
@@ -67,9 +68,9 @@ impl Controller {
                 Ok(rec)
             }
             Err(e) => {
-                tracing::warn!(vm.id = %id, vm.name = %rec.info.name, error = %e.message, "boot failed; unwinding");
+                let reason = banger_bus::runtime::chain(&e);
+                tracing::warn!(vm.id = %id, vm.name = %rec.info.name, error = %reason, "boot failed; unwinding");
                 self.unwind(&rec, kind, undo).await;
-                let reason = e.message.clone();
                 self.modify_and_emit(id, EventKind::Failed, move |r| {
                     r.info.state = VmState::Failed;
                     r.info.reason = Some(reason);
@@ -83,7 +84,7 @@ impl Controller {
         }
     }
 
-    async fn boot_steps(&self, rec: &VmRecord, undo: &mut Undo) -> Result<VmRecord, ApiError> {
+    async fn boot_steps(&self, rec: &VmRecord, undo: &mut Undo) -> Result<VmRecord, BootError> {
         let inner = &self.inner;
         let id = rec.id().clone();
         let mut volumes = inner
@@ -94,7 +95,7 @@ impl Controller {
                 disk_mib: Some(rec.info.disk_mib),
             })
             .await
-            .map_err(|e| step("creating the volumes", e.into()))?;
+            .map_err(BootError::Volumes)?;
         undo.volumes = true;
         if volumes.disk_mib.get() < rec.info.disk_mib.get() {
             // `vm set --disk` is applied here, on the next start.
@@ -102,7 +103,7 @@ impl Controller {
                 .stord
                 .volume_resize(&id, rec.info.disk_mib)
                 .await
-                .map_err(|e| step("growing the work disk", e.into()))?;
+                .map_err(BootError::GrowDisk)?;
         }
         let lease = inner
             .netd
@@ -112,7 +113,7 @@ impl Controller {
                 port_forwards: rec.info.port_forwards.clone(),
             })
             .await
-            .map_err(|e| step("attaching the network", e.into()))?;
+            .map_err(BootError::Network)?;
         undo.attached = true;
         let network = VmNetwork {
             ip: lease.ip.clone(),
@@ -137,11 +138,7 @@ impl Controller {
             vsock_cid: rec.vsock_cid,
             paths: self.paths(&id),
         };
-        let pid = inner
-            .vmm
-            .launch(&spec)
-            .await
-            .map_err(|e| step("spawning the hypervisor", vmm_error(&e)))?;
+        let pid = inner.vmm.launch(&spec).await.map_err(BootError::Spawn)?;
         undo.pid = Some(pid);
         // The lease and the pid in one write. Until it commits, a crash leaves a `starting`
         // record without them: reconcile then detaches the tap unconditionally and finds the
@@ -159,7 +156,7 @@ impl Controller {
             .vmm
             .configure_and_start(&spec)
             .await
-            .map_err(|e| step("configuring the hypervisor", vmm_error(&e)))?;
+            .map_err(BootError::Configure)?;
         let now = banger_bus::now_ms();
         self.modify_and_emit(&id, EventKind::Started, move |r| {
             r.info.state = VmState::Running;
@@ -168,6 +165,7 @@ impl Controller {
             Ok(())
         })
         .await
+        .map_err(Into::into)
     }
 
     /// Undoes what a failed boot did, in reverse order. Failures here are logged: the reply
@@ -178,7 +176,7 @@ impl Controller {
         let paths = self.paths(id);
         if let Some(pid) = undo.pid {
             if let Err(e) = self.kill_all(&paths, Some(pid)).await {
-                tracing::warn!(vm.id = %id, error = %e.message, "unwind: killing the hypervisor");
+                tracing::warn!(vm.id = %id, error = %banger_bus::runtime::chain(&e), "unwind: killing the hypervisor");
             }
             let p = paths.clone();
             let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&p)).await;
@@ -189,24 +187,14 @@ impl Controller {
                 release: kind == BootKind::Create,
             };
             if let Err(e) = inner.netd.detach(req).await {
-                tracing::warn!(vm.id = %id, error = %e, "unwind: detaching the network");
+                tracing::warn!(vm.id = %id, error = %banger_bus::runtime::chain(&e), "unwind: detaching the network");
             }
         }
         if undo.volumes
             && kind == BootKind::Create
             && let Err(e) = inner.stord.volume_delete(id).await
         {
-            tracing::warn!(vm.id = %id, error = %e, "unwind: deleting the volumes");
+            tracing::warn!(vm.id = %id, error = %banger_bus::runtime::chain(&e), "unwind: deleting the volumes");
         }
     }
-}
-
-/// Prefixes an error's message with the step that failed, keeping its code.
-pub(crate) fn step(what: &str, e: ApiError) -> ApiError {
-    ApiError::new(e.code, format!("{what}: {}", e.message))
-}
-
-/// A hypervisor failure as a reply error.
-pub(crate) fn vmm_error(e: &crate::vmm::VmmError) -> ApiError {
-    ApiError::internal(banger_bus::runtime::chain(e))
 }

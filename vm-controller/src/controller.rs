@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use banger_proto::event::EventKind;
 use banger_proto::vm::{VmInfo, VmState};
-use banger_proto::{ApiError, ErrorCode, HostId, VmId};
+use banger_proto::{HostId, VmId};
 
 use crate::config::{ControllerConfig, Dirs, VmPaths};
 use crate::deps::{AgentApi, EventSink, Events, LabApi, NetApi, StoreApi};
+use crate::error::{LookupError, RecordError};
 use crate::locks::{VmGuard, VmLocks};
 use crate::store::{Store, StoreError, VmRecord};
 use crate::vmm::Vmm;
@@ -128,8 +129,12 @@ impl Controller {
     }
 
     /// VM `id` read under its lock (the caller holds it).
-    pub(crate) async fn record(&self, id: &VmId) -> Result<VmRecord, ApiError> {
-        self.inner.db.get(id).await.map_err(|e| self.store_error(e))
+    pub(crate) async fn record(&self, id: &VmId) -> Result<VmRecord, LookupError> {
+        self.inner
+            .db
+            .get(id)
+            .await
+            .map_err(|e| LookupError::new(e, &self.inner.host))
     }
 
     /// Publishes `kind` with `vm`'s snapshot.
@@ -145,7 +150,7 @@ impl Controller {
         to: VmState,
         reason: Option<String>,
         kind: EventKind,
-    ) -> Result<VmRecord, ApiError> {
+    ) -> Result<VmRecord, RecordError> {
         self.modify_and_emit(id, kind, move |r| {
             r.info.state = to;
             r.info.reason = reason;
@@ -161,7 +166,7 @@ impl Controller {
         id: &VmId,
         kind: EventKind,
         change: F,
-    ) -> Result<VmRecord, ApiError>
+    ) -> Result<VmRecord, RecordError>
     where
         F: FnOnce(&mut VmRecord) -> Result<(), StoreError> + Send + 'static,
     {
@@ -172,25 +177,9 @@ impl Controller {
             .map_err(|e| self.store_error(e))
     }
 
-    /// Turns a store failure into a reply error with a stable code.
-    pub(crate) fn store_error(&self, e: StoreError) -> ApiError {
-        match e {
-            StoreError::NotFound(id) => {
-                ApiError::not_found(format!("no vm with id {id} on host {}", self.inner.host))
-            }
-            StoreError::NameTaken(name) => ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "a vm named {name} already exists on host {}",
-                    self.inner.host
-                ),
-            ),
-            e @ StoreError::BadTransition { .. } => {
-                ApiError::new(ErrorCode::Conflict, e.to_string())
-            }
-            StoreError::Refused(msg) => ApiError::invalid(msg),
-            e => ApiError::internal(banger_bus::runtime::chain(&e)),
-        }
+    /// A failed write of a record, naming this host where the message needs it.
+    pub(crate) fn store_error(&self, e: StoreError) -> RecordError {
+        RecordError::new(e, &self.inner.host)
     }
 }
 

@@ -23,22 +23,42 @@ use futures::future::BoxFuture;
 
 use crate::store::{Store, StoreError, VmRecord};
 
-/// A failed request to a peer: which one, what for, and its error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{service} {op}: {message}")]
+/// A failed request to a peer: which one, what for, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} {op}")]
 pub struct DepError {
     /// The peer (`stord`, `netd`, `agent`).
     pub service: &'static str,
     /// The operation.
     pub op: &'static str,
-    /// The peer's error code (`unavailable` when it could not be reached).
-    pub code: ErrorCode,
-    /// What it said.
-    pub message: String,
+    /// Why it failed.
+    #[source]
+    pub cause: PeerFailure,
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerFailure {
+    /// The peer answered with an error: its code is passed on.
+    #[error("{}", .0.message)]
+    Answered(ApiError),
+    /// Nobody answered: the peer is not running on this host.
+    #[error("{service} is not running on this host")]
+    NotRunning {
+        /// The peer.
+        service: &'static str,
+    },
+    /// The request did not get an answer (timeout, transport, encoding).
+    #[error(transparent)]
+    Request(RequestError),
+    /// The guest agent could not be reached or refused.
+    #[error(transparent)]
+    Agent(banger_agent_client::ClientError),
 }
 
 impl DepError {
-    /// A new error.
+    /// The peer answered `op` with `code` and `message` (test doubles build their refusals
+    /// with this).
     pub fn new(
         service: &'static str,
         op: &'static str,
@@ -48,18 +68,55 @@ impl DepError {
         Self {
             service,
             op,
-            code,
-            message: message.into(),
+            cause: PeerFailure::Answered(ApiError::new(code, message)),
         }
     }
 
-    fn from_request(service: &'static str, op: &'static str, e: &RequestError) -> Self {
-        let message = match e {
-            RequestError::Remote(api) => api.message.clone(),
-            RequestError::NoResponders { .. } => format!("{service} is not running on this host"),
-            other => banger_bus::runtime::chain(other),
+    /// A typed request's failure.
+    pub fn from_request(service: &'static str, op: &'static str, e: RequestError) -> Self {
+        let cause = match e {
+            RequestError::Remote(api) => PeerFailure::Answered(api),
+            RequestError::NoResponders { .. } => PeerFailure::NotRunning { service },
+            other => PeerFailure::Request(other),
         };
-        Self::new(service, op, e.code(), message)
+        Self { service, op, cause }
+    }
+
+    /// A request to the guest agent failed.
+    pub fn agent(op: &'static str, e: banger_agent_client::ClientError) -> Self {
+        Self {
+            service: "agent",
+            op,
+            cause: PeerFailure::Agent(e),
+        }
+    }
+
+    /// The code to pass on: the peer's own when it answered, else what the failure means here
+    /// (`unavailable` when it could not be reached, `timeout`, ...).
+    pub fn code(&self) -> ErrorCode {
+        self.cause.code()
+    }
+}
+
+impl PeerFailure {
+    /// See [`DepError::code`].
+    pub fn code(&self) -> ErrorCode {
+        use banger_agent_client::ClientError as E;
+        use banger_proto::agent::AgentErrorCode as A;
+        match self {
+            Self::Answered(api) => api.code,
+            Self::NotRunning { .. } => ErrorCode::Unavailable,
+            Self::Request(e) => e.code(),
+            Self::Agent(E::Agent { code, .. }) => match code {
+                A::InvalidArgument | A::CommandNotFound | A::BadWorkingDirectory | A::TooLarge => {
+                    ErrorCode::InvalidArgument
+                }
+                A::ExecDisabled => ErrorCode::PermissionDenied,
+                _ => ErrorCode::Internal,
+            },
+            Self::Agent(E::Timeout { .. }) => ErrorCode::Timeout,
+            Self::Agent(_) => ErrorCode::Unavailable,
+        }
     }
 }
 
@@ -197,7 +254,7 @@ impl BusPeer {
         self.bus
             .call::<O>(&self.host, &req, self.timeout)
             .await
-            .map_err(|e| DepError::from_request(O::SERVICE, O::ENDPOINT, &e))
+            .map_err(|e| DepError::from_request(O::SERVICE, O::ENDPOINT, e))
     }
 }
 
@@ -254,30 +311,13 @@ impl NetApi for BusPeer {
 #[derive(Debug, Clone, Default)]
 pub struct VsockAgent;
 
-fn agent_error(op: &'static str, e: &banger_agent_client::ClientError) -> DepError {
-    use banger_agent_client::ClientError as E;
-    let code = match e {
-        E::Agent { code, .. } => match code {
-            banger_proto::agent::AgentErrorCode::InvalidArgument
-            | banger_proto::agent::AgentErrorCode::CommandNotFound
-            | banger_proto::agent::AgentErrorCode::BadWorkingDirectory
-            | banger_proto::agent::AgentErrorCode::TooLarge => ErrorCode::InvalidArgument,
-            banger_proto::agent::AgentErrorCode::ExecDisabled => ErrorCode::PermissionDenied,
-            _ => ErrorCode::Internal,
-        },
-        E::Timeout { .. } => ErrorCode::Timeout,
-        _ => ErrorCode::Unavailable,
-    };
-    DepError::new("agent", op, code, banger_bus::runtime::chain(e))
-}
-
 impl AgentApi for VsockAgent {
     fn health(&self, vsock_uds: PathBuf, port: u32) -> BoxFuture<'_, Result<Health, DepError>> {
         Box::pin(async move {
             AgentClient::new(vsock_uds, port)
                 .health()
                 .await
-                .map_err(|e| agent_error("health", &e))
+                .map_err(|e| DepError::agent("health", e))
         })
     }
 
@@ -291,7 +331,7 @@ impl AgentApi for VsockAgent {
             AgentClient::new(vsock_uds, port)
                 .exec_collect(&req)
                 .await
-                .map_err(|e| agent_error("exec", &e))
+                .map_err(|e| DepError::agent("exec", e))
         })
     }
 }
@@ -324,7 +364,7 @@ impl LabApi for BusLab {
                 .bus
                 .gather::<op::vm::List>(
                     &Lab,
-                    &ListVmsRequest::default(),
+                    &ListVmsRequest::matching([name.as_str()]),
                     Some(expect),
                     self.deadline,
                 )
@@ -358,12 +398,5 @@ impl EventSink for BusEvents {
                 .await
                 .map_err(|e| banger_bus::runtime::chain(&e))
         })
-    }
-}
-
-/// Turns a peer failure into the reply error, keeping the peer's code.
-impl From<DepError> for ApiError {
-    fn from(e: DepError) -> Self {
-        ApiError::new(e.code, e.to_string())
     }
 }

@@ -49,7 +49,7 @@ impl Controller {
             match done {
                 Ok((_, Ok(_))) => stopped += 1,
                 Ok((name, Err(e))) => {
-                    tracing::error!(vm.name = %name, error = %e.message, "stopping before exit");
+                    tracing::error!(vm.name = %name, error = %banger_bus::runtime::chain(&e), "stopping before exit");
                 }
                 Err(e) => tracing::error!(error = %e, "a stop task ended abnormally"),
             }

@@ -12,15 +12,16 @@
 
 use std::time::Duration;
 
+use banger_proto::VmId;
 use banger_proto::event::EventKind;
 use banger_proto::net::DetachRequest;
 use banger_proto::vm::VmState;
-use banger_proto::{ApiError, VmId};
 use tokio::time::Instant;
 
 use crate::boot::EXIT_POLL;
 use crate::config::VmPaths;
 use crate::controller::{Controller, millis};
+use crate::error::{HaltError, KillError, RecordError, StateError};
 use crate::store::VmRecord;
 use crate::vmm::firecracker::remove_runtime_sockets;
 
@@ -52,16 +53,18 @@ impl Controller {
         &self,
         id: &VmId,
         mode: HaltMode,
-    ) -> Result<(VmRecord, Option<String>), ApiError> {
+    ) -> Result<(VmRecord, Option<String>), HaltError> {
         let rec = self.record(id).await?;
         match rec.state() {
             VmState::Running | VmState::Starting | VmState::Stopping | VmState::Failed => {}
             VmState::Stopped => return Ok((rec, Some("the vm was not running".to_owned()))),
             state => {
-                return Err(ApiError::new(
-                    banger_proto::ErrorCode::Conflict,
-                    format!("vm {} is {state} and cannot be stopped", rec.info.name),
-                ));
+                return Err(StateError::Wrong {
+                    name: rec.info.name,
+                    state,
+                    what: "be stopped",
+                }
+                .into());
             }
         }
         let paths = self.paths(id);
@@ -91,10 +94,10 @@ impl Controller {
                     HaltMode::Graceful => self.graceful(&rec, &paths, pid, &mut note).await,
                 };
                 if !exited && let Err(e) = self.kill_all(&paths, Some(pid)).await {
-                    let reason = format!("stopping: {}", e.message);
+                    let reason = format!("stopping: {}", banger_bus::runtime::chain(&e));
                     self.transition_and_emit(id, VmState::Failed, Some(reason), EventKind::Failed)
                         .await?;
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -163,7 +166,7 @@ impl Controller {
         &self,
         paths: &VmPaths,
         hint: Option<u32>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), KillError> {
         let vmm = &self.inner.vmm;
         let mut hint = hint.filter(|p| vmm.is_alive(*p));
         for _ in 0..KILL_ROUNDS {
@@ -178,31 +181,27 @@ impl Controller {
                 },
             };
             hint = None;
-            let killed = vmm.kill(target, paths).map_err(|e| {
-                ApiError::internal(format!(
-                    "killing the hypervisor: {}",
-                    banger_bus::runtime::chain(&e)
-                ))
-            })?;
+            let killed = vmm.kill(target, paths).map_err(KillError::Signal)?;
             if !killed {
                 // Gone meanwhile, or the hint named another process by now (its pid reused):
                 // left alone; the socket check below says whether anything is still ours.
                 continue;
             }
             if !self.wait_exit(target, self.inner.config.kill_wait()).await {
-                return Err(ApiError::internal(format!(
-                    "the hypervisor process {target} survived SIGKILL for {} ms",
-                    self.inner.config.kill_wait_ms
-                )));
+                return Err(KillError::Survived {
+                    pid: target,
+                    waited_ms: self.inner.config.kill_wait_ms,
+                });
             }
             tracing::info!(pid = target, socket = %paths.api_sock.display(), "hypervisor killed");
         }
         match vmm.find_process(paths, None).await {
             None => Ok(()),
-            Some(p) => Err(ApiError::internal(format!(
-                "process {p} still holds {} after {KILL_ROUNDS} kills",
-                paths.api_sock.display()
-            ))),
+            Some(pid) => Err(KillError::StillHeld {
+                pid,
+                socket: paths.api_sock.clone(),
+                rounds: KILL_ROUNDS,
+            }),
         }
     }
 
@@ -215,12 +214,12 @@ impl Controller {
             match self.inner.netd.detach(req.clone()).await {
                 Ok(_) => return,
                 // No lease: nothing is attached, so nothing to detach.
-                Err(e) if e.code == banger_proto::ErrorCode::NotFound => return,
+                Err(e) if e.code() == banger_proto::ErrorCode::NotFound => return,
                 Err(e) if attempt < DETACH_ATTEMPTS => {
-                    tracing::debug!(vm.id = %req.vm_id, attempt, error = %e, "detaching the tap; retrying");
+                    tracing::debug!(vm.id = %req.vm_id, attempt, error = %banger_bus::runtime::chain(&e), "detaching the tap; retrying");
                 }
                 Err(e) => {
-                    tracing::warn!(vm.id = %req.vm_id, attempts = attempt, error = %e, "detaching the tap after stop");
+                    tracing::warn!(vm.id = %req.vm_id, attempts = attempt, error = %banger_bus::runtime::chain(&e), "detaching the tap after stop");
                     return;
                 }
             }
@@ -234,7 +233,7 @@ impl Controller {
         &self,
         rec: &VmRecord,
         note: Option<String>,
-    ) -> Result<VmRecord, ApiError> {
+    ) -> Result<VmRecord, RecordError> {
         self.finish_as(rec, VmState::Stopped, note).await
     }
 
@@ -245,7 +244,7 @@ impl Controller {
         rec: &VmRecord,
         end: VmState,
         reason: Option<String>,
-    ) -> Result<VmRecord, ApiError> {
+    ) -> Result<VmRecord, RecordError> {
         let id = rec.id().clone();
         self.unwatch(&id);
         let paths = self.paths(&id);

@@ -7,9 +7,11 @@
 //! The pieces: [`store`] (SQLite records, the only writer of a VM's state), [`locks`] (one lock
 //! per VM), [`deps`] (stord, netd, the agent, the other controllers and the event sink behind
 //! small traits), [`vmm`] (the hypervisor behind the [`vmm::Vmm`] trait), [`boot`] and [`halt`]
-//! (the shared halves of the lifecycle), [`ops`] (one file per operation), [`reconcile`],
-//! [`watch`] and [`postmortem`] (a dead guest or hypervisor reported at once, with the reason)
-//! and [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
+//! (the shared halves of the lifecycle), [`ops`] (one file per operation), [`presence`] (the
+//! heartbeat, and the live controllers and lab members `vm.list` reports), [`reconcile`],
+//! [`watch`] and [`postmortem`] (a dead guest or hypervisor reported at once, with the reason),
+//! [`error`] (the errors, each with its code, and their one mapping to the wire) and
+//! [`endpoints`]. [`run`] wires them to the bus; tests build a [`Controller`] from doubles and
 //! call [`serve`].
 
 pub mod boot;
@@ -17,12 +19,14 @@ pub mod config;
 pub mod controller;
 pub mod deps;
 pub mod endpoints;
+pub mod error;
 pub mod exit;
 pub mod halt;
 pub mod ids;
 pub mod locks;
 pub mod ops;
 pub mod postmortem;
+pub mod presence;
 pub mod probe;
 pub mod reconcile;
 pub mod store;
@@ -166,7 +170,15 @@ pub async fn serve(
     )
     .with_meta(service::META_VMM, ctl.config().vmm.as_str());
     let mut host = ServiceHost::start(bus, spec).await?;
-    endpoints::register(&mut host, &ctl).await?;
+    let presence = presence::Presence::default();
+    endpoints::register(&mut host, &ctl, &presence).await?;
+    host.spawn(presence::run(
+        bus.clone(),
+        ctl.host().clone(),
+        ctl.config().vmm.as_str(),
+        presence,
+        shutdown.clone(),
+    ));
     let loop_ctl = ctl.clone();
     let loop_bus = bus.clone();
     let stop = shutdown.clone();

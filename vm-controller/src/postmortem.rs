@@ -196,12 +196,21 @@ pub fn last_error_line(vmm_log: &Path, from: u64) -> Option<String> {
     lines
         .iter()
         .rev()
-        .find(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("error") || l.contains("panic")
-        })
+        .find(|l| reports_error(l))
         .or(lines.last())
         .map(|l| (*l).to_owned())
+}
+
+/// Whether a log line reports an error: it has the word `error`, `panic` or `panicked` (any
+/// case), as Firecracker's `... stopped with an error: ...`, a `:ERROR:` level tag or a Rust
+/// panic write it. Whole words only: a path such as `/srv/build-errors/` or a type name such
+/// as `GenericError` is not a report.
+fn reports_error(line: &str) -> bool {
+    line.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| {
+        ["error", "panic", "panicked"]
+            .iter()
+            .any(|e| w.eq_ignore_ascii_case(e))
+    })
 }
 
 /// How a VM whose hypervisor exited ended: `stopped` when it exited cleanly (the guest shut
@@ -231,7 +240,7 @@ pub fn hypervisor_exit(status: Option<&str>, last_error: Option<&str>) -> Hyperv
         },
         // Not our child (the controller restarted since): the log is all there is.
         None => match last_error {
-            Some(l) if l.to_ascii_lowercase().contains("error") => HypervisorExit {
+            Some(l) if reports_error(l) => HypervisorExit {
                 failed: true,
                 reason: format!("the hypervisor process exited{log}"),
             },
@@ -380,5 +389,20 @@ mod tests {
             }
         );
         assert!(hypervisor_exit(None, Some(&line)).failed);
+    }
+
+    #[test]
+    fn a_path_or_type_name_with_error_in_it_is_not_an_error_line() {
+        let (_d, log) = console(
+            "[anonymous-instance:main:ERROR:src/vmm/lib.rs:1] Failed to open /dev/kvm\n\
+             fcsim: running the host's agent /work/wt-typed-errors/target/debug/banger-agent\n\
+             stopped: GenericError\n",
+        );
+        let line = last_error_line(&log, 0).unwrap();
+        assert!(line.contains("Failed to open /dev/kvm"), "{line}");
+        assert!(!reports_error("/srv/build-errors/firecracker"));
+        assert!(!reports_error("exit reason: GenericError"));
+        assert!(reports_error("thread 'main' panicked at src/main.rs"));
+        assert!(reports_error("MicroVM stopped with an Error: x"));
     }
 }

@@ -24,6 +24,7 @@ use banger_proto::event::EventKind;
 use banger_proto::vm::VmState;
 
 use crate::controller::Controller;
+use crate::error::HaltError;
 use crate::halt::HaltMode;
 use crate::store::VmRecord;
 
@@ -69,11 +70,7 @@ impl Controller {
     }
 
     /// Kills the process of a start nobody finishes, detaches its tap and marks it failed.
-    async fn fail_interrupted_start(
-        &self,
-        rec: &VmRecord,
-        pid: u32,
-    ) -> Result<(), banger_proto::ApiError> {
+    async fn fail_interrupted_start(&self, rec: &VmRecord, pid: u32) -> Result<(), HaltError> {
         let id = rec.id().clone();
         let paths = self.paths(&id);
         self.kill_all(&paths, Some(pid)).await?;
@@ -87,7 +84,7 @@ impl Controller {
             release: false,
         };
         if let Err(e) = self.inner.netd.detach(req).await {
-            tracing::warn!(vm.id = %id, error = %e, "reconcile: detaching the tap");
+            tracing::warn!(vm.id = %id, error = %banger_bus::runtime::chain(&e), "reconcile: detaching the tap");
         }
         self.modify_and_emit(&id, EventKind::Failed, |r| {
             r.info.state = VmState::Failed;
@@ -103,13 +100,14 @@ impl Controller {
     async fn reconcile_one(&self, rec: VmRecord, report: &mut ReconcileReport) {
         let id = rec.id().clone();
         let state = rec.state();
-        let result = match state {
+        let result: Result<(), HaltError> = match state {
             VmState::Creating | VmState::Deleting => {
                 report.failed += 1;
                 let reason = format!("the controller stopped while the vm was {state}");
                 self.transition_and_emit(&id, VmState::Failed, Some(reason), EventKind::Failed)
                     .await
                     .map(|_| ())
+                    .map_err(HaltError::from)
             }
             VmState::Stopped => Ok(()),
             VmState::Running | VmState::Starting | VmState::Stopping | VmState::Failed => {
@@ -131,7 +129,7 @@ impl Controller {
                                 })
                                 .await
                                 .map(|_| ())
-                                .map_err(|e| self.store_error(e))
+                                .map_err(|e| self.store_error(e).into())
                         }
                     }
                     (VmState::Failed, None) => Ok(()),
@@ -143,12 +141,18 @@ impl Controller {
                         // Failed or stopped, with the exit status and the log's last error
                         // (see `watch`), when the watch has not ended it already.
                         report.stopped += 1;
-                        self.end_exited_hypervisor(&rec).await.map(|_| ())
+                        self.end_exited_hypervisor(&rec)
+                            .await
+                            .map(|_| ())
+                            .map_err(HaltError::from)
                     }
                     (_, None) => {
                         report.stopped += 1;
                         tracing::info!(vm.id = %id, vm.name = %rec.info.name, %state, "the hypervisor process is gone; marking the vm stopped");
-                        self.finish_stop(&rec, None).await.map(|_| ())
+                        self.finish_stop(&rec, None)
+                            .await
+                            .map(|_| ())
+                            .map_err(HaltError::from)
                     }
                     (_, Some(_)) => {
                         // Stopping (or a failed VM whose process lives on): finish the stop.
@@ -159,7 +163,7 @@ impl Controller {
             }
         };
         if let Err(e) = result {
-            tracing::warn!(vm.id = %id, error = %e.message, "reconcile");
+            tracing::warn!(vm.id = %id, error = %banger_bus::runtime::chain(&e), "reconcile");
         }
     }
 }

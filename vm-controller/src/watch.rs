@@ -22,11 +22,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use banger_bus::shutdown::CancellationToken;
+use banger_proto::VmId;
 use banger_proto::event::EventKind;
 use banger_proto::vm::VmState;
-use banger_proto::{ApiError, ErrorCode, VmId};
 
 use crate::controller::Controller;
+use crate::error::{HaltError, RecordError, StateError};
 use crate::postmortem::{self, ConsoleScan, GuestDeath};
 use crate::store::VmRecord;
 
@@ -202,16 +203,20 @@ impl Controller {
         }
         let result = match finding {
             Finding::GuestDied(death) => self.end_dead_guest(&rec, &death).await,
-            Finding::HypervisorExited => self.end_exited_hypervisor(&rec).await.map(drop),
+            Finding::HypervisorExited => self
+                .end_exited_hypervisor(&rec)
+                .await
+                .map(drop)
+                .map_err(HaltError::from),
         };
         if let Err(e) = result {
-            tracing::warn!(vm.id = %id, error = %e.message, "ending a vm whose guest or hypervisor died");
+            tracing::warn!(vm.id = %id, error = %banger_bus::runtime::chain(&e), "ending a vm whose guest or hypervisor died");
         }
     }
 
     /// A running VM whose guest died: its hypervisor is killed, its tap detached, and it becomes
     /// `failed` with the reason (the caller holds its lock).
-    async fn end_dead_guest(&self, rec: &VmRecord, death: &GuestDeath) -> Result<(), ApiError> {
+    async fn end_dead_guest(&self, rec: &VmRecord, death: &GuestDeath) -> Result<(), HaltError> {
         let reason = death.reason();
         tracing::warn!(
             vm.id = %rec.id(), vm.name = %rec.info.name, cause = %death.cause,
@@ -219,16 +224,18 @@ impl Controller {
         );
         let paths = self.paths(rec.id());
         self.kill_all(&paths, rec.pid).await?;
-        self.finish_as(rec, VmState::Failed, Some(reason))
-            .await
-            .map(drop)
+        self.finish_as(rec, VmState::Failed, Some(reason)).await?;
+        Ok(())
     }
 
     /// A running VM whose hypervisor process is gone (the caller holds its lock): `failed` with
     /// the exit status and the log's last error, or `stopped` after a clean exit; a kernel panic
     /// on the console comes first (a guest booted with `panic=1 reboot=k` reboots after the
     /// panic, and the hypervisor then exits cleanly).
-    pub(crate) async fn end_exited_hypervisor(&self, rec: &VmRecord) -> Result<VmRecord, ApiError> {
+    pub(crate) async fn end_exited_hypervisor(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<VmRecord, RecordError> {
         let id = rec.id().clone();
         let paths = self.paths(&id);
         let status = self.inner.vmm.exit_status(&paths, REAP_WAIT).await;
@@ -265,16 +272,18 @@ impl Controller {
 
     /// For `vm health` when the agent does not answer: whether the guest died, ending the VM
     /// when it did. The error to reply with in that case.
-    pub(crate) async fn dead_guest_error(&self, id: &VmId) -> Option<ApiError> {
+    pub(crate) async fn dead_guest_error(&self, id: &VmId) -> Option<StateError> {
         let (boot, finding) = self.look(id).await?;
         self.settle(id, boot, finding).await;
         let rec = self.inner.db.find(id).await.ok().flatten()?;
-        let reason = rec.info.reason.clone().unwrap_or_default();
-        let message = match rec.state() {
-            VmState::Running => return None,
-            state => format!("vm {} is {state}: {reason}", rec.info.name),
-        };
-        Some(ApiError::new(ErrorCode::Conflict, message))
+        match rec.state() {
+            VmState::Running => None,
+            state => Some(StateError::Ended {
+                name: rec.info.name,
+                state,
+                reason: rec.info.reason.unwrap_or_default(),
+            }),
+        }
     }
 }
 

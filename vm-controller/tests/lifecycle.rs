@@ -15,7 +15,7 @@ use std::time::Duration;
 use banger_proto::ErrorCode;
 use banger_proto::agent::{ExecRequest, ExecResult, Health};
 use banger_proto::event::EventKind;
-use banger_proto::subject::VmOp;
+use banger_proto::op::{Operation, vm};
 use banger_proto::vm::{
     LogsReply, LogsRequest, SetVmRequest, VmExecRequest, VmInfo, VmOpReply, VmRefRequest, VmState,
     VmStats,
@@ -65,7 +65,7 @@ async fn create_boots_a_vm_and_publishes_every_transition_with_its_snapshot() {
     assert_eq!(started.vm, vm, "the event carries the full snapshot");
 
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(got, vm);
@@ -112,7 +112,7 @@ async fn zero_or_negative_cpus_or_memory_are_rejected_with_nothing_persisted() {
     assert_eq!(h.fakes.stord.volume_count(), 0);
 
     let vm = h.create("a").await;
-    let set_subject = h.bus.subjects().host_vm(&h.host(), VmOp::Set);
+    let set_subject = vm::Set::subject(h.bus.subjects(), &h.host());
     for body in [
         serde_json::json!({"id": vm.id, "cpus": 0}),
         serde_json::json!({"id": vm.id, "memory_mib": -1}),
@@ -125,7 +125,7 @@ async fn zero_or_negative_cpus_or_memory_are_rejected_with_nothing_persisted() {
         assert_eq!(err.code(), ErrorCode::InvalidArgument, "{body}");
     }
     let after: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!((after.cpus, after.memory_mib), (vm.cpus, vm.memory_mib));
@@ -191,7 +191,7 @@ async fn a_failed_boot_unwinds_everything_and_leaves_a_failed_record() {
         err.message
     );
     assert_eq!(h.fakes.netd.lease_count(), 0);
-    h.op(VmOp::Delete, &vm.id).await.unwrap();
+    h.op::<vm::Delete>(&vm.id).await.unwrap();
     assert_eq!(h.list().await.len(), 1);
 }
 
@@ -200,7 +200,7 @@ async fn stop_then_start_keeps_volumes_and_lease_and_delete_removes_everything()
     let h = Harness::start().await;
     let vm = h.create("web").await;
     let ip = vm.network.clone().unwrap().ip;
-    let stopped = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let stopped = h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(stopped.vm.state, VmState::Stopped);
     assert_eq!(
         stopped.note, None,
@@ -211,29 +211,26 @@ async fn stop_then_start_keeps_volumes_and_lease_and_delete_removes_everything()
     assert!(h.fakes.netd.has_lease(&vm.id), "lease kept");
     assert_eq!(h.fakes.stord.volume_count(), 1, "volumes kept");
 
-    let started = h.op(VmOp::Start, &vm.id).await.unwrap();
+    let started = h.op::<vm::Start>(&vm.id).await.unwrap();
     assert_eq!(started.vm.state, VmState::Running);
     assert_eq!(started.vm.network.unwrap().ip, ip, "same address");
 
-    let restarted = h.op(VmOp::Restart, &vm.id).await.unwrap();
+    let restarted = h.op::<vm::Restart>(&vm.id).await.unwrap();
     assert_eq!(restarted.vm.state, VmState::Running);
     assert_eq!(h.fakes.vmm.live("web").len(), 1);
 
     let logs: LogsReply = h
-        .call(
-            VmOp::Logs,
-            &LogsRequest {
-                id: vm.id.clone(),
-                source: Default::default(),
-                offset: Some(0),
-                max_bytes: None,
-            },
-        )
+        .call::<vm::Logs>(&LogsRequest {
+            id: vm.id.clone(),
+            source: Default::default(),
+            offset: Some(0),
+            max_bytes: None,
+        })
         .await
         .unwrap();
     assert!(logs.data.contains("boot web"), "{logs:?}");
 
-    let deleted = h.op(VmOp::Delete, &vm.id).await.unwrap();
+    let deleted = h.op::<vm::Delete>(&vm.id).await.unwrap();
     assert_eq!(deleted.vm.id, vm.id);
     assert!(h.list().await.is_empty(), "record gone");
     assert_eq!(h.fakes.vmm.live_count(), 0, "process gone");
@@ -242,7 +239,7 @@ async fn stop_then_start_keeps_volumes_and_lease_and_delete_removes_everything()
     assert!(!h.ctl.paths(&vm.id).log_dir.exists(), "logs removed");
     assert!(!h.ctl.paths(&vm.id).run_dir.exists(), "runtime dir removed");
     h.wait_event("web", EventKind::Deleted).await;
-    let err = h.op(VmOp::Get, &vm.id).await.unwrap_err();
+    let err = h.op::<vm::Get>(&vm.id).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
 }
 
@@ -255,7 +252,7 @@ async fn stop_falls_back_to_kill_when_guest_ignores_ctrl_alt_del() {
     let h = Harness::start_with(config, Fakes::default()).await;
     h.fakes.vmm.fault("stubborn", Fault::IgnoreCtrlAltDel);
     let vm = h.create("stubborn").await;
-    let reply = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
     let note = reply.note.unwrap_or_default();
     assert!(
@@ -280,7 +277,7 @@ async fn stop_falls_back_to_kill_when_guest_ignores_ctrl_alt_del() {
 async fn kill_is_forced_at_once_without_ctrl_alt_del() {
     let h = Harness::start().await;
     let vm = h.create("web").await;
-    let reply = h.op(VmOp::Kill, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Kill>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
     assert!(reply.note.unwrap_or_default().contains("SIGKILL"));
     assert!(h.fakes.vmm.state.lock().unwrap().ctrl_alt_dels.is_empty());
@@ -292,15 +289,12 @@ async fn set_is_validated_and_applied_on_the_next_start() {
     let h = Harness::start().await;
     let vm = h.create("web").await;
     let reply: VmOpReply = h
-        .call(
-            VmOp::Set,
-            &SetVmRequest {
-                id: vm.id.clone(),
-                cpus: Some(banger_proto::CpuCount::new(2).unwrap()),
-                memory_mib: Some(banger_proto::MemMib::new(1024).unwrap()),
-                disk_mib: Some(banger_proto::MemMib::new(2048).unwrap()),
-            },
-        )
+        .call::<vm::Set>(&SetVmRequest {
+            id: vm.id.clone(),
+            cpus: Some(banger_proto::CpuCount::new(2).unwrap()),
+            memory_mib: Some(banger_proto::MemMib::new(1024).unwrap()),
+            disk_mib: Some(banger_proto::MemMib::new(2048).unwrap()),
+        })
         .await
         .unwrap();
     assert!(reply.note.unwrap_or_default().contains("next start"));
@@ -309,22 +303,19 @@ async fn set_is_validated_and_applied_on_the_next_start() {
         1,
         "not yet applied"
     );
-    h.op(VmOp::Restart, &vm.id).await.unwrap();
+    h.op::<vm::Restart>(&vm.id).await.unwrap();
     let spec = h.fakes.vmm.last_launch("web").unwrap();
     assert_eq!((spec.cpus, spec.memory_mib), (2, 1024));
     let disk = h.fakes.stord.state.lock().unwrap().volumes[&vm.id].disk_mib;
     assert_eq!(disk.get(), 2048, "work disk grown on start");
 
     let err = h
-        .call::<_, VmOpReply>(
-            VmOp::Set,
-            &SetVmRequest {
-                id: vm.id.clone(),
-                cpus: None,
-                memory_mib: None,
-                disk_mib: Some(banger_proto::MemMib::new(100).unwrap()),
-            },
-        )
+        .call::<vm::Set>(&SetVmRequest {
+            id: vm.id.clone(),
+            cpus: None,
+            memory_mib: None,
+            disk_mib: Some(banger_proto::MemMib::new(100).unwrap()),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
@@ -336,34 +327,31 @@ async fn health_exec_stats_and_touch_answer_for_a_running_vm() {
     let h = Harness::start().await;
     let vm = h.create("web").await;
     let health: Health = h
-        .call(VmOp::Health, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Health>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(health.status, "ok");
     h.wait_event("web", EventKind::Health).await;
     let out: ExecResult = h
-        .call(
-            VmOp::Exec,
-            &VmExecRequest {
-                id: vm.id.clone(),
-                exec: ExecRequest::new(["echo", "hi"]),
-            },
-        )
+        .call::<vm::Exec>(&VmExecRequest {
+            id: vm.id.clone(),
+            exec: ExecRequest::new(["echo", "hi"]),
+        })
         .await
         .unwrap();
     assert_eq!(out.stdout, "echo hi");
     let stats: VmStats = h
-        .call(VmOp::Stats, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Stats>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(stats.vmm_rss_bytes, Some(1 << 20));
     assert!(stats.guest.is_some());
-    let touched = h.op(VmOp::Touch, &vm.id).await.unwrap();
+    let touched = h.op::<vm::Touch>(&vm.id).await.unwrap();
     assert!(touched.vm.touched_at_ms.is_some());
 
-    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    h.op::<vm::Stop>(&vm.id).await.unwrap();
     let err = h
-        .call::<_, Health>(VmOp::Health, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Health>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
@@ -385,7 +373,7 @@ async fn reconcile_marks_a_vm_whose_process_vanished_stopped() {
     h.fakes.vmm.crash("web");
     h.wait_event("web", EventKind::Stopped).await;
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(got.state, VmState::Stopped);
@@ -414,7 +402,7 @@ async fn a_kernel_panic_on_the_console_fails_the_vm_at_once_with_the_exit_status
     .unwrap();
     h.wait_event("web", EventKind::Failed).await;
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(got.state, VmState::Failed);
@@ -432,16 +420,16 @@ async fn a_kernel_panic_on_the_console_fails_the_vm_at_once_with_the_exit_status
     assert!(!h.fakes.netd.has_tap(&vm.id), "tap detached");
     // Health and exec of the failed VM say why.
     let err = h
-        .call::<_, Health>(VmOp::Health, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Health>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
     assert!(err.message.contains("exit status 127"), "{}", err.message);
     // A later boot is watched from its own start: the old panic does not fail it again.
-    h.op(VmOp::Start, &vm.id).await.unwrap();
+    h.op::<vm::Start>(&vm.id).await.unwrap();
     h.ctl.watch_round().await;
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(got.state, VmState::Running, "{:?}", got.reason);
@@ -454,14 +442,14 @@ async fn a_restarted_controller_re_adopts_running_vms_without_stopping_them() {
     let pid = h.fakes.vmm.live("web");
     h.restart_controller().await;
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(got.state, VmState::Running);
     assert_eq!(h.fakes.vmm.live("web"), pid, "same process, not restarted");
     assert!(!h.events.kinds("web").contains(&EventKind::Stopped));
     // And the re-adopted VM is still fully controllable.
-    let stopped = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let stopped = h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(stopped.vm.state, VmState::Stopped);
 }
 
@@ -488,21 +476,18 @@ async fn a_controller_restart_fails_interrupted_creates_and_stops_dead_vms() {
     h.fakes.vmm.crash("web");
     h.restart_controller().await;
     let web: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(web.state, VmState::Stopped);
     let half: VmInfo = h
-        .call(
-            VmOp::Get,
-            &VmRefRequest {
-                id: orphan.info.id.clone(),
-            },
-        )
+        .call::<vm::Get>(&VmRefRequest {
+            id: orphan.info.id.clone(),
+        })
         .await
         .unwrap();
     assert_eq!(half.state, VmState::Failed);
-    h.op(VmOp::Delete, &half.id).await.unwrap();
+    h.op::<vm::Delete>(&half.id).await.unwrap();
 }
 
 #[tokio::test]
@@ -518,7 +503,7 @@ async fn stopping_twenty_vms_at_once_overlaps() {
     for i in 0..20 {
         ids.push(h.create(&format!("vm{i}")).await.id);
     }
-    let stops = ids.iter().map(|id| h.op(VmOp::Stop, id));
+    let stops = ids.iter().map(|id| h.op::<vm::Stop>(id));
     for r in futures::future::join_all(stops).await {
         assert_eq!(r.unwrap().vm.state, VmState::Stopped);
     }
@@ -557,11 +542,11 @@ async fn operations_on_one_vm_are_serialised_by_its_lock() {
     // the first left, so the VM ends in a consistent state with exactly one or zero processes.
     let h = Harness::start().await;
     let vm = h.create("web").await;
-    let (a, b) = tokio::join!(h.op(VmOp::Stop, &vm.id), h.op(VmOp::Start, &vm.id));
+    let (a, b) = tokio::join!(h.op::<vm::Stop>(&vm.id), h.op::<vm::Start>(&vm.id));
     a.unwrap();
     b.unwrap();
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     let live = h.fakes.vmm.live("web").len();
@@ -577,7 +562,7 @@ async fn a_delete_whose_volumes_stay_busy_leaves_a_failed_vm_that_a_second_delet
     let h = Harness::start().await;
     let vm = h.create("web").await;
     h.fakes.stord.state.lock().unwrap().busy_deletes = 1;
-    let err = h.op(VmOp::Delete, &vm.id).await.unwrap_err();
+    let err = h.op::<vm::Delete>(&vm.id).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable);
     assert!(
         err.message.contains("removing the volumes"),
@@ -585,7 +570,7 @@ async fn a_delete_whose_volumes_stay_busy_leaves_a_failed_vm_that_a_second_delet
         err.message
     );
     let got: VmInfo = h
-        .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+        .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
         .await
         .unwrap();
     assert_eq!(got.state, VmState::Failed);
@@ -595,7 +580,7 @@ async fn a_delete_whose_volumes_stay_busy_leaves_a_failed_vm_that_a_second_delet
         "stopped before the removal"
     );
 
-    h.op(VmOp::Delete, &vm.id).await.unwrap();
+    h.op::<vm::Delete>(&vm.id).await.unwrap();
     assert!(h.list().await.is_empty());
     assert_eq!(h.fakes.stord.volume_count(), 0);
     assert_eq!(h.fakes.netd.lease_count(), 0);
@@ -605,7 +590,7 @@ async fn a_delete_whose_volumes_stay_busy_leaves_a_failed_vm_that_a_second_delet
 async fn a_deleted_vms_name_can_be_reused_at_once() {
     let h = Harness::start().await;
     let first = h.create("web").await;
-    h.op(VmOp::Delete, &first.id).await.unwrap();
+    h.op::<vm::Delete>(&first.id).await.unwrap();
     let second = h.create("web").await;
     assert_ne!(first.id, second.id);
     assert_eq!(second.state, VmState::Running);
@@ -617,7 +602,7 @@ async fn a_create_naming_a_host_is_answered_by_that_host_only() {
     let h = Harness::start().await;
     let mut req = create_request("web");
     req.host = Some(h.host());
-    let reply: VmOpReply = h.call(VmOp::Create, &req).await.unwrap();
+    let reply: VmOpReply = h.call::<vm::Create>(&req).await.unwrap();
     assert_eq!(reply.vm.host, h.host());
 
     let mut req = create_request("db");
@@ -637,7 +622,7 @@ async fn a_transient_netd_failure_on_stop_is_retried_and_the_tap_still_goes() {
     let h = Harness::start().await;
     let vm = h.create("web").await;
     h.fakes.netd.state.lock().unwrap().failing_detaches = 2;
-    let reply = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
     assert!(
         !h.fakes.netd.has_tap(&vm.id),
@@ -667,7 +652,7 @@ async fn with_stop_vms_on_exit_a_controller_shutdown_stops_every_running_vm_firs
             vm.name
         );
         let got: VmInfo = h
-            .call(VmOp::Get, &VmRefRequest { id: vm.id.clone() })
+            .call::<vm::Get>(&VmRefRequest { id: vm.id.clone() })
             .await
             .unwrap();
         assert_eq!(got.state, VmState::Stopped);
@@ -698,13 +683,13 @@ async fn each_operation_makes_one_write_transaction_per_state_change() {
 
     let vm = h.create("web").await;
     assert_eq!(writes(), 4, "create (and start)");
-    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(writes(), 2, "stop");
-    h.op(VmOp::Start, &vm.id).await.unwrap();
+    h.op::<vm::Start>(&vm.id).await.unwrap();
     assert_eq!(writes(), 3, "start");
-    h.op(VmOp::Stop, &vm.id).await.unwrap();
+    h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(writes(), 2, "stop");
-    h.op(VmOp::Delete, &vm.id).await.unwrap();
+    h.op::<vm::Delete>(&vm.id).await.unwrap();
     assert_eq!(writes(), 2, "delete of a stopped vm");
 
     let mut req = create_request("cold");
@@ -712,9 +697,9 @@ async fn each_operation_makes_one_write_transaction_per_state_change() {
     let cold = h.create_req(&req).await.unwrap().vm;
     assert_eq!(cold.state, VmState::Stopped);
     assert_eq!(writes(), 2, "create --no-start");
-    h.op(VmOp::Start, &cold.id).await.unwrap();
+    h.op::<vm::Start>(&cold.id).await.unwrap();
     assert_eq!(writes(), 3, "start");
-    h.op(VmOp::Delete, &cold.id).await.unwrap();
+    h.op::<vm::Delete>(&cold.id).await.unwrap();
     assert_eq!(writes(), 4, "delete of a running vm (stop, then delete)");
 
     h.wait_event("cold", EventKind::Deleted).await;
@@ -745,8 +730,8 @@ async fn every_boot_publishes_the_agents_first_healthy_answer() {
     let h = Harness::start().await;
     let vm = h.create("web").await;
     h.wait_event("web", EventKind::Health).await;
-    h.op(VmOp::Stop, &vm.id).await.unwrap();
-    h.op(VmOp::Start, &vm.id).await.unwrap();
+    h.op::<vm::Stop>(&vm.id).await.unwrap();
+    h.op::<vm::Start>(&vm.id).await.unwrap();
     let events = h.events.clone();
     banger_testkit::wait_until("a second health event", Duration::from_secs(15), || {
         let n = events

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use banger_proto::subject::VmOp;
+use banger_proto::op::vm;
 use banger_proto::vm::VmState;
 use banger_vm_controller::config::{ControllerConfig, VmmKind};
 use banger_vm_controller::vmm::firecracker::ProcessVmm;
@@ -96,7 +96,7 @@ async fn a_stale_stored_pid_is_not_trusted_and_the_process_behind_the_api_socket
         .await
         .unwrap();
 
-    let reply = h.op(VmOp::Kill, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Kill>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
     assert!(
         !process::is_alive(real),
@@ -116,7 +116,7 @@ async fn a_real_process_ignoring_ctrl_alt_del_is_killed_after_the_grace_window()
     };
     let vm = h.create("stubborn").await;
     let pid = h.ctl.db().get(&vm.id).await.unwrap().pid.unwrap();
-    let reply = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
     let note = reply.note.unwrap_or_default();
     assert!(note.contains("did not shut down within 300 ms"), "{note}");
@@ -130,7 +130,7 @@ async fn a_real_process_that_honours_ctrl_alt_del_stops_without_force() {
     };
     let vm = h.create("polite").await;
     let pid = h.ctl.db().get(&vm.id).await.unwrap().pid.unwrap();
-    let reply = h.op(VmOp::Stop, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Stop>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
     assert_eq!(reply.note, None);
     assert!(!process::is_alive(pid));
@@ -181,6 +181,6 @@ async fn the_launch_wrapper_gives_a_0777_socket_inside_a_0700_directory() {
     );
     assert!(process::is_hypervisor_of(pid, &paths.api_sock));
     assert_eq!(process::find_by_socket(&paths.api_sock, None), Some(pid));
-    let reply = h.op(VmOp::Kill, &vm.id).await.unwrap();
+    let reply = h.op::<vm::Kill>(&vm.id).await.unwrap();
     assert_eq!(reply.vm.state, VmState::Stopped);
 }

@@ -21,10 +21,10 @@ mod sim;
 use std::process::Command;
 use std::time::Duration;
 
-use banger_proto::net::{NetListReply, NetListRequest};
-use banger_proto::store::{VolumeListReply, VolumeListRequest};
-use banger_proto::subject::{NetOp, StoreOp, VmOp};
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmOpReply, VmRefRequest, VmState};
+use banger_proto::net::NetListRequest;
+use banger_proto::op::{Lab, net, store, vm};
+use banger_proto::store::VolumeListRequest;
+use banger_proto::vm::{ListVmsRequest, VmRefRequest, VmState};
 use futures::StreamExt;
 use sim::*;
 
@@ -49,15 +49,7 @@ fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
             .await
             .unwrap();
         bus.client().flush().await.unwrap();
-        let reply: VmOpReply = call(
-            &bus,
-            bus.subjects().vm_create(),
-            &create_req("web"),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-        let vm = reply.vm;
+        let vm = create(&bus, "web", Duration::from_secs(120)).await;
         assert_eq!(vm.state, VmState::Running);
         let net = vm.network.clone().expect("a running vm has a network");
         assert!(link_exists(&net.tap), "tap {} exists", net.tap);
@@ -85,7 +77,7 @@ fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
         }
         assert_eq!(kinds, ["created", "starting", "started"]);
 
-        let stats: banger_proto::vm::VmStats = vm_op(&bus, VmOp::Stats, &vm).await.unwrap();
+        let stats = vm_op::<vm::Stats>(&bus, &vm).await.unwrap();
         assert!(stats.vmm_rss_bytes.is_some_and(|b| b > 0), "{stats:?}");
 
         // The agent answers through hybrid vsock, and the guest address answers ping across
@@ -110,39 +102,34 @@ fn a_vm_boots_on_the_simulator_keeps_its_work_disk_and_leaves_nothing_behind() {
         .await;
         assert_eq!(w.exit_code, Some(0), "{w:?}");
 
-        let stopped: VmOpReply = vm_op(&bus, VmOp::Stop, &vm).await.unwrap();
+        let stopped = vm_op::<vm::Stop>(&bus, &vm).await.unwrap();
         assert_eq!(stopped.vm.state, VmState::Stopped);
         assert!(!link_exists(&net.tap), "the tap is gone after stop");
 
-        let started: VmOpReply = vm_op(&bus, VmOp::Start, &vm).await.unwrap();
+        let started = vm_op::<vm::Start>(&bus, &vm).await.unwrap();
         assert_eq!(started.vm.state, VmState::Running);
         wait_healthy(&bus, &vm).await;
         let r = exec(&bus, &vm, &["cat", "/root/marker"]).await;
         assert_eq!(r.stdout.trim(), "kept-across-restarts", "{r:?}");
 
-        let deleted: VmOpReply = vm_op(&bus, VmOp::Delete, &vm).await.unwrap();
+        let deleted = vm_op::<vm::Delete>(&bus, &vm).await.unwrap();
         assert_eq!(deleted.vm.id, vm.id);
-        let list: ListVmsReply = call(
+        let list = call::<vm::List>(
             &bus,
-            bus.subjects().vm_list(),
-            &ListVmsRequest {},
+            &Lab,
+            &ListVmsRequest::default(),
             Duration::from_secs(10),
         )
         .await
         .unwrap();
         assert!(list.vms.is_empty(), "no record");
-        let leases: NetListReply = call(
-            &bus,
-            bus.subjects().host_net(&host(), NetOp::List),
-            &NetListRequest {},
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let leases = call::<net::List>(&bus, &host(), &NetListRequest {}, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(leases.leases.is_empty(), "no lease: {leases:?}");
-        let vols: VolumeListReply = call(
+        let vols = call::<store::VolumeList>(
             &bus,
-            bus.subjects().host_store(&host(), StoreOp::VolumeList),
+            &host(),
             &VolumeListRequest::default(),
             Duration::from_secs(10),
         )
@@ -191,20 +178,11 @@ fn a_simulated_guest_ignoring_ctrl_alt_del_is_stopped_by_force_and_the_reply_say
     let dir = stack.dir.path().to_owned();
     stack.run(move |bus| async move {
         register_image(&bus, &dir).await;
-        let reply: VmOpReply = call(
-            &bus,
-            bus.subjects().vm_create(),
-            &create_req("stubborn"),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-        let vm = reply.vm;
+        let vm = create(&bus, "stubborn", Duration::from_secs(120)).await;
         let tap = vm.network.clone().unwrap().tap;
         // The reply must come within the grace window plus a bound, or the request times out.
-        let subject = bus.subjects().host_vm(&host(), VmOp::Stop);
         let bound = Duration::from_millis(grace_ms) + Duration::from_secs(20);
-        let stopped: VmOpReply = call(&bus, subject, &VmRefRequest { id: vm.id.clone() }, bound)
+        let stopped = call::<vm::Stop>(&bus, &host(), &VmRefRequest { id: vm.id.clone() }, bound)
             .await
             .unwrap();
         assert_eq!(stopped.vm.state, VmState::Stopped);

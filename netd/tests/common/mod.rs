@@ -17,13 +17,11 @@ use std::time::Duration;
 use banger_bus::{Bus, RequestError};
 use banger_proto::event::{EventKind, VmEvent};
 use banger_proto::net::{AttachRequest, DetachReply, DetachRequest, Lease, PortForward};
-use banger_proto::subject::NetOp;
+use banger_proto::op::{Operation, net};
 use banger_proto::vm::{VmInfo, VmState};
 use banger_proto::{ApiError, CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName};
 use banger_testkit::netns::{NetNs, run_ok};
 use banger_testkit::{NatsServer, Process, wait_until_blocking};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// The resolver the fixture's netd hands to guests (`[netd] guest_dns`).
 pub(crate) const GUEST_DNS: &str = "10.0.0.53";
@@ -122,8 +120,8 @@ impl Fixture {
             banger_testkit::wait_until("netd to answer status", Duration::from_secs(30), || {
                 let bus = bus.clone();
                 async move {
-                    bus.request::<_, banger_proto::net::NetStatus>(
-                        bus.subjects().host_net(&host(), NetOp::Status),
+                    bus.call::<net::Status>(
+                        &host(),
                         &banger_proto::net::NetStatusRequest {},
                         Duration::from_secs(5),
                     )
@@ -143,26 +141,37 @@ impl Fixture {
         }
     }
 
-    /// Sends a netd request from inside the namespace.
-    pub(crate) fn request<Req, Resp>(&self, op: NetOp, req: Req) -> Result<Resp, ApiError>
-    where
-        Req: Serialize + Send + 'static,
-        Resp: DeserializeOwned + Send + 'static,
-    {
+    /// Calls netd's operation `O` from inside the namespace: its reply, or the error netd
+    /// answered (a transport failure fails the test).
+    pub(crate) fn request<O: Operation<At = HostId>>(
+        &self,
+        req: O::Request,
+    ) -> Result<O::Reply, ApiError> {
         let url = self.nats.url();
         self.ns.block_on(move || async move {
             let bus = connect(&url).await;
-            match bus
-                .request(
-                    bus.subjects().host_net(&host(), op),
-                    &req,
-                    Duration::from_secs(30),
-                )
-                .await
-            {
+            match bus.call::<O>(&host(), &req, Duration::from_secs(30)).await {
                 Ok(r) => Ok(r),
                 Err(RequestError::Remote(e)) => Err(e),
-                Err(e) => panic!("request {op} failed on the transport: {e}"),
+                Err(e) => panic!("{} failed on the transport: {e}", O::ENDPOINT),
+            }
+        })
+    }
+
+    /// Sends raw JSON to operation `O`'s subject, as a client that does not use the typed
+    /// request would: for bodies the typed request cannot even hold.
+    pub(crate) fn raw<O: Operation<At = HostId>>(
+        &self,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        let url = self.nats.url();
+        self.ns.block_on(move || async move {
+            let bus = connect(&url).await;
+            let subject = O::subject(bus.subjects(), &host());
+            match bus.request(subject, &body, Duration::from_secs(30)).await {
+                Ok(r) => Ok(r),
+                Err(RequestError::Remote(e)) => Err(e),
+                Err(e) => panic!("{} failed on the transport: {e}", O::ENDPOINT),
             }
         })
     }
@@ -180,24 +189,18 @@ impl Fixture {
         name: &str,
         forwards: Vec<PortForward>,
     ) -> Result<Lease, ApiError> {
-        self.request(
-            NetOp::Attach,
-            AttachRequest {
-                vm_id: vm.clone(),
-                vm_name: VmName::new(name).unwrap(),
-                port_forwards: forwards,
-            },
-        )
+        self.request::<net::Attach>(AttachRequest {
+            vm_id: vm.clone(),
+            vm_name: VmName::new(name).unwrap(),
+            port_forwards: forwards,
+        })
     }
 
     /// Every lease.
     pub(crate) fn leases(&self) -> Vec<Lease> {
-        self.request::<_, banger_proto::net::NetListReply>(
-            NetOp::List,
-            banger_proto::net::NetListRequest {},
-        )
-        .unwrap()
-        .leases
+        self.request::<net::List>(banger_proto::net::NetListRequest {})
+            .unwrap()
+            .leases
     }
 
     /// Publishes a lifecycle event of this host.
@@ -251,13 +254,10 @@ impl Fixture {
 
     /// Detaches a VM and expects success.
     pub(crate) fn detach(&self, vm: &VmId, release: bool) -> DetachReply {
-        self.request(
-            NetOp::Detach,
-            DetachRequest {
-                vm_id: vm.clone(),
-                release,
-            },
-        )
+        self.request::<net::Detach>(DetachRequest {
+            vm_id: vm.clone(),
+            release,
+        })
         .unwrap_or_else(|e| panic!("detach {vm}: {e}"))
     }
 

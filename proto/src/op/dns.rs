@@ -11,11 +11,14 @@ super::operations! {
     module: "dns";
     /// Every record served.
     Records { at: Lab, subject: "dns.records", endpoint: "records", delivery: Queue,
-        request: RecordsRequest, reply: RecordsReply }
+        request: RecordsRequest, reply: RecordsReply,
+        errors: [InvalidArgument, Internal] }
     /// Look one name up.
     Lookup { at: Lab, subject: "dns.lookup", endpoint: "lookup", delivery: Queue,
-        request: LookupRequest, reply: LookupReply }
+        request: LookupRequest, reply: LookupReply,
+        errors: [InvalidArgument, Internal] }
     /// Listener addresses and counts.
     Status { at: Lab, subject: "dns.status", endpoint: "status", delivery: Queue,
-        request: DnsStatusRequest, reply: DnsStatus }
+        request: DnsStatusRequest, reply: DnsStatus,
+        errors: [InvalidArgument, Internal] }
 }

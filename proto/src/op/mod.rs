@@ -15,6 +15,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::ErrorCode;
 use crate::names::HostId;
 use crate::subject::Subjects;
 
@@ -81,12 +82,22 @@ pub trait Operation: Default + Send + Sync + 'static {
     const TOKENS: &'static str;
     /// Who answers.
     const DELIVERY: Delivery;
+    /// The error codes an answer may carry: the handler's own, those of the peers it calls
+    /// that it passes on, and [`RUNTIME_ERRORS`] (which the serving runtime may answer for any
+    /// operation). A caller can rely on no other code from a service of this contract; the
+    /// service's tests check that every error its handler can return has a code listed here.
+    const ERRORS: &'static [ErrorCode];
 
     /// The subject of this operation at `at`.
     fn subject(subjects: &Subjects, at: &Self::At) -> String {
         at.subject(subjects, Self::TOKENS)
     }
 }
+
+/// The codes the serving runtime may answer for any operation, before or after its handler:
+/// `invalid_argument` for a request body that does not decode, `internal` for a reply that does
+/// not encode. Every operation's [`Operation::ERRORS`] lists them.
+pub const RUNTIME_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidArgument, ErrorCode::Internal];
 
 /// What the docs and tools need to know of an operation, without its types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +112,8 @@ pub struct OpInfo {
     pub subject: &'static str,
     /// [`Operation::DELIVERY`].
     pub delivery: Delivery,
+    /// [`Operation::ERRORS`].
+    pub errors: &'static [ErrorCode],
 }
 
 /// Something done for every operation, with its types: see [`visit_all`].
@@ -136,12 +149,16 @@ macro_rules! operations {
                 endpoint: $endpoint:literal,
                 delivery: $delivery:ident,
                 request: $req:ty,
-                reply: $reply:ty $(,)?
+                reply: $reply:ty,
+                errors: [$($code:ident),* $(,)?] $(,)?
             }
         )*
     ) => {
         $(
             $(#[$doc])*
+            ///
+            #[doc = concat!("Error codes ([`ERRORS`](crate::op::Operation::ERRORS)): ",
+                stringify!($($code),*), ".")]
             #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
             pub struct $name;
 
@@ -153,6 +170,8 @@ macro_rules! operations {
                 const ENDPOINT: &'static str = $endpoint;
                 const TOKENS: &'static str = $tokens;
                 const DELIVERY: $crate::op::Delivery = $crate::op::Delivery::$delivery;
+                const ERRORS: &'static [$crate::error::ErrorCode] =
+                    &[$($crate::error::ErrorCode::$code),*];
             }
         )*
 
@@ -167,6 +186,7 @@ macro_rules! operations {
                     $tokens
                 ),
                 delivery: $crate::op::Delivery::$delivery,
+                errors: &[$($crate::error::ErrorCode::$code),*],
             }
         ),*];
 
@@ -207,26 +227,35 @@ mod tests {
         }
     }
 
-    /// Every variant of the runtime operation enums (`VmOp`, ...) names the subject of an
-    /// operation type (an operation needs no variant unless code picks it at run time).
+    /// Every operation declares the codes the serving runtime may answer, and no code twice.
     #[test]
-    fn the_operation_enums_name_operation_types() {
-        use crate::subject::{DnsOp, NetOp, StoreOp, VmOp};
+    fn every_operation_declares_the_runtime_codes() {
+        for info in all() {
+            for code in RUNTIME_ERRORS {
+                assert!(
+                    info.errors.contains(code),
+                    "{} does not declare {code}",
+                    info.name
+                );
+            }
+            let unique: HashSet<_> = info.errors.iter().collect();
+            assert_eq!(
+                unique.len(),
+                info.errors.len(),
+                "{} lists a code twice",
+                info.name
+            );
+        }
+    }
+
+    /// Every variant of the runtime operation enum (`VmOp`) names the subject of an operation
+    /// type (an operation needs no variant unless code picks it at run time).
+    #[test]
+    fn the_operation_enum_names_operation_types() {
+        use crate::subject::VmOp;
         let typed: HashSet<&str> = all().iter().map(|o| o.subject).collect();
-        let mut from_enums: Vec<String> = vec!["<p>.vm.create".into(), "<p>.vm.list".into()];
-        from_enums.extend(VmOp::ALL.iter().map(|o| format!("<p>.host.<host>.vm.{o}")));
-        from_enums.extend(
-            NetOp::ALL
-                .iter()
-                .map(|o| format!("<p>.host.<host>.net.{o}")),
-        );
-        from_enums.extend(
-            StoreOp::ALL
-                .iter()
-                .map(|o| format!("<p>.host.<host>.store.{o}")),
-        );
-        from_enums.extend(DnsOp::ALL.iter().map(|o| format!("<p>.dns.{o}")));
-        for subject in &from_enums {
+        for op in VmOp::ALL {
+            let subject = format!("<p>.host.<host>.vm.{op}");
             assert!(
                 typed.contains(subject.as_str()),
                 "{subject} has no operation type"

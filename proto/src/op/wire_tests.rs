@@ -69,3 +69,63 @@ fn the_error_reply_is_pinned() {
         serde_json::json!({"error": {"code": "not_found", "message": "no VM named \"web\""}});
     same_json::<crate::error::ErrorReply>("error", "reply", &fixture);
 }
+
+/// `vm.list` grew optional fields (the request's `refs`; the reply's `peers`, `members`,
+/// `vmm`): the pinned JSON above still round-trips unchanged, a new reply decodes where the
+/// old shape is expected, and an old reply decodes here with nothing known about the peers.
+#[test]
+fn vm_list_grew_optional_fields_and_both_shapes_still_decode() {
+    use crate::vm::{ListVmsReply, ListVmsRequest};
+
+    // The shapes as they were before the fields existed.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct OldRequest {}
+    #[derive(serde::Deserialize)]
+    struct OldReply {
+        host: String,
+        vms: Vec<Value>,
+    }
+
+    let all = serde_json::to_value(ListVmsRequest::default()).unwrap();
+    assert_eq!(all, serde_json::json!({}));
+    let _: OldRequest = serde_json::from_value(all).unwrap();
+    let some = serde_json::to_value(ListVmsRequest::matching(["web", "3f2a"])).unwrap();
+    assert_eq!(some, serde_json::json!({"refs": ["web", "3f2a"]}));
+
+    let fixtures = wire_fixtures();
+    let old = &fixtures["<p>.vm.list"]["reply"];
+    let decoded: ListVmsReply = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(
+        (decoded.peers.as_ref(), decoded.members.as_ref()),
+        (None, None)
+    );
+    assert_eq!(decoded.vms.len(), 1);
+
+    let mut new = decoded;
+    new.peers = Some(vec!["lab1".into(), "lab2".into()]);
+    new.members = Some(vec![]);
+    new.vmm = Some("sim".into());
+    let json = serde_json::to_value(&new).unwrap();
+    assert_eq!(json["peers"], serde_json::json!(["lab1", "lab2"]));
+    let by_old: OldReply = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!((by_old.host.as_str(), by_old.vms.len()), ("lab1", 1));
+    let back: ListVmsReply = serde_json::from_value(json).unwrap();
+    assert_eq!(back, new);
+}
+
+#[test]
+fn the_refs_filter_matches_names_ids_and_id_prefixes() {
+    use crate::vm::ListVmsRequest;
+    let vm = crate::testing::vm_info("web", "0123456789abcdef0123456789abcdef", "h1");
+    let wants = |refs: &[&str]| ListVmsRequest::matching(refs.iter().copied()).wants(&vm);
+    assert!(wants(&[]));
+    assert!(wants(&["web"]));
+    assert!(wants(&["0123456789abcdef0123456789abcdef"]));
+    assert!(wants(&["0123"]));
+    assert!(wants(&["nope", "0123"]));
+    assert!(!wants(&["we"]));
+    assert!(!wants(&["web2"]));
+    assert!(!wants(&["1234"]));
+    assert!(!wants(&[""]));
+}

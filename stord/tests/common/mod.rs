@@ -16,12 +16,10 @@ use std::time::Duration;
 
 use banger_bus::Bus;
 use banger_bus::config::NatsOptions;
-use banger_proto::store::{Capabilities, CapabilitiesRequest};
-use banger_proto::subject::StoreOp;
+use banger_proto::op::{Operation, store};
+use banger_proto::store::CapabilitiesRequest;
 use banger_proto::{ApiError, HostId, Subjects, VmId};
 use banger_testkit::{NatsServer, Process};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// The host id every fixture uses.
 pub const HOST: &str = "testhost";
@@ -110,8 +108,8 @@ impl Stack {
             || {
                 let bus = bus.clone();
                 async move {
-                    bus.request::<_, Capabilities>(
-                        bus.subjects().host_store(&host(), StoreOp::Capabilities),
+                    bus.call::<store::Capabilities>(
+                        &host(),
                         &CapabilitiesRequest {},
                         Duration::from_secs(5),
                     )
@@ -166,23 +164,34 @@ impl Stack {
         self.stord_dir().join("volumes").join(vm.as_str())
     }
 
-    /// Sends a typed request to stord.
-    pub async fn req<Req, Resp>(&self, op: StoreOp, req: &Req) -> Result<Resp, ApiError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        self.bus
-            .request(
-                self.bus.subjects().host_store(&host(), op),
-                req,
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|e| match e {
-                banger_bus::RequestError::Remote(api) => api,
-                other => panic!("transport failure: {other}"),
-            })
+    /// Calls stord's operation `O`: its reply, or the error stord answered (a transport
+    /// failure fails the test).
+    pub async fn req<O: Operation<At = HostId>>(
+        &self,
+        req: &O::Request,
+    ) -> Result<O::Reply, ApiError> {
+        remote(
+            self.bus
+                .call::<O>(&host(), req, Duration::from_secs(60))
+                .await,
+        )
+    }
+
+    /// Sends raw JSON to operation `O`'s subject, as a client that does not use the typed
+    /// request would: for bodies the typed request cannot even hold.
+    pub async fn raw<O: Operation<At = HostId>>(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ApiError> {
+        remote(
+            self.bus
+                .request(
+                    O::subject(self.bus.subjects(), &host()),
+                    body,
+                    Duration::from_secs(60),
+                )
+                .await,
+        )
     }
 }
 
@@ -373,4 +382,12 @@ impl Drop for BindMount {
             let _ = Command::new("umount").arg(&self.dst).status();
         }
     }
+}
+
+/// The service's answer: its reply or its error; a transport failure fails the test.
+pub fn remote<T>(r: Result<T, banger_bus::RequestError>) -> Result<T, ApiError> {
+    r.map_err(|e| match e {
+        banger_bus::RequestError::Remote(api) => api,
+        other => panic!("transport failure: {other}"),
+    })
 }

@@ -8,62 +8,124 @@
 use banger_proto::event::EventKind;
 use banger_proto::store::VolumeCreateRequest;
 use banger_proto::vm::{CreateVmRequest, VmOpReply, VmState};
-use banger_proto::{ApiError, ErrorCode};
+use banger_proto::{ErrorCode, HostId, ImageName, VmName};
 
-use crate::boot::{BootKind, step};
+use crate::boot::BootKind;
 use crate::controller::Controller;
+use crate::deps::DepError;
+use crate::error::{BootError, Coded, RecordError};
 use crate::ids::new_vm_id;
 use crate::store::NewVm;
 
+/// Why a create failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The request names another host.
+    #[error("the request asks for host {asked} but reached host {reached}")]
+    WrongHost {
+        /// The host asked for.
+        asked: HostId,
+        /// This host.
+        reached: HostId,
+    },
+    /// A port forward is malformed.
+    #[error("{0}")]
+    Forward(String),
+    /// stord does not know the image on this host.
+    #[error(
+        "image {image} is not registered on host {host}{}",
+        register_hint(image, host, *default)
+    )]
+    NoImage {
+        /// The image.
+        image: ImageName,
+        /// This host.
+        host: HostId,
+        /// Whether it is the configured default (the request named none).
+        default: bool,
+    },
+    /// stord could not be asked for the image.
+    #[error("looking up the image")]
+    Image(#[source] DepError),
+    /// Another host of the lab has a VM of that name.
+    #[error("a vm named {name} already exists on host {host}")]
+    NameTaken {
+        /// The name.
+        name: VmName,
+        /// The host that has it.
+        host: HostId,
+    },
+    /// The record could not be written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The boot (or, for a VM created stopped, its volumes) failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+/// What to do about an image this host does not have: images are per host, so the
+/// registration must name this one.
+fn register_hint(image: &ImageName, host: &HostId, default: bool) -> String {
+    if default {
+        format!(
+            " (the default image); register one with `banger image register ... --host {host}` \
+             or pass --image"
+        )
+    } else {
+        format!("; register it with `banger image register {image} ... --host {host}`")
+    }
+}
+
+impl Coded for CreateError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::WrongHost { .. } | Self::Forward(_) => ErrorCode::InvalidArgument,
+            Self::NoImage { .. } => ErrorCode::NotFound,
+            Self::Image(e) => e.code(),
+            Self::NameTaken { .. } => ErrorCode::Conflict,
+            Self::Record(e) => e.code(),
+            Self::Boot(e) => e.code(),
+        }
+    }
+}
+
 impl Controller {
     /// Creates a VM on this host.
-    pub async fn create(&self, req: CreateVmRequest) -> Result<VmOpReply, ApiError> {
+    pub async fn create(&self, req: CreateVmRequest) -> Result<VmOpReply, CreateError> {
         let inner = &self.inner;
         if let Some(host) = &req.host
             && host != &inner.host
         {
-            return Err(ApiError::invalid(format!(
-                "the request asks for host {host} but reached host {}",
-                inner.host
-            )));
+            return Err(CreateError::WrongHost {
+                asked: host.clone(),
+                reached: inner.host.clone(),
+            });
         }
         for pf in &req.port_forwards {
-            pf.validate().map_err(ApiError::invalid)?;
+            pf.validate().map_err(CreateError::Forward)?;
         }
         let image_name = req
             .image
             .clone()
             .unwrap_or_else(|| inner.config.default_image.clone());
         let image = inner.stord.image_show(&image_name).await.map_err(|e| {
-            if e.code == ErrorCode::NotFound {
-                // Images are per host: the registration must name this one.
-                let hint = if req.image.is_none() {
-                    format!(
-                        " (the default image); register one with `banger image register ... \
-                         --host {}` or pass --image",
-                        inner.host
-                    )
-                } else {
-                    format!(
-                        "; register it with `banger image register {image_name} ... --host {}`",
-                        inner.host
-                    )
-                };
-                ApiError::not_found(format!(
-                    "image {image_name} is not registered on host {}{hint}",
-                    inner.host
-                ))
+            if e.code() == ErrorCode::NotFound {
+                CreateError::NoImage {
+                    image: image_name.clone(),
+                    host: inner.host.clone(),
+                    default: req.image.is_none(),
+                }
             } else {
-                step("looking up the image", e.into())
+                CreateError::Image(e)
             }
         })?;
         if inner.config.lab_name_check
             && let Some((host, _)) = inner.lab.find_name(&req.name).await
         {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!("a vm named {} already exists on host {host}", req.name),
-            ));
+            return Err(CreateError::NameTaken {
+                name: req.name.clone(),
+                host,
+            });
         }
         let id = new_vm_id();
         // The id is lockable the moment it exists: take the lock before the record is visible.
@@ -112,16 +174,56 @@ impl Controller {
                 })
             }
             Err(e) => {
-                let e = step("creating the volumes", e.into());
+                let e = BootError::Volumes(e);
                 self.transition_and_emit(
                     &id,
                     VmState::Failed,
-                    Some(e.message.clone()),
+                    Some(banger_bus::runtime::chain(&e)),
                     EventKind::Failed,
                 )
                 .await?;
-                Err(e)
+                Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl crate::error::Samples for CreateError {
+    fn samples() -> Vec<Self> {
+        use crate::error::samples::{dep_errors, host, name};
+        use crate::error::{BootError, RecordError};
+        let image = || ImageName::new("debian").unwrap();
+        let mut all = vec![
+            Self::WrongHost {
+                asked: HostId::new("h2").unwrap(),
+                reached: host(),
+            },
+            Self::Forward("port forward ports must be between 1 and 65535".into()),
+            Self::NoImage {
+                image: image(),
+                host: host(),
+                default: true,
+            },
+            Self::NoImage {
+                image: image(),
+                host: host(),
+                default: false,
+            },
+            Self::NameTaken {
+                name: name(),
+                host: host(),
+            },
+        ];
+        all.extend(
+            dep_errors::<banger_proto::op::store::ImageShow>()
+                .into_iter()
+                // A `not_found` answer becomes `NoImage`.
+                .filter(|e| e.code() != ErrorCode::NotFound)
+                .map(Self::Image),
+        );
+        all.extend(RecordError::samples().into_iter().map(Self::Record));
+        all.extend(BootError::samples().into_iter().map(Self::Boot));
+        all
     }
 }

@@ -1,20 +1,60 @@
 //! `vm.delete`: stop if needed, then remove everything: volumes (stord retries transient busy
 //! errors), the lease (netd detach with release), logs and sockets, and the record.
 
-use banger_proto::ApiError;
 use banger_proto::ErrorCode;
 use banger_proto::event::EventKind;
 use banger_proto::net::DetachRequest;
 use banger_proto::vm::{VmOpReply, VmRefRequest, VmState};
 
 use super::wrong_state;
-use crate::boot::step;
 use crate::controller::Controller;
+use crate::deps::DepError;
+use crate::error::{Coded, HaltError, LookupError, RecordError, StateError};
 use crate::halt::HaltMode;
+
+/// Why a delete failed. When removing what the VM owns failed, the VM is `failed` with the
+/// reason, and a later delete tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// The VM could not be read.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// It is being deleted already.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Stopping it failed.
+    #[error(transparent)]
+    Halt(#[from] HaltError),
+    /// Its record could not be updated or removed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// stord could not remove its volumes.
+    #[error("removing the volumes")]
+    Volumes(#[source] DepError),
+    /// netd could not release its lease.
+    #[error("releasing the lease")]
+    Lease(#[source] DepError),
+    /// Its log and runtime files could not be removed.
+    #[error("removing the vm's files")]
+    Files(#[source] tokio::task::JoinError),
+}
+
+impl Coded for DeleteError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Lookup(e) => e.code(),
+            Self::State(e) => e.code(),
+            Self::Halt(e) => e.code(),
+            Self::Record(e) => e.code(),
+            Self::Volumes(e) | Self::Lease(e) => e.code(),
+            Self::Files(_) => ErrorCode::Internal,
+        }
+    }
+}
 
 impl Controller {
     /// Deletes a VM and everything it owns.
-    pub async fn delete(&self, req: VmRefRequest) -> Result<VmOpReply, ApiError> {
+    pub async fn delete(&self, req: VmRefRequest) -> Result<VmOpReply, DeleteError> {
         let id = req.id;
         let guard = self.lock(&id).await;
         let rec = self.record(&id).await?;
@@ -36,7 +76,7 @@ impl Controller {
                 }
             }
             VmState::Stopped | VmState::Creating => None,
-            VmState::Deleting => return Err(wrong_state(&rec, "be deleted twice")),
+            VmState::Deleting => return Err(wrong_state(&rec, "be deleted twice").into()),
         };
         let rec = self.record(&id).await?;
         let rec = if rec.state() == VmState::Failed {
@@ -57,7 +97,7 @@ impl Controller {
             self.transition_and_emit(
                 &id,
                 VmState::Failed,
-                Some(e.message.clone()),
+                Some(banger_bus::runtime::chain(&e)),
                 EventKind::Failed,
             )
             .await?;
@@ -83,13 +123,13 @@ impl Controller {
         Ok(VmOpReply { vm: rec.info, note })
     }
 
-    async fn remove_resources(&self, id: &banger_proto::VmId) -> Result<(), ApiError> {
+    async fn remove_resources(&self, id: &banger_proto::VmId) -> Result<(), DeleteError> {
         let inner = &self.inner;
         inner
             .stord
             .volume_delete(id)
             .await
-            .map_err(|e| step("removing the volumes", e.into()))?;
+            .map_err(DeleteError::Volumes)?;
         match inner
             .netd
             .detach(DetachRequest {
@@ -101,10 +141,10 @@ impl Controller {
             Ok(_) => {}
             // No lease (the create failed before netd attached, or an earlier delete released
             // it): nothing to release.
-            Err(e) if e.code == ErrorCode::NotFound => {
+            Err(e) if e.code() == ErrorCode::NotFound => {
                 tracing::debug!(vm.id = %id, "no lease to release");
             }
-            Err(e) => return Err(step("releasing the lease", e.into())),
+            Err(e) => return Err(DeleteError::Lease(e)),
         }
         let paths = self.paths(id);
         tokio::task::spawn_blocking(move || {
@@ -113,7 +153,35 @@ impl Controller {
             let _ = std::fs::remove_dir_all(&paths.log_dir);
         })
         .await
-        .map_err(|e| ApiError::internal(format!("removing the vm's files: {e}")))?;
+        .map_err(DeleteError::Files)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl crate::error::Samples for DeleteError {
+    fn samples() -> Vec<Self> {
+        use banger_proto::op::{net, store};
+
+        use crate::error::samples::{dep_errors, join_error};
+        let mut all: Vec<Self> = Vec::new();
+        all.extend(LookupError::samples().into_iter().map(Self::Lookup));
+        all.extend(StateError::samples().into_iter().map(Self::State));
+        all.extend(HaltError::samples().into_iter().map(Self::Halt));
+        all.extend(RecordError::samples().into_iter().map(Self::Record));
+        all.extend(
+            dep_errors::<store::VolumeDelete>()
+                .into_iter()
+                .map(Self::Volumes),
+        );
+        all.extend(
+            dep_errors::<net::Detach>()
+                .into_iter()
+                // No lease is nothing to release, not an error.
+                .filter(|e| e.code() != ErrorCode::NotFound)
+                .map(Self::Lease),
+        );
+        all.push(Self::Files(join_error()));
+        all
     }
 }

@@ -6,10 +6,11 @@
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::PathBuf;
 
-use banger_proto::ApiError;
+use banger_proto::ErrorCode;
 use banger_proto::vm::{LogSource, LogsReply, LogsRequest};
 
 use crate::controller::Controller;
+use crate::error::{Coded, LookupError};
 
 /// The most a request returns: a bus message stays well under NATS's 1 MiB default payload.
 pub const MAX_LOG_READ: u64 = 512 * 1024;
@@ -17,9 +18,47 @@ pub const MAX_LOG_READ: u64 = 512 * 1024;
 /// What a request without `max_bytes` returns.
 pub const DEFAULT_LOG_READ: u64 = 64 * 1024;
 
+/// Why reading a log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    /// The VM could not be read.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// The log file could not be opened.
+    #[error("opening {}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The read did not finish.
+    #[error("reading the log")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl Coded for LogsError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::Lookup(e) => e.code(),
+            Self::Open { .. } | Self::Read { .. } | Self::Task(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 impl Controller {
     /// Reads a VM's log.
-    pub async fn logs(&self, req: LogsRequest) -> Result<LogsReply, ApiError> {
+    pub async fn logs(&self, req: LogsRequest) -> Result<LogsReply, LogsError> {
         // The record must exist; logs of a deleted VM are gone with it.
         self.record(&req.id).await?;
         let paths = self.paths(&req.id);
@@ -31,11 +70,11 @@ impl Controller {
         let offset = req.offset;
         tokio::task::spawn_blocking(move || read_window(path, offset, max))
             .await
-            .map_err(|e| ApiError::internal(format!("reading the log: {e}")))?
+            .map_err(LogsError::Task)?
     }
 }
 
-fn read_window(path: PathBuf, offset: Option<u64>, max: u64) -> Result<LogsReply, ApiError> {
+fn read_window(path: PathBuf, offset: Option<u64>, max: u64) -> Result<LogsReply, LogsError> {
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
         // Never started: an empty log.
@@ -45,32 +84,46 @@ fn read_window(path: PathBuf, offset: Option<u64>, max: u64) -> Result<LogsReply
                 next_offset: offset.unwrap_or(0),
             });
         }
-        Err(e) => {
-            return Err(ApiError::internal(format!(
-                "opening {}: {e}",
-                path.display()
-            )));
-        }
+        Err(source) => return Err(LogsError::Open { path, source }),
     };
-    let len = f
-        .metadata()
-        .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?
-        .len();
+    let read = |source| LogsError::Read {
+        path: path.clone(),
+        source,
+    };
+    let len = f.metadata().map_err(read)?.len();
     let start = match offset {
         Some(o) => o.min(len),
         None => len.saturating_sub(max),
     };
-    f.seek(SeekFrom::Start(start))
-        .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    f.seek(SeekFrom::Start(start)).map_err(read)?;
     let mut buf = Vec::new();
-    f.take(max)
-        .read_to_end(&mut buf)
-        .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    f.take(max).read_to_end(&mut buf).map_err(read)?;
     let next_offset = start + u64::try_from(buf.len()).unwrap_or(0);
     Ok(LogsReply {
         data: String::from_utf8_lossy(&buf).into_owned(),
         next_offset,
     })
+}
+
+#[cfg(test)]
+impl crate::error::Samples for LogsError {
+    fn samples() -> Vec<Self> {
+        use crate::error::samples::{io_error, join_error};
+        let mut all: Vec<Self> = LookupError::samples()
+            .into_iter()
+            .map(Self::Lookup)
+            .collect();
+        all.push(Self::Open {
+            path: "/var/log/serial.log".into(),
+            source: io_error(),
+        });
+        all.push(Self::Read {
+            path: "/var/log/serial.log".into(),
+            source: io_error(),
+        });
+        all.push(Self::Task(join_error()));
+        all
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
 //! One file per operation, each the same shape: validate, take the VM's lock, act, reply (the
-//! events are published by the state changes themselves).
+//! events are published by the state changes themselves). Each handler returns its own error
+//! type (named for the operation in [`crate::error::Handled`]), built from the shared ones of
+//! [`crate::error`]; the endpoint turns it into the reply.
 //!
-//! | op | request | reply |
-//! | --- | --- | --- |
-//! | create | `CreateVmRequest` | `VmOpReply` |
-//! | start, stop, restart, kill, delete, touch | `VmRefRequest` | `VmOpReply` |
-//! | set | `SetVmRequest` | `VmOpReply` |
-//! | get | `VmRefRequest` | `VmInfo` |
-//! | list | `ListVmsRequest` | `ListVmsReply` |
-//! | logs | `LogsRequest` | `LogsReply` |
-//! | stats | `VmRefRequest` | `VmStats` |
-//! | health | `VmRefRequest` | `agent::Health` |
-//! | exec | `VmExecRequest` | `agent::ExecResult` |
+//! | op | request | reply | error |
+//! | --- | --- | --- | --- |
+//! | create | `CreateVmRequest` | `VmOpReply` | [`create::CreateError`] |
+//! | start, restart | `VmRefRequest` | `VmOpReply` | [`start::StartError`] |
+//! | stop, kill | `VmRefRequest` | `VmOpReply` | [`HaltError`](crate::error::HaltError) |
+//! | delete | `VmRefRequest` | `VmOpReply` | [`delete::DeleteError`] |
+//! | touch | `VmRefRequest` | `VmOpReply` | [`RecordError`](crate::error::RecordError) |
+//! | set | `SetVmRequest` | `VmOpReply` | [`set::SetError`] |
+//! | get | `VmRefRequest` | `VmInfo` | [`LookupError`](crate::error::LookupError) |
+//! | list | `ListVmsRequest` | `ListVmsReply` | [`get::ListError`] |
+//! | logs | `LogsRequest` | `LogsReply` | [`logs::LogsError`] |
+//! | stats | `VmRefRequest` | `VmStats` | [`LookupError`](crate::error::LookupError) |
+//! | health | `VmRefRequest` | `agent::Health` | [`health::HealthError`] |
+//! | exec | `VmExecRequest` | `agent::ExecResult` | [`exec::ExecError`] |
 
 pub mod create;
 pub mod delete;
@@ -28,36 +33,34 @@ pub mod stop;
 pub mod touch;
 
 use banger_proto::vm::VmState;
-use banger_proto::{ApiError, ErrorCode};
 
+use crate::error::StateError;
 use crate::store::VmRecord;
 
 /// A `conflict` naming the VM and its state.
-pub(crate) fn wrong_state(rec: &VmRecord, what: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::Conflict,
-        format!("vm {} is {} and cannot {what}", rec.info.name, rec.state()),
-    )
+pub(crate) fn wrong_state(rec: &VmRecord, what: &'static str) -> StateError {
+    StateError::Wrong {
+        name: rec.info.name.clone(),
+        state: rec.state(),
+        what,
+    }
 }
 
 /// A `conflict` for a VM that must be running.
-pub(crate) fn require_running(rec: &VmRecord, what: &str) -> Result<(), ApiError> {
+pub(crate) fn require_running(rec: &VmRecord, what: &'static str) -> Result<(), StateError> {
     if rec.state() == VmState::Running {
         Ok(())
     } else {
         // A failed VM says why: that is what the user needs to fix before starting it again.
-        let why = match (&rec.info.reason, rec.state()) {
-            (Some(reason), VmState::Failed) => format!("; why it failed: {reason}"),
-            _ => String::new(),
+        let why_failed = match rec.state() {
+            VmState::Failed => rec.info.reason.clone(),
+            _ => None,
         };
-        Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!(
-                "vm {} is {}; {what} needs it running (banger vm start {}){why}",
-                rec.info.name,
-                rec.state(),
-                rec.info.name
-            ),
-        ))
+        Err(StateError::NotRunning {
+            name: rec.info.name.clone(),
+            state: rec.state(),
+            what,
+            why_failed,
+        })
     }
 }

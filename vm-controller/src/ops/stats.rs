@@ -5,14 +5,14 @@
 //! between the lookup and the read); the agent is asked after the lock is released, so a slow
 //! guest never holds up a stop.
 
-use banger_proto::ApiError;
 use banger_proto::vm::{VmRefRequest, VmState, VmStats};
 
 use crate::controller::Controller;
+use crate::error::LookupError;
 
 impl Controller {
     /// Resource statistics of a VM.
-    pub async fn stats(&self, req: VmRefRequest) -> Result<VmStats, ApiError> {
+    pub async fn stats(&self, req: VmRefRequest) -> Result<VmStats, LookupError> {
         let (rec, usage) = {
             let _guard = self.lock(&req.id).await;
             let rec = self.record(&req.id).await?;

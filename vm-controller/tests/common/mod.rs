@@ -17,8 +17,8 @@ use banger_bus::shutdown::CancellationToken;
 use banger_proto::agent::{ExecRequest, ExecResult, Health};
 use banger_proto::event::{EventKind, VmEvent};
 use banger_proto::net::{AttachRequest, DetachReply, DetachRequest, Lease};
+use banger_proto::op::{Lab, Operation, vm};
 use banger_proto::store::{ImageInfo, VolumeCreateRequest, VolumeDeleteReply, VolumeSet};
-use banger_proto::subject::VmOp;
 use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmRefRequest};
 use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, Subjects, VmId, VmName};
 use banger_testkit::NatsServer;
@@ -28,8 +28,6 @@ use banger_vm_controller::store::Store;
 use banger_vm_controller::vmm::{LaunchSpec, ProcUsage, Vmm, VmmError};
 use banger_vm_controller::{Controller, ControllerParts};
 use futures::future::BoxFuture;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// The host id every harness uses.
 pub const HOST: &str = "h1";
@@ -667,8 +665,8 @@ impl Harness {
             || {
                 let bus = bus.clone();
                 async move {
-                    bus.request::<_, banger_proto::vm::ListVmsReply>(
-                        bus.subjects().vm_list(),
+                    bus.call::<vm::List>(
+                        &Lab,
                         &banger_proto::vm::ListVmsRequest::default(),
                         Duration::from_millis(500),
                     )
@@ -691,60 +689,62 @@ impl Harness {
         self.serve().await;
     }
 
+    /// Stops serving cleanly (SIGTERM's path), without starting another controller.
+    pub async fn stop_controller(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.serving.take() {
+            t.await.unwrap();
+        }
+    }
+
     pub fn host(&self) -> HostId {
         HostId::new(HOST).unwrap()
     }
 
-    /// A request to `<p>.host.h1.vm.<op>`.
-    pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    /// Operation `O` of this host's controller: its reply, or the error it answered (a
+    /// transport failure fails the test).
+    pub async fn call<O: Operation<At = HostId>>(
         &self,
-        op: VmOp,
-        req: &Req,
-    ) -> Result<Resp, ApiError> {
-        let subject = self.bus.subjects().host_vm(&self.host(), op);
-        self.bus
-            .request(subject, req, Duration::from_secs(30))
-            .await
-            .map_err(|e| match e {
-                banger_bus::RequestError::Remote(api) => api,
-                other => panic!("transport failure: {other}"),
-            })
+        req: &O::Request,
+    ) -> Result<O::Reply, ApiError> {
+        remote(
+            self.bus
+                .call::<O>(&self.host(), req, Duration::from_secs(30))
+                .await,
+        )
     }
 
-    /// A request on `<p>.vm.create` (placement).
+    /// `vm.create` through placement (`<p>.vm.create`).
     pub async fn create_req(&self, req: &CreateVmRequest) -> Result<VmOpReply, ApiError> {
-        self.bus
-            .request(
-                self.bus.subjects().vm_create(),
-                req,
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|e| match e {
-                banger_bus::RequestError::Remote(api) => api,
-                other => panic!("transport failure: {other}"),
-            })
+        remote(
+            self.bus
+                .call::<vm::Place>(&Lab, req, Duration::from_secs(30))
+                .await,
+        )
     }
 
     pub async fn create(&self, name: &str) -> VmInfo {
         self.create_req(&create_request(name)).await.unwrap().vm
     }
 
-    pub async fn op(&self, op: VmOp, id: &VmId) -> Result<VmOpReply, ApiError> {
-        self.call(op, &VmRefRequest { id: id.clone() }).await
+    /// An operation on VM `id` (`vm::Stop`, `vm::Delete`, `vm::Get`, ...).
+    pub async fn op<O>(&self, id: &VmId) -> Result<O::Reply, ApiError>
+    where
+        O: Operation<At = HostId, Request = VmRefRequest>,
+    {
+        self.call::<O>(&VmRefRequest { id: id.clone() }).await
     }
 
     pub async fn list(&self) -> Vec<VmInfo> {
-        let r: banger_proto::vm::ListVmsReply = self
-            .bus
-            .request(
-                self.bus.subjects().vm_list(),
+        self.bus
+            .call::<vm::List>(
+                &Lab,
                 &banger_proto::vm::ListVmsRequest::default(),
                 Duration::from_secs(10),
             )
             .await
-            .unwrap();
-        r.vms
+            .unwrap()
+            .vms
     }
 
     /// Waits until VM `name` has published `kind`.
@@ -796,4 +796,12 @@ fn build(dir: &tempfile::TempDir, bus: &Bus, config: &ControllerConfig, f: &Fake
 
 pub fn create_request(name: &str) -> CreateVmRequest {
     serde_json::from_value(serde_json::json!({ "name": name })).unwrap()
+}
+
+/// The service's answer: its reply or its error; a transport failure fails the test.
+pub fn remote<T>(r: Result<T, banger_bus::RequestError>) -> Result<T, ApiError> {
+    r.map_err(|e| match e {
+        banger_bus::RequestError::Remote(api) => api,
+        other => panic!("transport failure: {other}"),
+    })
 }

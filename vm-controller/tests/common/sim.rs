@@ -11,17 +11,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use banger_bus::{Bus, RequestError};
-use banger_proto::agent::{ExecRequest, ExecResult, Health};
+use banger_proto::agent::{ExecRequest, ExecResult};
+use banger_proto::op::{Lab, Operation, net, store, vm};
 use banger_proto::store::{ImageInfo, RegisterImageRequest};
-use banger_proto::subject::{NetOp, StoreOp, VmOp};
-use banger_proto::vm::{
-    CreateVmRequest, ListVmsReply, ListVmsRequest, VmExecRequest, VmInfo, VmRefRequest,
-};
+use banger_proto::vm::{CreateVmRequest, ListVmsRequest, VmExecRequest, VmInfo, VmRefRequest};
 use banger_proto::{ApiError, HostId, ImageName, Subjects};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{NatsServer, Process};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 pub const HOST: &str = "simhost";
 const BINS: &[&str] = &[
@@ -133,26 +129,25 @@ impl Stack {
                 || {
                     let bus = bus.clone();
                     async move {
-                        let s = bus.subjects().clone();
                         let t = Duration::from_secs(2);
                         let store = bus
-                            .request::<_, banger_proto::store::Capabilities>(
-                                s.host_store(&host(), StoreOp::Capabilities),
+                            .call::<store::Capabilities>(
+                                &host(),
                                 &banger_proto::store::CapabilitiesRequest {},
                                 t,
                             )
                             .await
                             .is_ok();
                         let net = bus
-                            .request::<_, banger_proto::net::NetStatus>(
-                                s.host_net(&host(), NetOp::Status),
+                            .call::<net::Status>(
+                                &host(),
                                 &banger_proto::net::NetStatusRequest {},
                                 t,
                             )
                             .await
                             .is_ok();
                         let vms = bus
-                            .request::<_, ListVmsReply>(s.vm_list(), &ListVmsRequest {}, t)
+                            .call::<vm::List>(&Lab, &ListVmsRequest::default(), t)
                             .await
                             .is_ok();
                         store && net && vms
@@ -220,42 +215,48 @@ impl Drop for Stack {
     }
 }
 
-pub async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+/// Operation `O` at `at`: its reply, or the error the service answered (a transport failure
+/// fails the test).
+pub async fn call<O: Operation>(
     bus: &Bus,
-    subject: String,
-    req: &Req,
+    at: &O::At,
+    req: &O::Request,
     timeout: Duration,
-) -> Result<Resp, ApiError> {
-    bus.request(subject, req, timeout)
-        .await
-        .map_err(|e| match e {
-            RequestError::Remote(api) => api,
-            other => panic!("transport failure: {other}"),
-        })
+) -> Result<O::Reply, ApiError> {
+    bus.call::<O>(at, req, timeout).await.map_err(|e| match e {
+        RequestError::Remote(api) => api,
+        other => panic!("transport failure: {other}"),
+    })
 }
 
-pub async fn vm_op<Resp: DeserializeOwned>(
-    bus: &Bus,
-    op: VmOp,
-    vm: &VmInfo,
-) -> Result<Resp, ApiError> {
-    let subject = bus.subjects().host_vm(&host(), op);
-    call(
+/// An operation on `vm` (`vm::Stop`, `vm::Stats`, ...) of this stack's controller.
+pub async fn vm_op<O>(bus: &Bus, vm: &VmInfo) -> Result<O::Reply, ApiError>
+where
+    O: Operation<At = HostId, Request = VmRefRequest>,
+{
+    call::<O>(
         bus,
-        subject,
+        &host(),
         &VmRefRequest { id: vm.id.clone() },
         Duration::from_secs(60),
     )
     .await
 }
 
+/// `vm create` through placement.
+pub async fn create(bus: &Bus, name: &str, timeout: Duration) -> VmInfo {
+    call::<vm::Place>(bus, &Lab, &create_req(name), timeout)
+        .await
+        .unwrap()
+        .vm
+}
+
 pub async fn exec(bus: &Bus, vm: &VmInfo, argv: &[&str]) -> ExecResult {
-    let subject = bus.subjects().host_vm(&host(), VmOp::Exec);
     let req = VmExecRequest {
         id: vm.id.clone(),
         exec: ExecRequest::new(argv.iter().copied()),
     };
-    call(bus, subject, &req, Duration::from_secs(60))
+    call::<vm::Exec>(bus, &host(), &req, Duration::from_secs(60))
         .await
         .unwrap()
 }
@@ -292,8 +293,7 @@ pub async fn register_image(bus: &Bus, dir: &Path) -> ImageInfo {
         kernel_args: None,
         default_disk_mib: None,
     };
-    let subject = bus.subjects().host_store(&host(), StoreOp::ImageRegister);
-    call(bus, subject, &req, Duration::from_secs(60))
+    call::<store::ImageRegister>(bus, &host(), &req, Duration::from_secs(60))
         .await
         .unwrap()
 }
@@ -304,9 +304,7 @@ pub async fn wait_healthy(bus: &Bus, vm: &VmInfo) {
         Duration::from_secs(60),
         || {
             let (bus, vm) = (bus.clone(), vm.clone());
-            async move {
-                matches!(vm_op::<Health>(&bus, VmOp::Health, &vm).await, Ok(h) if h.status == "ok")
-            }
+            async move { matches!(vm_op::<vm::Health>(&bus, &vm).await, Ok(h) if h.status == "ok") }
         },
     )
     .await;

@@ -86,7 +86,7 @@ pub(crate) fn start(app: &App, effect: Effect) -> Option<Pending<'_>> {
 async fn list(app: &App, delay: Duration) -> Msg {
     tokio::time::sleep(delay).await;
     let requested_at_ms = banger_bus::now_ms();
-    match snapshot::fetch(app).await {
+    match snapshot::fetch(app, &[]).await {
         Ok(snap) => Msg::Snapshot {
             vms: snap.vms,
             unreachable: snap.unreachable,

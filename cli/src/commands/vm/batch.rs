@@ -124,7 +124,7 @@ pub(crate) struct Outcome {
 
 /// Runs a batch command.
 pub(crate) async fn run(app: &App, refs: &[String], action: Action) -> anyhow::Result<u8> {
-    let snap = snapshot::fetch(app).await?;
+    let snap = snapshot::fetch(app, refs).await?;
     for e in &snap.bad_replies {
         eprintln!("warning: unreadable vm.list answer: {e}");
     }

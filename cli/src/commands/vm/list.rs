@@ -20,7 +20,7 @@ pub struct ListArgs {}
 
 /// Runs `banger vm list`.
 pub(crate) async fn run(app: &App, _args: ListArgs) -> anyhow::Result<u8> {
-    let snap = snapshot::fetch(app).await?;
+    let snap = snapshot::fetch(app, &[]).await?;
     if app.json {
         output::print_json(&serde_json::json!({
             "vms": snap.vms,

@@ -1,7 +1,8 @@
 //! `banger vm ...`: create, list, inspect and run VMs on every host.
 //!
 //! Commands that take VMs accept a name, a full id or a unique id prefix, resolved against one
-//! `vm.list` snapshot of every host ([`snapshot`], [`resolve`]). Each request then goes to the
+//! `vm.list` snapshot of every host, filtered by the refs so the answers stay small
+//! ([`snapshot`], [`resolve`]). Each request then goes to the
 //! owning host's controller on `<p>.host.<host>.vm.<op>`. The batch commands ([`batch`]) take
 //! several refs and handle them at the same time.
 
@@ -87,9 +88,10 @@ pub async fn run(app: &App, cmd: VmCommand) -> anyhow::Result<u8> {
     }
 }
 
-/// Resolves one reference from a fresh snapshot; warns about hosts that did not answer.
+/// Resolves one reference from a fresh snapshot of the VMs it could name; warns about answers
+/// that could not be read.
 async fn resolve_single(app: &App, reference: &str) -> anyhow::Result<VmInfo> {
-    let snap = snapshot::fetch(app).await?;
+    let snap = snapshot::fetch(app, &[reference.to_owned()]).await?;
     for e in &snap.bad_replies {
         eprintln!("warning: unreadable vm.list answer: {e}");
     }

@@ -1,38 +1,59 @@
-//! One `vm.list` snapshot of every host: the VMs, and the hosts whose controller was found
-//! (`$SRV.PING`) but did not answer.
+//! One `vm.list` snapshot of every host: the VMs, and the hosts that should have answered but
+//! did not.
+//!
+//! One gather of `vm.list` to the lab-wide subject does it. Each vm-controller's answer names
+//! the live controllers it knows (their heartbeats, `peers`) and the lab's members (netd's
+//! subnet claims, `members`), so the gather ends as soon as every live controller named by any
+//! answer has answered: no discovery, no waiting for silence. Nobody serving `vm.list` ends it
+//! at once (`unavailable`). A member that did not answer is named unreachable.
+//!
+//! An answer without `peers` (a controller older than heartbeats, or one without JetStream or
+//! whose view went stale) means nobody knows who is there: that call falls back to
+//! discovering the controllers (`$SRV.PING`, which waits for silence) and reading the lab's
+//! membership, then gathering again until each found controller answered.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use banger_bus::client::Enough;
 use banger_proto::op::{self, Lab};
 use banger_proto::service;
-use banger_proto::vm::{ListVmsRequest, VmInfo};
+use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode};
 
 use super::resolve::{self, Target};
 use crate::App;
 
-/// The longest discovery of the controllers waits for a first `$SRV.PING` answer. It returns
-/// shortly after the last answer (`banger_bus::client::DISCOVERY_STALL`), and at once when no
-/// controller exists (the server's "no responders"), so this only bounds how long a slow
-/// controller on a loaded host may take: 1 s was too short for 100 concurrent commands on
-/// 2 busy cores (the benchmark saw 3–18 of 100 fail with "no vm-controller answered").
+/// The longest discovery of the controllers waits for a first `$SRV.PING` answer (only in
+/// the fallback for answers without `peers`). It returns shortly after the last answer
+/// (`banger_bus::client::DISCOVERY_STALL`), and at once when no controller exists (the
+/// server's "no responders"), so this only bounds how long a slow controller on a loaded host
+/// may take: 1 s was too short for 100 concurrent commands on 2 busy cores (the benchmark saw
+/// 3–18 of 100 fail with "no vm-controller answered").
 const DISCOVERY_WINDOW: Duration = Duration::from_secs(10);
 
-/// The longest `vm.list` waits for a found controller: listing is a read of a local table,
-/// so a controller that has not answered by then is stuck or cut off, and the user should
-/// hear about it rather than wait for the full request timeout.
+/// The longest `vm.list` waits for a controller known to be there: listing is a read of a
+/// local table, so a controller that has not answered by then is stuck or cut off, and the
+/// user should hear about it rather than wait for the full request timeout.
 const LIST_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The longest the lab's membership (netd's subnet claims) may take to read; read alongside
-/// discovery, so it only costs time when the bucket is slow.
+/// The longest the lab's membership (netd's subnet claims) may take to read in the fallback;
+/// read alongside discovery, so it only costs time when the bucket is slow.
 const MEMBERS_WAIT: Duration = Duration::from_secs(3);
 
-/// Every VM that the answering controllers reported.
+/// How long a gather waits, once every live controller answered, for a lab member whose
+/// controller has no heartbeat: as long as discovery's silence window, so a member that is
+/// there but not beating (its JetStream view lost) is still heard, while a member that is cut
+/// off costs no more than discovery did.
+const MEMBER_GRACE: Duration = banger_bus::client::DISCOVERY_STALL;
+
+/// The VMs that the answering controllers reported.
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
-    /// VMs, sorted by host then name.
+    /// VMs, sorted by host then name (only those the refs could name, when fetched for refs).
     pub(crate) vms: Vec<VmInfo>,
-    /// Hosts whose controller was discovered but did not answer `vm.list`.
+    /// Hosts known to be there (a live controller, or a lab member) that did not answer
+    /// `vm.list`.
     pub(crate) unreachable: Vec<String>,
     /// Answers that could not be read (an error reply or a reply of another shape).
     pub(crate) bad_replies: Vec<String>,
@@ -53,12 +74,101 @@ impl Snapshot {
     }
 }
 
-/// Discovers the controllers and gathers their `vm.list` answers. A lab member (a host with a
-/// subnet claim, [`banger_bus::lab::lab_hosts`]) that no controller answered for is named
-/// unreachable too: a host cut off from the bus answers no discovery either.
+/// Gathers every host's VMs: all of them when `refs` is empty, else only those the refs could
+/// name (a name, an id, an id prefix; resolve with [`Snapshot::resolve_all`]), which keeps the
+/// answers small however many VMs the hosts hold.
 ///
 /// Fails with `unavailable` when no controller is running at all.
-pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
+pub(crate) async fn fetch(app: &App, refs: &[String]) -> anyhow::Result<Snapshot> {
+    let req = ListVmsRequest::matching(refs.iter().cloned());
+    let deadline = app.timeout.min(LIST_DEADLINE);
+    let replies = app
+        .bus
+        .gather_until::<op::vm::List>(&Lab, &req, deadline, |out| {
+            Known::of(out).map_or(Enough::Yes, |k| k.enough())
+        })
+        .await?;
+    if replies.is_empty() {
+        return Err(no_controller().into());
+    }
+    let Some(known) = Known::of(&replies) else {
+        // Somebody does not know who is there, or an answer could not be read (an older
+        // controller refusing the refs it does not know): discover as before, unfiltered
+        // when an answer was an error.
+        let unfiltered = replies.iter().any(Result::is_err);
+        let req = if unfiltered {
+            ListVmsRequest::default()
+        } else {
+            req
+        };
+        return fetch_discovering(app, &req).await;
+    };
+    announce_simulated(&replies);
+    let mut snap = Snapshot {
+        membership_unknown: known.members.is_none(),
+        ..Snapshot::default()
+    };
+    let expected: Vec<String> = known
+        .peers
+        .iter()
+        .chain(known.members.iter().flatten())
+        .cloned()
+        .collect();
+    collect(&mut snap, replies, expected);
+    Ok(snap)
+}
+
+/// What the answers so far say about who is there; `None` when one of them does not know
+/// (or could not be read).
+struct Known {
+    /// Live controllers named by any answer.
+    peers: BTreeSet<String>,
+    /// Lab members named by any answer; `None` when no answer knew them.
+    members: Option<BTreeSet<String>>,
+    /// Hosts that answered.
+    answered: BTreeSet<String>,
+}
+
+impl Known {
+    fn of(replies: &[Result<ListVmsReply, banger_bus::RequestError>]) -> Option<Self> {
+        let mut k = Self {
+            peers: BTreeSet::new(),
+            members: None,
+            answered: BTreeSet::new(),
+        };
+        for r in replies {
+            let r = r.as_ref().ok()?;
+            k.peers.extend(r.peers.as_ref()?.iter().cloned());
+            if let Some(m) = &r.members {
+                k.members.get_or_insert_default().extend(m.iter().cloned());
+            }
+            k.answered.insert(r.host.to_string());
+        }
+        Some(k)
+    }
+
+    /// Whether the gather can end: every live controller and every member answered. A member
+    /// without a live controller gets only [`MEMBER_GRACE`] once the live ones are in: its
+    /// heartbeat expired, so it is most likely cut off, and waiting [`LIST_DEADLINE`] for it
+    /// would make every command on a healthy host that slow while another host is cut off.
+    fn enough(&self) -> Enough {
+        if !self.peers.is_subset(&self.answered) {
+            Enough::No
+        } else if self
+            .members
+            .as_ref()
+            .is_none_or(|m| m.is_subset(&self.answered))
+        {
+            Enough::Yes
+        } else {
+            Enough::After(MEMBER_GRACE)
+        }
+    }
+}
+
+/// The fallback: discovers the controllers (`$SRV.PING`) and reads the lab's membership, then
+/// gathers `vm.list` until every controller found answered.
+async fn fetch_discovering(app: &App, req: &ListVmsRequest) -> anyhow::Result<Snapshot> {
     let (controllers, members) = tokio::join!(
         app.bus.ping(
             Some(service::VM_CONTROLLER),
@@ -69,17 +179,13 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
     let controllers = controllers?;
     crate::announce_simulated_controllers(&controllers);
     if controllers.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "no vm-controller answered: is the stack running (`banger up`)?",
-        )
-        .into());
+        return Err(no_controller().into());
     }
     let replies = app
         .bus
         .gather::<op::vm::List>(
             &Lab,
-            &ListVmsRequest::default(),
+            req,
             Some(controllers.len()),
             app.timeout.min(LIST_DEADLINE),
         )
@@ -88,29 +194,57 @@ pub(crate) async fn fetch(app: &App) -> anyhow::Result<Snapshot> {
         membership_unknown: members.is_unknown(),
         ..Snapshot::default()
     };
-    let mut answered = Vec::new();
+    let expected = controllers
+        .iter()
+        .filter_map(|c| c.host())
+        .chain(members.hosts().iter().map(String::as_str))
+        .map(str::to_owned)
+        .collect();
+    collect(&mut snap, replies, expected);
+    Ok(snap)
+}
+
+/// Fills `snap` from the answers; each host of `expected` that did not answer is unreachable.
+fn collect(
+    snap: &mut Snapshot,
+    replies: Vec<Result<ListVmsReply, banger_bus::RequestError>>,
+    expected: Vec<String>,
+) {
+    let mut answered = BTreeSet::new();
     for r in replies {
         match r {
             Ok(r) => {
-                answered.push(r.host.to_string());
+                answered.insert(r.host.to_string());
                 snap.vms.extend(r.vms);
             }
             Err(e) => snap.bad_replies.push(e.to_string()),
         }
     }
-    let mut unreachable: Vec<String> = controllers
-        .iter()
-        .filter_map(|c| c.host())
-        .chain(members.hosts().iter().map(String::as_str))
-        .filter(|h| !answered.iter().any(|a| a == h))
-        .map(str::to_owned)
+    let unreachable: BTreeSet<String> = expected
+        .into_iter()
+        .filter(|h| !answered.contains(h))
         .collect();
-    unreachable.sort();
-    unreachable.dedup();
-    snap.unreachable = unreachable;
+    snap.unreachable = unreachable.into_iter().collect();
     snap.vms
         .sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
-    Ok(snap)
+}
+
+/// The SIMULATED banner, when an answering controller runs the simulator.
+fn announce_simulated(replies: &[Result<ListVmsReply, banger_bus::RequestError>]) {
+    if replies
+        .iter()
+        .flatten()
+        .any(|r| r.vmm.as_deref() == Some("sim"))
+    {
+        crate::announce_simulated();
+    }
+}
+
+fn no_controller() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "no vm-controller answered: is the stack running (`banger up`)?",
+    )
 }
 
 impl Snapshot {
