@@ -1,5 +1,5 @@
-//! The DNS listeners: per configured address, one UDP socket per CPU sharing the port
-//! (`SO_REUSEPORT`, served by [`crate::udp`]'s fast path) and one TCP listener, served by a
+//! The DNS listeners: per configured address, one UDP socket read by one thread per CPU
+//! (served by [`crate::udp`]'s fast path) and one TCP listener, served by a
 //! hickory [`Server`] whose catalog holds only the `vm.` zone (any other name is REFUSED). UDP
 //! queries the fast path does not answer are relayed to the same hickory server on a private
 //! loopback socket.
@@ -14,7 +14,7 @@ use hickory_server::proto::rr::LowerName;
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::udp::{UdpWorkers, bind_reuseport, loopback_for};
+use crate::udp::{UdpWorkers, bind_udp, loopback_for};
 
 use crate::zone::{VmZoneHandler, Zone, origin};
 
@@ -54,7 +54,7 @@ pub enum BindError {
 /// One bound address: its UDP sockets and TCP listener share the port.
 #[derive(Debug)]
 pub struct Bound {
-    /// The UDP sockets, one per CPU (`SO_REUSEPORT`).
+    /// The UDP socket, once per reader thread (clones of one socket: one port, one queue).
     pub udp: Vec<std::net::UdpSocket>,
     /// The TCP listener.
     pub tcp: TcpListener,
@@ -71,19 +71,20 @@ pub async fn bind(addr: SocketAddr) -> Result<Bound, BindError> {
     };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = bind_reuseport(addr).map_err(|source| BindError::Udp { addr, source })?;
+        let udp = bind_udp(addr).map_err(|source| BindError::Udp { addr, source })?;
         let bound = udp
             .local_addr()
             .map_err(|source| BindError::Udp { addr, source })?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => {
-                let mut sockets = vec![udp];
+                let mut sockets = Vec::with_capacity(udp_sockets_per_address());
                 for _ in 1..udp_sockets_per_address() {
-                    sockets.push(bind_reuseport(bound).map_err(|source| BindError::Udp {
+                    sockets.push(udp.try_clone().map_err(|source| BindError::Udp {
                         addr: bound,
                         source,
                     })?);
                 }
+                sockets.push(udp);
                 return Ok(Bound {
                     udp: sockets,
                     tcp,
@@ -127,7 +128,7 @@ pub fn check_bindable(addrs: &[SocketAddr]) -> Result<(), BindError> {
     Ok(())
 }
 
-/// How many UDP sockets (and threads) serve each address: one per CPU.
+/// How many reader threads serve each address's UDP socket: one per CPU.
 pub fn udp_sockets_per_address() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

@@ -1,5 +1,4 @@
-//! UDP serving: several sockets per address (`SO_REUSEPORT`, one per CPU), each read by its own
-//! thread that answers the plain A/AAAA case from the current snapshot's pre-encoded records
+//! UDP serving: one socket per address, read by one thread per CPU, each of which answers the plain A/AAAA case from the current snapshot's pre-encoded records
 //! ([`Zone::answer_fast`]) and relays every other datagram to the hickory server.
 //!
 //! The relay: hickory listens on a private loopback UDP socket; a datagram the fast path does not
@@ -11,16 +10,12 @@
 //! before the relay, as hickory would.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
-};
 
 use crate::zone::Zone;
 
@@ -33,22 +28,13 @@ const SLOTS: usize = 1 << 16;
 /// A DNS header.
 const HEADER: usize = 12;
 
-/// Binds a UDP socket on `addr` with `SO_REUSEPORT` set, so several can share the port.
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd: OwnedFd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::ReusePort, &true)?;
-    // IPV6_V6ONLY is left at the system default, as std's and tokio's bind leave it (and as the
-    // TCP listener on the same address has it).
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(addr),
-    )?;
-    Ok(UdpSocket::from(fd))
+/// Binds the UDP socket of `addr`, without `SO_REUSEPORT`: a port shared through
+/// `SO_REUSEPORT` can be joined by any other socket of the same user that sets it too, even one
+/// the kernel hands an ephemeral port (a root `dig` was given dnsd's port that way, connected
+/// to it, and received its own query back). So the port is this socket's alone, and the reader
+/// threads share it ([`UdpSocket::try_clone`]).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(addr)
 }
 
 /// The loopback address of `addr`'s family, port 0: where the relayed hickory socket listens.

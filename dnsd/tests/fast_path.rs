@@ -156,3 +156,31 @@ async fn a_zone_change_is_answered_by_the_next_udp_query() {
     assert_eq!(udp.status, "NXDOMAIN", "{}", udp.raw);
     assert!(udp.authority_has_soa(), "{}", udp.raw);
 }
+
+/// The UDP port is dnsd's alone: a socket of the same user (root here) that sets
+/// `SO_REUSEPORT` cannot join it, neither by naming the port nor by being handed it as an
+/// ephemeral one (the way a root `dig` once shared it and read its own query back).
+#[tokio::test]
+async fn no_other_socket_can_join_the_udp_port() {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+
+    let nats = NatsServer::start();
+    let dnsd = InProcess::start(&nats, "").await;
+    let port = dnsd.port();
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
+    let err = bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))
+        .expect_err("a SO_REUSEPORT socket joined dnsd's UDP port");
+    assert_eq!(err, nix::errno::Errno::EADDRINUSE);
+    // And the port still answers.
+    assert_eq!(dig(port, &["nope.vm", "A"]).await.status, "NXDOMAIN");
+}
