@@ -257,17 +257,29 @@ impl Bus {
         .await
     }
 
-    /// Publishes a lifecycle event on its subject, carrying the current trace context.
+    /// Publishes a lifecycle event on its subject from a producer span: a child of the current
+    /// span, or the root of a new trace when there is none (an event a background task
+    /// publishes, such as the health probe's or the console watch's), so every event carries a
+    /// W3C `traceparent`.
     pub async fn publish_event(&self, host: &HostId, event: &VmEvent) -> Result<(), BusError> {
         let subject = self.subjects.event(host, &event.vm.id, event.kind);
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+        );
         let payload = serde_json::to_vec(event).map_err(|source| BusError::Encode {
             subject: subject.clone(),
             source,
         })?;
         let mut headers = HeaderMap::new();
-        propagation::inject_current(&mut headers);
+        propagation::inject(&span, &mut headers);
         self.client
             .publish_with_headers(subject.clone(), headers, payload.into())
+            .instrument(span)
             .await
             .map_err(|source| BusError::Publish { subject, source })
     }
