@@ -25,6 +25,10 @@ const FIRST_INTERVAL: Duration = Duration::from_millis(5);
 const MAX_INTERVAL: Duration = Duration::from_millis(100);
 /// How long after a boot the agent is probed.
 const PROBE_FOR: Duration = Duration::from_secs(120);
+/// How long after a boot an operation that needs the agent (exec) waits for its first answer:
+/// `vm start` returns when the hypervisor runs, before the guest's agent listens, and
+/// `banger vm start web && banger vm exec web -- ...` should work.
+const AGENT_BOOT_WAIT_MS: u64 = 30_000;
 
 impl Controller {
     /// Forgets VM `id`'s last known health: a boot begins, and the next healthy answer is news.
@@ -51,6 +55,43 @@ impl Controller {
                 Some(rec)
             }
             _ => None,
+        }
+    }
+
+    /// Waits, within [`AGENT_BOOT_WAIT_MS`] of `rec`'s boot, until its agent has answered
+    /// healthy once (the probe's record, else a health request of its own), so an exec right
+    /// after a start does not meet a guest still booting. Returns at once for a VM whose agent
+    /// answered since the boot, whose boot is older, or that stops running meanwhile; the
+    /// caller then talks to the agent and reports whatever happens.
+    pub(crate) async fn await_agent_after_boot(&self, rec: &VmRecord) {
+        let id = &rec.info.id;
+        let Some(started) = rec.info.started_at_ms else {
+            return;
+        };
+        let deadline = started.saturating_add(AGENT_BOOT_WAIT_MS);
+        let port = self.inner.config.agent_port;
+        let mut interval = FIRST_INTERVAL;
+        loop {
+            let answered = self
+                .inner
+                .last_health
+                .lock()
+                .map(|seen| seen.get(id) == Some(&true))
+                .unwrap_or(false);
+            let now = banger_bus::now_ms();
+            if answered || now >= deadline {
+                return;
+            }
+            if self.this_boot(id, Some(started)).await.is_none() {
+                return;
+            }
+            let vsock = self.paths(id).vsock_uds;
+            if matches!(self.inner.agent.health(vsock, port).await, Ok(h) if h.status == "ok") {
+                return;
+            }
+            let left = Duration::from_millis(deadline.saturating_sub(now));
+            tokio::time::sleep(interval.min(left)).await;
+            interval = (interval * 2).min(MAX_INTERVAL);
         }
     }
 

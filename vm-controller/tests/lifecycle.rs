@@ -757,3 +757,41 @@ async fn every_boot_publishes_the_agents_first_healthy_answer() {
         ]
     );
 }
+
+/// An exec right after a boot waits for the guest's agent instead of failing while the guest
+/// is still booting (`banger vm start web && banger vm exec web -- ...`): the command reaches
+/// the agent once it answers, and only then.
+#[tokio::test]
+async fn an_exec_right_after_a_boot_waits_for_the_agent() {
+    use std::sync::atomic::Ordering;
+    let h = Harness::start().await;
+    h.fakes.agent.healthy.store(false, Ordering::SeqCst);
+    let vm = h.create("web").await;
+    let (bus, at) = (h.bus.clone(), h.host());
+    let id = vm.id.clone();
+    let exec = tokio::spawn(async move {
+        let req = VmExecRequest {
+            id,
+            exec: ExecRequest::new(["echo", "hi"]),
+        };
+        bus.call::<vm::Exec>(&at, &req, Duration::from_secs(30))
+            .await
+    });
+    // The controller keeps asking for health meanwhile and sends no exec.
+    let calls = h.fakes.agent.health_calls.clone();
+    let seen = calls.load(Ordering::SeqCst);
+    banger_testkit::wait_until("more health requests", Duration::from_secs(15), || {
+        let n = calls.load(Ordering::SeqCst);
+        async move { n >= seen + 6 }
+    })
+    .await;
+    assert!(
+        !exec.is_finished(),
+        "the exec gave up while the guest was booting"
+    );
+    assert_eq!(h.fakes.agent.exec_calls.load(Ordering::SeqCst), 0);
+    h.fakes.agent.healthy.store(true, Ordering::SeqCst);
+    let out = exec.await.unwrap().unwrap();
+    assert_eq!(out.stdout, "echo hi");
+    assert_eq!(h.fakes.agent.exec_calls.load(Ordering::SeqCst), 1);
+}

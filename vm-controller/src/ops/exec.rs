@@ -45,6 +45,7 @@ impl Controller {
         }
         let rec = self.record(&req.id).await?;
         require_running(&rec, "exec")?;
+        self.await_agent_after_boot(&rec).await;
         let paths = self.paths(&req.id);
         self.inner
             .agent

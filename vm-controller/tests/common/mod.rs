@@ -465,13 +465,20 @@ impl NetApi for FakeNetd {
 /// An agent double.
 #[derive(Clone)]
 pub struct FakeAgent {
+    /// Whether the agent answers (health and exec); `false` is a guest still booting.
     pub healthy: Arc<AtomicBool>,
+    /// Health requests received.
+    pub health_calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// Exec requests received.
+    pub exec_calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for FakeAgent {
     fn default() -> Self {
         Self {
             healthy: Arc::new(AtomicBool::new(true)),
+            health_calls: Arc::default(),
+            exec_calls: Arc::default(),
         }
     }
 }
@@ -479,6 +486,7 @@ impl Default for FakeAgent {
 impl AgentApi for FakeAgent {
     fn health(&self, _uds: PathBuf, _port: u32) -> BoxFuture<'_, Result<Health, DepError>> {
         let ok = self.healthy.load(Ordering::SeqCst);
+        self.health_calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             if !ok {
                 return Err(dep("agent", "health", ErrorCode::Unavailable, "no agent"));
@@ -504,7 +512,12 @@ impl AgentApi for FakeAgent {
         _port: u32,
         req: ExecRequest,
     ) -> BoxFuture<'_, Result<ExecResult, DepError>> {
+        let ok = self.healthy.load(Ordering::SeqCst);
+        self.exec_calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
+            if !ok {
+                return Err(dep("agent", "exec", ErrorCode::Unavailable, "no agent"));
+            }
             Ok(ExecResult {
                 exit_code: Some(0),
                 signal: None,

@@ -28,6 +28,8 @@ const REPLY_MARGIN: Duration = Duration::from_secs(10);
   echo hello | banger vm exec web --stdin -- cat
 
 The command is run directly, not through a shell: use `-- sh -c '...'` for pipes and globs.
+Right after `vm start` (within 30 s of the boot) the command waits for the guest's agent to \
+answer first, so `banger vm start web && banger vm exec web -- ...` works.
 
 Exit status: the command's own exit status; 128+N when a signal N ended it; 124 when it ran past \
 its timeout; 4 when the VM was not found or its agent did not answer; 1 for other failures.")]
