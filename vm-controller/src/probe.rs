@@ -69,7 +69,6 @@ impl Controller {
             return;
         };
         let deadline = started.saturating_add(AGENT_BOOT_WAIT_MS);
-        let port = self.inner.config.agent_port;
         let mut interval = FIRST_INTERVAL;
         loop {
             let answered = self
@@ -85,8 +84,7 @@ impl Controller {
             if self.this_boot(id, Some(started)).await.is_none() {
                 return;
             }
-            let vsock = self.paths(id).vsock_uds;
-            if matches!(self.inner.agent.health(vsock, port).await, Ok(h) if h.status == "ok") {
+            if self.agent_healthy(id).await {
                 return;
             }
             let left = Duration::from_millis(deadline.saturating_sub(now));
@@ -95,16 +93,21 @@ impl Controller {
         }
     }
 
+    /// Whether VM `id`'s agent answers its health check healthy.
+    async fn agent_healthy(&self, id: &VmId) -> bool {
+        let vsock = self.paths(id).vsock_uds;
+        let port = self.inner.config.agent_port;
+        matches!(self.inner.agent.health(vsock, port).await, Ok(h) if h.status == "ok")
+    }
+
     async fn probe(&self, id: &VmId, started_at_ms: Option<u64>) {
         let end = tokio::time::Instant::now() + PROBE_FOR;
         let mut interval = FIRST_INTERVAL;
-        let port = self.inner.config.agent_port;
         loop {
             if self.this_boot(id, started_at_ms).await.is_none() {
                 return;
             }
-            let vsock = self.paths(id).vsock_uds;
-            if matches!(self.inner.agent.health(vsock, port).await, Ok(h) if h.status == "ok") {
+            if self.agent_healthy(id).await {
                 // Under the VM's lock, so the event (its snapshot says `running`) cannot be
                 // published after a stop that began meanwhile: dnsd would serve the name again.
                 let _guard = self.lock(id).await;
