@@ -3,10 +3,7 @@
 //! is cut off) leaves it to the bucket's `max_age`. Readers list the live keys with
 //! [`crate::lab::read_bucket`] (no consumer).
 //!
-//! The bucket's stream is created directly, with a key-value bucket's settings, for the reason
-//! netd's subnet bucket is (async-nats' `create_key_value` cannot parse nats-server 2.9's
-//! account info). Its replicas follow the lab's subnet bucket when there is one (a lab's
-//! operator chose them there), else 1.
+//! The bucket is opened (and created, in memory) by [`crate::kv::open`].
 
 use std::time::Duration;
 
@@ -43,39 +40,21 @@ impl Heartbeat {
         key: &str,
         max_age: Duration,
     ) -> Result<Self, HeartbeatError> {
-        let err = |what: &'static str| {
-            move |e: &dyn std::fmt::Display| HeartbeatError {
-                bucket: bucket.to_owned(),
-                what,
-                message: e.to_string(),
-            }
-        };
-        let js = jetstream::new(bus.client().clone());
-        let store = match js.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => {
-                let replicas = lab_replicas(&js, bus.subjects().prefix()).await;
-                js.get_or_create_stream(jetstream::stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("banger: live processes' heartbeats".to_owned()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age,
-                    storage: jetstream::stream::StorageType::Memory,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: false,
-                    num_replicas: replicas,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err("creating the bucket")(&e))?;
-                js.get_key_value(bucket)
-                    .await
-                    .map_err(|e| err("opening the bucket")(&e))?
-            }
-        };
+        let store = crate::kv::open(
+            bus,
+            bucket,
+            crate::kv::BucketSpec {
+                description: "banger: live processes' heartbeats",
+                storage: jetstream::stream::StorageType::Memory,
+                max_age,
+            },
+        )
+        .await
+        .map_err(|message| HeartbeatError {
+            bucket: bucket.to_owned(),
+            what: "opening the bucket",
+            message,
+        })?;
         Ok(Self {
             store,
             bucket: bucket.to_owned(),
@@ -106,18 +85,5 @@ impl Heartbeat {
             what,
             message: e.to_string(),
         }
-    }
-}
-
-/// The replicas of the lab's subnet bucket, or 1 when there is none (yet).
-async fn lab_replicas(js: &jetstream::Context, prefix: &str) -> usize {
-    let subnets = banger_proto::net::subnet_bucket(prefix);
-    match js.get_stream(format!("KV_{subnets}")).await {
-        Ok(mut s) => s
-            .info()
-            .await
-            .map(|i| i.config.num_replicas.max(1))
-            .unwrap_or(1),
-        Err(_) => 1,
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod heartbeat;
 pub mod history;
+pub mod kv;
 pub mod lab;
 pub mod private;
 pub mod propagation;

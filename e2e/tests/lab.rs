@@ -215,6 +215,67 @@ fn a_three_host_lab_routes_resolves_survives_a_cut_and_converges() {
         assert_eq!(v["host"], host);
         assert_eq!(v["state"], "running");
     }
+    // Names are unique in the lab: h2 refuses h1's name, and of two hosts creating one new
+    // name at the same moment exactly one wins (the name directory's create-if-absent).
+    let out = lab.banger(
+        0,
+        &[
+            "vm",
+            "create",
+            "v1",
+            "--image",
+            "demo",
+            "--host",
+            "h2",
+            "--no-start",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("already exists on host h1"),
+        "{}",
+        text(&out)
+    );
+    let (on_h2, on_h3) = std::thread::scope(|s| {
+        let race = |host: &'static str| {
+            let lab = &lab;
+            s.spawn(move || {
+                lab.banger(
+                    0,
+                    &[
+                        "vm",
+                        "create",
+                        "dup",
+                        "--image",
+                        "demo",
+                        "--host",
+                        host,
+                        "--no-start",
+                    ],
+                )
+            })
+        };
+        let (a, b) = (race("h2"), race("h3"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_ne!(
+        on_h2.status.success(),
+        on_h3.status.success(),
+        "exactly one create of `dup` succeeds:\nh2: {}\nh3: {}",
+        text(&on_h2),
+        text(&on_h3)
+    );
+    let loser = if on_h2.status.success() {
+        &on_h3
+    } else {
+        &on_h2
+    };
+    assert!(
+        text(loser).contains("already exists on host"),
+        "{}",
+        text(loser)
+    );
+    lab.banger_ok(0, &["vm", "delete", "dup"]);
     let (ip1, ip2, ip3) = (ip_of(&l, "v1"), ip_of(&l, "v2"), ip_of(&l, "v3"));
     // Each host's VMs come from its own subnet of the lab range.
     let range_prefix = LAB_RANGE.split('.').take(2).collect::<Vec<_>>().join(".");

@@ -290,6 +290,24 @@ pub struct ControllerBeat {
     pub at_ms: u64,
 }
 
+/// The JetStream key-value bucket that makes VM names unique across a lab: `banger` ->
+/// `BANGER_VM_NAMES`. Key: the VM's name; value: a [`NameEntry`]. A controller creates the key
+/// (only if absent) before it records a new VM, and deletes it with the VM.
+pub fn name_bucket(prefix: &str) -> String {
+    crate::subject::jetstream_name(prefix, "VM_NAMES")
+}
+
+/// Who holds a name in [`name_bucket`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameEntry {
+    /// The name (also the key).
+    pub name: VmName,
+    /// The host whose controller holds it.
+    pub host: HostId,
+    /// The VM.
+    pub id: VmId,
+}
+
 /// Which log to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,10 +1,10 @@
 //! The controller's peers, behind small traits: stord (volumes), netd (leases and taps), the
-//! guest agent (health, exec), the other controllers (lab-wide name check) and the event
+//! guest agent (health, exec), the other controllers (lab-wide unique names) and the event
 //! stream. The real implementations talk over the bus or hybrid vsock; unit tests use doubles.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use banger_agent_client::AgentClient;
@@ -21,7 +21,10 @@ use banger_proto::vm::{ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, VmId, VmName};
 use futures::future::BoxFuture;
 
+use crate::names::{DirectoryError, NameDirectory, SyncReport};
 use crate::store::{Store, StoreError, VmRecord};
+
+pub use crate::names::Claim;
 
 /// A failed request to a peer: which one, what for, and why.
 #[derive(Debug, thiserror::Error)]
@@ -158,10 +161,17 @@ pub trait AgentApi: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ExecResult, DepError>>;
 }
 
-/// The other controllers of the lab.
+/// The other controllers of the lab: VM names unique across it (see [`crate::names`]).
 pub trait LabApi: Send + Sync + 'static {
-    /// A VM named `name` on another host, if any answered with one.
-    fn find_name(&self, name: &VmName) -> BoxFuture<'_, Option<(HostId, VmId)>>;
+    /// Claims `name` for this host's new VM `id`, before its record is written.
+    fn claim_name(&self, name: &VmName, id: &VmId) -> BoxFuture<'_, Claim>;
+    /// Points `name` at this host's VM `id`, now recorded (after [`Claim::Here`]).
+    fn adopt_name(&self, name: &VmName, id: &VmId) -> BoxFuture<'_, ()>;
+    /// Gives `name` back: VM `id` was deleted, or was not recorded after all.
+    fn release_name(&self, name: &VmName, id: &VmId) -> BoxFuture<'_, ()>;
+    /// Brings the lab's record of names in line with this host's VMs `local`, when an earlier
+    /// step could not update it (and once at start-up).
+    fn sync_names(&self, local: Vec<(VmName, VmId)>) -> BoxFuture<'_, ()>;
 }
 
 /// Where lifecycle events go.
@@ -336,47 +346,120 @@ impl AgentApi for VsockAgent {
     }
 }
 
-/// The other controllers, through one `vm.list` gather. It waits for as many answers as
-/// controllers were last discovered (kept fresh by the reconcile loop), so on a single host it
-/// returns as soon as this controller itself answered.
-#[derive(Debug, Clone)]
+/// The other controllers: the name directory ([`NameDirectory`]), and when it cannot be used
+/// (no JetStream, a timeout) one `vm.list` gather filtered by the name, as before the
+/// directory. The gather waits for as many answers as controllers were last discovered (kept
+/// fresh by the reconcile loop), so on a single host it is skipped. A directory step that
+/// failed leaves the directory to the next [`LabApi::sync_names`].
+#[derive(Debug)]
 pub struct BusLab {
     /// The bus.
     pub bus: Bus,
     /// This host.
     pub host: HostId,
+    /// The directory.
+    pub names: NameDirectory,
     /// How many controllers answered the last `$SRV.PING`.
     pub controllers: Arc<AtomicUsize>,
     /// Longest wait for the answers.
     pub deadline: Duration,
+    /// Whether the directory may be out of line with this host's VMs.
+    pub needs_sync: AtomicBool,
+}
+
+impl BusLab {
+    /// The lab of `host` on `bus`.
+    pub fn new(bus: Bus, host: HostId, controllers: Arc<AtomicUsize>, deadline: Duration) -> Self {
+        Self {
+            names: NameDirectory::new(bus.clone(), host.clone()),
+            bus,
+            host,
+            controllers,
+            deadline,
+            needs_sync: AtomicBool::new(true),
+        }
+    }
+
+    fn failed(&self, name: &VmName, e: &DirectoryError) {
+        tracing::warn!(vm.name = %name, error = %e, "name directory; it is brought in line later");
+        self.needs_sync.store(true, Ordering::Relaxed);
+    }
+
+    /// A VM named `name` on another host, if any answered with one.
+    async fn find_name(&self, name: &VmName) -> Option<(HostId, VmId)> {
+        let expect = self.controllers.load(Ordering::Relaxed);
+        if expect <= 1 {
+            // Only this controller is known: the local unique index is the whole check.
+            return None;
+        }
+        let replies = self
+            .bus
+            .gather::<op::vm::List>(
+                &Lab,
+                &ListVmsRequest::matching([name.as_str()]),
+                Some(expect),
+                self.deadline,
+            )
+            .await
+            .ok()?;
+        replies
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|r| r.host != self.host)
+            .flat_map(|r| r.vms)
+            .find(|v| &v.name == name)
+            .map(|v| (v.host, v.id))
+    }
 }
 
 impl LabApi for BusLab {
-    fn find_name(&self, name: &VmName) -> BoxFuture<'_, Option<(HostId, VmId)>> {
-        let name = name.clone();
+    fn claim_name(&self, name: &VmName, id: &VmId) -> BoxFuture<'_, Claim> {
+        let (name, id) = (name.clone(), id.clone());
         Box::pin(async move {
-            let expect = self.controllers.load(Ordering::Relaxed);
-            if expect <= 1 {
-                // Only this controller is known: the local unique index is the whole check.
-                return None;
+            match self.names.claim(&name, &id).await {
+                Ok(claim) => claim,
+                Err(e) => {
+                    self.failed(&name, &e);
+                    match self.find_name(&name).await {
+                        Some((host, id)) => Claim::Taken { host, id },
+                        None => Claim::Here,
+                    }
+                }
             }
-            let replies = self
-                .bus
-                .gather::<op::vm::List>(
-                    &Lab,
-                    &ListVmsRequest::matching([name.as_str()]),
-                    Some(expect),
-                    self.deadline,
-                )
-                .await
-                .ok()?;
-            replies
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|r| r.host != self.host)
-                .flat_map(|r| r.vms)
-                .find(|v| v.name == name)
-                .map(|v| (v.host, v.id))
+        })
+    }
+
+    fn adopt_name(&self, name: &VmName, id: &VmId) -> BoxFuture<'_, ()> {
+        let (name, id) = (name.clone(), id.clone());
+        Box::pin(async move {
+            if let Err(e) = self.names.adopt(&name, &id).await {
+                self.failed(&name, &e);
+            }
+        })
+    }
+
+    fn release_name(&self, name: &VmName, id: &VmId) -> BoxFuture<'_, ()> {
+        let (name, id) = (name.clone(), id.clone());
+        Box::pin(async move {
+            if let Err(e) = self.names.release(&name, &id).await {
+                self.failed(&name, &e);
+            }
+        })
+    }
+
+    fn sync_names(&self, local: Vec<(VmName, VmId)>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if !self.needs_sync.swap(false, Ordering::Relaxed) {
+                return;
+            }
+            match self.names.sync(&local).await {
+                Ok(report) if report == SyncReport::default() => {}
+                Ok(report) => tracing::info!(?report, "name directory brought in line"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "name directory not brought in line; trying again later");
+                    self.needs_sync.store(true, Ordering::Relaxed);
+                }
+            }
         })
     }
 }

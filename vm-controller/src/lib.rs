@@ -24,6 +24,7 @@ pub mod exit;
 pub mod halt;
 pub mod ids;
 pub mod locks;
+pub mod names;
 pub mod ops;
 pub mod postmortem;
 pub mod presence;
@@ -136,12 +137,12 @@ pub async fn run(ctx: Context, args: Args, shutdown: CancellationToken) -> Resul
             timeout: config.peer_timeout(),
         }),
         agent: Arc::new(VsockAgent),
-        lab: Arc::new(BusLab {
-            bus: bus.clone(),
-            host: host.clone(),
-            controllers: controllers.clone(),
-            deadline: LAB_LIST_DEADLINE,
-        }),
+        lab: Arc::new(BusLab::new(
+            bus.clone(),
+            host.clone(),
+            controllers.clone(),
+            LAB_LIST_DEADLINE,
+        )),
         events: Arc::new(BusEvents {
             bus: bus.clone(),
             host: host.clone(),
@@ -208,6 +209,7 @@ async fn reconcile_loop(
                 Err(e) => tracing::debug!(error = %e, "pinging the other controllers"),
             }
         }
+        ctl.sync_names().await;
         let Some(interval) = interval else {
             return;
         };

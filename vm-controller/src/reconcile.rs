@@ -69,6 +69,26 @@ impl Controller {
         report
     }
 
+    /// Brings the lab's name directory in line with this host's VMs, when a step could not
+    /// update it (and once at start-up); see [`crate::names`].
+    pub async fn sync_names(&self) {
+        if !self.inner.config.lab_name_check {
+            return;
+        }
+        match self.inner.db.list().await {
+            Ok(records) => {
+                let local = records
+                    .into_iter()
+                    .map(|r| (r.info.name, r.info.id))
+                    .collect();
+                self.inner.lab.sync_names(local).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %banger_bus::runtime::chain(&e), "name directory sync: listing vms");
+            }
+        }
+    }
+
     /// Kills the process of a start nobody finishes, detaches its tap and marks it failed.
     async fn fail_interrupted_start(&self, rec: &VmRecord, pid: u32) -> Result<(), HaltError> {
         let id = rec.id().clone();

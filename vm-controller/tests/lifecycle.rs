@@ -146,6 +146,19 @@ async fn names_are_unique_on_the_host_and_in_the_lab() {
     assert_eq!(err.code, ErrorCode::Conflict);
     assert!(err.message.contains("host h2"), "{}", err.message);
     assert_eq!(h.list().await.len(), 1);
+    // Every create claimed its name first; the local duplicate gave its claim back, the name
+    // another host holds was never recorded; a delete gives the name back.
+    h.op::<vm::Delete>(&h.list().await[0].id).await.unwrap();
+    assert_eq!(
+        *h.fakes.lab.calls.lock().unwrap(),
+        [
+            "claim web",
+            "claim web",
+            "release web",
+            "claim db",
+            "release web"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 //! Everything that can be checked is checked before the record is written: the request's
 //! values (typed: a zero or negative cpu count or memory size never deserialises), the port
 //! forwards, the host the request names, the image (stord must know it) and the name (unique on
-//! this host by the database, in the lab by one `vm.list` gather).
+//! this host by the database, in the lab by the name directory: its key is claimed before the
+//! record is written and given back if the record is not; see [`crate::names`]).
 
 use banger_proto::event::EventKind;
 use banger_proto::store::VolumeCreateRequest;
@@ -12,7 +13,7 @@ use banger_proto::{ErrorCode, HostId, ImageName, VmName};
 
 use crate::boot::BootKind;
 use crate::controller::Controller;
-use crate::deps::DepError;
+use crate::deps::{Claim, DepError};
 use crate::error::{BootError, Coded, RecordError};
 use crate::ids::new_vm_id;
 use crate::store::NewVm;
@@ -119,15 +120,20 @@ impl Controller {
                 CreateError::Image(e)
             }
         })?;
-        if inner.config.lab_name_check
-            && let Some((host, _)) = inner.lab.find_name(&req.name).await
-        {
-            return Err(CreateError::NameTaken {
-                name: req.name.clone(),
-                host,
-            });
-        }
         let id = new_vm_id();
+        let claim = if inner.config.lab_name_check {
+            match inner.lab.claim_name(&req.name, &id).await {
+                Claim::Taken { host, .. } => {
+                    return Err(CreateError::NameTaken {
+                        name: req.name.clone(),
+                        host,
+                    });
+                }
+                claim => Some(claim),
+            }
+        } else {
+            None
+        };
         // The id is lockable the moment it exists: take the lock before the record is visible.
         let _guard = self.lock(&id).await;
         let new = NewVm {
@@ -141,11 +147,23 @@ impl Controller {
             now_ms: banger_bus::now_ms(),
         };
         // The record and its `created` event's number: one write transaction.
-        let rec = inner
+        let recorded = inner
             .events
             .commit(EventKind::Created, inner.db.insert_numbered(new))
-            .await
-            .map_err(|e| self.store_error(e))?;
+            .await;
+        let rec = match (recorded, claim) {
+            (Ok(rec), Some(Claim::Here)) => {
+                inner.lab.adopt_name(&req.name, &id).await;
+                rec
+            }
+            (Ok(rec), _) => rec,
+            (Err(e), claim) => {
+                if claim == Some(Claim::Claimed) {
+                    inner.lab.release_name(&req.name, &id).await;
+                }
+                return Err(self.store_error(e).into());
+            }
+        };
         tracing::info!(vm.id = %id, vm.name = %rec.info.name, image = %image.name, "vm created");
         if req.start {
             let rec = self.boot(&id, BootKind::Create).await?;

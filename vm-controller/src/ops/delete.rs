@@ -115,6 +115,9 @@ impl Controller {
             .await
             .map_err(|e| self.store_error(e))?;
         tracing::info!(vm.id = %id, vm.name = %rec.info.name, "vm deleted");
+        if self.inner.config.lab_name_check {
+            self.inner.lab.release_name(&rec.info.name, &id).await;
+        }
         self.inner.locks.forget(&id);
         drop(guard);
         if let Ok(mut seen) = self.inner.last_health.lock() {

@@ -23,7 +23,7 @@ use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmRefRequest};
 use banger_proto::{ApiError, ErrorCode, HostId, ImageName, MemMib, Subjects, VmId, VmName};
 use banger_testkit::NatsServer;
 use banger_vm_controller::config::{ControllerConfig, Dirs, VmPaths, VmmKind};
-use banger_vm_controller::deps::{AgentApi, DepError, EventSink, LabApi, NetApi, StoreApi};
+use banger_vm_controller::deps::{AgentApi, Claim, DepError, EventSink, LabApi, NetApi, StoreApi};
 use banger_vm_controller::store::Store;
 use banger_vm_controller::vmm::{LaunchSpec, ProcUsage, Vmm, VmmError};
 use banger_vm_controller::{Controller, ControllerParts};
@@ -529,16 +529,42 @@ impl AgentApi for FakeAgent {
     }
 }
 
-/// Other controllers' VM names.
+/// Other controllers' VM names, and what this controller asked of them.
 #[derive(Clone, Default)]
 pub struct FakeLab {
     pub names: Arc<Mutex<HashMap<VmName, (HostId, VmId)>>>,
+    /// Names this controller claimed, adopted and released, in order (`claim web`, ...).
+    pub calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeLab {
+    fn call(&self, what: &str, name: &VmName) {
+        self.calls.lock().unwrap().push(format!("{what} {name}"));
+    }
 }
 
 impl LabApi for FakeLab {
-    fn find_name(&self, name: &VmName) -> BoxFuture<'_, Option<(HostId, VmId)>> {
-        let r = self.names.lock().unwrap().get(name).cloned();
+    fn claim_name(&self, name: &VmName, _id: &VmId) -> BoxFuture<'_, Claim> {
+        self.call("claim", name);
+        let r = match self.names.lock().unwrap().get(name).cloned() {
+            Some((host, id)) => Claim::Taken { host, id },
+            None => Claim::Claimed,
+        };
         Box::pin(async move { r })
+    }
+
+    fn adopt_name(&self, name: &VmName, _id: &VmId) -> BoxFuture<'_, ()> {
+        self.call("adopt", name);
+        Box::pin(async {})
+    }
+
+    fn release_name(&self, name: &VmName, _id: &VmId) -> BoxFuture<'_, ()> {
+        self.call("release", name);
+        Box::pin(async {})
+    }
+
+    fn sync_names(&self, _local: Vec<(VmName, VmId)>) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -575,6 +601,8 @@ pub struct Fakes {
     pub lab: FakeLab,
     /// A real hypervisor implementation to use instead of [`FakeVmm`].
     pub real_vmm: Option<Arc<dyn Vmm>>,
+    /// A real lab (the name directory) to use instead of [`FakeLab`].
+    pub real_lab: Option<Arc<dyn LabApi>>,
 }
 
 impl Default for Fakes {
@@ -586,6 +614,7 @@ impl Default for Fakes {
             agent: FakeAgent::default(),
             lab: FakeLab::default(),
             real_vmm: None,
+            real_lab: None,
         }
     }
 }
@@ -702,6 +731,12 @@ impl Harness {
         self.serve().await;
     }
 
+    /// Restarts the controller with `lab` instead of the fake one.
+    pub async fn rebuild_with_lab(&mut self, lab: Arc<dyn LabApi>) {
+        self.fakes.real_lab = Some(lab);
+        self.restart_controller().await;
+    }
+
     /// Stops serving cleanly (SIGTERM's path), without starting another controller.
     pub async fn stop_controller(&mut self) {
         self.shutdown.cancel();
@@ -802,7 +837,10 @@ fn build(dir: &tempfile::TempDir, bus: &Bus, config: &ControllerConfig, f: &Fake
         stord: Arc::new(f.stord.clone()),
         netd: Arc::new(f.netd.clone()),
         agent: Arc::new(f.agent.clone()),
-        lab: Arc::new(f.lab.clone()),
+        lab: f
+            .real_lab
+            .clone()
+            .unwrap_or_else(|| Arc::new(f.lab.clone()) as Arc<dyn LabApi>),
         events: bus_sink(bus),
     })
 }

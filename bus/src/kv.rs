@@ -1,0 +1,69 @@
+//! Opening banger's JetStream key-value buckets, creating them when missing.
+//!
+//! A bucket's stream is created directly, with a key-value bucket's settings (one value per
+//! key, `discard: new`, rollups, no message deletes), not with async-nats'
+//! `create_key_value`, which first reads the account info that async-nats 0.51 cannot parse
+//! from nats-server 2.9 (Debian's). Direct get is off: reads go to the stream leader, never to
+//! a replica on a host that is cut off (nats-server 2.9 was seen to leave such direct gets
+//! unanswered). Creating an identical stream twice is not an error, so two hosts starting
+//! together both succeed. The replicas follow the lab's subnet bucket when there is one (the
+//! lab's operator chose them there), else 1.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream::StorageType};
+
+use crate::client::Bus;
+
+/// How a bucket is created when it is missing.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketSpec<'a> {
+    /// The stream's description.
+    pub description: &'a str,
+    /// Memory (lost with the servers: heartbeats) or file.
+    pub storage: StorageType,
+    /// How long a value lives; zero: until it is deleted.
+    pub max_age: Duration,
+}
+
+/// Opens key-value bucket `bucket`, creating it as `spec` says when it is missing. The error is
+/// the client's message (no JetStream, no rights, no quorum).
+pub async fn open(bus: &Bus, bucket: &str, spec: BucketSpec<'_>) -> Result<kv::Store, String> {
+    let js = jetstream::new(bus.client().clone());
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let replicas = lab_replicas(&js, bus.subjects().prefix()).await;
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(spec.description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: spec.max_age,
+        storage: spec.storage,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: false,
+        num_replicas: replicas,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("creating the bucket: {e}"))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("opening the bucket: {e}"))
+}
+
+/// The replicas of the lab's subnet bucket, or 1 when there is none (yet).
+async fn lab_replicas(js: &jetstream::Context, prefix: &str) -> usize {
+    let subnets = banger_proto::net::subnet_bucket(prefix);
+    match js.get_stream(format!("KV_{subnets}")).await {
+        Ok(mut s) => s
+            .info()
+            .await
+            .map(|i| i.config.num_replicas.max(1))
+            .unwrap_or(1),
+        Err(_) => 1,
+    }
+}
