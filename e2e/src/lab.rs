@@ -366,9 +366,36 @@ impl Drop for Lab {
                 n.kill();
             }
         }
+        if std::thread::panicking() {
+            keep_logs(&self.dir);
+        }
         self.hosts.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// After a failed test: copies every host's `*.log` under `dir` to a directory that outlives
+/// the lab (`<dir>-logs`), and says where, so the failure can be read after the fact.
+fn keep_logs(dir: &Path) {
+    let kept = PathBuf::from(format!("{}-logs", dir.display()));
+    let Ok(hosts) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for host in hosts.flatten() {
+        let Ok(files) = std::fs::read_dir(host.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let path = f.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let to = kept.join(host.file_name());
+                if std::fs::create_dir_all(&to).is_ok() {
+                    let _ = std::fs::copy(&path, to.join(f.file_name()));
+                }
+            }
+        }
+    }
+    eprintln!("the lab's logs are kept in {}", kept.display());
 }
 
 fn log_to(cmd: &mut Command, path: &Path) {
