@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod create;
+pub(crate) mod create_many;
 pub mod exec;
 pub mod inspect;
 pub mod list;
