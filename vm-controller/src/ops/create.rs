@@ -143,7 +143,11 @@ impl Controller {
         // The record and its `created` event's number: one write transaction.
         let rec = inner
             .events
-            .commit(EventKind::Created, inner.db.insert_numbered(new))
+            .commit(EventKind::Created, |h| {
+                inner
+                    .db
+                    .insert_numbered(new, move |rec, seq| h.post(&rec.info, seq))
+            })
             .await
             .map_err(|e| self.store_error(e))?;
         tracing::info!(vm.id = %id, vm.name = %rec.info.name, image = %image.name, "vm created");
