@@ -155,7 +155,11 @@ fn one_create_makes_many_vms_at_once_and_names_each_failure() {
     let bad = stack.banger(&["vm", "create", "w-1", "W-2", "w-1", "--no-start"]);
     assert_eq!(bad.status.code(), Some(2), "{}{}", out(&bad), err(&bad));
     assert!(err(&bad).contains("\"W-2\""), "{}", err(&bad));
-    assert!(err(&bad).contains("\"w-1\" is given twice"), "{}", err(&bad));
+    assert!(
+        err(&bad).contains("\"w-1\" is given twice"),
+        "{}",
+        err(&bad)
+    );
     assert!(names(&list()).is_empty(), "{:?}", names(&list()));
 
     // A taken name fails in its place; the others are created.
@@ -171,12 +175,22 @@ fn one_create_makes_many_vms_at_once_and_names_each_failure() {
     for (line, name) in lines.iter().zip(&many) {
         assert!(line.starts_with(&format!("{name} ")), "{line}");
         if name == "w-2" {
-            assert!(line.contains("failed:") && line.contains("(conflict)"), "{line}");
+            assert!(
+                line.contains("failed:") && line.contains("(conflict)"),
+                "{line}"
+            );
         } else {
-            assert!(line.contains("created on") && line.contains("stopped"), "{line}");
+            assert!(
+                line.contains("created on") && line.contains("stopped"),
+                "{line}"
+            );
         }
     }
-    assert!(err(&made).contains("1 of 8 targets failed"), "{}", err(&made));
+    assert!(
+        err(&made).contains("1 of 8 targets failed"),
+        "{}",
+        err(&made)
+    );
     assert_eq!(names(&list()), many);
 
     // Started together, they all run, each with an address of its own.
@@ -215,7 +229,11 @@ fn one_create_makes_many_vms_at_once_and_names_each_failure() {
         .collect();
     assert_eq!(
         got,
-        [("x-1", true, "ok"), ("x-2", true, "ok"), ("x-3", true, "ok")]
+        [
+            ("x-1", true, "ok"),
+            ("x-2", true, "ok"),
+            ("x-3", true, "ok")
+        ]
     );
 
     let mut delete = vec!["vm", "delete", "x-1", "x-2", "x-3"];

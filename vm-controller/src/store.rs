@@ -366,7 +366,11 @@ impl Store {
     /// [`Store::remove`], numbering the `deleted` event in the same transaction: returns
     /// whether a row was removed and the event's sequence number, which `committed` gets first
     /// (in commit order).
-    pub async fn remove_numbered<C>(&self, id: &VmId, committed: C) -> Result<(bool, u64), StoreError>
+    pub async fn remove_numbered<C>(
+        &self,
+        id: &VmId,
+        committed: C,
+    ) -> Result<(bool, u64), StoreError>
     where
         C: FnOnce(u64) + Send + 'static,
     {
@@ -784,10 +788,14 @@ mod tests {
         let before = s.write_transactions();
         let (a, created) = s.insert_numbered(new_vm("a"), |_, _| {}).await.unwrap();
         let (r, starting) = s
-            .modify_numbered(a.id(), |r| {
-                r.info.state = VmState::Starting;
-                Ok(())
-            }, |_, _| {})
+            .modify_numbered(
+                a.id(),
+                |r| {
+                    r.info.state = VmState::Starting;
+                    Ok(())
+                },
+                |_, _| {},
+            )
             .await
             .unwrap();
         assert_eq!((created, starting), (1, 2));
@@ -795,10 +803,14 @@ mod tests {
         assert_eq!(s.write_transactions() - before, 2, "one transaction each");
         // A refused change takes no number.
         let err = s
-            .modify_numbered(a.id(), |r| {
-                r.info.state = VmState::Creating;
-                Ok(())
-            }, |_, _| {})
+            .modify_numbered(
+                a.id(),
+                |r| {
+                    r.info.state = VmState::Creating;
+                    Ok(())
+                },
+                |_, _| {},
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");

@@ -819,7 +819,10 @@ async fn concurrent_creates_all_run_with_distinct_addresses_and_ordered_events()
         }
         let vm = reply.unwrap().vm;
         assert_eq!(vm.state, VmState::Running, "{name}");
-        assert!(ips.insert(vm.network.unwrap().ip), "{name}: address given twice");
+        assert!(
+            ips.insert(vm.network.unwrap().ip),
+            "{name}: address given twice"
+        );
         let spec = h.fakes.vmm.last_launch(name).unwrap();
         assert!(cids.insert(spec.vsock_cid), "{name}: vsock cid given twice");
     }
@@ -836,5 +839,8 @@ async fn concurrent_creates_all_run_with_distinct_addresses_and_ordered_events()
     .await;
     let seqs: Vec<u64> = h.events.snapshot().iter().map(|e| e.seq).collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "one number per event, published in sequence order");
+    assert_eq!(
+        seqs, expected,
+        "one number per event, published in sequence order"
+    );
 }

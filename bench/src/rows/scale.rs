@@ -133,11 +133,15 @@ pub(crate) fn batch_failures(stdout: &str, stderr: &str, k: usize) -> (usize, St
     let count = stderr.lines().find_map(|l| {
         let rest = l.trim().strip_prefix("error: ")?;
         let (failed, rest) = rest.split_once(" of ")?;
-        rest.contains(" failed").then(|| failed.parse::<usize>().ok())?
+        rest.contains(" failed")
+            .then(|| failed.parse::<usize>().ok())?
     });
     let why = stdout
         .lines()
-        .find_map(|l| l.split_once("failed: ").map(|(_, why)| why.trim().to_owned()))
+        .find_map(|l| {
+            l.split_once("failed: ")
+                .map(|(_, why)| why.trim().to_owned())
+        })
         .or_else(|| {
             stderr
                 .lines()
@@ -302,7 +306,10 @@ mod tests {
             "error: 1 of 2 targets failed\n",
             2,
         );
-        assert_eq!((n, why.as_str()), (1, "a vm named b2 already exists (conflict)"));
+        assert_eq!(
+            (n, why.as_str()),
+            (1, "a vm named b2 already exists (conflict)")
+        );
         let (n, why) = batch_failures("", "error: no controller answered\n", 5);
         assert_eq!((n, why.as_str()), (5, "error: no controller answered"));
     }

@@ -111,7 +111,9 @@ impl Controller {
             .commit(EventKind::Deleted, |h| {
                 let (info, vm) = (rec.info.clone(), id.clone());
                 async move {
-                    let (_, seq) = db.remove_numbered(&vm, move |seq| h.post(&info, seq)).await?;
+                    let (_, seq) = db
+                        .remove_numbered(&vm, move |seq| h.post(&info, seq))
+                        .await?;
                     Ok((rec, seq))
                 }
             })

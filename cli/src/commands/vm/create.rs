@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use banger_bus::RequestError;
 use banger_proto::net::PortForward;
 use banger_proto::op::{Lab, vm};
 use banger_proto::vm::{CreateVmRequest, VmInfo, VmOpReply, VmState};
-use banger_bus::RequestError;
 use banger_proto::{ApiError, CpuCount, HostId, ImageName, MemMib, VmName, service};
 
 use super::units::{format_mib, parse_cpus, parse_disk, parse_memory, parse_seconds};
@@ -332,7 +332,12 @@ mod tests {
             .checked_names()
             .unwrap_err();
         assert!(err.message.contains("--publish"), "{err}");
-        assert!(parse(&["a", "-p", "8080:80"]).unwrap().checked_names().is_ok());
+        assert!(
+            parse(&["a", "-p", "8080:80"])
+                .unwrap()
+                .checked_names()
+                .is_ok()
+        );
     }
 
     #[test]

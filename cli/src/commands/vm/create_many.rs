@@ -97,10 +97,7 @@ async fn create_one(app: &App, args: &CreateArgs, req: CreateVmRequest) -> Outco
 /// The error of a wait that ended without a healthy agent.
 fn wait_error(e: &anyhow::Error) -> ApiError {
     e.downcast_ref::<ApiError>().cloned().unwrap_or_else(|| {
-        ApiError::new(
-            ErrorCode::Internal,
-            banger_bus::runtime::chain(e.as_ref()),
-        )
+        ApiError::new(ErrorCode::Internal, banger_bus::runtime::chain(e.as_ref()))
     })
 }
 
@@ -116,12 +113,9 @@ pub(crate) fn render(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     for o in outcomes {
         let what = match (&o.error, &o.vm) {
-            (Some(e), Some(vm)) => format!(
-                "created {}; failed: {} ({})",
-                placed(vm),
-                e.message,
-                e.code
-            ),
+            (Some(e), Some(vm)) => {
+                format!("created {}; failed: {} ({})", placed(vm), e.message, e.code)
+            }
             (Some(e), None) => format!("failed: {} ({})", e.message, e.code),
             (None, Some(vm)) => created(vm, o),
             (None, None) => "created".to_owned(),
@@ -175,7 +169,11 @@ mod tests {
     #[test]
     fn one_line_per_name_in_order_with_each_failure_in_its_place() {
         let outcomes = [
-            outcome("web-1", Some(vm("web-1", VmState::Running, Some("10.0.0.2"))), None),
+            outcome(
+                "web-1",
+                Some(vm("web-1", VmState::Running, Some("10.0.0.2"))),
+                None,
+            ),
             outcome(
                 "web-2",
                 None,
@@ -189,13 +187,19 @@ mod tests {
         let text = render(&outcomes);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("web-1   created on h1: running"), "{text}");
+        assert!(
+            lines[0].starts_with("web-1   created on h1: running"),
+            "{text}"
+        );
         assert!(lines[0].contains("10.0.0.2 (web-1.vm)"), "{text}");
         assert_eq!(
             lines[1],
             "web-2   failed: a vm named web-2 already exists on host h1 (conflict)"
         );
-        assert!(lines[2].starts_with("web-10  created on h1: stopped"), "{text}");
+        assert!(
+            lines[2].starts_with("web-10  created on h1: stopped"),
+            "{text}"
+        );
         assert_eq!(exit_code(&outcomes), crate::exit::PARTIAL);
     }
 }
