@@ -123,3 +123,122 @@ fn the_vm_commands_drive_the_real_controller_from_create_to_delete() {
     let down = stack.banger(&["down"]);
     assert!(down.status.success(), "{}", err(&down));
 }
+
+#[test]
+fn one_create_makes_many_vms_at_once_and_names_each_failure() {
+    if !require_root() {
+        return;
+    }
+    if !have_program("mkfs.ext4") {
+        return skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)");
+    }
+    let stack = Stack::new("vmmany");
+    stack.up();
+    stack.register_image("debian");
+    let names = |vms: &serde_json::Value| -> Vec<String> {
+        let mut n: Vec<String> = vms["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|vm| vm["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort_unstable();
+        n
+    };
+    let list = || -> serde_json::Value {
+        let l = stack.banger(&["vm", "list", "--json"]);
+        assert!(l.status.success(), "{}", err(&l));
+        serde_json::from_slice(&l.stdout).unwrap()
+    };
+
+    // One bad name refuses the whole command, naming every bad one: nothing is created.
+    let bad = stack.banger(&["vm", "create", "w-1", "W-2", "w-1", "--no-start"]);
+    assert_eq!(bad.status.code(), Some(2), "{}{}", out(&bad), err(&bad));
+    assert!(err(&bad).contains("\"W-2\""), "{}", err(&bad));
+    assert!(
+        err(&bad).contains("\"w-1\" is given twice"),
+        "{}",
+        err(&bad)
+    );
+    assert!(names(&list()).is_empty(), "{:?}", names(&list()));
+
+    // A taken name fails in its place; the others are created.
+    stack.banger_ok(&["vm", "create", "w-2", "--no-start"]);
+    let many: Vec<String> = (1..=8).map(|i| format!("w-{i}")).collect();
+    let mut args = vec!["vm", "create"];
+    args.extend(many.iter().map(String::as_str));
+    args.push("--no-start");
+    let made = stack.banger(&args);
+    assert_eq!(made.status.code(), Some(3), "{}{}", out(&made), err(&made));
+    let lines: Vec<String> = out(&made).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 8, "{}", out(&made));
+    for (line, name) in lines.iter().zip(&many) {
+        assert!(line.starts_with(&format!("{name} ")), "{line}");
+        if name == "w-2" {
+            assert!(
+                line.contains("failed:") && line.contains("(conflict)"),
+                "{line}"
+            );
+        } else {
+            assert!(
+                line.contains("created on") && line.contains("stopped"),
+                "{line}"
+            );
+        }
+    }
+    assert!(
+        err(&made).contains("1 of 8 targets failed"),
+        "{}",
+        err(&made)
+    );
+    assert_eq!(names(&list()), many);
+
+    // Started together, they all run, each with an address of its own.
+    let mut start = vec!["vm", "start"];
+    start.extend(many.iter().map(String::as_str));
+    stack.banger_ok(&start);
+    let vms = list();
+    let mut ips: Vec<&str> = vms["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| {
+            assert_eq!(vm["state"], "running", "{vm}");
+            vm["network"]["ip"].as_str().unwrap()
+        })
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    assert_eq!(ips.len(), many.len(), "{ips:?}");
+
+    // Created and booted together, waiting for every guest agent, as JSON.
+    let waited = stack.banger(&["--json", "vm", "create", "x-1", "x-2", "x-3", "--wait"]);
+    assert!(waited.status.success(), "{}{}", out(&waited), err(&waited));
+    let v: serde_json::Value = serde_json::from_slice(&waited.stdout).unwrap();
+    let got: Vec<(&str, bool, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap(),
+                o["ok"].as_bool().unwrap(),
+                o["health"]["status"].as_str().unwrap_or("none"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("x-1", true, "ok"),
+            ("x-2", true, "ok"),
+            ("x-3", true, "ok")
+        ]
+    );
+
+    let mut delete = vec!["vm", "delete", "x-1", "x-2", "x-3"];
+    delete.extend(many.iter().map(String::as_str));
+    stack.banger_ok(&delete);
+    assert!(names(&list()).is_empty());
+    assert!(stack.taps().is_empty(), "{:?}", stack.taps());
+}

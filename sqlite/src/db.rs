@@ -8,8 +8,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use crate::migrate::{check_known, migrate, user_version};
 use crate::{Schema, SqliteError, files, profile};
 
-/// Reader connections kept open for reuse.
-const READER_POOL: usize = 4;
+/// Reader connections kept open for reuse. A read that finds the pool empty opens a connection
+/// (a file open and the profile's pragmas); with 4, a burst of 100 concurrent requests opened
+/// and closed ~96 connections, so the pool is sized for such bursts.
+const READER_POOL: usize = 32;
 
 struct Inner {
     name: &'static str,
@@ -111,6 +113,24 @@ impl Db {
     where
         E: From<SqliteError>,
     {
+        self.write_then(f, |_| {})
+    }
+
+    /// [`Db::write`], then `committed` with the value once the transaction has committed, while
+    /// this process's writer connection is still held: the `committed` calls of successive
+    /// writes run in commit order (for handing out what a write numbered, in its order, without
+    /// a lock of the caller's own around the whole write). Not called when the write fails.
+    ///
+    /// # Errors
+    /// As [`Db::write`].
+    pub fn write_then<T, E>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+        committed: impl FnOnce(&T),
+    ) -> Result<T, E>
+    where
+        E: From<SqliteError>,
+    {
         let name = self.inner.name;
         let sql = |step: &'static str| move |source| SqliteError::Sql { name, step, source };
         // A panic inside `f` rolled its transaction back (Transaction's drop), so a poisoned
@@ -125,6 +145,8 @@ impl Db {
             .map_err(sql("starting a write transaction"))?;
         let value = f(&tx)?;
         tx.commit().map_err(sql("committing a write"))?;
+        committed(&value);
+        drop(conn);
         Ok(value)
     }
 
@@ -159,6 +181,27 @@ impl Db {
     {
         let db = self.clone();
         tokio::task::spawn_blocking(move || db.write(f))
+            .await
+            .map_err(|source| SqliteError::Join {
+                name: self.inner.name,
+                source,
+            })?
+    }
+
+    /// [`Db::write_then`] on the blocking thread pool. Once started, the write and `committed`
+    /// run to the end even when the caller stops waiting.
+    ///
+    /// # Errors
+    /// As [`Db::write`], and [`SqliteError::Join`] when the task dies.
+    pub async fn write_then_async<T, E, F, C>(&self, f: F, committed: C) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<SqliteError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.write_then(f, committed))
             .await
             .map_err(|source| SqliteError::Join {
                 name: self.inner.name,

@@ -172,7 +172,11 @@ impl Controller {
     {
         self.inner
             .events
-            .commit(kind, self.inner.db.modify_numbered(id, change))
+            .commit(kind, |h| {
+                self.inner
+                    .db
+                    .modify_numbered(id, change, move |rec, seq| h.post(&rec.info, seq))
+            })
             .await
             .map_err(|e| self.store_error(e))
     }

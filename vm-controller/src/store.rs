@@ -13,8 +13,10 @@
 //! lock (see [`crate::locks`]), and each write is a transaction of its own.
 //!
 //! A change that is reported by an event numbers that event in the same transaction
-//! ([`Store::insert_numbered`], [`Store::modify_numbered`], [`Store::remove_numbered`]): the
-//! caller publishes the returned sequence number after the commit, so a crash can never leave a
+//! ([`Store::insert_numbered`], [`Store::modify_numbered`], [`Store::remove_numbered`]), and
+//! hands it on in the caller's `committed` callback, run right after the commit while the writer
+//! is still held: callbacks run in sequence order, so events are queued for publication in the
+//! order they were numbered without a lock around the whole write. A crash can never leave a
 //! state change whose event number was not taken, and an operation costs one write transaction
 //! per step instead of two. [`Store::write_transactions`] counts the write transactions, so
 //! tests can hold the hot path to its count.
@@ -233,6 +235,21 @@ impl Store {
         self.db.write_async(move |tx| f(tx, &host)).await
     }
 
+    /// [`Store::write`], calling `committed` with the value after the commit, writer still
+    /// held (so in commit order; see the module's documentation).
+    async fn write_then<T, F, C>(&self, f: F, committed: C) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, &HostId) -> Result<T, StoreError> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
+    {
+        let host = self.host.clone();
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.db
+            .write_then_async(move |tx| f(tx, &host), committed)
+            .await
+    }
+
     /// Inserts a `creating` record, allocating a vsock CID. Fails with
     /// [`StoreError::NameTaken`] when the name exists.
     pub async fn insert(&self, vm: NewVm) -> Result<VmRecord, StoreError> {
@@ -240,12 +257,22 @@ impl Store {
     }
 
     /// [`Store::insert`], numbering the `created` event in the same transaction: returns the
-    /// record and the event's sequence number.
-    pub async fn insert_numbered(&self, vm: NewVm) -> Result<(VmRecord, u64), StoreError> {
-        self.write(move |tx, host| {
-            let rec = insert_row(tx, host, vm)?;
-            Ok((rec, bump_event_seq(tx)?))
-        })
+    /// record and the event's sequence number, which `committed` gets first (in commit order).
+    pub async fn insert_numbered<C>(
+        &self,
+        vm: NewVm,
+        committed: C,
+    ) -> Result<(VmRecord, u64), StoreError>
+    where
+        C: FnOnce(&VmRecord, u64) + Send + 'static,
+    {
+        self.write_then(
+            move |tx, host| {
+                let rec = insert_row(tx, host, vm)?;
+                Ok((rec, bump_event_seq(tx)?))
+            },
+            |(rec, seq)| committed(rec, *seq),
+        )
         .await
     }
 
@@ -292,20 +319,26 @@ impl Store {
     }
 
     /// [`Store::modify`], numbering the event that reports the change in the same transaction:
-    /// returns the record and the event's sequence number.
-    pub async fn modify_numbered<F>(
+    /// returns the record and the event's sequence number, which `committed` gets first (in
+    /// commit order).
+    pub async fn modify_numbered<F, C>(
         &self,
         id: &VmId,
         change: F,
+        committed: C,
     ) -> Result<(VmRecord, u64), StoreError>
     where
         F: FnOnce(&mut VmRecord) -> Result<(), StoreError> + Send + 'static,
+        C: FnOnce(&VmRecord, u64) + Send + 'static,
     {
         let id = id.clone();
-        self.write(move |tx, host| {
-            let rec = modify_row(tx, host, &id, change)?;
-            Ok((rec, bump_event_seq(tx)?))
-        })
+        self.write_then(
+            move |tx, host| {
+                let rec = modify_row(tx, host, &id, change)?;
+                Ok((rec, bump_event_seq(tx)?))
+            },
+            |(rec, seq)| committed(rec, *seq),
+        )
         .await
     }
 
@@ -331,21 +364,36 @@ impl Store {
     }
 
     /// [`Store::remove`], numbering the `deleted` event in the same transaction: returns
-    /// whether a row was removed and the event's sequence number.
-    pub async fn remove_numbered(&self, id: &VmId) -> Result<(bool, u64), StoreError> {
+    /// whether a row was removed and the event's sequence number, which `committed` gets first
+    /// (in commit order).
+    pub async fn remove_numbered<C>(
+        &self,
+        id: &VmId,
+        committed: C,
+    ) -> Result<(bool, u64), StoreError>
+    where
+        C: FnOnce(u64) + Send + 'static,
+    {
         let id = id.clone();
-        self.write(move |tx, _| {
-            let removed = remove_row(tx, &id)?;
-            Ok((removed, bump_event_seq(tx)?))
-        })
+        self.write_then(
+            move |tx, _| {
+                let removed = remove_row(tx, &id)?;
+                Ok((removed, bump_event_seq(tx)?))
+            },
+            |(_, seq)| committed(*seq),
+        )
         .await
     }
 
     /// Hands out the next event sequence number of this host (persisted, so it keeps increasing
     /// across restarts), in a transaction of its own: for events that report no stored change
-    /// (`health`).
-    pub async fn next_event_seq(&self) -> Result<u64, StoreError> {
-        self.write(|tx, _| bump_event_seq(tx)).await
+    /// (`health`). `committed` gets it first (in commit order).
+    pub async fn next_event_seq<C>(&self, committed: C) -> Result<u64, StoreError>
+    where
+        C: FnOnce(u64) + Send + 'static,
+    {
+        self.write_then(|tx, _| bump_event_seq(tx), |seq| committed(*seq))
+            .await
     }
 
     /// Runs a pragma query on a fresh pooled connection (tests check the profile with it).
@@ -723,7 +771,7 @@ mod tests {
                         Ok(())
                     })
                     .await?;
-                    s.next_event_seq().await?;
+                    s.next_event_seq(|_| {}).await?;
                 }
                 Ok::<_, StoreError>(())
             }
@@ -731,19 +779,23 @@ mod tests {
         for r in futures::future::join_all(writers).await {
             r.unwrap();
         }
-        assert_eq!(s.next_event_seq().await.unwrap(), 101);
+        assert_eq!(s.next_event_seq(|_| {}).await.unwrap(), 101);
     }
 
     #[tokio::test]
     async fn a_change_and_its_event_number_commit_together_or_not_at_all() {
         let (_d, s) = store();
         let before = s.write_transactions();
-        let (a, created) = s.insert_numbered(new_vm("a")).await.unwrap();
+        let (a, created) = s.insert_numbered(new_vm("a"), |_, _| {}).await.unwrap();
         let (r, starting) = s
-            .modify_numbered(a.id(), |r| {
-                r.info.state = VmState::Starting;
-                Ok(())
-            })
+            .modify_numbered(
+                a.id(),
+                |r| {
+                    r.info.state = VmState::Starting;
+                    Ok(())
+                },
+                |_, _| {},
+            )
             .await
             .unwrap();
         assert_eq!((created, starting), (1, 2));
@@ -751,21 +803,79 @@ mod tests {
         assert_eq!(s.write_transactions() - before, 2, "one transaction each");
         // A refused change takes no number.
         let err = s
-            .modify_numbered(a.id(), |r| {
-                r.info.state = VmState::Creating;
-                Ok(())
-            })
+            .modify_numbered(
+                a.id(),
+                |r| {
+                    r.info.state = VmState::Creating;
+                    Ok(())
+                },
+                |_, _| {},
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
         assert!(matches!(
-            s.insert_numbered(new_vm("a")).await,
+            s.insert_numbered(new_vm("a"), |_, _| {}).await,
             Err(StoreError::NameTaken(_))
         ));
-        let (removed, deleted) = s.remove_numbered(a.id()).await.unwrap();
+        let (removed, deleted) = s.remove_numbered(a.id(), |_| {}).await.unwrap();
         assert!(removed);
         assert_eq!(deleted, 3, "failed changes took no number");
         assert!(s.find(a.id()).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn numbered_writes_hand_their_numbers_on_in_sequence_order() {
+        let (_d, s) = store();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let tx = tx.clone();
+            let (rec, _) = s
+                .insert_numbered(new_vm(&format!("v{i}")), move |_, seq| {
+                    let _ = tx.send(seq);
+                })
+                .await
+                .unwrap();
+            ids.push(rec.info.id);
+        }
+        // Concurrent writers of every numbered kind, racing for the one writer connection.
+        let writers = ids.into_iter().map(|id| {
+            let (s, tx) = (s.clone(), tx.clone());
+            async move {
+                for n in 0..5u32 {
+                    let t = tx.clone();
+                    s.modify_numbered(
+                        &id,
+                        move |r| {
+                            r.pid = Some(n);
+                            Ok(())
+                        },
+                        move |_, seq| {
+                            let _ = t.send(seq);
+                        },
+                    )
+                    .await?;
+                    let t = tx.clone();
+                    s.next_event_seq(move |seq| {
+                        let _ = t.send(seq);
+                    })
+                    .await?;
+                }
+                let t = tx.clone();
+                s.remove_numbered(&id, move |seq| {
+                    let _ = t.send(seq);
+                })
+                .await?;
+                Ok::<_, StoreError>(())
+            }
+        });
+        for r in futures::future::join_all(writers).await {
+            r.unwrap();
+        }
+        drop(tx);
+        let handed: Vec<u64> = rx.iter().collect();
+        assert_eq!(handed, (1..=120).collect::<Vec<u64>>());
     }
 
     #[tokio::test]
@@ -773,11 +883,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vms.sqlite");
         let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
-        assert_eq!(s.next_event_seq().await.unwrap(), 1);
-        assert_eq!(s.next_event_seq().await.unwrap(), 2);
+        assert_eq!(s.next_event_seq(|_| {}).await.unwrap(), 1);
+        assert_eq!(s.next_event_seq(|_| {}).await.unwrap(), 2);
         drop(s);
         let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
-        assert_eq!(s.next_event_seq().await.unwrap(), 3);
+        assert_eq!(s.next_event_seq(|_| {}).await.unwrap(), 3);
     }
 
     #[tokio::test]
@@ -787,7 +897,7 @@ mod tests {
         // The test process keeps its ordinary umask (022): the modes come from the store.
         let path = dir.path().join("state/vm-controller/vms.sqlite");
         let s = Store::open(&path, HostId::new("h1").unwrap()).unwrap();
-        s.next_event_seq().await.unwrap();
+        s.next_event_seq(|_| {}).await.unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(path.parent().unwrap()), 0o700);
         assert_eq!(mode(&dir.path().join("state")), 0o700);

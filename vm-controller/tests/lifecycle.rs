@@ -808,3 +808,52 @@ async fn an_exec_right_after_a_boot_waits_for_the_agent() {
     assert_eq!(out.stdout, "echo hi");
     assert_eq!(h.fakes.agent.exec_calls.load(Ordering::SeqCst), 1);
 }
+
+/// 40 creates sent at once to one controller (what `banger vm create a b c ...` does): every VM
+/// runs, each with its own address and vsock CID, a taken name fails alone, and the events of
+/// all of them are published in sequence order (each operation only takes turns for its write:
+/// see `Events`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_all_run_with_distinct_addresses_and_ordered_events() {
+    let h = Harness::start().await;
+    h.create("taken").await;
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("c{i}"))
+        .chain(["taken".to_owned()])
+        .collect();
+    let reqs: Vec<_> = names.iter().map(|n| create_request(n)).collect();
+    let replies = futures::future::join_all(reqs.iter().map(|r| h.create_req(r))).await;
+    let mut ips = std::collections::HashSet::new();
+    let mut cids = std::collections::HashSet::new();
+    for (name, reply) in names.iter().zip(replies) {
+        if name == "taken" {
+            assert_eq!(reply.unwrap_err().code, ErrorCode::Conflict);
+            continue;
+        }
+        let vm = reply.unwrap().vm;
+        assert_eq!(vm.state, VmState::Running, "{name}");
+        assert!(
+            ips.insert(vm.network.unwrap().ip),
+            "{name}: address given twice"
+        );
+        let spec = h.fakes.vmm.last_launch(name).unwrap();
+        assert!(cids.insert(spec.vsock_cid), "{name}: vsock cid given twice");
+    }
+    assert_eq!(ips.len(), 40);
+    let events = h.events.clone();
+    banger_testkit::wait_until("41 started events", Duration::from_secs(10), || {
+        let n = events
+            .snapshot()
+            .iter()
+            .filter(|e| e.kind == EventKind::Started)
+            .count();
+        async move { n == 41 }
+    })
+    .await;
+    let seqs: Vec<u64> = h.events.snapshot().iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "one number per event, published in sequence order"
+    );
+}

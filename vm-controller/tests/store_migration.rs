@@ -143,7 +143,7 @@ async fn an_unversioned_database_is_migrated_with_every_vm_record() {
     assert_eq!((web.pid, web.vsock_cid), (Some(4242), 3));
 
     // The event sequence continues where it was, and the file now carries its version.
-    assert_eq!(store.next_event_seq().await.unwrap(), 42);
+    assert_eq!(store.next_event_seq(|_| {}).await.unwrap(), 42);
     drop(store);
     let c = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = c

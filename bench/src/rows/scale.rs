@@ -1,9 +1,11 @@
-//! Scale: K VMs created (`--no-start`), started, stopped and deleted, each step as K CLI
-//! commands spawned at once, against the same K commands run one after the other (the serial
-//! reference runs first, and only up to `--serial-max` VMs).
+//! Scale: K VMs created (`--no-start`), started, stopped and deleted, each step "all at once"
+//! two ways: as ONE batch command naming all K VMs (`banger vm start web-1 ... web-K`, the way
+//! a user does it), and as K CLI processes spawned at once; both against the same K commands run
+//! one after the other (the serial reference runs first, and only up to `--serial-max` VMs). A
+//! last row per K adds up the four one-command steps: the goal is 2 s for 100 VMs.
 
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::fixture::{Bench, run_concurrently, run_serially};
 use crate::stats::{format_duration, per_item};
@@ -23,21 +25,37 @@ pub(crate) struct Batch {
     pub(crate) errors: Vec<String>,
 }
 
+/// The goal for the four steps of 100 VMs, each as one command (issue 23).
+pub(crate) const GOAL_100: Duration = Duration::from_secs(2);
+
+/// How a step is run "all at once".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// One `banger` command naming every VM.
+    OneCommand,
+    /// K `banger` processes, one per VM, spawned at once.
+    Processes,
+    /// K `banger` processes one after the other (the reference).
+    Serial,
+}
+
 /// The scale rows for `k` VMs; the serial reference only when `serial`.
 pub(crate) fn measure(bench: &Bench, k: usize, serial: bool) -> Vec<Row> {
-    let serial = serial.then(|| lifecycle(bench, k, "s", false));
-    let concurrent = lifecycle(bench, k, "c", true);
-    STEPS
-        .iter()
-        .enumerate()
-        .map(|(n, (step, _))| {
+    let serial = serial.then(|| lifecycle(bench, k, "s", Way::Serial));
+    let processes = lifecycle(bench, k, "c", Way::Processes);
+    let batch = lifecycle(bench, k, "b", Way::OneCommand);
+    let mut rows = Vec::new();
+    for (way, runs) in [(Way::OneCommand, &batch), (Way::Processes, &processes)] {
+        for (n, (step, _)) in STEPS.iter().enumerate() {
             let s = serial.as_ref().and_then(|s| s.get(n));
-            concurrent.get(n).map_or_else(
+            rows.push(runs.get(n).map_or_else(
                 || Row::skipped(step.to_owned(), "not run"),
-                |c| scale_row(k, step, s, c),
-            )
-        })
-        .collect()
+                |c| scale_row(k, step, way, s, c),
+            ));
+        }
+    }
+    rows.push(total_row(k, &batch));
+    rows
 }
 
 /// The commands of step `args` for every name.
@@ -68,26 +86,126 @@ pub(crate) fn in_batches(
         .collect()
 }
 
-/// Runs the four steps over `k` VMs named `<prefix><k>-<i>`, concurrently or serially.
-fn lifecycle(bench: &Bench, k: usize, prefix: &str, concurrent: bool) -> Vec<Batch> {
+/// The one command of step `args` naming every VM: the step's arguments with `{}` replaced by
+/// all the names.
+pub(crate) fn one_command(bench: &Bench, names: &[String], args: &[&str]) -> Command {
+    bench.banger(&all_names_in(names, args))
+}
+
+/// `args` with `{}` replaced by every name.
+fn all_names_in<'a>(names: &'a [String], args: &[&'a str]) -> Vec<&'a str> {
+    args.iter()
+        .flat_map(|a| {
+            if *a == "{}" {
+                names.iter().map(String::as_str).collect()
+            } else {
+                vec![*a]
+            }
+        })
+        .collect()
+}
+
+/// Runs one batch command and returns its wall time and one failure per VM that failed: the
+/// count from its `error: F of N targets failed` (every VM when it failed without one), the
+/// message from its first `failed:` line.
+fn run_one_command(mut cmd: Command, k: usize) -> (Duration, Vec<String>) {
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output();
+    let wall = started.elapsed();
+    match out {
+        Err(e) => (wall, vec![format!("running banger: {e}"); k]),
+        Ok(out) if out.status.success() => (wall, Vec::new()),
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let (failed, why) = batch_failures(&stdout, &stderr, k);
+            (wall, vec![format!("{}: {why}", out.status); failed])
+        }
+    }
+}
+
+/// How many of `k` VMs a failed batch command says failed, and the first reason it gives.
+pub(crate) fn batch_failures(stdout: &str, stderr: &str, k: usize) -> (usize, String) {
+    let count = stderr.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("error: ")?;
+        let (failed, rest) = rest.split_once(" of ")?;
+        rest.contains(" failed")
+            .then(|| failed.parse::<usize>().ok())?
+    });
+    let why = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("failed: ")
+                .map(|(_, why)| why.trim().to_owned())
+        })
+        .or_else(|| {
+            stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (count.unwrap_or(k).min(k), why)
+}
+
+/// Runs the four steps over `k` VMs named `<prefix><k>-<i>`, the `way` given.
+fn lifecycle(bench: &Bench, k: usize, prefix: &str, way: Way) -> Vec<Batch> {
     let names: Vec<String> = (0..k).map(|i| format!("{prefix}{k}-{i}")).collect();
     STEPS
         .iter()
         .map(|(_, args)| {
-            let cmds = commands(bench, &names, args);
-            let (wall, errors) = if concurrent {
-                run_concurrently(cmds)
-            } else {
-                run_serially(cmds)
+            let (wall, errors) = match way {
+                Way::OneCommand => run_one_command(one_command(bench, &names, args), k),
+                Way::Processes => run_concurrently(commands(bench, &names, args)),
+                Way::Serial => run_serially(commands(bench, &names, args)),
             };
             Batch { wall, errors }
         })
         .collect()
 }
 
-/// Per-VM cost of the concurrent batch against the serial one, wall times in the note.
-fn scale_row(k: usize, step: &str, serial: Option<&Batch>, concurrent: &Batch) -> Row {
-    let what = format!("scale {k}: {step} per VM (ref: serial)");
+/// The four one-command steps added up (against the 2 s goal at 100 VMs); skipped when a step
+/// failed for every VM.
+fn total_row(k: usize, batch: &[Batch]) -> Row {
+    let goal = (k == 100).then_some(GOAL_100);
+    let what = format!(
+        "scale {k}: create+start+stop+delete, each one command for all {}",
+        if goal.is_some() {
+            "(ref: goal 2 s)"
+        } else {
+            "(no ref)"
+        }
+    );
+    let walls: Vec<String> = STEPS
+        .iter()
+        .zip(batch)
+        .map(|((step, _), b)| format!("{step} {}", format_duration(b.wall)))
+        .collect();
+    let note = walls.join(" + ");
+    if batch.len() < STEPS.len() || batch.iter().any(|b| b.errors.len() == k) {
+        return Row::skipped(what, "a step failed for every VM").with_note(note);
+    }
+    let failed: usize = batch.iter().map(|b| b.errors.len()).sum();
+    let note = if failed > 0 {
+        format!("{note}; {failed} VM steps failed")
+    } else {
+        note
+    };
+    Row::measured(what, batch.iter().map(|b| b.wall).sum(), None, goal).with_note(note)
+}
+
+/// Per-VM cost of a step run all at once (`way`) against the serial one, wall times in the note.
+fn scale_row(k: usize, step: &str, way: Way, serial: Option<&Batch>, concurrent: &Batch) -> Row {
+    let how = match way {
+        Way::OneCommand => "one command for all",
+        Way::Processes | Way::Serial => "a process each, at once",
+    };
+    let what = format!("scale {k}: {step} per VM, {how} (ref: serial)");
     let mut note = format!("wall {} concurrent", format_duration(concurrent.wall));
     match serial {
         Some(s) => note.push_str(&format!(", {} serial", format_duration(s.wall))),
@@ -123,7 +241,13 @@ mod tests {
 
     #[test]
     fn the_row_divides_each_wall_time_by_the_vm_count() {
-        let row = scale_row(10, "start", Some(&batch(6_000, 0)), &batch(1_000, 1));
+        let row = scale_row(
+            10,
+            "start",
+            Way::Processes,
+            Some(&batch(6_000, 0)),
+            &batch(1_000, 1),
+        );
         assert_eq!(
             row.outcome,
             Row::measured(
@@ -135,11 +259,68 @@ mod tests {
             .outcome
         );
         assert!(row.note.contains("concurrent: 1 of 10 failed"), "{row:?}");
-        let row = scale_row(100, "stop", None, &batch(2_000, 0));
+        assert!(row.what.contains("a process each"), "{row:?}");
+        let row = scale_row(100, "stop", Way::OneCommand, None, &batch(2_000, 0));
+        assert!(row.what.contains("one command for all"), "{row:?}");
         assert!(row.note.contains("over --serial-max"), "{row:?}");
         let crate::table::Outcome::Measured { reference, .. } = row.outcome else {
             panic!("{row:?}")
         };
         assert_eq!(reference, None);
+    }
+
+    #[test]
+    fn the_total_adds_the_four_one_command_steps_against_the_goal_at_100() {
+        let steps = [batch(300, 0), batch(900, 0), batch(500, 2), batch(200, 0)];
+        let row = total_row(100, &steps);
+        assert!(row.what.contains("goal 2 s"), "{row:?}");
+        assert_eq!(
+            row.outcome,
+            Row::measured(
+                "",
+                Duration::from_millis(1_900),
+                None,
+                Some(Duration::from_secs(2))
+            )
+            .outcome
+        );
+        assert!(row.note.contains("start 900"), "{row:?}");
+        assert!(row.note.contains("2 VM steps failed"), "{row:?}");
+        let row = total_row(10, &steps);
+        assert!(row.what.contains("no ref"), "{row:?}");
+        let crate::table::Outcome::Measured { reference, .. } = row.outcome else {
+            panic!("{row:?}")
+        };
+        assert_eq!(reference, None);
+        let all_failed = [batch(1, 10), batch(1, 0), batch(1, 0), batch(1, 0)];
+        assert!(matches!(
+            total_row(10, &all_failed).outcome,
+            crate::table::Outcome::Skipped(_)
+        ));
+    }
+
+    #[test]
+    fn a_batch_commands_failures_are_counted_from_its_summary() {
+        let (n, why) = batch_failures(
+            "b1  created on h: stopped\nb2  failed: a vm named b2 already exists (conflict)\n",
+            "error: 1 of 2 targets failed\n",
+            2,
+        );
+        assert_eq!(
+            (n, why.as_str()),
+            (1, "a vm named b2 already exists (conflict)")
+        );
+        let (n, why) = batch_failures("", "error: no controller answered\n", 5);
+        assert_eq!((n, why.as_str()), (5, "error: no controller answered"));
+    }
+
+    #[test]
+    fn one_command_names_every_vm_in_place_of_the_placeholder() {
+        let names = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            all_names_in(&names, STEPS[0].1),
+            ["vm", "create", "a", "b", "--no-start"]
+        );
+        assert_eq!(all_names_in(&names, STEPS[3].1), ["vm", "delete", "a", "b"]);
     }
 }

@@ -149,7 +149,11 @@ impl Controller {
         // The record and its `created` event's number: one write transaction.
         let recorded = inner
             .events
-            .commit(EventKind::Created, inner.db.insert_numbered(new))
+            .commit(EventKind::Created, |h| {
+                inner
+                    .db
+                    .insert_numbered(new, move |rec, seq| h.post(&rec.info, seq))
+            })
             .await;
         let rec = match (recorded, claim) {
             (Ok(rec), Some(Claim::Here)) => {

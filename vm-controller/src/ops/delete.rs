@@ -104,13 +104,18 @@ impl Controller {
             return Err(e);
         }
         // The row goes and its `deleted` event is numbered in one write transaction.
-        let removed = self.inner.db.remove_numbered(&id);
+        let db = &self.inner.db;
         let rec = self
             .inner
             .events
-            .commit(EventKind::Deleted, async move {
-                let (_, seq) = removed.await?;
-                Ok((rec, seq))
+            .commit(EventKind::Deleted, |h| {
+                let (info, vm) = (rec.info.clone(), id.clone());
+                async move {
+                    let (_, seq) = db
+                        .remove_numbered(&vm, move |seq| h.post(&info, seq))
+                        .await?;
+                    Ok((rec, seq))
+                }
             })
             .await
             .map_err(|e| self.store_error(e))?;

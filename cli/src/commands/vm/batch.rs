@@ -6,6 +6,7 @@
 //! whatever order the answers arrive in. Targets that did not resolve are reported in their
 //! place and do not stop the others.
 
+use banger_proto::agent::Health;
 use banger_proto::op::vm;
 use banger_proto::subject::VmOp;
 use banger_proto::vm::{SetVmRequest, VmInfo, VmRefRequest};
@@ -120,6 +121,9 @@ pub(crate) struct Outcome {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<ApiError>,
+    /// The guest agent's answer, when the command waited for it (`vm create --wait`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) health: Option<Health>,
 }
 
 /// Runs a batch command.
@@ -136,6 +140,12 @@ pub(crate) async fn run(app: &App, refs: &[String], action: Action) -> anyhow::R
     } else {
         print!("{}", render(&outcomes, action));
     }
+    report_failures(&outcomes);
+    Ok(exit_code(&outcomes))
+}
+
+/// `error: F of N targets failed` on stderr when any failed.
+pub(crate) fn report_failures(outcomes: &[Outcome]) {
     let failed = outcomes.iter().filter(|o| !o.ok).count();
     if failed > 0 {
         eprintln!(
@@ -148,7 +158,6 @@ pub(crate) async fn run(app: &App, refs: &[String], action: Action) -> anyhow::R
             }
         );
     }
-    Ok(exit_code(&outcomes))
 }
 
 /// Applies `action` to one target and says how it went (never an error: a failure is an
@@ -164,6 +173,7 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
                 vm: None,
                 note: None,
                 error: Some(e.to_api()),
+                health: None,
             };
         }
     };
@@ -186,6 +196,7 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
                 error: Some(ApiError::invalid(format!(
                     "vm {other} is not a batch operation"
                 ))),
+                health: None,
             };
         }
         Action::Set { cpus, memory, disk } => {
@@ -207,6 +218,7 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
             vm: Some(r.vm),
             note: r.note,
             error: None,
+            health: None,
         },
         Err(e) => Outcome {
             reference: target.reference,
@@ -214,11 +226,17 @@ pub(crate) async fn apply(app: &App, target: Target, action: Action) -> Outcome 
             ok: false,
             vm: None,
             note: None,
-            error: Some(match e {
-                banger_bus::RequestError::Remote(api) => api,
-                other => ApiError::new(other.code(), other.to_string()),
-            }),
+            error: Some(api_error(e)),
+            health: None,
         },
+    }
+}
+
+/// The error a failed request reports: the controller's own, or what went wrong on the way.
+pub(crate) fn api_error(e: banger_bus::RequestError) -> ApiError {
+    match e {
+        banger_bus::RequestError::Remote(api) => api,
+        other => ApiError::new(other.code(), other.to_string()),
     }
 }
 
@@ -278,6 +296,7 @@ mod tests {
             vm: None,
             note: note.map(Into::into),
             error: None,
+            health: None,
         }
     }
 
@@ -289,6 +308,7 @@ mod tests {
             vm: None,
             note: None,
             error: Some(ApiError::new(code, message)),
+            health: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod create;
+pub(crate) mod create_many;
 pub mod exec;
 pub mod inspect;
 pub mod list;
@@ -27,7 +28,7 @@ use crate::App;
 /// VM commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum VmCommand {
-    /// Create a VM (and start it, unless --no-start)
+    /// Create VMs, one per name, at the same time (and start them, unless --no-start)
     Create(create::CreateArgs),
     /// List the VMs of every host: name, host, state, address, size, age
     #[command(visible_alias = "ls")]
