@@ -11,6 +11,7 @@
 pub mod config;
 pub mod follow;
 pub mod listen;
+pub mod mmsg;
 pub mod ops;
 pub mod rebuild;
 pub mod registry;

@@ -35,6 +35,9 @@ use hickory_server::zone_handler::{
 };
 use rpds::HashTrieMapSync;
 
+/// The hasher of the fast path's name index.
+type WireHasher = foldhash::fast::RandomState;
+
 use crate::wire::{EncodedAnswers, wire_key};
 
 /// SOA refresh: nothing replicates this zone; a conventional value keeps tools quiet.
@@ -165,8 +168,11 @@ pub struct Zone {
     soa: Arc<RecordSet>,
     ns: Arc<RecordSet>,
     nodes: HashTrieMapSync<LowerName, Arc<Node>>,
-    /// The same nodes by the lowercase wire form of their name, for the UDP fast path.
-    by_wire: HashTrieMapSync<Box<[u8]>, Arc<Node>>,
+    /// The same nodes by the lowercase wire form of their name, for the UDP fast path, hashed
+    /// with foldhash (seeded per process) instead of SipHash: only the zone's own names are
+    /// inserted, a query's name is only looked up, so no input from the network can grow a
+    /// bucket. The SipHash lookup was ~15% of a fast-path thread's time under dnsperf.
+    by_wire: HashTrieMapSync<Box<[u8]>, Arc<Node>, WireHasher>,
     /// The SOA as an authority record, encoded for the fast path's NODATA answers.
     soa_wire: Arc<[u8]>,
     /// How many A/AAAA records are served (two per VM).
@@ -235,7 +241,7 @@ impl Zone {
             soa,
             ns,
             nodes: HashTrieMapSync::new_sync(),
-            by_wire: HashTrieMapSync::new_sync(),
+            by_wire: HashTrieMapSync::new_with_hasher_and_ptr_kind(WireHasher::default()),
             soa_wire: soa_wire(settings, serial),
             record_count: 0,
         })
