@@ -235,3 +235,111 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn bound(addr: &str) -> UdpSocket {
+        let s = UdpSocket::bind(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    /// Reads batches until `want` datagrams arrived, answering each with `answer` (`None`: no
+    /// answer), and returns how many each batch held.
+    fn serve_until(
+        server: &UdpSocket,
+        batch: &mut Batch,
+        want: usize,
+        mut answer: impl FnMut(&[u8], SocketAddr) -> Option<Vec<u8>>,
+    ) -> Vec<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut got, mut sizes) = (0, Vec::new());
+        while got < want {
+            assert!(
+                Instant::now() < deadline,
+                "only {got} of {want} datagrams arrived"
+            );
+            let n = batch.recv(server).unwrap();
+            batch.each(|datagram, from, out| {
+                let from = from.expect("an IP sender");
+                answer(datagram, from).is_some_and(|a| {
+                    out.extend_from_slice(&a);
+                    true
+                })
+            });
+            batch.send(server, |e, to| panic!("sending to {to:?}: {e}"));
+            sizes.push(n);
+            got += n;
+        }
+        sizes
+    }
+
+    #[test]
+    fn a_burst_is_read_in_batches_and_each_sender_gets_its_answers_in_order() {
+        let server = bound("127.0.0.1:0");
+        let to = server.local_addr().unwrap();
+        let clients = [bound("127.0.0.1:0"), bound("127.0.0.1:0")];
+        let total = 3 * BATCH + 5;
+        for i in 0..total {
+            clients[i % 2]
+                .send_to(format!("q{i}").as_bytes(), to)
+                .unwrap();
+        }
+        let mut batch = Batch::new();
+        let sizes = serve_until(&server, &mut batch, total, |q, from| {
+            let text = std::str::from_utf8(q).unwrap();
+            let i: usize = text[1..].parse().unwrap();
+            assert_eq!(from, clients[i % 2].local_addr().unwrap(), "{text}");
+            // Every fifth query gets no answer, as a relayed one.
+            (i % 5 != 0).then(|| format!("a{i}").into_bytes())
+        });
+        assert!(sizes.iter().all(|&n| (1..=BATCH).contains(&n)), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), total);
+        for (c, client) in clients.iter().enumerate() {
+            let expected: Vec<String> = (0..total)
+                .filter(|i| i % 2 == c && i % 5 != 0)
+                .map(|i| format!("a{i}"))
+                .collect();
+            let mut buf = [0u8; 64];
+            let got: Vec<String> = expected
+                .iter()
+                .map(|_| {
+                    let n = client.recv(&mut buf).unwrap();
+                    String::from_utf8(buf[..n].to_vec()).unwrap()
+                })
+                .collect();
+            assert_eq!(got, expected, "client {c}");
+        }
+    }
+
+    #[test]
+    fn datagrams_keep_their_length_and_an_ipv6_sender_its_address() {
+        let Ok(server) = UdpSocket::bind("[::1]:0") else {
+            banger_testkit::skip("no IPv6 loopback here");
+            return;
+        };
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let client = bound("[::1]:0");
+        let big = vec![7u8; MAX_DATAGRAM];
+        client.send_to(&[], server.local_addr().unwrap()).unwrap();
+        client.send_to(&big, server.local_addr().unwrap()).unwrap();
+        let mut lens = Vec::new();
+        serve_until(&server, &mut Batch::new(), 2, |q, from| {
+            assert_eq!(from, client.local_addr().unwrap());
+            lens.push(q.len());
+            Some(q.len().to_string().into_bytes())
+        });
+        assert_eq!(lens, [0, MAX_DATAGRAM]);
+        let mut buf = [0u8; 16];
+        for want in ["0", "4096"] {
+            let n = client.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want.as_bytes());
+        }
+    }
+}

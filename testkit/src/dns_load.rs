@@ -229,6 +229,23 @@ async fn event_to_served(nats: &NatsServer, addr: SocketAddr, base: usize) -> Ve
     out
 }
 
+/// knotd's UDP threads: as many as dnsd's UDP reader threads (one per CPU, which is also
+/// knotd's own default), set explicitly so the two are compared with the same number.
+pub fn knot_udp_workers() -> usize {
+    banger_dnsd::listen::udp_reader_threads()
+}
+
+/// How each server is set up to serve UDP, for the rows' notes.
+pub fn servers_setup() -> String {
+    format!(
+        "dnsd: 1 UDP socket, {} reader threads, batches of up to {} (recvmmsg/sendmmsg); \
+         knotd: udp-workers {} (one SO_REUSEPORT socket each), defaults otherwise",
+        banger_dnsd::listen::udp_reader_threads(),
+        banger_dnsd::mmsg::BATCH,
+        knot_udp_workers(),
+    )
+}
+
 /// Serves the same records with knotd, when installed.
 fn start_knot(dir: &Path, n: usize) -> Option<(Process, SocketAddr)> {
     if !have_program("knotd") {
@@ -247,10 +264,12 @@ fn start_knot(dir: &Path, n: usize) -> Option<(Process, SocketAddr)> {
     std::fs::write(kdir.join("vm.zone"), zone).unwrap();
     let conf = format!(
         "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
+         \x20   udp-workers: {workers}\n\
          database:\n    storage: \"{d}\"\n\
          template:\n  - id: default\n    storage: \"{d}\"\n    file: \"%s.zone\"\n\
          zone:\n  - domain: vm\n",
-        d = kdir.display()
+        d = kdir.display(),
+        workers = knot_udp_workers(),
     );
     std::fs::write(kdir.join("knot.conf"), conf).unwrap();
     let mut cmd = Command::new("knotd");

@@ -62,7 +62,7 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
                 reference.map(|k| Quantity::Rate(k.qps)),
             )
             .with_note(format!(
-                "{} s, {} records, dnsperf {}; lost {}{}",
+                "{} s, {} records, dnsperf {}; lost {}{}; {}",
                 load::LOAD_SECS,
                 2 * n,
                 load::DNSPERF_FLAGS.join(" "),
@@ -70,7 +70,8 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
                 reference.map_or_else(
                     || format!("; {no_knot}"),
                     |k| format!(", knotd lost {}", k.lost)
-                )
+                ),
+                load::servers_setup(),
             ))
         }
     });
@@ -113,6 +114,15 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
             r.dnsd.builtin_qps
         )),
     );
+    let what = format!(
+        "dns {n} VMs: p99 latency, {} clients 1 in flight (ref: knotd p99)",
+        load::BUILTIN_CLIENTS
+    );
+    rows.push(match ours.summary() {
+        None => Row::skipped(what, "no query was answered"),
+        Some(o) => Row::measured(what, o.p99, None, reference.summary().map(|k| k.p99))
+            .with_note(format!("{} answers", r.dnsd.latencies.len())),
+    });
     rows.push(
         compare(
             &format!("dns {n} VMs: started event -> served (no ref)"),
