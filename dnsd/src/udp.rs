@@ -1,5 +1,7 @@
-//! UDP serving: one socket per address, read by one thread per CPU, each of which answers the plain A/AAAA case from the current snapshot's pre-encoded records
-//! ([`Zone::answer_fast`]) and relays every other datagram to the hickory server.
+//! UDP serving: one socket per address, read by one thread per CPU. Each thread reads the
+//! queued datagrams in batches ([`Batch`]: one `recvmmsg`, one `sendmmsg`), answers the plain
+//! A/AAAA case from the current snapshot's pre-encoded records ([`Zone::answer_fast`]) and
+//! relays every other datagram to the hickory server.
 //!
 //! The relay: hickory listens on a private loopback UDP socket; a datagram the fast path does not
 //! answer is sent there from the address's relay socket with its id replaced by a relay slot
