@@ -227,7 +227,11 @@ async fn a_burst_of_mixed_queries_gets_every_answer_right() {
     for k in 0..120u16 {
         let (packet, want) = match k % 6 {
             0 => {
-                let name = if k.is_multiple_of(12) { "WeB.vm" } else { "wEb.LaB1.VM" };
+                let name = if k.is_multiple_of(12) {
+                    "WeB.vm"
+                } else {
+                    "wEb.LaB1.VM"
+                };
                 (
                     query_packet(k, name, 1, 1, 0),
                     Some((ResponseCode::NoError, "172.16.0.2", false)),
