@@ -18,6 +18,7 @@ pub mod registry;
 pub mod state;
 pub mod udp;
 pub mod wire;
+pub mod wire_index;
 pub mod zone;
 
 use std::net::SocketAddr;

@@ -35,10 +35,8 @@ use hickory_server::zone_handler::{
 };
 use rpds::HashTrieMapSync;
 
-/// The hasher of the fast path's name index.
-type WireHasher = foldhash::fast::RandomState;
-
-use crate::wire::{EncodedAnswers, WireKey, wire_key};
+use crate::wire::{EncodedAnswers, wire_key};
+use crate::wire_index::WireIndex;
 
 /// SOA refresh: nothing replicates this zone; a conventional value keeps tools quiet.
 const SOA_REFRESH: i32 = 3600;
@@ -164,15 +162,9 @@ pub struct Zone {
     soa: Arc<RecordSet>,
     ns: Arc<RecordSet>,
     nodes: HashTrieMapSync<LowerName, Arc<Node>>,
-    /// The same nodes by the lowercase wire form of their name, for the UDP fast path, hashed
-    /// with foldhash (seeded per process) instead of SipHash: only the zone's own names are
-    /// inserted, a query's name is only looked up, so no input from the network can grow a
-    /// bucket. The SipHash lookup was ~15% of a fast-path thread's time under dnsperf.
-    /// The values are the encoded answers themselves, and short keys are stored inline
-    /// ([`WireKey`]), so a lookup reaches the question's answer bytes through the trie, one
-    /// entry and one allocation: at 10,000 VMs the lookup's cache misses (through the key's
-    /// box and the node) were a fifth of a reader thread's time.
-    by_wire: HashTrieMapSync<WireKey, EncodedAnswers, WireHasher>,
+    /// The encoded answers of the same names by the lowercase wire form of the name, for the
+    /// UDP fast path ([`WireIndex`]).
+    by_wire: WireIndex,
     /// The SOA as an authority record, encoded for the fast path's NODATA answers.
     soa_wire: Arc<[u8]>,
     /// How many A/AAAA records are served (two per VM).
@@ -241,7 +233,7 @@ impl Zone {
             soa,
             ns,
             nodes: HashTrieMapSync::new_sync(),
-            by_wire: HashTrieMapSync::new_with_hasher_and_ptr_kind(WireHasher::default()),
+            by_wire: WireIndex::new(),
             soa_wire: soa_wire(settings, serial),
             record_count: 0,
         })
@@ -290,7 +282,7 @@ impl Zone {
             };
         }
         let mut nodes = self.nodes.clone();
-        let mut by_wire = self.by_wire.clone();
+        let mut wire_changes = Vec::with_capacity(edits.len());
         let mut record_count = self.record_count;
         for (key, edit) in edits {
             record_count = record_count
@@ -299,13 +291,16 @@ impl Zone {
             let wire = wire_key(&edit.fqdn);
             if edit.vms.is_empty() && edit.host_vms == 0 {
                 nodes.remove_mut(&key);
-                by_wire.remove_mut(&wire);
+                wire_changes.push((wire, None));
             } else {
                 let node = Arc::new(Node::new(settings.ttl, serial, edit));
-                by_wire.insert_mut(
+                wire_changes.push((
                     wire,
-                    EncodedAnswers::new(settings.ttl, node.vms.iter().map(|e| &e.addr)),
-                );
+                    Some(EncodedAnswers::new(
+                        settings.ttl,
+                        node.vms.iter().map(|e| &e.addr),
+                    )),
+                ));
                 nodes.insert_mut(key, node);
             }
         }
@@ -317,7 +312,7 @@ impl Zone {
             soa,
             ns,
             nodes,
-            by_wire,
+            by_wire: self.by_wire.with_changes(wire_changes),
             soa_wire: soa_wire(settings, serial),
             record_count,
         })
