@@ -11,12 +11,14 @@
 pub mod config;
 pub mod follow;
 pub mod listen;
+pub mod mmsg;
 pub mod ops;
 pub mod rebuild;
 pub mod registry;
 pub mod state;
 pub mod udp;
 pub mod wire;
+pub mod wire_index;
 pub mod zone;
 
 use std::net::SocketAddr;

@@ -77,8 +77,8 @@ pub async fn bind(addr: SocketAddr) -> Result<Bound, BindError> {
             .map_err(|source| BindError::Udp { addr, source })?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => {
-                let mut sockets = Vec::with_capacity(udp_sockets_per_address());
-                for _ in 1..udp_sockets_per_address() {
+                let mut sockets = Vec::with_capacity(udp_reader_threads());
+                for _ in 1..udp_reader_threads() {
                     sockets.push(udp.try_clone().map_err(|source| BindError::Udp {
                         addr: bound,
                         source,
@@ -129,7 +129,7 @@ pub fn check_bindable(addrs: &[SocketAddr]) -> Result<(), BindError> {
 }
 
 /// How many reader threads serve each address's UDP socket: one per CPU.
-pub fn udp_sockets_per_address() -> usize {
+pub fn udp_reader_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 

@@ -1,5 +1,7 @@
-//! UDP serving: one socket per address, read by one thread per CPU, each of which answers the plain A/AAAA case from the current snapshot's pre-encoded records
-//! ([`Zone::answer_fast`]) and relays every other datagram to the hickory server.
+//! UDP serving: one socket per address, read by one thread per CPU. Each thread reads the
+//! queued datagrams in batches ([`Batch`]: one `recvmmsg`, one `sendmmsg`), answers the plain
+//! A/AAAA case from the current snapshot's pre-encoded records ([`Zone::answer_fast`]) and
+//! relays every other datagram to the hickory server.
 //!
 //! The relay: hickory listens on a private loopback UDP socket; a datagram the fast path does not
 //! answer is sent there from the address's relay socket with its id replaced by a relay slot
@@ -17,12 +19,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::mmsg::Batch;
 use crate::zone::Zone;
 
 /// How often a blocked reader looks at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
-/// The largest datagram read (EDNS allows up to 65,535; hickory reads 4,096).
-const MAX_DATAGRAM: usize = 4096;
 /// Relay slots: one per in-flight relayed query id.
 const SLOTS: usize = 1 << 16;
 /// A DNS header.
@@ -165,30 +166,38 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// One socket's loop: answer from the snapshot, else relay.
+/// One socket's loop: read a batch, answer what the snapshot can, relay the rest, send the
+/// batch's answers. The snapshot is loaded once per batch, after its datagrams arrived, so a
+/// change published before a query was sent is seen by that query.
 fn serve(socket: &UdpSocket, relay: &Relay, current: &ArcSwap<Zone>, stop: &AtomicBool) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(512);
+    let mut batch = Batch::new();
     while !stop.load(Ordering::Relaxed) {
-        let (n, client) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
+        match batch.recv(socket) {
+            Ok(_) => {}
             Err(e) if is_timeout(&e) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "receiving a DNS query");
+                tracing::warn!(error = %e, "receiving DNS queries");
                 continue;
             }
-        };
-        if n < HEADER || client.port() == 0 {
-            continue;
         }
-        let answered = current.load().answer_fast(&buf[..n], &mut out);
-        if answered {
-            if let Err(e) = socket.send_to(&out, client) {
-                tracing::debug!(error = %e, %client, "sending a DNS answer");
+        let zone = current.load();
+        batch.each(|datagram, client, answer| {
+            let Some(client) = client else {
+                return false;
+            };
+            if datagram.len() < HEADER || client.port() == 0 {
+                return false;
             }
-        } else {
-            relay.forward(&mut buf[..n], client);
-        }
+            if zone.answer_fast(datagram, answer) {
+                return true;
+            }
+            relay.forward(datagram, client);
+            false
+        });
+        drop(zone);
+        batch.send(socket, |e, client| {
+            tracing::debug!(error = %e, ?client, "sending a DNS answer");
+        });
     }
 }
 

@@ -115,10 +115,73 @@ pub fn encode_soa(
 
 /// The lowercase wire form of a dotted name (`web.vm.` → `\x03web\x02vm\x00`), the key the fast
 /// path looks names up by.
-pub fn wire_key(fqdn: &str) -> Box<[u8]> {
+pub fn wire_key(fqdn: &str) -> WireKey {
     let mut out = Vec::with_capacity(fqdn.len() + 2);
     push_name(&mut out, &fqdn.to_ascii_lowercase());
-    out.into()
+    WireKey::new(&out)
+}
+
+/// How many bytes of a [`WireKey`] are stored inline (`<name>.<host>.vm.` with a 20-byte VM name
+/// and a 20-byte host id fits).
+const INLINE_KEY: usize = 46;
+
+/// A name in wire form as a map key: inline when short (no pointer to follow, so comparing it
+/// with the question reads the entry's own cache line), boxed otherwise. Hashes and compares as
+/// the byte slice, so a map keyed by it is looked up with a `&[u8]`.
+#[derive(Debug, Clone)]
+pub enum WireKey {
+    /// Up to [`INLINE_KEY`] bytes.
+    Inline {
+        /// How many bytes of `bytes` are the name.
+        len: u8,
+        /// The name, then zeroes.
+        bytes: [u8; INLINE_KEY],
+    },
+    /// A longer name.
+    Boxed(Box<[u8]>),
+}
+
+impl WireKey {
+    /// The key of `name` (wire form).
+    pub fn new(name: &[u8]) -> Self {
+        match u8::try_from(name.len()) {
+            Ok(len) if name.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..name.len()].copy_from_slice(name);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Boxed(name.into()),
+        }
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Boxed(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for WireKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for WireKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for WireKey {}
+
+impl std::hash::Hash for WireKey {
+    /// As the slice hashes: `Borrow<[u8]>` requires it.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
 }
 
 fn push_name(out: &mut Vec<u8>, dotted: &str) {
@@ -344,7 +407,7 @@ mod tests {
         let q = query("WeB.Vm.", RecordType::A, false);
         let mut buf = [0u8; 256];
         let p = parse(&q, &mut buf).unwrap();
-        assert_eq!(p.key, &*wire_key("web.vm."));
+        assert_eq!(p.key, wire_key("web.vm.").as_bytes());
         let mut out = Vec::new();
         assert!(respond(&q, &p, &answers(), &soa(), &mut out));
         let m = Message::from_bytes(&out).unwrap();
@@ -375,6 +438,33 @@ mod tests {
         assert_eq!(s.serial, 42);
         assert_eq!(m.authorities[0].ttl, 7);
         assert_eq!(m.edns.as_ref().unwrap().max_payload(), 1232);
+    }
+
+    #[test]
+    fn a_wire_key_hashes_and_compares_as_its_bytes_inline_or_boxed() {
+        use std::hash::BuildHasher as _;
+        let long = format!("{}.{}.vm.", "a".repeat(40), "b".repeat(40));
+        for fqdn in ["web.vm.", "WEB.lab1.VM.", long.as_str()] {
+            let key = wire_key(fqdn);
+            let mut expected = Vec::new();
+            push_name(&mut expected, &fqdn.to_ascii_lowercase());
+            assert_eq!(key.as_bytes(), &expected[..], "{fqdn}");
+            assert_eq!(
+                matches!(key, WireKey::Inline { .. }),
+                expected.len() <= INLINE_KEY,
+                "{fqdn}"
+            );
+            let hasher = foldhash::fast::RandomState::default();
+            assert_eq!(
+                hasher.hash_one(&key),
+                hasher.hash_one(&expected[..]),
+                "{fqdn}"
+            );
+            let map: std::collections::HashMap<WireKey, u8, _> =
+                std::iter::once((key.clone(), 1)).collect::<std::collections::HashMap<_, _>>();
+            assert_eq!(map.get(&expected[..]), Some(&1), "{fqdn}");
+        }
+        assert_ne!(wire_key("web.vm."), wire_key("webs.vm."));
     }
 
     #[test]

@@ -36,6 +36,7 @@ use hickory_server::zone_handler::{
 use rpds::HashTrieMapSync;
 
 use crate::wire::{EncodedAnswers, wire_key};
+use crate::wire_index::WireIndex;
 
 /// SOA refresh: nothing replicates this zone; a conventional value keeps tools quiet.
 const SOA_REFRESH: i32 = 3600;
@@ -86,8 +87,6 @@ struct Node {
     host_vms: usize,
     a: Option<Arc<RecordSet>>,
     aaaa: Option<Arc<RecordSet>>,
-    /// The same A and AAAA records, encoded for the UDP fast path.
-    wire: EncodedAnswers,
 }
 
 impl Node {
@@ -102,9 +101,7 @@ impl Node {
             set.get_or_insert_with(|| RecordSet::with_ttl(edit.name.clone(), rtype, ttl))
                 .insert(Record::from_rdata(edit.name.clone(), ttl, rdata), serial);
         }
-        let wire = EncodedAnswers::new(ttl, edit.vms.iter().map(|e| &e.addr));
         Self {
-            wire,
             fqdn: edit.fqdn,
             name: edit.name,
             vms: edit.vms,
@@ -157,7 +154,9 @@ pub enum Change {
 /// archery and triomphe) and over a hand-written `HashMap<_, Arc<Node>>` layout, whose clone
 /// would still copy n pointers per snapshot. `dns.records` lists by walking the nodes and
 /// sorting (O(n) per call, as copying the list was before); queries and `dns.lookup` touch
-/// one node.
+/// one node. The UDP fast path has its own index of the encoded answers ([`WireIndex`]:
+/// sharded flat maps, copied per touched shard), because the trie's lookup cost it several
+/// cache misses per level.
 pub struct Zone {
     origin: LowerName,
     serial: u32,
@@ -165,8 +164,9 @@ pub struct Zone {
     soa: Arc<RecordSet>,
     ns: Arc<RecordSet>,
     nodes: HashTrieMapSync<LowerName, Arc<Node>>,
-    /// The same nodes by the lowercase wire form of their name, for the UDP fast path.
-    by_wire: HashTrieMapSync<Box<[u8]>, Arc<Node>>,
+    /// The encoded answers of the same names by the lowercase wire form of the name, for the
+    /// UDP fast path ([`WireIndex`]).
+    by_wire: WireIndex,
     /// The SOA as an authority record, encoded for the fast path's NODATA answers.
     soa_wire: Arc<[u8]>,
     /// How many A/AAAA records are served (two per VM).
@@ -235,7 +235,7 @@ impl Zone {
             soa,
             ns,
             nodes: HashTrieMapSync::new_sync(),
-            by_wire: HashTrieMapSync::new_sync(),
+            by_wire: WireIndex::new(),
             soa_wire: soa_wire(settings, serial),
             record_count: 0,
         })
@@ -284,7 +284,7 @@ impl Zone {
             };
         }
         let mut nodes = self.nodes.clone();
-        let mut by_wire = self.by_wire.clone();
+        let mut wire_changes = Vec::with_capacity(edits.len());
         let mut record_count = self.record_count;
         for (key, edit) in edits {
             record_count = record_count
@@ -293,10 +293,16 @@ impl Zone {
             let wire = wire_key(&edit.fqdn);
             if edit.vms.is_empty() && edit.host_vms == 0 {
                 nodes.remove_mut(&key);
-                by_wire.remove_mut(&wire);
+                wire_changes.push((wire, None));
             } else {
                 let node = Arc::new(Node::new(settings.ttl, serial, edit));
-                by_wire.insert_mut(wire, Arc::clone(&node));
+                wire_changes.push((
+                    wire,
+                    Some(EncodedAnswers::new(
+                        settings.ttl,
+                        node.vms.iter().map(|e| &e.addr),
+                    )),
+                ));
                 nodes.insert_mut(key, node);
             }
         }
@@ -308,7 +314,7 @@ impl Zone {
             soa,
             ns,
             nodes,
-            by_wire,
+            by_wire: self.by_wire.with_changes(wire_changes),
             soa_wire: soa_wire(settings, serial),
             record_count,
         })
@@ -441,10 +447,10 @@ impl Zone {
         let Some(parsed) = crate::wire::parse(query, &mut key) else {
             return false;
         };
-        let Some(node) = self.by_wire.get(parsed.key) else {
+        let Some(answers) = self.by_wire.get(parsed.key) else {
             return false;
         };
-        crate::wire::respond(query, &parsed, &node.wire, &self.soa_wire, out)
+        crate::wire::respond(query, &parsed, answers, &self.soa_wire, out)
     }
 
     /// Answers `name`/`rtype` from this snapshot.

@@ -82,6 +82,52 @@ pub struct Dnsperf {
     pub avg: Duration,
     /// Its "Queries lost" line.
     pub lost: String,
+    /// Queries answered ("Queries completed").
+    pub completed: u64,
+    /// CPU time the server's serving threads used during the run (dnsd: its `dnsd-*` threads;
+    /// knotd: the whole process), from `/proc/<pid>/task/*/schedstat`: how much work each
+    /// answer costs, which a shared machine's load distorts far less than queries per second.
+    pub server_cpu: Duration,
+}
+
+impl Dnsperf {
+    /// The server's CPU time per answered query.
+    pub fn cpu_per_answer(&self) -> Duration {
+        let n = u32::try_from(self.completed).unwrap_or(u32::MAX).max(1);
+        self.server_cpu / n
+    }
+}
+
+/// Which threads serve queries: the process and a filter on the thread names.
+#[derive(Debug, Clone, Copy)]
+enum Server {
+    /// This process's `dnsd-*` threads (the UDP readers and the relay).
+    InProcessDnsd,
+    /// Every thread of knotd.
+    Knot(u32),
+}
+
+impl Server {
+    /// CPU time used so far by the serving threads (nanoseconds on a CPU, from schedstat).
+    fn cpu_time(self) -> Duration {
+        let (pid, prefix) = match self {
+            Self::InProcessDnsd => ("self".to_owned(), "dnsd-"),
+            Self::Knot(pid) => (pid.to_string(), ""),
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Duration::ZERO;
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim().starts_with(prefix))
+            })
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .map(Duration::from_nanos)
+            .sum()
+    }
 }
 
 /// One server under load.
@@ -110,10 +156,11 @@ pub struct SizeResult {
     pub events: Vec<Duration>,
 }
 
-fn dnsperf(port: u16, file: &Path) -> Option<Dnsperf> {
+fn dnsperf(port: u16, file: &Path, server: Server) -> Option<Dnsperf> {
     if !have_program("dnsperf") {
         return None;
     }
+    let cpu_before = server.cpu_time();
     let out = Command::new("dnsperf")
         .args([
             "-s",
@@ -128,6 +175,7 @@ fn dnsperf(port: u16, file: &Path) -> Option<Dnsperf> {
         .arg(file)
         .output()
         .ok()?;
+    let server_cpu = server.cpu_time().saturating_sub(cpu_before);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |key: &str| {
         text.lines()
@@ -141,10 +189,17 @@ fn dnsperf(port: u16, file: &Path) -> Option<Dnsperf> {
         .parse()
         .ok()?;
     let lost = field("Queries lost:").unwrap_or_default();
+    let completed = field("Queries completed:")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     Some(Dnsperf {
         qps,
         avg: Duration::from_secs_f64(avg),
         lost,
+        completed,
+        server_cpu,
     })
 }
 
@@ -189,8 +244,8 @@ async fn builtin_load(addr: SocketAddr, n: usize) -> (f64, Vec<Duration>) {
     (all.len() as f64 / secs, all)
 }
 
-async fn load(addr: SocketAddr, n: usize, file: &Path) -> Load {
-    let dnsperf = dnsperf(addr.port(), file);
+async fn load(addr: SocketAddr, n: usize, file: &Path, server: Server) -> Load {
+    let dnsperf = dnsperf(addr.port(), file, server);
     let (builtin_qps, latencies) = builtin_load(addr, n).await;
     Load {
         dnsperf,
@@ -229,6 +284,23 @@ async fn event_to_served(nats: &NatsServer, addr: SocketAddr, base: usize) -> Ve
     out
 }
 
+/// knotd's UDP threads: as many as dnsd's UDP reader threads (one per CPU, which is also
+/// knotd's own default), set explicitly so the two are compared with the same number.
+pub fn knot_udp_workers() -> usize {
+    banger_dnsd::listen::udp_reader_threads()
+}
+
+/// How each server is set up to serve UDP, for the rows' notes.
+pub fn servers_setup() -> String {
+    format!(
+        "dnsd: 1 UDP socket, {} reader threads, batches of up to {} (recvmmsg/sendmmsg); \
+         knotd: udp-workers {} (one SO_REUSEPORT socket each), defaults otherwise",
+        banger_dnsd::listen::udp_reader_threads(),
+        banger_dnsd::mmsg::BATCH,
+        knot_udp_workers(),
+    )
+}
+
 /// Serves the same records with knotd, when installed.
 fn start_knot(dir: &Path, n: usize) -> Option<(Process, SocketAddr)> {
     if !have_program("knotd") {
@@ -247,10 +319,12 @@ fn start_knot(dir: &Path, n: usize) -> Option<(Process, SocketAddr)> {
     std::fs::write(kdir.join("vm.zone"), zone).unwrap();
     let conf = format!(
         "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
+         \x20   udp-workers: {workers}\n\
          database:\n    storage: \"{d}\"\n\
          template:\n  - id: default\n    storage: \"{d}\"\n    file: \"%s.zone\"\n\
          zone:\n  - domain: vm\n",
-        d = kdir.display()
+        d = kdir.display(),
+        workers = knot_udp_workers(),
     );
     std::fs::write(kdir.join("knot.conf"), conf).unwrap();
     let mut cmd = Command::new("knotd");
@@ -295,12 +369,12 @@ pub async fn measure_size(dir: &Path, n: usize) -> SizeResult {
     .await;
     let load_time = t.elapsed();
     let file = query_file(dir, n);
-    let dnsd_load = load(dnsd.addr, n, &file).await;
+    let dnsd_load = load(dnsd.addr, n, &file, Server::InProcessDnsd).await;
     let events = event_to_served(&nats, dnsd.addr, n).await;
     dnsd.stop().await.unwrap();
 
     let mut knot = None;
-    if let Some((_knot, addr)) = start_knot(dir, n) {
+    if let Some((knot_process, addr)) = start_knot(dir, n) {
         let q = query_packet(1, &format!("{}.vm", vm_name(n - 1)), 1, 1, 0);
         wait_until(
             "knotd to serve the zone",
@@ -312,7 +386,7 @@ pub async fn measure_size(dir: &Path, n: usize) -> SizeResult {
             },
         )
         .await;
-        knot = Some(load(addr, n, &file).await);
+        knot = Some(load(addr, n, &file, Server::Knot(knot_process.pid())).await);
     }
     SizeResult {
         vms: n,

@@ -44,6 +44,18 @@ fn samples(d: &[Duration]) -> Samples {
     s
 }
 
+/// The mean of `d` (zero when empty): with a fixed number of queries in flight it is that
+/// number divided by the answers per second, whatever the distribution's shape.
+fn mean(d: &[Duration]) -> Duration {
+    let count = u32::try_from(d.len()).unwrap_or(u32::MAX).max(1);
+    d.iter().sum::<Duration>() / count
+}
+
+/// A short duration in microseconds with two decimals (a CPU cost per answer is a few µs).
+fn micros(d: Duration) -> String {
+    format!("{:.2} us", d.as_secs_f64() * 1e6)
+}
+
 fn rows(r: &load::SizeResult) -> Vec<Row> {
     let n = r.vms;
     let knot = r.knot.as_ref();
@@ -62,7 +74,7 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
                 reference.map(|k| Quantity::Rate(k.qps)),
             )
             .with_note(format!(
-                "{} s, {} records, dnsperf {}; lost {}{}",
+                "{} s, {} records, dnsperf {}; lost {}{}; server CPU per answer: dnsd {}{}; {}",
                 load::LOAD_SECS,
                 2 * n,
                 load::DNSPERF_FLAGS.join(" "),
@@ -70,7 +82,13 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
                 reference.map_or_else(
                     || format!("; {no_knot}"),
                     |k| format!(", knotd lost {}", k.lost)
-                )
+                ),
+                micros(ours.cpu_per_answer()),
+                reference.map_or_else(String::new, |k| format!(
+                    ", knotd {}",
+                    micros(k.cpu_per_answer())
+                )),
+                load::servers_setup(),
             ))
         }
     });
@@ -90,11 +108,12 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
         || no_knot.to_owned(),
         |k| {
             format!(
-                "knotd p99 {}, {:.0} answers/s",
+                "knotd p99 {}, mean {}, {:.0} answers/s",
                 reference
                     .summary()
                     .map(|s| format_duration(s.p99))
                     .unwrap_or_default(),
+                format_duration(mean(&k.latencies)),
                 k.builtin_qps
             )
         },
@@ -109,10 +128,20 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
             &reference,
         )
         .add_note(&format!(
-            "dnsd {:.0} answers/s; {knot_note}",
+            "dnsd mean {}, {:.0} answers/s; {knot_note}",
+            format_duration(mean(&r.dnsd.latencies)),
             r.dnsd.builtin_qps
         )),
     );
+    let what = format!(
+        "dns {n} VMs: p99 latency, {} clients 1 in flight (ref: knotd p99)",
+        load::BUILTIN_CLIENTS
+    );
+    rows.push(match ours.summary() {
+        None => Row::skipped(what, "no query was answered"),
+        Some(o) => Row::measured(what, o.p99, None, reference.summary().map(|k| k.p99))
+            .with_note(format!("{} answers", r.dnsd.latencies.len())),
+    });
     rows.push(
         compare(
             &format!("dns {n} VMs: started event -> served (no ref)"),
