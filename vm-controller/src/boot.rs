@@ -15,6 +15,7 @@ use banger_proto::event::EventKind;
 use banger_proto::net::{AttachRequest, DetachRequest};
 use banger_proto::store::VolumeCreateRequest;
 use banger_proto::vm::{VmNetwork, VmState};
+use tracing::Instrument as _;
 
 use crate::controller::Controller;
 use crate::error::BootError;
@@ -51,6 +52,7 @@ impl Controller {
     pub(crate) async fn boot(&self, id: &VmId, kind: BootKind) -> Result<VmRecord, BootError> {
         let rec = self
             .transition_and_emit(id, VmState::Starting, None, EventKind::Starting)
+            .instrument(tracing::debug_span!("boot.starting"))
             .await?;
         let mut undo = Undo::default();
         self.forget_health(id);
@@ -58,6 +60,7 @@ impl Controller {
         let ctl = self.clone();
         let key = id.clone();
         let log_ends = tokio::task::spawn_blocking(move || crate::watch::log_ends(&ctl, &key))
+            .instrument(tracing::debug_span!("boot.log_ends"))
             .await
             .unwrap_or_default();
         match self.boot_steps(&rec, &mut undo).await {
@@ -94,6 +97,7 @@ impl Controller {
                 image: rec.info.image.clone(),
                 disk_mib: Some(rec.info.disk_mib),
             })
+            .instrument(tracing::debug_span!("boot.volumes"))
             .await
             .map_err(BootError::Volumes)?;
         undo.volumes = true;
@@ -112,6 +116,7 @@ impl Controller {
                 vm_name: rec.info.name.clone(),
                 port_forwards: rec.info.port_forwards.clone(),
             })
+            .instrument(tracing::debug_span!("boot.attach"))
             .await
             .map_err(BootError::Network)?;
         undo.attached = true;
@@ -138,7 +143,12 @@ impl Controller {
             vsock_cid: rec.vsock_cid,
             paths: self.paths(&id),
         };
-        let pid = inner.vmm.launch(&spec).await.map_err(BootError::Spawn)?;
+        let pid = inner
+            .vmm
+            .launch(&spec)
+            .instrument(tracing::debug_span!("boot.launch"))
+            .await
+            .map_err(BootError::Spawn)?;
         undo.pid = Some(pid);
         // The lease and the pid in one write. Until it commits, a crash leaves a `starting`
         // record without them: reconcile then detaches the tap unconditionally and finds the
@@ -150,11 +160,13 @@ impl Controller {
                 r.pid = Some(pid);
                 Ok(())
             })
+            .instrument(tracing::debug_span!("boot.record_launch"))
             .await
             .map_err(|e| self.store_error(e))?;
         inner
             .vmm
             .configure_and_start(&spec)
+            .instrument(tracing::debug_span!("boot.configure"))
             .await
             .map_err(BootError::Configure)?;
         let now = banger_bus::now_ms();
@@ -164,6 +176,7 @@ impl Controller {
             r.info.reason = None;
             Ok(())
         })
+        .instrument(tracing::debug_span!("boot.started"))
         .await
         .map_err(Into::into)
     }

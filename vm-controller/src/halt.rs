@@ -17,6 +17,7 @@ use banger_proto::event::EventKind;
 use banger_proto::net::DetachRequest;
 use banger_proto::vm::VmState;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::boot::EXIT_POLL;
 use crate::config::VmPaths;
@@ -68,7 +69,12 @@ impl Controller {
             }
         }
         let paths = self.paths(id);
-        let pid = self.inner.vmm.find_process(&paths, rec.pid).await;
+        let pid = self
+            .inner
+            .vmm
+            .find_process(&paths, rec.pid)
+            .instrument(tracing::debug_span!("halt.find_process"))
+            .await;
         if rec.state() == VmState::Failed && pid.is_none() {
             // A failed VM without a process has nothing to stop; it stays failed with its
             // reason until it is started or deleted.
@@ -78,6 +84,7 @@ impl Controller {
             rec
         } else {
             self.transition_and_emit(id, VmState::Stopping, None, EventKind::Stopping)
+                .instrument(tracing::debug_span!("halt.stopping"))
                 .await?
         };
         let mut note = None;
@@ -115,7 +122,13 @@ impl Controller {
         note: &mut Option<String>,
     ) -> bool {
         let grace = self.inner.config.stop_grace();
-        if let Err(e) = self.inner.vmm.ctrl_alt_del(paths).await {
+        let sent = self
+            .inner
+            .vmm
+            .ctrl_alt_del(paths)
+            .instrument(tracing::debug_span!("halt.ctrl_alt_del"))
+            .await;
+        if let Err(e) = sent {
             let cause = banger_bus::runtime::chain(&e);
             tracing::warn!(
                 vm.id = %rec.id(), vm.name = %rec.info.name, pid,
@@ -127,7 +140,11 @@ impl Controller {
             ));
             return false;
         }
-        if self.wait_exit(pid, grace).await {
+        if self
+            .wait_exit(pid, grace)
+            .instrument(tracing::debug_span!("halt.wait_exit"))
+            .await
+        {
             return true;
         }
         tracing::warn!(
@@ -248,13 +265,17 @@ impl Controller {
         let id = rec.id().clone();
         self.unwatch(&id);
         let paths = self.paths(&id);
-        let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths)).await;
+        let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths))
+            .instrument(tracing::debug_span!("halt.sockets"))
+            .await;
         if rec.info.network.is_some() || rec.state() != VmState::Stopped {
             let req = DetachRequest {
                 vm_id: id.clone(),
                 release: false,
             };
-            self.detach_with_retries(req).await;
+            self.detach_with_retries(req)
+                .instrument(tracing::debug_span!("halt.detach"))
+                .await;
         }
         let stopped = self
             .modify_and_emit(&id, crate::watch::end_event(end), move |r| {
@@ -264,6 +285,7 @@ impl Controller {
                 r.pid = None;
                 Ok(())
             })
+            .instrument(tracing::debug_span!("halt.ended"))
             .await?;
         tracing::info!(vm.id = %id, vm.name = %stopped.info.name, state = %end, "vm ended");
         Ok(stopped)

@@ -32,6 +32,7 @@ use banger_firecracker::models::{
 };
 use futures::future::BoxFuture;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::{LaunchSpec, ProcUsage, Vmm, VmmError, process};
 use crate::config::{VmPaths, VmmKind};
@@ -185,6 +186,7 @@ impl Vmm for ProcessVmm {
         Box::pin(async move {
             let paths = spec.paths.clone();
             let (serial, vmm_log) = tokio::task::spawn_blocking(move || prepare(&paths))
+                .instrument(tracing::debug_span!("vmm.prepare"))
                 .await
                 .map_err(|e| VmmError::Prepare {
                     path: spec.paths.run_dir.clone(),
@@ -213,7 +215,8 @@ impl Vmm for ProcessVmm {
                     Ok(())
                 });
             }
-            let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            let spawned = tracing::debug_span!("vmm.spawn").in_scope(|| cmd.spawn());
+            let mut child = spawned.map_err(|source| VmmError::Spawn {
                 bin: self.bin.clone(),
                 source,
             })?;
