@@ -225,7 +225,10 @@ mod tests {
             later(span("vm-controller", "firecracker", "t1", "c1", 1, 2), 3),
             later(span("vm-controller", "firecracker", "t1", "c1", 1, 4), 6),
             span("banger", "banger vm start", "t2", "", 3, 200),
-            later(span("vm-controller", "vm.start", "t2", "c2", SERVER, 120), 2),
+            later(
+                span("vm-controller", "vm.start", "t2", "c2", SERVER, 120),
+                2,
+            ),
             span("banger", "banger vm stop", "t3", "", 3, 100),
         ];
         let steps = breakdown(&spans, "banger vm start");

@@ -16,18 +16,13 @@ use banger_proto::VmId;
 use banger_proto::event::EventKind;
 use banger_proto::net::DetachRequest;
 use banger_proto::vm::VmState;
-use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::boot::EXIT_POLL;
 use crate::config::VmPaths;
 use crate::controller::{Controller, millis};
 use crate::error::{HaltError, KillError, RecordError, StateError};
 use crate::store::VmRecord;
 use crate::vmm::firecracker::remove_runtime_sockets;
-
-/// The first wait between two checks of whether a stopping process is gone.
-const FIRST_EXIT_POLL: Duration = Duration::from_millis(1);
 
 /// How many times a forced stop looks for a process still holding the API socket after a kill.
 const KILL_ROUNDS: usize = 3;
@@ -159,22 +154,11 @@ impl Controller {
         false
     }
 
-    /// Whether `pid` exits within `limit`. The checks start [`FIRST_EXIT_POLL`] apart and
-    /// back off to [`EXIT_POLL`]: a guest that honours CtrlAltDel is usually gone within a few
-    /// milliseconds, and a fixed 20 ms step would add its half on average to every stop.
+    /// Whether `pid` exits within `limit`: the hypervisor boundary wakes on the exit itself
+    /// (a pidfd), so a guest that honours CtrlAltDel ends the wait the moment its hypervisor
+    /// is gone, not at the next look of a polling loop.
     async fn wait_exit(&self, pid: u32, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        let mut step = FIRST_EXIT_POLL;
-        loop {
-            if !self.inner.vmm.is_alive(pid) {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            tokio::time::sleep(step).await;
-            step = (step * 2).min(EXIT_POLL);
-        }
+        self.inner.vmm.wait_exit(pid, limit).await
     }
 
     /// SIGKILLs the process holding `paths.api_sock` (trying `hint` first) and waits for it to
@@ -265,18 +249,21 @@ impl Controller {
         let id = rec.id().clone();
         self.unwatch(&id);
         let paths = self.paths(&id);
-        let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths))
-            .instrument(tracing::debug_span!("halt.sockets"))
-            .await;
-        if rec.info.network.is_some() || rec.state() != VmState::Stopped {
-            let req = DetachRequest {
-                vm_id: id.clone(),
-                release: false,
-            };
-            self.detach_with_retries(req)
-                .instrument(tracing::debug_span!("halt.detach"))
-                .await;
-        }
+        // The sockets and the tap are independent: both go at once.
+        let sockets = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths))
+            .instrument(tracing::debug_span!("halt.sockets"));
+        let detach = async {
+            if rec.info.network.is_some() || rec.state() != VmState::Stopped {
+                let req = DetachRequest {
+                    vm_id: id.clone(),
+                    release: false,
+                };
+                self.detach_with_retries(req)
+                    .instrument(tracing::debug_span!("halt.detach"))
+                    .await;
+            }
+        };
+        let (_, ()) = tokio::join!(sockets, detach);
         let stopped = self
             .modify_and_emit(&id, crate::watch::end_event(end), move |r| {
                 r.info.state = end;

@@ -37,7 +37,17 @@ use tracing::Instrument as _;
 use super::{LaunchSpec, ProcUsage, Vmm, VmmError, process};
 use crate::config::{VmPaths, VmmKind};
 
-/// How often start-up checks whether the API socket answers yet.
+/// How often start-up checks whether the API socket answers yet, during [`SOCKET_FAST_FOR`]
+/// after the spawn: a hypervisor binds it within a few milliseconds (Firecracker promises
+/// about 12 ms), and a failed `connect` to a path costs microseconds, so the wait ends within
+/// a millisecond of the socket instead of up to [`SOCKET_POLL`] later.
+const SOCKET_POLL_FAST: Duration = Duration::from_millis(1);
+
+/// How long after the spawn the API socket is looked for every [`SOCKET_POLL_FAST`].
+const SOCKET_FAST_FOR: Duration = Duration::from_millis(100);
+
+/// How often start-up checks whether the API socket answers yet, after [`SOCKET_FAST_FOR`]
+/// (a loaded host).
 const SOCKET_POLL: Duration = Duration::from_millis(10);
 
 /// How much of the hypervisor log an early-exit error quotes.
@@ -124,8 +134,8 @@ impl ProcessVmm {
     }
 }
 
-/// Creates the VM's directories (mode 0700, and so are missing parents) and empty log files
-/// (0600), and removes sockets a previous run left (Firecracker refuses to bind an existing
+/// Creates the VM's directories (mode 0700, and so are missing parents), empty log files and
+/// the metrics file (0600), and removes sockets a previous run left (Firecracker refuses to bind an existing
 /// socket path).
 ///
 /// The run directory is what guards the 0777 sockets the umask-000 launch gives the
@@ -143,7 +153,13 @@ fn prepare(paths: &VmPaths) -> Result<(fs::File, fs::File), VmmError> {
     }
     remove_runtime_sockets(paths);
     let open = |p: &Path| private::create_file(p).map_err(prep(p));
-    Ok((open(&paths.serial_log)?, open(&paths.vmm_log)?))
+    let logs = (open(&paths.serial_log)?, open(&paths.vmm_log)?);
+    // The metrics file Firecracker appends to (`PUT /metrics` needs it to exist); without it
+    // the VM still boots, without `vm stats` metrics.
+    if let Err(e) = private::create_file(&paths.metrics) {
+        tracing::warn!(path = %paths.metrics.display(), error = %e, "creating the metrics file");
+    }
+    Ok(logs)
 }
 
 /// Removes the API socket and every vsock socket (`vsock.sock`, `vsock.sock_<port>`) of a VM.
@@ -247,7 +263,12 @@ impl Vmm for ProcessVmm {
                         waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(0),
                     });
                 }
-                tokio::time::sleep(SOCKET_POLL).await;
+                let step = if start.elapsed() < SOCKET_FAST_FOR {
+                    SOCKET_POLL_FAST
+                } else {
+                    SOCKET_POLL
+                };
+                tokio::time::sleep(step).await;
             }
         })
     }
@@ -287,23 +308,16 @@ impl Vmm for ProcessVmm {
                 .await
                 .map_err(VmmError::Api)?;
             // Metrics feed `vm stats`; a VM boots without them, so a failure here only warns.
-            let metrics = spec.paths.metrics.clone();
-            let created =
-                tokio::task::spawn_blocking(move || private::create_file(&metrics).map(drop)).await;
-            let configured = match created {
-                Ok(Ok(())) => c
-                    .put_metrics(&Metrics {
-                        metrics_path: spec.paths.metrics.clone(),
-                        emit_id: None,
-                        properties: None,
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            // The file was made (0600) with the logs before the launch.
+            let configured = c
+                .put_metrics(&Metrics {
+                    metrics_path: spec.paths.metrics.clone(),
+                    emit_id: None,
+                    properties: None,
+                })
+                .await;
             if let Err(e) = configured {
-                tracing::warn!(vm = %spec.name, error = %e, "hypervisor metrics unavailable");
+                tracing::warn!(vm = %spec.name, error = %banger_bus::runtime::chain(&e), "hypervisor metrics unavailable");
             }
             c.instance_start().await.map_err(VmmError::Api)
         })
@@ -339,6 +353,10 @@ impl Vmm for ProcessVmm {
 
     fn is_alive(&self, pid: u32) -> bool {
         process::is_alive(pid)
+    }
+
+    fn wait_exit(&self, pid: u32, limit: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(process::wait_exit(pid, limit))
     }
 
     fn usage(&self, pid: u32) -> Option<ProcUsage> {
