@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use banger_bus::private;
 use banger_firecracker::FirecrackerClient;
+use banger_firecracker::calls::{self, ApiCall, EncodeError};
 use banger_firecracker::models::{
     BootSource, Drive, MachineConfiguration, Metrics, NetworkInterface, Vsock,
 };
@@ -278,48 +279,48 @@ impl Vmm for ProcessVmm {
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<(), VmmError>> {
         Box::pin(async move {
-            let c = self.client(&spec.paths);
+            // One connection for the whole configuration (see `Session`).
+            let mut c = self.client(&spec.paths).session();
+            let call =
+                |made: Result<ApiCall, EncodeError>| made.map_err(|e| VmmError::Api(e.into()));
             let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
-            c.put_machine_config(&MachineConfiguration::new(cpus, u64::from(spec.memory_mib)))
-                .await
-                .map_err(VmmError::Api)?;
-            c.put_boot_source(&BootSource {
+            let mc = MachineConfiguration::new(cpus, u64::from(spec.memory_mib));
+            let boot = BootSource {
                 kernel_image_path: spec.kernel.clone(),
                 boot_args: Some(spec.boot_args.clone()),
                 initrd_path: spec.initrd.clone(),
-            })
-            .await
-            .map_err(VmmError::Api)?;
-            c.put_drive(&Drive::new(ROOT_DRIVE_ID, &spec.root_path, true, false))
-                .await
-                .map_err(VmmError::Api)?;
-            c.put_drive(&Drive::new(
-                WORK_DRIVE_ID,
-                &spec.work_disk_path,
-                false,
-                false,
-            ))
-            .await
-            .map_err(VmmError::Api)?;
-            c.put_network_interface(&NetworkInterface::new(IFACE_ID, &spec.tap, &spec.mac))
-                .await
-                .map_err(VmmError::Api)?;
-            c.put_vsock(&Vsock::new(spec.vsock_cid, &spec.paths.vsock_uds))
-                .await
-                .map_err(VmmError::Api)?;
+            };
+            let root = Drive::new(ROOT_DRIVE_ID, &spec.root_path, true, false);
+            let work = Drive::new(WORK_DRIVE_ID, &spec.work_disk_path, false, false);
+            let nic = NetworkInterface::new(IFACE_ID, &spec.tap, &spec.mac);
+            let vsock = Vsock::new(spec.vsock_cid, &spec.paths.vsock_uds);
+            for made in [
+                calls::put_machine_config(&mc),
+                calls::put_boot_source(&boot),
+                calls::put_drive(&root),
+                calls::put_drive(&work),
+                calls::put_network_interface(&nic),
+                calls::put_vsock(&vsock),
+            ] {
+                c.no_content(call(made)?).await.map_err(VmmError::Api)?;
+            }
             // Metrics feed `vm stats`; a VM boots without them, so a failure here only warns.
             // The file was made (0600) with the logs before the launch.
-            let configured = c
-                .put_metrics(&Metrics {
-                    metrics_path: spec.paths.metrics.clone(),
-                    emit_id: None,
-                    properties: None,
-                })
-                .await;
+            let metrics = Metrics {
+                metrics_path: spec.paths.metrics.clone(),
+                emit_id: None,
+                properties: None,
+            };
+            let configured = match calls::put_metrics(&metrics) {
+                Ok(made) => c.no_content(made).await,
+                Err(e) => Err(e.into()),
+            };
             if let Err(e) = configured {
                 tracing::warn!(vm = %spec.name, error = %banger_bus::runtime::chain(&e), "hypervisor metrics unavailable");
             }
-            c.instance_start().await.map_err(VmmError::Api)
+            c.no_content(call(calls::instance_start())?)
+                .await
+                .map_err(VmmError::Api)
         })
     }
 
