@@ -97,6 +97,11 @@ pub(crate) struct Args {
     /// Print the results only; write no files
     #[arg(long, conflicts_with = "out")]
     pub(crate) no_save: bool,
+    /// After each latency back-end, print where each command's time goes: every span name
+    /// per service in its traces (CLI, vm-controller, stord, netd), with its mean and p50 per
+    /// command, in the order the steps run
+    #[arg(long)]
+    pub(crate) spans: bool,
 }
 
 /// What the run does, after defaults.
@@ -118,6 +123,8 @@ pub(crate) struct Settings {
     pub(crate) groups: Vec<Group>,
     /// Where to write the results, if anywhere.
     pub(crate) out: Option<PathBuf>,
+    /// Whether the latency group prints its span breakdown.
+    pub(crate) spans: bool,
 }
 
 impl Args {
@@ -149,6 +156,7 @@ impl Args {
             footprint_vms: self.footprint_vms.unwrap_or(footprint_vms),
             groups,
             out,
+            spans: self.spans,
         }
     }
 }
@@ -164,6 +172,7 @@ impl Settings {
             "list_started": self.list_started,
             "footprint_vms": self.footprint_vms,
             "groups": self.groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
+            "spans": self.spans,
         })
     }
 }
@@ -206,6 +215,7 @@ mod tests {
         );
         assert_eq!(s.footprint_vms, 100);
         assert!(!s.list_started);
+        assert!(!s.spans);
         assert_eq!(s.groups, Group::ALL);
         assert_eq!(s.out, Some(default_results_dir()));
         assert_eq!(s.json()["scale"], serde_json::json!([1, 10, 50, 100]));
@@ -227,9 +237,11 @@ mod tests {
             "dns,latency",
             "--no-save",
             "--list-started",
+            "--spans",
         ])
         .settings();
         assert!(s.list_started);
+        assert!(s.spans);
         assert_eq!((s.reps, s.scale, s.serial_max), (3, vec![2, 4], 2));
         assert_eq!(s.list_vms, [7, 30]);
         assert_eq!(s.groups, [Group::Dns, Group::Latency]);

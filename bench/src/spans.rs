@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use banger_testkit::otlp::Span;
 
+use crate::stats::{format_duration, percentile};
+
 /// OTLP span kind of a span that serves a request.
 const SERVER: i32 = 2;
 
@@ -58,6 +60,112 @@ pub(crate) fn describe(shares: &[(String, f64)]) -> String {
         .join(", ")
 }
 
+/// One line of a [`breakdown`]: a span name of one service, over the commands whose traces
+/// hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Step {
+    /// The exporting service (`banger` for the CLI).
+    pub(crate) service: String,
+    /// The span name.
+    pub(crate) name: String,
+    /// How many of the commands had at least one such span.
+    pub(crate) commands: usize,
+    /// Spans per command that had it (a name can occur several times in one trace).
+    pub(crate) per_command: f64,
+    /// Mean of the per-command summed durations, over the commands that had it.
+    pub(crate) mean: Duration,
+    /// Median of the same.
+    pub(crate) p50: Duration,
+}
+
+/// Where the commands named `command` spend their time, span by span: for every (service,
+/// span name) in their traces, its summed duration per command, averaged and its median.
+/// Ordered by the first start of the name within a trace (the order the steps run), so
+/// the listing reads as the command's timeline. Nested spans overlap their parents.
+pub(crate) fn breakdown(spans: &[Span], command: &str) -> Vec<Step> {
+    let roots = roots(spans, command);
+    // (service, name) -> per-root summed duration, and the mean offset from the root's start.
+    type Key = (String, String);
+    let mut sums: HashMap<Key, Vec<Duration>> = HashMap::new();
+    let mut counts: HashMap<Key, usize> = HashMap::new();
+    let mut offsets: HashMap<Key, u64> = HashMap::new();
+    for root in &roots {
+        let mut per: HashMap<Key, (Duration, u64)> = HashMap::new();
+        for s in spans.iter().filter(|s| s.trace_id == root.trace_id) {
+            let key = (s.service.clone(), step_name(&s.name));
+            let offset = s.start_unix_nano.saturating_sub(root.start_unix_nano);
+            *counts.entry(key.clone()).or_default() += 1;
+            let e = per.entry(key).or_insert((Duration::ZERO, offset));
+            e.0 += s.duration();
+            e.1 = e.1.min(offset);
+        }
+        for (key, (d, offset)) in per {
+            let o = offsets.entry(key.clone()).or_insert(offset);
+            *o = (*o).min(offset);
+            sums.entry(key).or_default().push(d);
+        }
+    }
+    let mut steps: Vec<(u64, Step)> = sums
+        .into_iter()
+        .map(|(key, durations)| {
+            let total: Duration = durations.iter().sum();
+            let n = durations.len();
+            let count = counts.get(&key).copied().unwrap_or(n);
+            let offset = offsets.get(&key).copied().unwrap_or(0);
+            let (service, name) = key;
+            let step = Step {
+                service,
+                name,
+                commands: n,
+                per_command: count as f64 / n as f64,
+                mean: total / u32::try_from(n).unwrap_or(u32::MAX).max(1),
+                p50: percentile(&durations, 50.0).unwrap_or_default(),
+            };
+            (offset, step)
+        })
+        .collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    steps.into_iter().map(|(_, s)| s).collect()
+}
+
+/// A span's name as a step: an event publication (`send banger.events.<host>.vm.<id>.started`)
+/// by its event kind (`send ....started`), so every command's publications group together.
+fn step_name(name: &str) -> String {
+    match name.strip_prefix("send ") {
+        Some(subject) if subject.contains(".events.") => {
+            let kind = subject.rsplit('.').next().unwrap_or_default();
+            format!("send event {kind}")
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// A [`breakdown`] as text: one line per step, `service  span  n  mean  p50`.
+pub(crate) fn render_breakdown(title: &str, steps: &[Step]) -> String {
+    let width = steps
+        .iter()
+        .map(|s| s.service.len() + s.name.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(20);
+    let mut out = format!("\n{title}\n");
+    out.push_str(&format!(
+        "  {:<width$}  {:>5}  {:>5}  {:>10}  {:>10}\n",
+        "service: span", "cmds", "x/cmd", "mean", "p50"
+    ));
+    for s in steps {
+        let label = format!("{}: {}", s.service, s.name);
+        out.push_str(&format!(
+            "  {label:<width$}  {:>5}  {:>5.1}  {:>10}  {:>10}\n",
+            s.commands,
+            s.per_command,
+            format_duration(s.mean),
+            format_duration(s.p50)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +208,45 @@ mod tests {
         assert!(get("netd").abs() < 1e-9, "{shares:?}");
         assert_eq!(describe(&shares), "vm-controller 70%, stord 50%, netd 0%");
         assert!(super::shares(&spans, "banger vm start").is_none());
+    }
+
+    /// `s` started `ms` milliseconds later (and ends as much later).
+    fn later(mut s: Span, ms: u64) -> Span {
+        s.start_unix_nano += ms * 1_000_000;
+        s.end_unix_nano += ms * 1_000_000;
+        s
+    }
+
+    #[test]
+    fn the_breakdown_sums_each_step_per_command_in_timeline_order() {
+        let spans = [
+            span("banger", "banger vm start", "t1", "", 3, 100),
+            later(span("vm-controller", "vm.start", "t1", "c1", SERVER, 80), 1),
+            later(span("vm-controller", "firecracker", "t1", "c1", 1, 2), 3),
+            later(span("vm-controller", "firecracker", "t1", "c1", 1, 4), 6),
+            span("banger", "banger vm start", "t2", "", 3, 200),
+            later(
+                span("vm-controller", "vm.start", "t2", "c2", SERVER, 120),
+                2,
+            ),
+            span("banger", "banger vm stop", "t3", "", 3, 100),
+        ];
+        let steps = breakdown(&spans, "banger vm start");
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["banger vm start", "vm.start", "firecracker"]);
+        let fc = &steps[2];
+        assert_eq!((fc.commands, fc.per_command), (1, 2.0));
+        assert_eq!(fc.mean, Duration::from_millis(6));
+        let start = &steps[1];
+        assert_eq!(start.mean, Duration::from_millis(100));
+        assert_eq!(start.p50, Duration::from_millis(80));
+        let text = render_breakdown("vm start", &steps);
+        assert!(text.contains("vm-controller: firecracker"), "{text}");
+        assert!(breakdown(&spans, "banger vm delete").is_empty());
+        assert_eq!(
+            step_name("send banger.events.h1.vm.01abc.started"),
+            "send event started"
+        );
+        assert_eq!(step_name("send x.y"), "send x.y");
     }
 }

@@ -30,9 +30,11 @@ pub(crate) struct Api {
     pub(crate) vmm: Mutex<Vmm>,
     pub(crate) schema: &'static ApiSchema,
     pub(crate) max_body: usize,
-    /// Connections being served (each ends after its reply), so shutdown can let the last
-    /// reply go out first.
+    /// Connections being served, so shutdown can let the last reply go out first.
     pub(crate) open_connections: AtomicUsize,
+    /// Set at shutdown: every connection finishes the reply it is writing and closes (an idle
+    /// kept-alive one at once).
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Serves the API until the task is dropped.
@@ -48,19 +50,31 @@ pub(crate) async fn serve(listener: UnixListener, api: Arc<Api>) {
         };
         let api = Arc::clone(&api);
         api.open_connections.fetch_add(1, Ordering::SeqCst);
+        let mut closing = api.closing.subscribe();
         tokio::spawn(async move {
+            let closing = async move {
+                // The guard it returns is not Send: dropped here, before the next await.
+                let _ = closing.wait_for(|c| *c).await.map(drop);
+            };
             let service = service_fn(|req| {
                 let api = Arc::clone(&api);
                 async move { Ok::<_, Infallible>(handle(req, &api).await) }
             });
-            // No keep-alive: the connection ends once its reply is written, so shutdown can
-            // wait for in-flight replies without waiting for clients to hang up. (banger's
-            // client opens one connection per call anyway.)
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            // Keep-alive, as Firecracker: a client may send several requests on one
+            // connection (banger's controller configures a VM over one). At shutdown the
+            // connection is closed gracefully: the reply being written goes out first.
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = closing => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = ended {
                 log::debug(&format!("api: connection ended: {e}"));
             }
             api.open_connections.fetch_sub(1, Ordering::SeqCst);

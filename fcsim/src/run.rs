@@ -85,6 +85,7 @@ pub(crate) async fn run(args: Args) -> ExitCode {
         schema,
         max_body: args.http_api_max_payload_size,
         open_connections: AtomicUsize::new(0),
+        closing: tokio::sync::watch::Sender::new(false),
     });
     let server = if faults.has(Fault::RefuseApi) {
         log::warn("fault refuse-api: the API socket is bound but no request is answered");
@@ -113,6 +114,7 @@ pub(crate) async fn run(args: Args) -> ExitCode {
     log::info(&format!("{why}: shutting down"));
     server.abort();
     let _ = server.await;
+    api.closing.send_replace(true);
     drain(&api.open_connections).await;
     api.vmm
         .lock()

@@ -1,7 +1,8 @@
 //! The Firecracker API client: HTTP/1.1 over the VMM's Unix API socket.
 //!
 //! One connection per call (Firecracker serves one request at a time and the calls are rare),
-//! each call bounded by a deadline covering connect, request and reply. A reply that is not
+//! or one for several calls in turn through a [`Session`] (a boot's configuration); each call
+//! bounded by a deadline covering connect, request and reply. A reply that is not
 //! 2xx becomes [`ClientError::Api`] carrying the status and Firecracker's `fault_message`.
 //!
 //! ```no_run
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -308,8 +310,12 @@ impl FirecrackerClient {
     }
 
     async fn exchange(&self, call: &ApiCall) -> Result<Bytes, ClientError> {
-        let name = call.name;
-        let http = |source| ClientError::Http { call: name, source };
+        let mut conn = self.connect(call.name).await?;
+        send(&mut conn.sender, call).await
+    }
+
+    /// Opens a connection to the API socket, its driving task aborted when it is dropped.
+    async fn connect(&self, name: &'static str) -> Result<Conn, ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -318,57 +324,171 @@ impl FirecrackerClient {
                     path: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(http)?;
+            .map_err(|source| ClientError::Http { call: name, source })?;
         // The connection task drives the socket; the guard aborts it when the call returns or
         // the deadline cancels it, so no task outlives the call.
-        let _conn = ConnTask(tokio::spawn(async move {
+        let task = ConnTask(tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "firecracker api connection ended with an error");
             }
         }));
-        let body = match &call.body {
-            Some(v) => Full::new(Bytes::from(v.to_string())),
-            None => Full::new(Bytes::new()),
-        };
-        let method = Method::from_bytes(call.method.as_bytes()).unwrap_or(Method::GET);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(call.path.as_str())
-            .header(HOST, "localhost")
-            .header(ACCEPT, "application/json");
-        if call.body.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
-        }
-        let request = builder.body(body).map_err(|_| ClientError::InvalidPath {
-            call: name,
-            path: call.path.clone(),
-        })?;
-        let exchange = async {
-            let response = sender.send_request(request).await.map_err(http)?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map_err(|e| match e.downcast::<hyper::Error>() {
-                    Ok(h) => http(*h),
-                    Err(other) => ClientError::Api {
-                        call: name,
-                        status: status.as_u16(),
-                        fault_message: format!("reply body unreadable: {other}"),
-                    },
-                })?
-                .to_bytes();
-            Ok::<_, ClientError>((status, body))
-        };
-        let (status, body) = exchange.await?;
-        tracing::debug!(status = status.as_u16(), "firecracker answered");
-        if status.is_success() {
-            return Ok(body);
-        }
-        Err(api_error(name, status, &body))
+        Ok(Conn {
+            sender,
+            _task: task,
+        })
     }
+
+    /// A session: several calls, one after the other, over one connection (see [`Session`]).
+    pub fn session(&self) -> Session {
+        Session {
+            client: self.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// An open HTTP/1.1 connection to the API socket.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    _task: ConnTask,
+}
+
+/// Several calls to one VMM over one HTTP/1.1 connection (keep-alive), one after the other: a
+/// boot configures the VMM with eight calls, and a connection per call costs a connect, a
+/// handshake and a task each. When the VMM closes the connection after a reply (a VMM without
+/// keep-alive), the next call opens a new one; a request is sent again on a new connection only
+/// when it never left on the old one. Dropping the session closes the connection.
+pub struct Session {
+    client: FirecrackerClient,
+    conn: Option<Conn>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("client", &self.client)
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Sends `call` under the client's deadline; returns a 2xx body or the error.
+    pub async fn execute(&mut self, call: &ApiCall) -> Result<Bytes, ClientError> {
+        let span = tracing::debug_span!("firecracker", call = call.name, path = %call.path);
+        let timeout = self.client.timeout;
+        match tokio::time::timeout(timeout, self.exchange(call).instrument(span)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be mid-exchange: never reuse it.
+                self.conn = None;
+                Err(ClientError::Timeout {
+                    call: call.name,
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// Sends `call` and expects 2xx; the body, if any, is ignored.
+    pub async fn no_content(&mut self, call: ApiCall) -> Result<(), ClientError> {
+        self.execute(&call).await.map(drop)
+    }
+
+    async fn exchange(&mut self, call: &ApiCall) -> Result<Bytes, ClientError> {
+        let name = call.name;
+        if let Some(mut conn) = self.conn.take()
+            && conn.sender.ready().await.is_ok()
+        {
+            match conn.sender.try_send_request(request(call)?).await {
+                Ok(response) => {
+                    let result = reply(name, response).await;
+                    if result.is_ok() {
+                        self.conn = Some(conn);
+                    }
+                    return result;
+                }
+                Err(mut e) => {
+                    // Sent, and the connection failed: the VMM may have acted on it, so it is
+                    // not sent again. Never sent (the VMM had closed the connection): sent on a
+                    // new one below.
+                    if e.take_message().is_none() {
+                        return Err(ClientError::Http {
+                            call: name,
+                            source: e.into_error(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut conn = self.client.connect(name).await?;
+        let result = send(&mut conn.sender, call).await;
+        if result.is_ok() {
+            self.conn = Some(conn);
+        }
+        result
+    }
+}
+
+/// The HTTP request of `call`.
+fn request(call: &ApiCall) -> Result<Request<Full<Bytes>>, ClientError> {
+    let body = match &call.body {
+        Some(v) => Full::new(Bytes::from(v.to_string())),
+        None => Full::new(Bytes::new()),
+    };
+    let method = Method::from_bytes(call.method.as_bytes()).unwrap_or(Method::GET);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(call.path.as_str())
+        .header(HOST, "localhost")
+        .header(ACCEPT, "application/json");
+    if call.body.is_some() {
+        builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    builder.body(body).map_err(|_| ClientError::InvalidPath {
+        call: call.name,
+        path: call.path.clone(),
+    })
+}
+
+/// Sends `call` on `sender` and reads the reply.
+async fn send(sender: &mut SendRequest<Full<Bytes>>, call: &ApiCall) -> Result<Bytes, ClientError> {
+    let response = sender
+        .send_request(request(call)?)
+        .await
+        .map_err(|source| ClientError::Http {
+            call: call.name,
+            source,
+        })?;
+    reply(call.name, response).await
+}
+
+/// A reply's 2xx body, or the error it carries.
+async fn reply(
+    name: &'static str,
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<Bytes, ClientError> {
+    let http = |source| ClientError::Http { call: name, source };
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(h) => http(*h),
+            Err(other) => ClientError::Api {
+                call: name,
+                status: status.as_u16(),
+                fault_message: format!("reply body unreadable: {other}"),
+            },
+        })?
+        .to_bytes();
+    tracing::debug!(status = status.as_u16(), "firecracker answered");
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(api_error(name, status, &body))
 }
 
 /// Builds the error for a non-2xx reply from Firecracker's `{"fault_message": ...}` body.
@@ -386,6 +506,9 @@ fn api_error(call: &'static str, status: StatusCode, body: &[u8]) -> ClientError
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::UnixListener;
 
@@ -418,6 +541,90 @@ mod tests {
         s.write_all(reply.as_bytes()).await.unwrap();
         s.shutdown().await.unwrap();
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Serves `204` to every request on every connection, counting the connections; with
+    /// `close`, each connection ends after one reply (`connection: close`).
+    async fn serve_204(listener: UnixListener, conns: Arc<AtomicUsize>, close: bool) {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    // One request: headers, then the body its content-length announces.
+                    let request_end = loop {
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + len {
+                                break end + 4 + len;
+                            }
+                        }
+                        let n = s.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    };
+                    got.drain(..request_end);
+                    let reply = if close {
+                        "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+                    } else {
+                        "HTTP/1.1 204 No Content\r\n\r\n"
+                    };
+                    s.write_all(reply.as_bytes()).await.unwrap();
+                    if close {
+                        s.shutdown().await.unwrap();
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_sends_its_calls_over_one_connection_and_reconnects_when_closed() {
+        for (close, expected) in [(false, 1), (true, 4)] {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("api.sock");
+            let conns = Arc::new(AtomicUsize::new(0));
+            let server = tokio::spawn(serve_204(
+                UnixListener::bind(&sock).unwrap(),
+                Arc::clone(&conns),
+                close,
+            ));
+            let mut session = FirecrackerClient::new(&sock).session();
+            session
+                .no_content(calls::put_machine_config(&MachineConfiguration::new(1, 128)).unwrap())
+                .await
+                .unwrap();
+            session
+                .no_content(
+                    calls::put_drive(&Drive::new("rootfs", "/r.ext4", true, false)).unwrap(),
+                )
+                .await
+                .unwrap();
+            session
+                .no_content(calls::put_drive(&Drive::new("work", "/w.ext4", false, false)).unwrap())
+                .await
+                .unwrap();
+            session
+                .no_content(calls::instance_start().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                conns.load(Ordering::SeqCst),
+                expected,
+                "connections with close={close}"
+            );
+            server.abort();
+        }
     }
 
     #[tokio::test]

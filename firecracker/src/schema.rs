@@ -30,12 +30,21 @@ use serde_yaml::Value as Yaml;
 /// The official Firecracker API definition (Swagger 2.0), see `api/SOURCE`.
 pub const FIRECRACKER_YAML: &str = include_str!("../api/firecracker.yaml");
 
+/// [`FIRECRACKER_YAML`] as JSON, which is what [`ApiSchema::firecracker`] loads: a simulator
+/// parses the definition at every start, and YAML took several milliseconds of each VM's boot
+/// where JSON takes a fraction of one. Generated from the YAML; a test fails when the two
+/// differ (`BANGER_WRITE_API_JSON=1 cargo test -p banger-firecracker --lib schema` rewrites it).
+pub const FIRECRACKER_JSON: &str = include_str!("../api/firecracker.json");
+
 /// The definition could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The text is not YAML.
     #[error("parsing the api definition as yaml")]
     Yaml(#[source] serde_yaml::Error),
+    /// The text is not JSON.
+    #[error("parsing the api definition as json")]
+    Json(#[source] serde_json::Error),
     /// The YAML is not the shape this subset understands.
     #[error("api definition at {at}: {what}")]
     Shape {
@@ -120,7 +129,8 @@ impl ApiSchema {
     /// Only if the embedded file is broken, which the crate's tests rule out.
     pub fn firecracker() -> Result<&'static Self, &'static LoadError> {
         static CELL: OnceLock<Result<ApiSchema, LoadError>> = OnceLock::new();
-        CELL.get_or_init(|| Self::parse(FIRECRACKER_YAML)).as_ref()
+        CELL.get_or_init(|| Self::parse_json(FIRECRACKER_JSON))
+            .as_ref()
     }
 
     /// Parses a Swagger 2.0 document.
@@ -128,7 +138,18 @@ impl ApiSchema {
     /// # Errors
     /// When the text is not YAML or uses schema shapes outside the supported subset.
     pub fn parse(text: &str) -> Result<Self, LoadError> {
-        let doc: Yaml = serde_yaml::from_str(text).map_err(LoadError::Yaml)?;
+        Self::from_document(serde_yaml::from_str(text).map_err(LoadError::Yaml)?)
+    }
+
+    /// Parses a Swagger 2.0 document written as JSON.
+    ///
+    /// # Errors
+    /// When the text is not JSON or uses schema shapes outside the supported subset.
+    pub fn parse_json(text: &str) -> Result<Self, LoadError> {
+        Self::from_document(serde_json::from_str(text).map_err(LoadError::Json)?)
+    }
+
+    fn from_document(doc: Yaml) -> Result<Self, LoadError> {
         let mut definitions = BTreeMap::new();
         if let Some(defs) = doc.get("definitions").and_then(Yaml::as_mapping) {
             for (name, node) in defs {
@@ -604,6 +625,25 @@ fn parse_schema(node: &Yaml, at: &str) -> Result<Schema, LoadError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_embedded_json_is_the_yaml_definition() {
+        let doc: Yaml = serde_yaml::from_str(FIRECRACKER_YAML).unwrap();
+        let json = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+        if std::env::var_os("BANGER_WRITE_API_JSON").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/api/firecracker.json");
+            std::fs::write(path, &json).unwrap();
+        }
+        assert!(
+            FIRECRACKER_JSON == json,
+            "api/firecracker.json is not api/firecracker.yaml: rewrite it with \
+             BANGER_WRITE_API_JSON=1 cargo test -p banger-firecracker --lib schema"
+        );
+        let from_yaml = ApiSchema::parse(FIRECRACKER_YAML).unwrap();
+        let from_json = ApiSchema::parse_json(FIRECRACKER_JSON).unwrap();
+        assert_eq!(format!("{from_yaml:?}"), format!("{from_json:?}"));
+        assert!(!from_json.routes().is_empty());
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -7,9 +7,10 @@
 //!   into place when complete.
 //! - **resize**: grow only: `e2fsck -f -p`, extend the file, `resize2fs`. A failure after the
 //!   file grew shrinks it back, leaving the old, intact file system.
-//! - **repair**: see [`crate::flatten`]. Detection is read-only (`debugfs ls`); only a disk
-//!   that has the stale layout is mounted, briefly, in a private mount namespace
-//!   ([`crate::sys::mount`]).
+//! - **repair**: see [`crate::flatten`]. Detection is read-only: the root directory is read
+//!   straight from the image ([`crate::ext4dir`]), with `debugfs ls` for a layout that module
+//!   does not read; only a disk that has the stale layout is mounted, briefly, in a private
+//!   mount namespace ([`crate::sys::mount`]).
 //!
 //! Everything here blocks and runs external tools with deadlines.
 
@@ -246,10 +247,12 @@ pub fn repair_nested_home(
     scratch: &Path,
     tag: &str,
 ) -> Result<FlattenReport, WorkDiskError> {
-    if !top_level_dirs(path, Path::new("/"))?
-        .iter()
-        .any(|d| d == flatten::NESTED)
-    {
+    // Read natively when the layout allows (every start asks), else with debugfs.
+    let top = match crate::ext4dir::top_level_dirs(path) {
+        Some(dirs) => dirs,
+        None => top_level_dirs(path, Path::new("/"))?,
+    };
+    if !top.iter().any(|d| d == flatten::NESTED) {
         return Ok(FlattenReport::default());
     }
     let report = mount::with_mounted_ext4(path, scratch, tag, flatten::flatten_nested_home)??;

@@ -16,17 +16,13 @@ use banger_proto::VmId;
 use banger_proto::event::EventKind;
 use banger_proto::net::DetachRequest;
 use banger_proto::vm::VmState;
-use tokio::time::Instant;
+use tracing::Instrument as _;
 
-use crate::boot::EXIT_POLL;
 use crate::config::VmPaths;
 use crate::controller::{Controller, millis};
 use crate::error::{HaltError, KillError, RecordError, StateError};
 use crate::store::VmRecord;
 use crate::vmm::firecracker::remove_runtime_sockets;
-
-/// The first wait between two checks of whether a stopping process is gone.
-const FIRST_EXIT_POLL: Duration = Duration::from_millis(1);
 
 /// How many times a forced stop looks for a process still holding the API socket after a kill.
 const KILL_ROUNDS: usize = 3;
@@ -68,7 +64,12 @@ impl Controller {
             }
         }
         let paths = self.paths(id);
-        let pid = self.inner.vmm.find_process(&paths, rec.pid).await;
+        let pid = self
+            .inner
+            .vmm
+            .find_process(&paths, rec.pid)
+            .instrument(tracing::debug_span!("halt.find_process"))
+            .await;
         if rec.state() == VmState::Failed && pid.is_none() {
             // A failed VM without a process has nothing to stop; it stays failed with its
             // reason until it is started or deleted.
@@ -78,6 +79,7 @@ impl Controller {
             rec
         } else {
             self.transition_and_emit(id, VmState::Stopping, None, EventKind::Stopping)
+                .instrument(tracing::debug_span!("halt.stopping"))
                 .await?
         };
         let mut note = None;
@@ -115,7 +117,13 @@ impl Controller {
         note: &mut Option<String>,
     ) -> bool {
         let grace = self.inner.config.stop_grace();
-        if let Err(e) = self.inner.vmm.ctrl_alt_del(paths).await {
+        let sent = self
+            .inner
+            .vmm
+            .ctrl_alt_del(paths)
+            .instrument(tracing::debug_span!("halt.ctrl_alt_del"))
+            .await;
+        if let Err(e) = sent {
             let cause = banger_bus::runtime::chain(&e);
             tracing::warn!(
                 vm.id = %rec.id(), vm.name = %rec.info.name, pid,
@@ -127,7 +135,11 @@ impl Controller {
             ));
             return false;
         }
-        if self.wait_exit(pid, grace).await {
+        if self
+            .wait_exit(pid, grace)
+            .instrument(tracing::debug_span!("halt.wait_exit"))
+            .await
+        {
             return true;
         }
         tracing::warn!(
@@ -142,22 +154,11 @@ impl Controller {
         false
     }
 
-    /// Whether `pid` exits within `limit`. The checks start [`FIRST_EXIT_POLL`] apart and
-    /// back off to [`EXIT_POLL`]: a guest that honours CtrlAltDel is usually gone within a few
-    /// milliseconds, and a fixed 20 ms step would add its half on average to every stop.
+    /// Whether `pid` exits within `limit`: the hypervisor boundary wakes on the exit itself
+    /// (a pidfd), so a guest that honours CtrlAltDel ends the wait the moment its hypervisor
+    /// is gone, not at the next look of a polling loop.
     async fn wait_exit(&self, pid: u32, limit: Duration) -> bool {
-        let end = Instant::now() + limit;
-        let mut step = FIRST_EXIT_POLL;
-        loop {
-            if !self.inner.vmm.is_alive(pid) {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            tokio::time::sleep(step).await;
-            step = (step * 2).min(EXIT_POLL);
-        }
+        self.inner.vmm.wait_exit(pid, limit).await
     }
 
     /// SIGKILLs the process holding `paths.api_sock` (trying `hint` first) and waits for it to
@@ -248,14 +249,21 @@ impl Controller {
         let id = rec.id().clone();
         self.unwatch(&id);
         let paths = self.paths(&id);
-        let _ = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths)).await;
-        if rec.info.network.is_some() || rec.state() != VmState::Stopped {
-            let req = DetachRequest {
-                vm_id: id.clone(),
-                release: false,
-            };
-            self.detach_with_retries(req).await;
-        }
+        // The sockets and the tap are independent: both go at once.
+        let sockets = tokio::task::spawn_blocking(move || remove_runtime_sockets(&paths))
+            .instrument(tracing::debug_span!("halt.sockets"));
+        let detach = async {
+            if rec.info.network.is_some() || rec.state() != VmState::Stopped {
+                let req = DetachRequest {
+                    vm_id: id.clone(),
+                    release: false,
+                };
+                self.detach_with_retries(req)
+                    .instrument(tracing::debug_span!("halt.detach"))
+                    .await;
+            }
+        };
+        let (_, ()) = tokio::join!(sockets, detach);
         let stopped = self
             .modify_and_emit(&id, crate::watch::end_event(end), move |r| {
                 r.info.state = end;
@@ -264,6 +272,7 @@ impl Controller {
                 r.pid = None;
                 Ok(())
             })
+            .instrument(tracing::debug_span!("halt.ended"))
             .await?;
         tracing::info!(vm.id = %id, vm.name = %stopped.info.name, state = %end, "vm ended");
         Ok(stopped)

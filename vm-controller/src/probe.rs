@@ -3,7 +3,8 @@
 //! instead of polling (it subscribes before it sends the create, so the event cannot be
 //! missed).
 //!
-//! The probe starts every [`FIRST_INTERVAL`] and doubles up to [`MAX_INTERVAL`], and gives up
+//! The probe runs every [`FIRST_INTERVAL`] for [`FAST_FOR`], then doubles up to
+//! [`MAX_INTERVAL`], and gives up
 //! after [`PROBE_FOR`] (an image without an agent never answers; `vm health` still asks on
 //! demand). It ends as soon as the boot it probes for is over (the VM stopped, failed, was
 //! deleted or booted again), and it publishes only the change to healthy: an agent that does
@@ -19,8 +20,12 @@ use banger_proto::vm::VmState;
 use crate::controller::Controller;
 use crate::store::VmRecord;
 
-/// The first wait between two probes.
-const FIRST_INTERVAL: Duration = Duration::from_millis(5);
+/// The wait between two probes during [`FAST_FOR`] after a boot: an agent usually answers
+/// within tens of milliseconds, and a probe that finds nothing listening costs a failed
+/// connect, so the first answer is seen within this of the agent's start.
+const FIRST_INTERVAL: Duration = Duration::from_millis(2);
+/// How long after a boot the probes stay [`FIRST_INTERVAL`] apart before backing off.
+const FAST_FOR: Duration = Duration::from_secs(1);
 /// The longest wait between two probes.
 const MAX_INTERVAL: Duration = Duration::from_millis(100);
 /// How long after a boot the agent is probed.
@@ -89,7 +94,7 @@ impl Controller {
             }
             let left = Duration::from_millis(deadline.saturating_sub(now));
             tokio::time::sleep(interval.min(left)).await;
-            interval = (interval * 2).min(MAX_INTERVAL);
+            interval = next_interval(interval, Duration::from_millis(now.saturating_sub(started)));
         }
     }
 
@@ -101,7 +106,8 @@ impl Controller {
     }
 
     async fn probe(&self, id: &VmId, started_at_ms: Option<u64>) {
-        let end = tokio::time::Instant::now() + PROBE_FOR;
+        let begun = tokio::time::Instant::now();
+        let end = begun + PROBE_FOR;
         let mut interval = FIRST_INTERVAL;
         loop {
             if self.this_boot(id, started_at_ms).await.is_none() {
@@ -131,7 +137,38 @@ impl Controller {
                 return;
             }
             tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(MAX_INTERVAL);
+            interval = next_interval(interval, begun.elapsed());
         }
+    }
+}
+
+/// The wait after `interval`, `since` the boot: [`FIRST_INTERVAL`] during [`FAST_FOR`], then
+/// doubling up to [`MAX_INTERVAL`].
+fn next_interval(interval: Duration, since: Duration) -> Duration {
+    if since < FAST_FOR {
+        FIRST_INTERVAL
+    } else {
+        (interval * 2).min(MAX_INTERVAL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_stay_close_during_the_first_second_then_back_off_to_the_cap() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            next_interval(FIRST_INTERVAL, Duration::ZERO),
+            FIRST_INTERVAL
+        );
+        assert_eq!(next_interval(FIRST_INTERVAL, second / 2), FIRST_INTERVAL);
+        assert_eq!(next_interval(FIRST_INTERVAL, second), FIRST_INTERVAL * 2);
+        let mut i = FIRST_INTERVAL;
+        for _ in 0..20 {
+            i = next_interval(i, second * 2);
+        }
+        assert_eq!(i, MAX_INTERVAL);
     }
 }

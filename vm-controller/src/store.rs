@@ -30,6 +30,7 @@ use banger_proto::vm::{VmInfo, VmNetwork, VmState};
 use banger_proto::{CpuCount, HostId, ImageName, MemMib, VmId, VmName};
 use banger_sqlite::{Db, Migration, Schema, Step};
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use tracing::Instrument as _;
 
 /// The first vsock context id handed to a guest (0-2 are reserved: hypervisor, local, host).
 pub const FIRST_GUEST_CID: u32 = 3;
@@ -221,7 +222,10 @@ impl Store {
         F: FnOnce(&Connection, &HostId) -> Result<T, StoreError> + Send + 'static,
     {
         let host = self.host.clone();
-        self.db.read_async(move |conn| f(conn, &host)).await
+        self.db
+            .read_async(move |conn| f(conn, &host))
+            .instrument(tracing::debug_span!("db.read"))
+            .await
     }
 
     /// Runs `f` in a write transaction (committed when it succeeds) on the blocking pool.
@@ -232,7 +236,10 @@ impl Store {
     {
         let host = self.host.clone();
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.db.write_async(move |tx| f(tx, &host)).await
+        self.db
+            .write_async(move |tx| f(tx, &host))
+            .instrument(tracing::debug_span!("db.write"))
+            .await
     }
 
     /// [`Store::write`], calling `committed` with the value after the commit, writer still

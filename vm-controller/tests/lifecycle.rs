@@ -208,6 +208,47 @@ async fn a_failed_boot_unwinds_everything_and_leaves_a_failed_record() {
     assert_eq!(h.list().await.len(), 1);
 }
 
+/// Volumes and network are asked for at once: when one fails, what the other made is undone
+/// all the same, whichever of the two it was.
+#[tokio::test]
+async fn a_boot_whose_volumes_or_network_fail_undoes_the_other() {
+    let h = Harness::start().await;
+    // stord fails while netd attaches: the tap and the new VM's lease go.
+    h.fakes.stord.state.lock().unwrap().fail_create = true;
+    let err = h.create_req(&create_request("novol")).await.unwrap_err();
+    assert!(err.message.contains("disk full"), "{}", err.message);
+    assert_eq!(h.fakes.netd.tap_count(), 0, "no tap left");
+    assert_eq!(h.fakes.netd.lease_count(), 0, "the lease is released");
+    assert_eq!(h.fakes.stord.volume_count(), 0);
+    h.fakes.stord.state.lock().unwrap().fail_create = false;
+    // netd fails while stord makes the volumes: the new VM's volumes go.
+    h.fakes.netd.state.lock().unwrap().fail_attach = true;
+    let err = h.create_req(&create_request("nonet")).await.unwrap_err();
+    assert!(err.message.contains("no free address"), "{}", err.message);
+    assert_eq!(h.fakes.stord.volume_count(), 0, "the volumes are removed");
+    assert_eq!(h.fakes.netd.tap_count(), 0);
+    let vms = h.list().await;
+    assert_eq!(vms.len(), 2);
+    assert!(vms.iter().all(|v| v.state == VmState::Failed), "{vms:?}");
+    // An existing VM keeps its volumes and its lease when a start fails that way.
+    h.fakes.netd.state.lock().unwrap().fail_attach = false;
+    let vm = h.create("kept").await;
+    h.op::<vm::Stop>(&vm.id).await.unwrap();
+    h.fakes.stord.state.lock().unwrap().fail_create = true;
+    h.op::<vm::Start>(&vm.id).await.unwrap_err();
+    assert_eq!(h.fakes.netd.tap_count(), 0, "the tap goes");
+    assert!(h.fakes.netd.has_lease(&vm.id), "the lease stays");
+    assert_eq!(h.fakes.stord.volume_count(), 1, "the volumes stay");
+    h.fakes.stord.state.lock().unwrap().fail_create = false;
+    h.fakes.netd.state.lock().unwrap().fail_attach = true;
+    h.op::<vm::Start>(&vm.id).await.unwrap_err();
+    assert_eq!(h.fakes.stord.volume_count(), 1, "the volumes stay");
+    assert!(h.fakes.netd.has_lease(&vm.id), "the lease stays");
+    h.fakes.netd.state.lock().unwrap().fail_attach = false;
+    let started = h.op::<vm::Start>(&vm.id).await.unwrap();
+    assert_eq!(started.vm.state, VmState::Running);
+}
+
 #[tokio::test]
 async fn stop_then_start_keeps_volumes_and_lease_and_delete_removes_everything() {
     let h = Harness::start().await;

@@ -44,8 +44,8 @@ pub(crate) struct Latency {
 
 impl Latency {
     /// One row per operation with each service's share when the stack was traced, then the
-    /// floor.
-    pub(crate) fn rows(&self, bench: &Bench) -> Vec<Row> {
+    /// floor. With `breakdown`, each command's span breakdown is printed too.
+    pub(crate) fn rows(&self, bench: &Bench, breakdown: bool) -> Vec<Row> {
         let spans = bench.receiver.as_ref().map(|r| {
             let deletes = self
                 .ops
@@ -63,6 +63,10 @@ impl Latency {
                 let Some(command) = op.command else {
                     return row;
                 };
+                if breakdown && let Some(all) = spans.as_deref() {
+                    let steps = spans::breakdown(all, command);
+                    print!("{}", spans::render_breakdown(&op.what, &steps));
+                }
                 match spans.as_deref().map(|s| spans::shares(s, command)) {
                     Some(Some((shares, n))) => {
                         let mut row = row.add_note(&format!(

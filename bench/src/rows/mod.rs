@@ -52,7 +52,10 @@ fn run(group: Group, settings: &Settings, stack_ready: &Result<(), String>) -> V
                             trace: true,
                             wide_subnet: false,
                         },
-                        |bench| latency::measure(bench, backend, settings.reps).rows(bench),
+                        |bench| {
+                            latency::measure(bench, backend, settings.reps)
+                                .rows(bench, settings.spans)
+                        },
                     )
                 })
             })

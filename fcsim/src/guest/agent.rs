@@ -486,7 +486,9 @@ impl Agent {
                     ));
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // The kernel clears an auto-clear loop device within a millisecond or two of
+                // the last unmount: look again soon, the VMM's exit (and `vm stop`) waits on it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
     }

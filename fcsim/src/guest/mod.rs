@@ -335,10 +335,13 @@ async fn start_agent(
             log::error("the agent did not create its socket in time");
             return;
         }
+        // Until the agent listens, look every millisecond: a `connect` to a path that is not
+        // bound costs microseconds, and the port opens (and `vm create --wait` ends) that much
+        // sooner after the agent binds.
         let poll = if listening {
             INIT_WATCH
         } else {
-            Duration::from_millis(5)
+            Duration::from_millis(1)
         };
         tokio::time::sleep(poll).await;
     };

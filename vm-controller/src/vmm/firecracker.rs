@@ -27,16 +27,28 @@ use std::time::Duration;
 
 use banger_bus::private;
 use banger_firecracker::FirecrackerClient;
+use banger_firecracker::calls::{self, ApiCall, EncodeError};
 use banger_firecracker::models::{
     BootSource, Drive, MachineConfiguration, Metrics, NetworkInterface, Vsock,
 };
 use futures::future::BoxFuture;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::{LaunchSpec, ProcUsage, Vmm, VmmError, process};
 use crate::config::{VmPaths, VmmKind};
 
-/// How often start-up checks whether the API socket answers yet.
+/// How often start-up checks whether the API socket answers yet, during [`SOCKET_FAST_FOR`]
+/// after the spawn: a hypervisor binds it within a few milliseconds (Firecracker promises
+/// about 12 ms), and a failed `connect` to a path costs microseconds, so the wait ends within
+/// a millisecond of the socket instead of up to [`SOCKET_POLL`] later.
+const SOCKET_POLL_FAST: Duration = Duration::from_millis(1);
+
+/// How long after the spawn the API socket is looked for every [`SOCKET_POLL_FAST`].
+const SOCKET_FAST_FOR: Duration = Duration::from_millis(100);
+
+/// How often start-up checks whether the API socket answers yet, after [`SOCKET_FAST_FOR`]
+/// (a loaded host).
 const SOCKET_POLL: Duration = Duration::from_millis(10);
 
 /// How much of the hypervisor log an early-exit error quotes.
@@ -123,8 +135,8 @@ impl ProcessVmm {
     }
 }
 
-/// Creates the VM's directories (mode 0700, and so are missing parents) and empty log files
-/// (0600), and removes sockets a previous run left (Firecracker refuses to bind an existing
+/// Creates the VM's directories (mode 0700, and so are missing parents), empty log files and
+/// the metrics file (0600), and removes sockets a previous run left (Firecracker refuses to bind an existing
 /// socket path).
 ///
 /// The run directory is what guards the 0777 sockets the umask-000 launch gives the
@@ -142,7 +154,13 @@ fn prepare(paths: &VmPaths) -> Result<(fs::File, fs::File), VmmError> {
     }
     remove_runtime_sockets(paths);
     let open = |p: &Path| private::create_file(p).map_err(prep(p));
-    Ok((open(&paths.serial_log)?, open(&paths.vmm_log)?))
+    let logs = (open(&paths.serial_log)?, open(&paths.vmm_log)?);
+    // The metrics file Firecracker appends to (`PUT /metrics` needs it to exist); without it
+    // the VM still boots, without `vm stats` metrics.
+    if let Err(e) = private::create_file(&paths.metrics) {
+        tracing::warn!(path = %paths.metrics.display(), error = %e, "creating the metrics file");
+    }
+    Ok(logs)
 }
 
 /// Removes the API socket and every vsock socket (`vsock.sock`, `vsock.sock_<port>`) of a VM.
@@ -185,6 +203,7 @@ impl Vmm for ProcessVmm {
         Box::pin(async move {
             let paths = spec.paths.clone();
             let (serial, vmm_log) = tokio::task::spawn_blocking(move || prepare(&paths))
+                .instrument(tracing::debug_span!("vmm.prepare"))
                 .await
                 .map_err(|e| VmmError::Prepare {
                     path: spec.paths.run_dir.clone(),
@@ -213,7 +232,8 @@ impl Vmm for ProcessVmm {
                     Ok(())
                 });
             }
-            let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            let spawned = tracing::debug_span!("vmm.spawn").in_scope(|| cmd.spawn());
+            let mut child = spawned.map_err(|source| VmmError::Spawn {
                 bin: self.bin.clone(),
                 source,
             })?;
@@ -244,7 +264,12 @@ impl Vmm for ProcessVmm {
                         waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(0),
                     });
                 }
-                tokio::time::sleep(SOCKET_POLL).await;
+                let step = if start.elapsed() < SOCKET_FAST_FOR {
+                    SOCKET_POLL_FAST
+                } else {
+                    SOCKET_POLL
+                };
+                tokio::time::sleep(step).await;
             }
         })
     }
@@ -254,55 +279,48 @@ impl Vmm for ProcessVmm {
         spec: &'a LaunchSpec,
     ) -> BoxFuture<'a, Result<(), VmmError>> {
         Box::pin(async move {
-            let c = self.client(&spec.paths);
+            // One connection for the whole configuration (see `Session`).
+            let mut c = self.client(&spec.paths).session();
+            let call =
+                |made: Result<ApiCall, EncodeError>| made.map_err(|e| VmmError::Api(e.into()));
             let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
-            c.put_machine_config(&MachineConfiguration::new(cpus, u64::from(spec.memory_mib)))
-                .await
-                .map_err(VmmError::Api)?;
-            c.put_boot_source(&BootSource {
+            let mc = MachineConfiguration::new(cpus, u64::from(spec.memory_mib));
+            let boot = BootSource {
                 kernel_image_path: spec.kernel.clone(),
                 boot_args: Some(spec.boot_args.clone()),
                 initrd_path: spec.initrd.clone(),
-            })
-            .await
-            .map_err(VmmError::Api)?;
-            c.put_drive(&Drive::new(ROOT_DRIVE_ID, &spec.root_path, true, false))
-                .await
-                .map_err(VmmError::Api)?;
-            c.put_drive(&Drive::new(
-                WORK_DRIVE_ID,
-                &spec.work_disk_path,
-                false,
-                false,
-            ))
-            .await
-            .map_err(VmmError::Api)?;
-            c.put_network_interface(&NetworkInterface::new(IFACE_ID, &spec.tap, &spec.mac))
-                .await
-                .map_err(VmmError::Api)?;
-            c.put_vsock(&Vsock::new(spec.vsock_cid, &spec.paths.vsock_uds))
-                .await
-                .map_err(VmmError::Api)?;
+            };
+            let root = Drive::new(ROOT_DRIVE_ID, &spec.root_path, true, false);
+            let work = Drive::new(WORK_DRIVE_ID, &spec.work_disk_path, false, false);
+            let nic = NetworkInterface::new(IFACE_ID, &spec.tap, &spec.mac);
+            let vsock = Vsock::new(spec.vsock_cid, &spec.paths.vsock_uds);
+            for made in [
+                calls::put_machine_config(&mc),
+                calls::put_boot_source(&boot),
+                calls::put_drive(&root),
+                calls::put_drive(&work),
+                calls::put_network_interface(&nic),
+                calls::put_vsock(&vsock),
+            ] {
+                c.no_content(call(made)?).await.map_err(VmmError::Api)?;
+            }
             // Metrics feed `vm stats`; a VM boots without them, so a failure here only warns.
-            let metrics = spec.paths.metrics.clone();
-            let created =
-                tokio::task::spawn_blocking(move || private::create_file(&metrics).map(drop)).await;
-            let configured = match created {
-                Ok(Ok(())) => c
-                    .put_metrics(&Metrics {
-                        metrics_path: spec.paths.metrics.clone(),
-                        emit_id: None,
-                        properties: None,
-                    })
-                    .await
-                    .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
+            // The file was made (0600) with the logs before the launch.
+            let metrics = Metrics {
+                metrics_path: spec.paths.metrics.clone(),
+                emit_id: None,
+                properties: None,
+            };
+            let configured = match calls::put_metrics(&metrics) {
+                Ok(made) => c.no_content(made).await,
+                Err(e) => Err(e.into()),
             };
             if let Err(e) = configured {
-                tracing::warn!(vm = %spec.name, error = %e, "hypervisor metrics unavailable");
+                tracing::warn!(vm = %spec.name, error = %banger_bus::runtime::chain(&e), "hypervisor metrics unavailable");
             }
-            c.instance_start().await.map_err(VmmError::Api)
+            c.no_content(call(calls::instance_start())?)
+                .await
+                .map_err(VmmError::Api)
         })
     }
 
@@ -336,6 +354,10 @@ impl Vmm for ProcessVmm {
 
     fn is_alive(&self, pid: u32) -> bool {
         process::is_alive(pid)
+    }
+
+    fn wait_exit(&self, pid: u32, limit: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(process::wait_exit(pid, limit))
     }
 
     fn usage(&self, pid: u32) -> Option<ProcUsage> {

@@ -13,10 +13,14 @@ pub mod firecracker;
 pub mod process;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::config::{VmPaths, VmmKind};
+
+/// How often [`Vmm::wait_exit`]'s default looks whether a process is gone.
+pub const EXIT_POLL: Duration = Duration::from_millis(5);
 
 /// Everything needed to boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +146,24 @@ pub trait Vmm: Send + Sync + 'static {
     /// Whether `pid` is alive (a zombie is not).
     fn is_alive(&self, pid: u32) -> bool;
 
+    /// Waits up to `limit` for `pid` to exit (a zombie has); returns whether it did. The real
+    /// implementation is woken by the process's pidfd, so it returns when the process exits;
+    /// this default (for doubles) looks with [`Vmm::is_alive`] at [`EXIT_POLL`] intervals.
+    fn wait_exit(&self, pid: u32, limit: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let end = tokio::time::Instant::now() + limit;
+            loop {
+                if !self.is_alive(pid) {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= end {
+                    return false;
+                }
+                tokio::time::sleep(EXIT_POLL).await;
+            }
+        })
+    }
+
     /// Resource use of `pid`.
     fn usage(&self, pid: u32) -> Option<ProcUsage>;
 
@@ -152,7 +174,7 @@ pub trait Vmm: Send + Sync + 'static {
     fn exit_status<'a>(
         &'a self,
         paths: &'a VmPaths,
-        wait: std::time::Duration,
+        wait: Duration,
     ) -> BoxFuture<'a, Option<String>> {
         let _ = (paths, wait);
         Box::pin(async { None })

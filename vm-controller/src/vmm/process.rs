@@ -5,15 +5,20 @@
 //! (`/proc/<pid>/fd/* -> socket:[inode]`) is the hypervisor. The remembered pid is checked
 //! first, so the usual case reads one directory; when it is stale every process is scanned.
 //!
-//! These are blocking reads of `/proc`; call them from `spawn_blocking`.
+//! These are blocking reads of `/proc`; call them from `spawn_blocking` ([`wait_exit`] is the
+//! one async function: it waits on a pidfd).
 
 use std::fs;
+use std::os::fd::AsFd as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
+use std::time::Duration;
 
 use banger_procid::PidFd;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, getpgrp};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// `__SO_ACCEPTCON` in `/proc/net/unix` flags: the socket is listening.
 const SO_ACCEPTCON: u32 = 0x0001_0000;
@@ -121,6 +126,50 @@ fn stat(pid: u32) -> Option<(char, i32)> {
 /// Whether `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
+/// Waits up to `limit` for `pid` to exit (or be a zombie); returns whether it did. The wait is
+/// on the process's pidfd, which the kernel makes readable when the process exits, so it ends
+/// with the process rather than at the next look of a polling loop. A pid that names no process
+/// has exited. Where pidfds are unavailable (an old kernel) it falls back to looking at
+/// `/proc` every [`super::EXIT_POLL`].
+pub async fn wait_exit(pid: u32, limit: Duration) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    let fd = match PidFd::open(raw) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return true,
+        Err(_) => return poll_exit(pid, limit).await,
+    };
+    let Ok(owned) = fd.as_fd().try_clone_to_owned() else {
+        return poll_exit(pid, limit).await;
+    };
+    // SAFETY: `owned` is an open descriptor that the AsyncFd takes ownership of: it stays
+    // open, and `as_raw_fd` names it, until the AsyncFd is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) };
+    let Ok(watch) = registered else {
+        return poll_exit(pid, limit).await;
+    };
+    // Readable once the process has exited, a zombie included: checked at once, then awaited.
+    matches!(
+        tokio::time::timeout(limit, watch.readable()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// [`wait_exit`] without a pidfd: `/proc` every [`super::EXIT_POLL`].
+async fn poll_exit(pid: u32, limit: Duration) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if !is_alive(pid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(super::EXIT_POLL).await;
+    }
 }
 
 /// SIGKILLs `pid` if it is the hypervisor serving `api_sock` ([`is_hypervisor_of`]); its whole
@@ -272,6 +321,46 @@ mod tests {
         assert!(!is_hypervisor_of(pid, &dir.path().join("else.sock")));
         assert!(kill_process(pid, &path).unwrap());
         child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_exit_wait_returns_when_the_process_exits_and_not_before() {
+        // A process that outlives the wait: the wait says so at its limit.
+        let mut long = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        let pid = long.id();
+        assert!(!wait_exit(pid, std::time::Duration::from_millis(50)).await);
+        assert!(is_alive(pid));
+        // Killed: the wait ends with it, long before its limit would (the child is not reaped
+        // yet, so it is a zombie: exited all the same).
+        long.kill().unwrap();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            wait_exit(pid, std::time::Duration::from_secs(3600)),
+        )
+        .await;
+        assert_eq!(waited, Ok(true), "the wait did not end with the process");
+        long.wait().unwrap();
+        // Reaped: the pid names nobody, which is an exit too.
+        assert!(wait_exit(pid, std::time::Duration::ZERO).await);
+        // A process that exits on its own while waited for.
+        let mut short = std::process::Command::new("sh")
+            .args(["-c", "read _"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = short.id();
+        let waiter = tokio::spawn(wait_exit(pid, std::time::Duration::from_secs(3600)));
+        drop(short.stdin.take());
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
+                .await
+                .map(Result::unwrap),
+            Ok(true)
+        );
+        short.wait().unwrap();
     }
 
     #[test]

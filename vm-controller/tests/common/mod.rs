@@ -388,6 +388,8 @@ pub struct NetState {
     pub next: u8,
     /// How many of the next detaches fail transiently.
     pub failing_detaches: u32,
+    /// Attaches fail (no free address).
+    pub fail_attach: bool,
 }
 
 /// A netd double.
@@ -418,6 +420,14 @@ impl NetApi for FakeNetd {
     fn attach(&self, req: AttachRequest) -> BoxFuture<'_, Result<Lease, DepError>> {
         Box::pin(async move {
             let mut s = self.state.lock().unwrap();
+            if s.fail_attach {
+                return Err(dep(
+                    "netd",
+                    "net.attach",
+                    ErrorCode::Exhausted,
+                    "no free address",
+                ));
+            }
             if !s.leases.contains_key(&req.vm_id) {
                 s.next += 1;
                 let n = s.next + 1;
