@@ -21,7 +21,9 @@ use banger_bus::shutdown::CancellationToken;
 use banger_proto::event::{EventKind, VmEvent};
 use banger_proto::op::{Lab, vm};
 use banger_proto::vm::{ListVmsReply, VmInfo, VmNetwork, VmState};
-use banger_proto::{CpuCount, HostId, ImageName, MemMib, Subjects, VmId, VmName};
+use banger_proto::{
+    ApiError, CpuCount, ErrorCode, HostId, ImageName, MemMib, Subjects, VmId, VmName,
+};
 
 use crate::NatsServer;
 
@@ -78,7 +80,7 @@ pub async fn bus(nats: &NatsServer) -> Bus {
 
 /// A stand-in vm-controller for host `host`: registered under the service API as
 /// `vm-controller` (so `$SRV.PING` finds it) and, when `answers` is true, answering `vm.list`
-/// with whatever `vms` holds at the time.
+/// with whatever `vms` holds at the time, and `vm.get` with one of them (or `not_found`).
 pub struct FakeController {
     /// The VMs `vm.list` answers with; change them with [`FakeController::set`].
     pub vms: Arc<Mutex<Vec<VmInfo>>>,
@@ -101,9 +103,22 @@ impl FakeController {
         let vms = Arc::new(Mutex::new(vms));
         if answers {
             let list = vms.clone();
-            svc.serve(vm::List, &Lab, host_id, move |host, _| {
+            svc.serve(vm::List, &Lab, host_id.clone(), move |host, _| {
                 let reply = ListVmsReply::new(host, list.lock().unwrap().clone());
                 async move { Ok(reply) }
+            })
+            .await
+            .unwrap();
+            let held = vms.clone();
+            svc.serve(vm::Get, &host_id, (), move |(), req| {
+                let found = held
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v.id == req.id)
+                    .cloned()
+                    .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no vm {}", req.id)));
+                async move { found }
             })
             .await
             .unwrap();

@@ -8,9 +8,12 @@
 //! its key, only while the key still names that VM.
 //!
 //! Rules for a key that is already there:
-//! - held by another host whose controller is alive (its heartbeat key exists): taken;
-//! - held by another host whose controller is not alive: taken over (a compare-and-set on the
-//!   key's revision, so two takers cannot both win), with a warning. This keeps a host that
+//! - held by another host that still has the VM: taken. Its controller's heartbeat key is
+//!   proof enough; without one (a live controller's beat may not be in yet, e.g. while a lab's
+//!   JetStream cluster forms) its controller is asked for the VM (`vm.get`, 2 s);
+//! - held by another host that answers it has no such VM (a stale key), or that nobody answers
+//!   for at all (its controller stopped, or it left the lab): taken over (a compare-and-set on
+//!   the key's revision, so two takers cannot both win), with a warning. This keeps a host that
 //!   left the lab, or died, from holding its names forever. It is what the old gather did too
 //!   (a host that did not answer had no names); a host that comes back with such a VM finds the
 //!   name held by another at its start-up [`NameDirectory::sync`] and says so;
@@ -29,10 +32,12 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
 use async_nats::jetstream::stream::StorageType;
 use banger_bus::Bus;
+use banger_bus::RequestError;
 use banger_bus::kv::BucketSpec;
 use banger_bus::lab::BucketRead;
-use banger_proto::vm::{NameEntry, controller_bucket, name_bucket};
-use banger_proto::{HostId, VmId, VmName};
+use banger_proto::op;
+use banger_proto::vm::{NameEntry, VmRefRequest, controller_bucket, name_bucket};
+use banger_proto::{ErrorCode, HostId, VmId, VmName};
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
@@ -43,6 +48,9 @@ const ATTEMPTS: usize = 4;
 /// create claims its key a moment before it writes the record, and a sync running in between
 /// must not take the key from under it.
 const STALE_AFTER_S: i64 = 60;
+
+/// How long a name's holder without a heartbeat gets to answer whether it still has the VM.
+const HOLDER_WAIT: Duration = Duration::from_secs(2);
 
 /// How long the start-up sync may take to read the bucket.
 const READ_WAIT: Duration = Duration::from_secs(5);
@@ -147,7 +155,7 @@ impl NameDirectory {
                 if holder.host == self.host {
                     return Ok(Claim::Here);
                 }
-                if self.alive(&holder.host).await? {
+                if self.holds(holder).await? {
                     return Ok(Claim::Taken {
                         host: holder.host.clone(),
                         id: holder.id.clone(),
@@ -297,8 +305,38 @@ impl NameDirectory {
             }))
     }
 
-    /// Whether `host`'s controller is alive: its heartbeat key exists.
-    async fn alive(&self, host: &HostId) -> Result<bool, DirectoryError> {
+    /// Whether `holder` still holds its name: its controller's heartbeat key exists, or, without
+    /// one (JetStream may not have taken a live controller's beat yet: a lab's cluster forming),
+    /// its controller answers that it has that VM. `false` only when it answers that it does not
+    /// (a stale key), or nobody answers for it at all.
+    async fn holds(&self, holder: &NameEntry) -> Result<bool, DirectoryError> {
+        if self.beating(&holder.host).await? {
+            return Ok(true);
+        }
+        let asked = self
+            .bus
+            .call::<op::vm::Get>(
+                &holder.host,
+                &VmRefRequest {
+                    id: holder.id.clone(),
+                },
+                HOLDER_WAIT,
+            )
+            .await;
+        Ok(match asked {
+            Ok(_) => true,
+            Err(RequestError::Remote(e)) if e.code == ErrorCode::NotFound => false,
+            Err(RequestError::NoResponders { .. } | RequestError::Timeout { .. }) => false,
+            // Answered, but not clearly: it is there, so the name stays its.
+            Err(e) => {
+                tracing::debug!(vm.name = %holder.name, holder = %holder.host, error = %e, "asking a name's holder");
+                true
+            }
+        })
+    }
+
+    /// Whether `host`'s controller has a heartbeat key.
+    async fn beating(&self, host: &HostId) -> Result<bool, DirectoryError> {
         let bucket = controller_bucket(self.bus.subjects().prefix());
         let store = self
             .controllers

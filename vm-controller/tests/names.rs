@@ -129,6 +129,52 @@ async fn a_name_of_a_host_whose_controller_is_gone_is_taken_over_once() {
 }
 
 #[tokio::test]
+async fn a_holder_without_a_heartbeat_is_asked_and_keeps_the_vms_it_has() {
+    // A live controller whose heartbeat is not in yet (a lab's JetStream still forming) must
+    // keep its names: it is asked for the VM. One that answers it has no such VM loses the
+    // stale key.
+    let nats = NatsServer::start();
+    let bus = bus(&nats).await;
+    let held = banger_testkit::stand_in_controller::vm(
+        7,
+        "web",
+        "hq",
+        banger_proto::vm::VmState::Running,
+        None,
+    );
+    let _hq = banger_testkit::stand_in_controller::FakeController::start(
+        &nats,
+        "hq",
+        vec![held.clone()],
+        true,
+    )
+    .await;
+    let hq = NameDirectory::new(bus.clone(), host("hq"));
+    assert_eq!(
+        hq.claim(&name("web"), &held.id).await.unwrap(),
+        Claim::Claimed
+    );
+    let stale = new_vm_id();
+    assert_eq!(
+        hq.claim(&name("old"), &stale).await.unwrap(),
+        Claim::Claimed
+    );
+    let _a = beat(&bus, "ha").await;
+    let a = NameDirectory::new(bus.clone(), host("ha"));
+    assert_eq!(
+        a.claim(&name("web"), &new_vm_id()).await.unwrap(),
+        Claim::Taken {
+            host: host("hq"),
+            id: held.id.clone()
+        }
+    );
+    assert_eq!(holder(&bus, "web").await.unwrap().host.as_str(), "hq");
+    let mine = new_vm_id();
+    assert_eq!(a.claim(&name("old"), &mine).await.unwrap(), Claim::Claimed);
+    assert_eq!(holder(&bus, "old").await.unwrap().id, mine);
+}
+
+#[tokio::test]
 async fn release_deletes_only_the_key_of_that_vm_and_the_name_is_free_again() {
     let nats = NatsServer::start();
     let bus = bus(&nats).await;
