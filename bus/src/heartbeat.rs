@@ -24,6 +24,17 @@ pub struct HeartbeatError {
     pub message: String,
 }
 
+/// How a heartbeat bucket whose values live `max_age` is created: in memory, replicas as the
+/// lab's. Readers that may be first to open it (vm-controller's name directory) use it too.
+pub fn bucket_spec(max_age: Duration) -> crate::kv::BucketSpec<'static> {
+    crate::kv::BucketSpec {
+        description: "banger: live processes' heartbeats",
+        storage: jetstream::stream::StorageType::Memory,
+        max_age,
+        replicas: None,
+    }
+}
+
 /// One process's key in a heartbeat bucket.
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
@@ -40,21 +51,13 @@ impl Heartbeat {
         key: &str,
         max_age: Duration,
     ) -> Result<Self, HeartbeatError> {
-        let store = crate::kv::open(
-            bus,
-            bucket,
-            crate::kv::BucketSpec {
-                description: "banger: live processes' heartbeats",
-                storage: jetstream::stream::StorageType::Memory,
-                max_age,
-            },
-        )
-        .await
-        .map_err(|message| HeartbeatError {
-            bucket: bucket.to_owned(),
-            what: "opening the bucket",
-            message,
-        })?;
+        let store = crate::kv::open(bus, bucket, bucket_spec(max_age))
+            .await
+            .map_err(|message| HeartbeatError {
+                bucket: bucket.to_owned(),
+                what: "opening the bucket",
+                message,
+            })?;
         Ok(Self {
             store,
             bucket: bucket.to_owned(),

@@ -24,6 +24,8 @@ pub struct BucketSpec<'a> {
     pub storage: StorageType,
     /// How long a value lives; zero: until it is deleted.
     pub max_age: Duration,
+    /// Replicas; `None`: as many as the lab's subnet bucket has, else 1.
+    pub replicas: Option<usize>,
 }
 
 /// Opens key-value bucket `bucket`, creating it as `spec` says when it is missing. The error is
@@ -33,7 +35,10 @@ pub async fn open(bus: &Bus, bucket: &str, spec: BucketSpec<'_>) -> Result<kv::S
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    let replicas = lab_replicas(&js, bus.subjects().prefix()).await;
+    let replicas = match spec.replicas {
+        Some(n) => n,
+        None => lab_replicas(&js, bus.subjects().prefix()).await,
+    };
     js.get_or_create_stream(jetstream::stream::Config {
         name: format!("KV_{bucket}"),
         description: Some(spec.description.to_owned()),

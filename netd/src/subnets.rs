@@ -226,46 +226,24 @@ pub async fn claim(
     Ok(mine)
 }
 
-/// Opens the bucket, creating its stream when missing.
-///
-/// The stream is created directly, not with `create_key_value`, which first reads the account
-/// info that async-nats 0.51 cannot parse from nats-server 2.9 (Debian's). Its settings are
-/// those of a KV bucket (one value per key, `discard: new`, rollups, no deletes) except direct
-/// get, which is off: reads go to the stream leader and never to a replica on a host that is
-/// cut off (nats-server 2.9 was seen to send direct gets there and leave them unanswered).
-/// Creating an identical stream twice is not an error, so two hosts starting together both
-/// succeed.
+/// Opens the bucket, creating its stream (file storage, `replicas`) when missing; see
+/// [`banger_bus::kv::open`].
 async fn open_bucket(bus: &Bus, bucket: &str, replicas: usize) -> Result<kv::Store, ClaimError> {
-    let js = jetstream::new(bus.client().clone());
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some("banger netd: VM subnet -> host id".to_owned()),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
+    banger_bus::kv::open(
+        bus,
+        bucket,
+        banger_bus::kv::BucketSpec {
+            description: "banger netd: VM subnet -> host id",
             storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: false,
-            num_replicas: replicas,
-            discard: jetstream::stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await;
-    let err = |message: String| ClaimError::Bucket {
+            max_age: Duration::ZERO,
+            replicas: Some(replicas),
+        },
+    )
+    .await
+    .map_err(|message| ClaimError::Bucket {
         bucket: bucket.to_owned(),
         message,
-    };
-    match created {
-        Ok(_) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| err(e.to_string())),
-        Err(e) => Err(err(e.to_string())),
-    }
+    })
 }
 
 async fn read_claims(store: &kv::Store) -> Result<BTreeMap<Ipv4Net, String>, async_nats::Error> {

@@ -344,11 +344,7 @@ impl NameDirectory {
                 banger_bus::kv::open(
                     &self.bus,
                     &bucket,
-                    BucketSpec {
-                        description: "banger: live processes' heartbeats",
-                        storage: StorageType::Memory,
-                        max_age: crate::presence::MAX_AGE,
-                    },
+                    banger_bus::heartbeat::bucket_spec(crate::presence::MAX_AGE),
                 )
                 .await
             })
@@ -375,6 +371,7 @@ impl NameDirectory {
                         description: "banger: VM name -> the host and VM holding it",
                         storage: StorageType::File,
                         max_age: Duration::ZERO,
+                        replicas: None,
                     },
                 )
                 .await

@@ -243,6 +243,16 @@ pub(crate) fn api_error(e: banger_bus::RequestError) -> ApiError {
 /// One line per target: the VM's name (or the reference when it did not resolve), then what
 /// happened.
 pub(crate) fn render(outcomes: &[Outcome], action: Action) -> String {
+    render_with(outcomes, |o| match (&o.error, &o.note) {
+        (Some(e), _) => format!("failed: {} ({})", e.message, e.code),
+        (None, Some(note)) => format!("{}; {note}", action.done()),
+        (None, None) => action.done(),
+    })
+}
+
+/// One line per outcome: its label (the VM's name, or the reference when it did not resolve),
+/// padded to the longest, then `what` says of it.
+pub(crate) fn render_with(outcomes: &[Outcome], what: impl Fn(&Outcome) -> String) -> String {
     let label = |o: &Outcome| o.name.clone().unwrap_or_else(|| o.reference.clone());
     let width = outcomes
         .iter()
@@ -251,12 +261,7 @@ pub(crate) fn render(outcomes: &[Outcome], action: Action) -> String {
         .unwrap_or(0);
     let mut out = String::new();
     for o in outcomes {
-        let what = match (&o.error, &o.note) {
-            (Some(e), _) => format!("failed: {} ({})", e.message, e.code),
-            (None, Some(note)) => format!("{}; {note}", action.done()),
-            (None, None) => action.done(),
-        };
-        out.push_str(&format!("{:<width$}  {what}\n", label(o)));
+        out.push_str(&format!("{:<width$}  {}\n", label(o), what(o)));
     }
     out
 }

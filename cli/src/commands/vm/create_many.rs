@@ -15,7 +15,7 @@ use banger_proto::vm::{CreateVmRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode, VmName};
 use futures::StreamExt as _;
 
-use super::batch::{Outcome, api_error, exit_code, report_failures};
+use super::batch::{Outcome, api_error, exit_code, render_with, report_failures};
 use super::create::{CreateArgs, call, place, placed};
 use super::wait::{HealthEvents, wait_healthy};
 use crate::{App, output};
@@ -104,25 +104,14 @@ fn wait_error(e: &anyhow::Error) -> ApiError {
 /// One line per name, in the order given: where the VM was created (and that its agent
 /// answered, with `--wait`), or why it failed.
 pub(crate) fn render(outcomes: &[Outcome]) -> String {
-    let label = |o: &Outcome| o.name.clone().unwrap_or_else(|| o.reference.clone());
-    let width = outcomes
-        .iter()
-        .map(|o| label(o).chars().count())
-        .max()
-        .unwrap_or(0);
-    let mut out = String::new();
-    for o in outcomes {
-        let what = match (&o.error, &o.vm) {
-            (Some(e), Some(vm)) => {
-                format!("created {}; failed: {} ({})", placed(vm), e.message, e.code)
-            }
-            (Some(e), None) => format!("failed: {} ({})", e.message, e.code),
-            (None, Some(vm)) => created(vm, o),
-            (None, None) => "created".to_owned(),
-        };
-        let _ = writeln!(out, "{:<width$}  {what}", label(o));
-    }
-    out
+    render_with(outcomes, |o| match (&o.error, &o.vm) {
+        (Some(e), Some(vm)) => {
+            format!("created {}; failed: {} ({})", placed(vm), e.message, e.code)
+        }
+        (Some(e), None) => format!("failed: {} ({})", e.message, e.code),
+        (None, Some(vm)) => created(vm, o),
+        (None, None) => "created".to_owned(),
+    })
 }
 
 /// A success line's text after the name.
