@@ -19,6 +19,7 @@ pub mod forward_accept;
 pub mod kernel;
 pub mod lease;
 pub mod link;
+mod link_gone;
 pub mod nat;
 pub mod ops;
 pub mod peers;

@@ -6,6 +6,9 @@
 //! that: moving a device between groups is cheap (no grace period). One worker task owns the
 //! group, so no two teardowns share it, and it merges every deletion that waits while one runs
 //! (concurrent `net.detach` calls of a batch `vm stop`) into the next group delete.
+//!
+//! A deletion answers as soon as the kernel has unlisted its devices, not after it has freed
+//! them (an RCU barrier later): see [`crate::link_gone`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -18,6 +21,8 @@ use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::link_gone::{DeleteConnection, RemovalWatch};
 
 /// `ENODEV`, as netlink reports it (negated errno).
 const ENODEV: i32 = libc::ENODEV;
@@ -134,6 +139,8 @@ fn exists_ok(
 /// A netlink connection. The connection task and the teardown worker end when this is dropped.
 pub struct Links {
     handle: Handle,
+    /// Deletes, and knows when they are done.
+    deleter: Deleter,
     conn: JoinHandle<()>,
     /// Deletions waiting for the teardown worker.
     jobs: mpsc::UnboundedSender<DeleteJob>,
@@ -165,17 +172,32 @@ impl Links {
     pub fn connect() -> Result<Self, LinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(LinkError::Connect)?;
         let conn = tokio::spawn(conn);
+        let deleter = Deleter {
+            main: handle.clone(),
+            del: DeleteConnection::start()
+                .map_err(LinkError::Connect)?
+                .handle()
+                .clone(),
+            watch: Arc::new(RemovalWatch::start().map_err(LinkError::Connect)?),
+        };
         let (jobs, rx) = mpsc::unbounded_channel();
         let delete_ops = Arc::new(AtomicU64::new(0));
-        let worker = tokio::spawn(teardown_worker(handle.clone(), rx, delete_ops.clone()));
+        let worker = tokio::spawn(teardown_worker(deleter.clone(), rx, delete_ops.clone()));
         Ok(Self {
             handle,
+            deleter,
             conn,
             jobs,
             worker,
             delete_ops,
             dump: Mutex::new(()),
         })
+    }
+
+    /// How many deletions answered as soon as the kernel had unlisted their devices, instead
+    /// of waiting for its acknowledgement (see [`crate::link_gone`]).
+    pub fn answered_on_unlisting(&self) -> u64 {
+        self.deleter.watch.answered_early()
     }
 
     /// How many kernel delete operations this connection has issued so far.
@@ -306,7 +328,7 @@ impl Links {
     /// Deletes one device; `Ok(false)` when it was already gone.
     pub async fn delete(&self, index: u32) -> Result<bool, LinkError> {
         self.delete_ops.fetch_add(1, Ordering::Relaxed);
-        delete_one(&self.handle, index).await
+        self.deleter.one(index).await
     }
 
     /// Deletes the devices called `names`, paying for as few kernel operations as possible;
@@ -340,96 +362,127 @@ impl Links {
     /// Deletes every device in `group` (nothing when it is empty).
     pub async fn delete_group(&self, group: u32) -> Result<(), LinkError> {
         self.delete_ops.fetch_add(1, Ordering::Relaxed);
-        delete_group(&self.handle, group).await
+        self.deleter.group(group, &[]).await
     }
 }
 
-async fn delete_one(handle: &Handle, index: u32) -> Result<bool, LinkError> {
-    match handle.link().del(index).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if is_errno(&e, ENODEV) => Ok(false),
-        Err(e) => Err(LinkError::Request {
-            what: format!("deleting interface {index}"),
-            source: e,
-        }),
-    }
+/// The deleting half of [`Links`]: requests go out on their own connection, and each answers
+/// once its devices are unlisted (see [`crate::link_gone`]).
+#[derive(Clone)]
+struct Deleter {
+    /// The shared connection, for lookups and group moves.
+    main: Handle,
+    /// The deleting connection.
+    del: Handle,
+    watch: Arc<RemovalWatch>,
 }
 
-async fn delete_group(handle: &Handle, group: u32) -> Result<(), LinkError> {
-    let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::Group(group));
-    match handle.link().del_with_message(msg).execute().await {
-        Ok(()) => Ok(()),
-        Err(e) if is_errno(&e, ENODEV) => Ok(()),
-        Err(e) => Err(LinkError::Request {
-            what: format!("deleting netdevice group {group}"),
-            source: e,
-        }),
-    }
-}
-
-/// Deletes the device called `name`; `Ok(false)` when there is none.
-async fn delete_named(handle: &Handle, name: &str) -> Result<bool, LinkError> {
-    let mut msg = LinkMessage::default();
-    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-    match handle.link().del_with_message(msg).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if is_errno(&e, ENODEV) => Ok(false),
-        Err(e) => Err(LinkError::Request {
-            what: format!("deleting interface {name}"),
-            source: e,
-        }),
-    }
-}
-
-/// Moves `names` into `group` and deletes the group; returns the names that existed.
-async fn delete_batch(
-    handle: &Handle,
-    names: &[String],
-    group: u32,
-    ops: &AtomicU64,
-) -> Result<HashSet<String>, LinkError> {
-    if let [one] = names {
-        ops.fetch_add(1, Ordering::Relaxed);
-        let existed = delete_named(handle, one).await?;
-        return Ok(if existed {
-            HashSet::from([one.clone()])
-        } else {
-            HashSet::new()
-        });
-    }
-    let mut moved = HashSet::new();
-    for name in names {
-        match handle
-            .link()
-            .set(LinkUnspec::new_with_name(name).link_group(group).build())
-            .execute()
-            .await
-        {
-            Ok(()) => {
-                moved.insert(name.clone());
-            }
-            Err(e) if is_errno(&e, ENODEV) => {}
-            Err(e) => {
-                return Err(LinkError::Request {
-                    what: format!("moving interface {name} into teardown group {group}"),
-                    source: e,
-                });
-            }
+impl Deleter {
+    /// Deletes device `index`; `Ok(false)` when it was already gone.
+    async fn one(&self, index: u32) -> Result<bool, LinkError> {
+        let request = self.del.link().del(index).execute();
+        match self.watch.delete(&[index], request).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_errno(&e, ENODEV) => Ok(false),
+            Err(e) => Err(LinkError::Request {
+                what: format!("deleting interface {index}"),
+                source: e,
+            }),
         }
     }
-    if !moved.is_empty() {
-        ops.fetch_add(1, Ordering::Relaxed);
-        delete_group(handle, group).await?;
+
+    /// Deletes every device in `group` (nothing when it is empty); `members` are the indexes
+    /// known to be in it, whose unlisting is waited for instead of the kernel's answer.
+    async fn group(&self, group: u32, members: &[u32]) -> Result<(), LinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        let request = self.del.link().del_with_message(msg).execute();
+        match self.watch.delete(members, request).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, ENODEV) => Ok(()),
+            Err(e) => Err(LinkError::Request {
+                what: format!("deleting netdevice group {group}"),
+                source: e,
+            }),
+        }
     }
-    Ok(moved)
+
+    /// The index of the device called `name`, if there is one.
+    async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
+        let mut s = self.main.link().get().match_name(name).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(|m| m.header.index)),
+            Err(e) if is_errno(&e, ENODEV) => Ok(None),
+            Err(e) => Err(LinkError::Request {
+                what: format!("looking up interface {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    /// Deletes the device called `name`; `Ok(false)` when there is none.
+    async fn named(&self, name: &str) -> Result<bool, LinkError> {
+        match self.index_of(name).await? {
+            Some(index) => self.one(index).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Moves `names` into `group` and deletes the group; returns the names that existed.
+    async fn batch(
+        &self,
+        names: &[String],
+        group: u32,
+        ops: &AtomicU64,
+    ) -> Result<HashSet<String>, LinkError> {
+        if let [one] = names {
+            ops.fetch_add(1, Ordering::Relaxed);
+            let existed = self.named(one).await?;
+            return Ok(if existed {
+                HashSet::from([one.clone()])
+            } else {
+                HashSet::new()
+            });
+        }
+        let mut moved = HashSet::new();
+        let mut indexes = Vec::new();
+        for name in names {
+            let Some(index) = self.index_of(name).await? else {
+                continue;
+            };
+            match self
+                .main
+                .link()
+                .set(LinkUnspec::new_with_index(index).link_group(group).build())
+                .execute()
+                .await
+            {
+                Ok(()) => {
+                    moved.insert(name.clone());
+                    indexes.push(index);
+                }
+                Err(e) if is_errno(&e, ENODEV) => {}
+                Err(e) => {
+                    return Err(LinkError::Request {
+                        what: format!("moving interface {name} into teardown group {group}"),
+                        source: e,
+                    });
+                }
+            }
+        }
+        if !moved.is_empty() {
+            ops.fetch_add(1, Ordering::Relaxed);
+            self.group(group, &indexes).await?;
+        }
+        Ok(moved)
+    }
 }
 
 /// Serves [`Links::delete_many`]: takes every job waiting, deletes their devices together, and
 /// answers each. When a merged batch fails, each job is retried on its own so every caller gets
 /// its own answer (and one bad device does not fail the others).
 async fn teardown_worker(
-    handle: Handle,
+    deleter: Deleter,
     mut rx: mpsc::UnboundedReceiver<DeleteJob>,
     ops: Arc<AtomicU64>,
 ) {
@@ -446,7 +499,7 @@ async fn teardown_worker(
             let mut all: Vec<String> = jobs.iter().flat_map(|j| j.names.iter().cloned()).collect();
             all.sort_unstable();
             all.dedup();
-            match delete_batch(&handle, &all, group, &ops).await {
+            match deleter.batch(&all, group, &ops).await {
                 Ok(gone) => {
                     for j in jobs {
                         let mine = j
@@ -466,7 +519,7 @@ async fn teardown_worker(
                 Err(e) => {
                     tracing::debug!(error = %e, jobs = jobs.len(), "merged teardown failed; retrying each");
                     for j in jobs {
-                        let r = delete_batch(&handle, &j.names, group, &ops).await;
+                        let r = deleter.batch(&j.names, group, &ops).await;
                         let _ = j.done.send(r);
                     }
                 }

@@ -440,6 +440,64 @@ fn delete_many_removes_exactly_the_given_taps_in_one_group_delete() {
 }
 
 #[test]
+fn a_deleted_tap_is_gone_and_its_name_free_when_the_deletion_answers() {
+    if !require_root() {
+        return;
+    }
+    // A deletion answers when the kernel has unlisted the device (its RTM_DELLINK
+    // notification), before the kernel has freed it: what a caller sees must already be true.
+    let ns = banger_testkit::netns::NetNs::create("dl");
+    ns.exec(&["ip", "link", "add", "bgrdlbr", "type", "bridge"]);
+    let (early, rounds) = ns.block_on(|| async {
+        let links = banger_netd::link::Links::connect().unwrap();
+        let bridge = links.by_name("bgrdlbr").await.unwrap().unwrap().index;
+        let rounds = 10;
+        for round in 0..rounds {
+            // The same names every round: a notification of an earlier round's device must
+            // not answer for this round's.
+            let names: Vec<String> = (0..round % 3 + 1).map(|i| format!("bgrdl{i}")).collect();
+            for name in &names {
+                banger_netd::tap::create_persistent(name).unwrap();
+                let tap = links.by_name(name).await.unwrap().unwrap().index;
+                links.join_bridge(tap, bridge, 1500).await.unwrap();
+            }
+            let gone = links.delete_many(&names, 4244).await.unwrap();
+            assert_eq!(gone.len(), names.len(), "round {round}");
+            for name in &names {
+                assert_eq!(
+                    links.by_name(name).await.unwrap(),
+                    None,
+                    "round {round}: {name}"
+                );
+            }
+            let ports = links
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|l| l.master == Some(bridge))
+                .count();
+            assert_eq!(ports, 0, "round {round}: the bridge still has ports");
+        }
+        // A device that is not there is reported, not waited for.
+        assert!(
+            links
+                .delete_many(&["bgrdlnone".to_owned()], 4244)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        (links.answered_on_unlisting(), rounds)
+    });
+    // The kernel's acknowledgement comes an RCU barrier (~20 ms) after the notification, so
+    // the notification answers nearly always; one answer is the proof that the path works.
+    assert!(
+        (1..=rounds).contains(&early),
+        "{early} of {rounds} deletions were answered on unlisting"
+    );
+}
+
+#[test]
 fn concurrent_deletions_are_merged_into_one_kernel_operation() {
     if !require_root() {
         return;
