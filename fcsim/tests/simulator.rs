@@ -1033,6 +1033,33 @@ fn image_with_agent_and_work_disk() -> Option<(TempDir, PathBuf, PathBuf, PathBu
 }
 
 #[tokio::test]
+async fn ctrl_alt_del_right_after_instance_start_stops_the_starting_guest_gracefully() {
+    if !require_root() {
+        return;
+    }
+    // Regression: a SIGTERM that reached the guest before its init had a trap (or before
+    // `unshare` had forked the init) was lost, and the VMM exited only after the 6 s grace,
+    // by killing the agent (`vm stop` right after `vm start` took 6 s).
+    for round in 0..14 {
+        let Some((_tmp, root, work, dir)) = image_with_agent_and_work_disk() else {
+            return;
+        };
+        let mut sim = spawn(&dir, Opts::default()).await;
+        sim.configure("console=ttyS0 reboot=k", &root, &work).await;
+        sim.fc.instance_start().await.unwrap();
+        // Not a synchronisation: the delay is what the test varies, so that CtrlAltDel lands
+        // at every stage of the guest's start (the window was ~3-10 ms after InstanceStart).
+        tokio::time::sleep(Duration::from_millis(round)).await;
+        sim.fc.send_ctrl_alt_del().await.unwrap();
+        assert!(sim.wait_exit().await.success(), "round {round}");
+        let log = sim.log();
+        assert!(!log.contains("ignored SIGTERM"), "round {round}: {log}");
+        assert_eq!(loops_of(&root), "", "round {round}: root drive released");
+        assert_eq!(loops_of(&work), "", "round {round}: work disk released");
+    }
+}
+
+#[tokio::test]
 async fn an_image_with_the_agent_runs_it_chrooted_and_releases_both_loop_devices() {
     if !require_root() {
         return;

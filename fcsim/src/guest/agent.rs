@@ -68,6 +68,9 @@ pub(crate) const MOUNT_FAILED_EXIT: i32 = 97;
 /// to 5 s itself).
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(6);
 
+/// How often SIGTERM is repeated while the agent has not exited (see [`Agent::stop`]).
+const TERM_REPEAT: Duration = Duration::from_millis(25);
+
 /// How long the kernel may take to drop the mount and release the loop device after the
 /// namespace's last process exits.
 const LOOP_RELEASE_WAIT: Duration = Duration::from_secs(5);
@@ -444,11 +447,25 @@ impl Agent {
                 id.is_some() && id != own
             });
         self.signal(Signal::SIGCONT);
-        self.signal(Signal::SIGTERM);
-        match tokio::time::timeout(AGENT_STOP_GRACE, self.child.wait()).await {
-            Ok(Ok(status)) => log::info(&format!("agent exited: {status}")),
-            Ok(Err(e)) => log::warn(&format!("waiting for the agent: {e}")),
-            Err(_) => {
+        // A SIGTERM that reaches a guest still starting is lost: `unshare` may not have forked
+        // the init yet, the init ignores signals it has no trap for (it is PID 1 of its
+        // namespace) and forwards them only once it knows the agent. So it is repeated until
+        // the guest exits; to a guest already shutting down a repeat is harmless.
+        let deadline = tokio::time::Instant::now() + AGENT_STOP_GRACE;
+        let exited = loop {
+            self.signal(Signal::SIGTERM);
+            let now = tokio::time::Instant::now();
+            let slice = TERM_REPEAT.min(deadline.saturating_duration_since(now));
+            match tokio::time::timeout(slice, self.child.wait()).await {
+                Ok(r) => break Some(r),
+                Err(_) if tokio::time::Instant::now() >= deadline => break None,
+                Err(_) => {}
+            }
+        };
+        match exited {
+            Some(Ok(status)) => log::info(&format!("agent exited: {status}")),
+            Some(Err(e)) => log::warn(&format!("waiting for the agent: {e}")),
+            None => {
                 log::warn("agent ignored SIGTERM: killing it");
                 let _ = self.child.kill().await;
             }
