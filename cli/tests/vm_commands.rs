@@ -82,6 +82,8 @@ struct Fake {
     /// does: (live controllers, lab members). `None`: the answer of a controller older than
     /// heartbeats (no `peers`).
     view: Option<(Vec<String>, Vec<String>)>,
+    /// How long its `vm.list` takes to answer (a slow or distant host).
+    list_delay: Duration,
 }
 
 impl Fake {
@@ -286,14 +288,28 @@ impl Lab {
     /// controller that is found by discovery but never answers `vm.list`. Its answers carry
     /// no `peers`, as a controller older than heartbeats answers.
     async fn controller(&self, host: &str, vms: Vec<VmInfo>, answers_list: bool) {
-        self.controller_with(host, vms, answers_list, None).await;
+        self.controller_with(host, vms, answers_list, None, Duration::ZERO)
+            .await;
     }
 
     /// [`Self::controller`] whose `vm.list` answers name `peers` (live controllers) and
     /// `members` (the lab's), as a controller with heartbeats does.
     async fn knowing(&self, host: &str, vms: Vec<VmInfo>, peers: &[&str], members: &[&str]) {
+        self.knowing_after(host, vms, peers, members, Duration::ZERO)
+            .await;
+    }
+
+    /// [`Self::knowing`] whose `vm.list` answers come only after `delay`.
+    async fn knowing_after(
+        &self,
+        host: &str,
+        vms: Vec<VmInfo>,
+        peers: &[&str],
+        members: &[&str],
+        delay: Duration,
+    ) {
         let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
-        self.controller_with(host, vms, true, Some((own(peers), own(members))))
+        self.controller_with(host, vms, true, Some((own(peers), own(members))), delay)
             .await;
     }
 
@@ -303,6 +319,7 @@ impl Lab {
         vms: Vec<VmInfo>,
         answers_list: bool,
         view: Option<(Vec<String>, Vec<String>)>,
+        list_delay: Duration,
     ) {
         let bus = Bus::new(
             async_nats::connect(self.nats.url()).await.unwrap(),
@@ -314,6 +331,7 @@ impl Lab {
             vms: Arc::new(Mutex::new(vms)),
             calls: self.calls.clone(),
             view,
+            list_delay,
         };
         // A host named sim* says, as the real controller does, that it runs the simulator.
         let vmm = if host.starts_with("sim") {
@@ -330,6 +348,8 @@ impl Lab {
                 if !r.refs.is_empty() {
                     f.record(format!("list refs={}", r.refs.join(",")));
                 }
+                // A slow host, not a synchronisation.
+                tokio::time::sleep(f.list_delay).await;
                 // As the real controller: only the VMs the refs could name.
                 let vms = f.vms.lock().unwrap().clone();
                 let mut reply = ListVmsReply::new(
@@ -475,8 +495,9 @@ async fn stop_a_a_b_missing_stops_each_vm_once_in_typed_order_and_reports_missin
     // One stop per VM, each on its own host's subject, sent at once (the fake answers a only
     // after b's request arrived).
     assert_eq!(lab.ops(), ["stop a", "stop b"]);
-    // One vm.list snapshot from each host, not one per ref.
-    assert_eq!(lab.lists(), 2);
+    // One vm.list snapshot from each host, not one per ref; "missing" named nothing, so it
+    // was looked for once more after discovery (each host again) before it was called missing.
+    assert_eq!(lab.lists(), 4);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(
@@ -1263,7 +1284,9 @@ async fn commands_on_vms_list_only_what_their_refs_could_name() {
         .filter(|c| c.starts_with("list refs="))
         .cloned()
         .collect();
-    assert_eq!(asked, ["list refs=a,b0,missing"; 2]);
+    // The quick gather (both hosts), then, as "missing" named nothing, the gather after
+    // discovery (both hosts again) before it is called missing.
+    assert_eq!(asked, ["list refs=a,b0,missing"; 4]);
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(said.contains("no VM is named \"missing\""), "{said}");
     // One ref: `vm show` asks with it too, and an id prefix shared by two VMs is ambiguous.
@@ -1273,6 +1296,50 @@ async fn commands_on_vms_list_only_what_their_refs_could_name() {
         text(&out.stderr).contains("\"c\" matches 50 VMs"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A VM on a host that no answer names yet (its heartbeat not renewed since the network came
+/// back, as in the lab test) is still found: a ref the quick gather cannot resolve is looked
+/// up again through discovery before it is called missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_on_a_host_no_answer_knows_of_yet_is_found_through_discovery() {
+    let Some(lab) = Lab::start() else {
+        return;
+    };
+    lab.knowing(
+        "h1",
+        vec![vm("web", A, "h1", VmState::Running)],
+        &["h1"],
+        &[],
+    )
+    .await;
+    lab.knowing_after(
+        "h2",
+        vec![vm("b", B, "h2", VmState::Stopped)],
+        &["h1", "h2"],
+        &[],
+        Duration::from_millis(300),
+    )
+    .await;
+    let out = lab.banger(&["vm", "start", "b"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(lab.ops(), ["start b"]);
+    // A ref found by the quick gather costs no discovery.
+    let before = lab.lists();
+    let out = lab.banger(&["vm", "stop", "web"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(lab.ops(), ["start b", "stop web"]);
+    assert_eq!(
+        lab.lists() - before,
+        2,
+        "one gather, answered by both hosts"
     );
 }
 

@@ -10,7 +10,8 @@
 //! An answer without `peers` (a controller older than heartbeats, or one without JetStream or
 //! whose view went stale) means nobody knows who is there: that call falls back to
 //! discovering the controllers (`$SRV.PING`, which waits for silence) and reading the lab's
-//! membership, then gathering again until each found controller answered.
+//! membership, then gathering again until each found controller answered. So does a ref that
+//! the quick gather leaves unresolved: "not found" is only said after discovery.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -115,7 +116,21 @@ pub(crate) async fn fetch(app: &App, refs: &[String]) -> anyhow::Result<Snapshot
         .cloned()
         .collect();
     collect(&mut snap, replies, expected);
+    if refs.iter().any(|r| !snap.vms.iter().any(|v| names(r, v))) {
+        // A ref that names nothing may name a VM of a host that no answer knew of: one whose
+        // heartbeat was not renewed yet (back from a network cut) and that is not a known lab
+        // member either. Before anything is called missing, look the slow way, discovering who
+        // is there; a ref that names something costs nothing more.
+        return fetch_discovering(app, &req).await;
+    }
     Ok(snap)
+}
+
+/// Whether `reference` could name `vm` (as the controllers filter: see
+/// [`ListVmsRequest::wants`]).
+fn names(reference: &str, vm: &VmInfo) -> bool {
+    vm.name.as_str() == reference
+        || (!reference.is_empty() && vm.id.as_str().starts_with(reference))
 }
 
 /// What the answers so far say about who is there; `None` when one of them does not know
