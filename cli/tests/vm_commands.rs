@@ -130,7 +130,7 @@ impl Fake {
         };
         let note = (op == VmOp::Stop && vm.name.as_str() == "b")
             .then(|| "the guest ignored CtrlAltDel; it was stopped by force".to_owned());
-        Ok(VmOpReply { vm, note })
+        Ok(VmOpReply::new(vm, note))
     }
 
     async fn set(self, req: SetVmRequest) -> Result<VmOpReply, ApiError> {
@@ -142,7 +142,7 @@ impl Fake {
             req.memory_mib.map(MemMib::get),
             req.disk_mib.map(MemMib::get)
         ));
-        Ok(VmOpReply { vm, note: None })
+        Ok(VmOpReply::new(vm, None))
     }
 
     async fn get(self, req: VmRefRequest) -> Result<VmInfo, ApiError> {
@@ -252,7 +252,14 @@ impl Fake {
             stored.reason = Some("simulated boot failure".into());
         }
         self.vms.lock().unwrap().push(stored);
-        Ok(VmOpReply { vm, note: None })
+        let mut reply = VmOpReply::new(vm, None);
+        // As the real controller, which says which hypervisor it runs.
+        reply.vmm = Some(if self.host.as_str().starts_with("sim") {
+            "sim".to_owned()
+        } else {
+            "firecracker".to_owned()
+        });
+        Ok(reply)
     }
 }
 
@@ -1142,6 +1149,19 @@ async fn vm_list_shows_the_simulator_banner_when_a_controller_is_simulated() {
         "{}",
         text(&out.stderr)
     );
+    // A create that names its host runs no discovery: the controller's answer says it.
+    for (host, banners) in [("h1", 0), ("sim3", 1)] {
+        let out = lab
+            .banger(&["vm", "create", &format!("on-{host}"), "--host", host])
+            .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stderr).matches("SIMULATED HYPERVISOR").count(),
+            banners,
+            "create on {host}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 /// When the lab's membership cannot be read (here: its JetStream read goes unanswered), a host

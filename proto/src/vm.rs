@@ -199,6 +199,21 @@ pub struct VmOpReply {
     /// stopped by force).
     #[serde(default)]
     pub note: Option<String>,
+    /// The replier's hypervisor (`firecracker`, `sim`), on a create's answer: the CLI's
+    /// SIMULATED banner when the create named its host (no discovery ran to say it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<String>,
+}
+
+impl VmOpReply {
+    /// A reply with `vm` and `note`, not saying which hypervisor runs it.
+    pub fn new(vm: VmInfo, note: Option<String>) -> Self {
+        Self {
+            vm,
+            note,
+            vmm: None,
+        }
+    }
 }
 
 /// `vm.list` request (scatter-gather).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use banger_proto::event::EventKind;
-use banger_proto::vm::{VmInfo, VmState};
+use banger_proto::vm::{VmInfo, VmOpReply, VmState};
 use banger_proto::{HostId, VmId};
 
 use crate::config::{ControllerConfig, Dirs, VmPaths};
@@ -106,6 +106,12 @@ impl Controller {
     /// The configuration.
     pub fn config(&self) -> &ControllerConfig {
         &self.inner.config
+    }
+
+    /// `reply`, saying which hypervisor this controller runs (the CLI's SIMULATED banner).
+    pub fn with_vmm(&self, mut reply: VmOpReply) -> VmOpReply {
+        reply.vmm = Some(self.config().vmm.as_str().to_owned());
+        reply
     }
 
     /// The VM records (tests inspect and tamper with them).

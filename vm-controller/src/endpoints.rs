@@ -54,12 +54,12 @@ pub async fn register(
     .await?;
     // Placement: any controller of the lab (queue group) ...
     serve(host, vm::Place, &Lab, c.clone(), |c, r| async move {
-        c.create(r).await
+        c.create(r).await.map(|reply| c.with_vmm(reply))
     })
     .await?;
     // ... or this one, when the request names the host.
     serve(host, vm::Create, &me, c.clone(), |c, r| async move {
-        c.create(r).await
+        c.create(r).await.map(|reply| c.with_vmm(reply))
     })
     .await?;
     serve(host, vm::Start, &me, c.clone(), |c, r| async move {

@@ -171,10 +171,7 @@ impl Controller {
         tracing::info!(vm.id = %id, vm.name = %rec.info.name, image = %image.name, "vm created");
         if req.start {
             let rec = self.boot(&id, BootKind::Create).await?;
-            return Ok(VmOpReply {
-                vm: rec.info,
-                note: None,
-            });
+            return Ok(VmOpReply::new(rec.info, None));
         }
         // Not started: make the volumes now, so a bad image fails the create, not a later start.
         let made = inner
@@ -190,10 +187,10 @@ impl Controller {
                 let rec = self
                     .transition_and_emit(&id, VmState::Stopped, None, EventKind::Stopped)
                     .await?;
-                Ok(VmOpReply {
-                    vm: rec.info,
-                    note: Some("created without starting it".to_owned()),
-                })
+                Ok(VmOpReply::new(
+                    rec.info,
+                    Some("created without starting it".to_owned()),
+                ))
             }
             Err(e) => {
                 let e = BootError::Volumes(e);

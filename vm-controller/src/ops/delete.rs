@@ -128,7 +128,7 @@ impl Controller {
         if let Ok(mut seen) = self.inner.last_health.lock() {
             seen.remove(&id);
         }
-        Ok(VmOpReply { vm: rec.info, note })
+        Ok(VmOpReply::new(rec.info, note))
     }
 
     async fn remove_resources(&self, id: &banger_proto::VmId) -> Result<(), DeleteError> {

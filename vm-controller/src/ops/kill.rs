@@ -11,6 +11,6 @@ impl Controller {
     pub async fn kill(&self, req: VmRefRequest) -> Result<VmOpReply, HaltError> {
         let _guard = self.lock(&req.id).await;
         let (rec, note) = self.halt(&req.id, HaltMode::Force).await?;
-        Ok(VmOpReply { vm: rec.info, note })
+        Ok(VmOpReply::new(rec.info, note))
     }
 }

@@ -22,6 +22,6 @@ impl Controller {
             _ => return Err(wrong_state(&rec, "be restarted").into()),
         };
         let rec = self.boot(&req.id, BootKind::Start).await?;
-        Ok(VmOpReply { vm: rec.info, note })
+        Ok(VmOpReply::new(rec.info, note))
     }
 }

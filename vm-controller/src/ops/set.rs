@@ -78,7 +78,7 @@ impl Controller {
             .await
             .map_err(|e| self.store_error(e))?;
         let note = running.then(|| "applied on the next start (banger vm restart)".to_owned());
-        Ok(VmOpReply { vm: rec.info, note })
+        Ok(VmOpReply::new(rec.info, note))
     }
 }
 

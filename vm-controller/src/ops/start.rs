@@ -44,10 +44,10 @@ impl Controller {
         let rec = self.record(&req.id).await?;
         match rec.state() {
             VmState::Running => {
-                return Ok(VmOpReply {
-                    vm: rec.info,
-                    note: Some("the vm was already running".to_owned()),
-                });
+                return Ok(VmOpReply::new(
+                    rec.info,
+                    Some("the vm was already running".to_owned()),
+                ));
             }
             VmState::Stopped => {}
             VmState::Failed => {
@@ -65,10 +65,7 @@ impl Controller {
             _ => return Err(wrong_state(&rec, "be started").into()),
         }
         let rec = self.boot(&req.id, BootKind::Start).await?;
-        Ok(VmOpReply {
-            vm: rec.info,
-            note: None,
-        })
+        Ok(VmOpReply::new(rec.info, None))
     }
 }
 

@@ -19,9 +19,6 @@ impl Controller {
             })
             .await
             .map_err(|e| self.store_error(e))?;
-        Ok(VmOpReply {
-            vm: rec.info,
-            note: None,
-        })
+        Ok(VmOpReply::new(rec.info, None))
     }
 }

@@ -198,11 +198,17 @@ pub(crate) async fn place(app: &App) -> anyhow::Result<Option<HostId>> {
 }
 
 /// Sends `req` to the host it names, or to the controllers' queue group when it names none.
+/// Says SIMULATED when the answering controller runs the simulator (a create that named its
+/// host ran no discovery that could have said it).
 pub(crate) async fn call(app: &App, req: &CreateVmRequest) -> Result<VmOpReply, RequestError> {
-    match &req.host {
+    let reply = match &req.host {
         Some(h) => app.bus.call::<vm::Create>(h, req, app.timeout).await,
         None => app.bus.call::<vm::Place>(&Lab, req, app.timeout).await,
+    }?;
+    if reply.vmm.as_deref() == Some("sim") {
+        crate::announce_simulated();
     }
+    Ok(reply)
 }
 
 /// The line printed after a create.
