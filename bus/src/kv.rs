@@ -7,7 +7,8 @@
 //! a replica on a host that is cut off (nats-server 2.9 was seen to leave such direct gets
 //! unanswered). Creating an identical stream twice is not an error, so two hosts starting
 //! together both succeed. The replicas follow the lab's subnet bucket when there is one (the
-//! lab's operator chose them there), else 1.
+//! lab's operator chose them there), else 1; a bucket created before the subnet bucket existed
+//! is raised to them later by [`follow_lab_replicas`].
 
 use std::time::Duration;
 
@@ -58,6 +59,52 @@ pub async fn open(bus: &Bus, bucket: &str, spec: BucketSpec<'_>) -> Result<kv::S
     js.get_key_value(bucket)
         .await
         .map_err(|e| format!("opening the bucket: {e}"))
+}
+
+/// What [`follow_lab_replicas`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabReplicas {
+    /// No lab (yet): there is no subnet bucket to follow.
+    NoLab,
+    /// The bucket has at least the lab's replicas.
+    Enough,
+    /// The bucket had fewer, and now has the lab's.
+    Raised {
+        /// What it had.
+        from: usize,
+        /// What it has now.
+        to: usize,
+    },
+}
+
+/// Raises the replicas of `bucket`'s stream to the lab's (its subnet bucket's) when it has
+/// fewer, as a bucket created before any netd had made the subnet bucket does (it got 1; when
+/// that one replica's node is lost, so is the bucket). An error when the bucket could not be
+/// read (it may not exist yet) or changed.
+pub async fn follow_lab_replicas(bus: &Bus, bucket: &str) -> Result<LabReplicas, String> {
+    let js = jetstream::new(bus.client().clone());
+    let subnets = banger_proto::net::subnet_bucket(bus.subjects().prefix());
+    let Ok(lab) = js.get_stream(format!("KV_{subnets}")).await else {
+        return Ok(LabReplicas::NoLab);
+    };
+    let want = lab.cached_info().config.num_replicas.max(1);
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| format!("reading the bucket: {e}"))?;
+    let mut config = stream.cached_info().config.clone();
+    let have = config.num_replicas.max(1);
+    if have >= want {
+        return Ok(LabReplicas::Enough);
+    }
+    config.num_replicas = want;
+    js.update_stream(config)
+        .await
+        .map_err(|e| format!("raising its replicas from {have} to {want}: {e}"))?;
+    Ok(LabReplicas::Raised {
+        from: have,
+        to: want,
+    })
 }
 
 /// The replicas of the lab's subnet bucket, or 1 when there is none (yet).

@@ -227,6 +227,26 @@ impl DocumentedLab {
             .and_then(|rest| rest.trim_end_matches(',').parse().ok())
     }
 
+    /// The replicas of JetStream stream `stream` as the nodes' monitoring ports report it
+    /// (`/jsz`: a node lists the streams it holds a replica of); `None` when no node has it.
+    pub fn stream_replicas(&self, stream: &str) -> Option<u64> {
+        (0..self.hosts.len())
+            .filter_map(|i| {
+                let body = self.hosts[i]
+                    .ns
+                    .run(|| http_get(MONITOR, "/jsz?accounts=true&streams=true&config=true"))?;
+                let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                jsz["account_details"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|a| a["stream_detail"].as_array())
+                    .flatten()
+                    .find(|s| s["name"] == stream)
+                    .and_then(|s| s["config"]["num_replicas"].as_u64())
+            })
+            .max()
+    }
+
     /// nats-server's log on host `i`.
     pub fn nats_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("{}-nats-server.log", HOSTS[i])))
@@ -399,6 +419,9 @@ impl Drop for DocumentedLab {
                 n.kill();
             }
             let _ = std::fs::remove_dir_all(&h.etc);
+        }
+        if std::thread::panicking() {
+            crate::lab::keep_logs(&self.dir);
         }
         self.hosts.clear();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -374,24 +374,35 @@ impl Drop for Lab {
     }
 }
 
-/// After a failed test: copies every host's `*.log` under `dir` to a directory that outlives
-/// the lab (`<dir>-logs`), and says where, so the failure can be read after the fact.
-fn keep_logs(dir: &Path) {
+/// After a failed test: copies every `*.log` under `dir` (its own and each host
+/// directory's) to a directory that outlives the lab (`<dir>-logs`), and says where, so the
+/// failure can be read after the fact.
+pub(crate) fn keep_logs(dir: &Path) {
     let kept = PathBuf::from(format!("{}-logs", dir.display()));
-    let Ok(hosts) = std::fs::read_dir(dir) else {
+    let is_log = |p: &Path| p.extension().is_some_and(|e| e == "log");
+    let copy = |from: &Path, to: &Path| {
+        if std::fs::create_dir_all(to).is_ok()
+            && let Some(name) = from.file_name()
+        {
+            let _ = std::fs::copy(from, to.join(name));
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for host in hosts.flatten() {
-        let Ok(files) = std::fs::read_dir(host.path()) else {
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if is_log(&path) {
+            copy(&path, &kept);
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(&path) else {
             continue;
         };
         for f in files.flatten() {
-            let path = f.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let to = kept.join(host.file_name());
-                if std::fs::create_dir_all(&to).is_ok() {
-                    let _ = std::fs::copy(&path, to.join(f.file_name()));
-                }
+            let file = f.path();
+            if is_log(&file) {
+                copy(&file, &kept.join(entry.file_name()));
             }
         }
     }

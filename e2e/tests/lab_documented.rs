@@ -183,6 +183,16 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
     lab.wait_for_services();
     // lab.md: the event history, created once by the operator, replicated on the three nodes.
     lab.banger_ok(0, &["events", "--create-history", "--replicas", "3"]);
+    // The controllers' buckets (VM names, heartbeats) have the replicas of netd's subnet
+    // bucket, 3, so losing one node loses none of them. A controller that made its bucket
+    // before any netd had made the subnet bucket made it with 1 replica; when that replica's
+    // node was the one cut off below, no host could create a VM for the rest of the test.
+    for bucket in ["VM_NAMES", "VM_CONTROLLERS"] {
+        let stream = format!("KV_BANGER_{bucket}");
+        wait_until_blocking(&format!("{stream} to have 3 replicas"), CONVERGE, || {
+            lab.stream_replicas(&stream) == Some(3)
+        });
+    }
 
     // lab.md: images are registered per host.
     let image_dir = lab.dir.join("image");

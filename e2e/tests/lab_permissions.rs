@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use async_nats::jetstream::stream::StorageType;
 use async_nats::{ConnectOptions, Event, ServerError};
+use banger_bus::Bus;
+use banger_bus::kv::{self, BucketSpec, LabReplicas};
 use banger_testkit::netns::NetNs;
 use banger_testkit::{
     Process, bin_path, free_port, have_program, http_get_ok, require_root, skip, wait_until,
@@ -830,6 +833,45 @@ fn the_three_cluster_configs_form_one_cluster() {
         viewer_b
             .expect_violation("viewer on node B creating a VM", "banger.vm.create")
             .await;
+
+        // A controller that made its name bucket before any netd had made the subnet bucket
+        // (3 replicas, as lab.md says) made it with 1; its role may raise it to the lab's.
+        let bus_of = |c: &Client| Bus::new(c.nats.clone(), banger_proto::Subjects::default());
+        let netd = bus_of(&Client::connect(&nodes[1].url(), "netd").await);
+        let controller = bus_of(&controller_a);
+        let prefix = controller.subjects().prefix().to_owned();
+        let names = banger_proto::vm::name_bucket(&prefix);
+        let spec = |description, replicas| BucketSpec {
+            description,
+            storage: StorageType::File,
+            max_age: Duration::ZERO,
+            replicas: Some(replicas),
+        };
+        // The meta group may still be electing its leader: creating streams waits for it.
+        let made = tokio::time::timeout(Duration::from_secs(60), async {
+            while kv::open(&controller, &names, spec("test: names", 1))
+                .await
+                .is_err()
+            {}
+            while kv::open(
+                &netd,
+                &banger_proto::net::subnet_bucket(&prefix),
+                spec("test: subnets", 3),
+            )
+            .await
+            .is_err()
+            {}
+        })
+        .await;
+        assert!(made.is_ok(), "the buckets could not be created");
+        assert_eq!(
+            kv::follow_lab_replicas(&controller, &names).await,
+            Ok(LabReplicas::Raised { from: 1, to: 3 })
+        );
+        assert_eq!(
+            kv::follow_lab_replicas(&controller, &names).await,
+            Ok(LabReplicas::Enough)
+        );
     });
 
     // A server that dials node A's route port without the route credentials is refused.

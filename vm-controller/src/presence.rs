@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use banger_bus::Bus;
 use banger_bus::heartbeat::Heartbeat;
+use banger_bus::kv::LabReplicas;
 use banger_bus::lab::{self, BucketRead, Membership};
 use banger_bus::shutdown::CancellationToken;
 use banger_proto::HostId;
-use banger_proto::vm::{ControllerBeat, ListVmsReply, controller_bucket};
+use banger_proto::vm::{ControllerBeat, ListVmsReply, controller_bucket, name_bucket};
 
 /// How often a controller beats.
 pub const BEAT: Duration = Duration::from_secs(2);
@@ -102,6 +103,8 @@ pub async fn run(
     let mut heartbeat: Option<Heartbeat> = None;
     // Whether the last beat was written: changes are logged, not every failed beat.
     let mut beating = false;
+    // The controllers' buckets known to have the lab's replicas.
+    let mut settled = Vec::new();
     loop {
         if heartbeat.is_none() {
             match Heartbeat::open(&bus, &bucket, host.as_str(), MAX_AGE).await {
@@ -115,6 +118,9 @@ pub async fn run(
                 tracing::info!(bucket, beating = now, "heartbeat");
                 beating = now;
             }
+            if now {
+                follow_lab_replicas(&bus, &mut settled).await;
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -126,6 +132,36 @@ pub async fn run(
             Ok(Ok(())) => tracing::debug!("heartbeat key deleted"),
             Ok(Err(e)) => tracing::warn!(error = %e, "deleting the heartbeat key"),
             Err(_) => tracing::warn!("deleting the heartbeat key timed out; it expires"),
+        }
+    }
+}
+
+/// Gives the controllers' buckets (heartbeats, VM names) the replicas of the lab's subnet
+/// bucket, once each: one made before any netd had made the subnet bucket has 1, and would be
+/// lost with its node (no host could then tell who is alive, or claim a VM name). Every
+/// controller tries, at every beat until it is done; the first to find a bucket short raises
+/// it. `settled`: the buckets found right.
+async fn follow_lab_replicas(bus: &Bus, settled: &mut Vec<String>) {
+    let prefix = bus.subjects().prefix();
+    for bucket in [controller_bucket(prefix), name_bucket(prefix)] {
+        if settled.contains(&bucket) {
+            continue;
+        }
+        match banger_bus::kv::follow_lab_replicas(bus, &bucket).await {
+            Ok(LabReplicas::Raised { from, to }) => {
+                tracing::info!(
+                    bucket,
+                    from,
+                    to,
+                    "raised the bucket's replicas to the lab's"
+                );
+                settled.push(bucket);
+            }
+            Ok(LabReplicas::Enough) => settled.push(bucket),
+            // There may be a lab later (its first netd is starting).
+            Ok(LabReplicas::NoLab) => {}
+            // Not made yet (the name directory opens its bucket on first use), or unreachable.
+            Err(e) => tracing::debug!(bucket, error = %e, "checking the bucket's replicas"),
         }
     }
 }
