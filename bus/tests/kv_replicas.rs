@@ -1,6 +1,11 @@
 //! `kv::follow_lab_replicas` against a real nats-server: a single node holds one replica at
 //! most, so this proves the decisions (no lab, enough, an unreadable bucket); the raise itself
-//! (1 -> 3 on a three-node cluster) is proven by e2e's documented lab test.
+//! (1 -> 3 on a three-node cluster) is proven by e2e's lab_permissions test (with the roles' rights) and the documented lab.
+#![allow(
+    clippy::tests_outside_test_module,
+    clippy::unwrap_used,
+    reason = "an integration test file is a test crate of its own; a panic is a failed test"
+)]
 
 use std::time::Duration;
 
