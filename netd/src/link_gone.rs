@@ -36,11 +36,12 @@ const MONITOR_RX_BUF: usize = 4 << 20;
 /// Waiters for the removal of devices, by index.
 type Waiters = Arc<Mutex<HashMap<u32, Vec<oneshot::Sender<()>>>>>;
 
-/// Watches `RTM_DELLINK` notifications in the namespace it was created in. The task ends when
-/// this is dropped.
+/// Watches `RTM_DELLINK` notifications in the namespace it was created in. Its tasks end
+/// when this is dropped.
 pub(crate) struct RemovalWatch {
     waiters: Waiters,
     task: JoinHandle<()>,
+    conn: JoinHandle<()>,
     /// Deletions answered by the notifications (not by the kernel's acknowledgement).
     early: AtomicU64,
 }
@@ -48,6 +49,7 @@ pub(crate) struct RemovalWatch {
 impl Drop for RemovalWatch {
     fn drop(&mut self) {
         self.task.abort();
+        self.conn.abort();
     }
 }
 
@@ -55,16 +57,15 @@ impl RemovalWatch {
     /// Subscribes to link notifications in the calling thread's network namespace. Call inside
     /// a tokio runtime.
     pub(crate) fn start() -> std::io::Result<Self> {
-        let (conn, _handle, mut messages) =
+        let (mut conn, _handle, mut messages) =
             rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
-        let mut conn = conn;
         conn.socket_mut()
             .socket_mut()
             .set_rx_buf_sz(MONITOR_RX_BUF)?;
         let waiters: Waiters = Arc::default();
         let mine = Arc::clone(&waiters);
+        let conn = tokio::spawn(conn);
         let task = tokio::spawn(async move {
-            let conn = tokio::spawn(conn);
             while let Some((msg, _)) = messages.next().await {
                 // The generic notification (family unspec), the last one the kernel sends for
                 // a device it unregisters; a bridge port's own (AF_BRIDGE) comes before it.
@@ -84,11 +85,11 @@ impl RemovalWatch {
             tracing::warn!(
                 "the netlink link notification socket closed; deletions now wait for the kernel's acknowledgement"
             );
-            conn.abort();
         });
         Ok(Self {
             waiters,
             task,
+            conn,
             early: AtomicU64::new(0),
         })
     }
