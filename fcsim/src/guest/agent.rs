@@ -454,8 +454,13 @@ impl Agent {
             }
         }
         // Daemons a command started keep the namespace (and its loop devices) alive: in a real
-        // guest they die with the kernel, so here they die with the agent.
-        if !self.images.is_empty()
+        // guest they die with the kernel, so here they die with the agent. Under the guest's
+        // init they are gone already: `unshare` (the child just waited for) returns only after
+        // its init exited, and the kernel ends the init's exit only once every other process of
+        // its PID namespace is gone. The scan is for a guest without one; it reads every
+        // process of the host, so 100 VMs stopping at once would make 100 x that many checks.
+        if !self.with_init
+            && !self.images.is_empty()
             && let Some(ns) = &namespace
         {
             let left = kill_namespace_members(ns);
@@ -469,8 +474,11 @@ impl Agent {
         drop(namespace);
         for image in &self.images {
             let deadline = tokio::time::Instant::now() + LOOP_RELEASE_WAIT;
+            // All loop devices are listed once; then only the ones found are looked at again
+            // (one small sysfs read each), however many other guests hold loop devices.
+            let mut held = loop_devices_backed_by(image);
             loop {
-                let held = loop_devices_backed_by(image);
+                held = still_backed_by(held, image);
                 if held.is_empty() {
                     log::info(&format!(
                         "{} unmounted, loop device released",
@@ -547,6 +555,24 @@ pub(crate) fn loop_devices_backed_by(image: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Of the loop devices `devices`, those whose backing file is still `image` (a device that was
+/// released, or set up again for another file, is left out).
+pub(crate) fn still_backed_by(devices: Vec<String>, image: &Path) -> Vec<String> {
+    if devices.is_empty() {
+        return devices;
+    }
+    let Ok(image) = fs::canonicalize(image) else {
+        return Vec::new();
+    };
+    devices
+        .into_iter()
+        .filter(|dev| {
+            fs::read_to_string(Path::new("/sys/block").join(dev).join("loop/backing_file"))
+                .is_ok_and(|backing| Path::new(backing.trim()) == image)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,5 +604,57 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         assert!(is_ext4(&p));
         assert!(!is_ext4(&dir.path().join("missing")));
+    }
+
+    #[test]
+    fn a_released_loop_device_is_no_longer_counted_as_holding_the_image() {
+        if !banger_testkit::require_root() {
+            return;
+        }
+        if !banger_testkit::have_program("losetup") {
+            banger_testkit::skip("losetup is not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let image = d.path().join("disk.img");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            banger_testkit::skip(&format!(
+                "no loop device can be set up here: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return;
+        }
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let name = dev.trim_start_matches("/dev/").to_owned();
+        let found = loop_devices_backed_by(&image);
+        assert_eq!(found, [name.clone()], "the full scan finds the device");
+        let other = d.path().join("other.img");
+        fs::write(&other, b"x").unwrap();
+        assert!(
+            still_backed_by(found.clone(), &other).is_empty(),
+            "a device backed by another file does not hold this one"
+        );
+        assert_eq!(still_backed_by(found.clone(), &image), [name]);
+        let detached = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&dev)
+            .status()
+            .unwrap();
+        assert!(detached.success());
+        banger_testkit::wait_until_blocking(
+            "the loop device released",
+            Duration::from_secs(5),
+            || still_backed_by(found.clone(), &image).is_empty(),
+        );
+        assert!(loop_devices_backed_by(&image).is_empty());
     }
 }
