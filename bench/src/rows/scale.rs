@@ -203,7 +203,10 @@ fn print_timelines(receiver: &banger_testkit::otlp::OtlpReceiver, k: usize) {
     }
     for (root, (step, _)) in ROOTS.iter().zip(STEPS) {
         let title = format!("scale {k}: {step}, one command for all (spans of its trace)");
-        print!("{}", spans::render_timeline(&title, &spans::timeline(&all, root)));
+        print!(
+            "{}",
+            spans::render_timeline(&title, &spans::timeline(&all, root))
+        );
     }
 }
 

@@ -617,10 +617,7 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let image = d.path().join("disk.img");
-        fs::File::create(&image)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
+        fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
         let out = std::process::Command::new("losetup")
             .args(["--find", "--show"])
             .arg(&image)
