@@ -443,6 +443,15 @@ impl Agent {
                 let id = ns.metadata().ok().map(|m| (m.dev(), m.ino()));
                 id.is_some() && id != own
             });
+        // The loop devices mounted in the guest, read while it still runs: a few lines, where
+        // a scan of every loop device of the host costs one sysfs read per device.
+        let mounted = if self.images.is_empty() {
+            Vec::new()
+        } else {
+            self.pid()
+                .and_then(loop_devices_mounted_in)
+                .unwrap_or_default()
+        };
         self.signal(Signal::SIGCONT);
         self.signal(Signal::SIGTERM);
         match tokio::time::timeout(AGENT_STOP_GRACE, self.child.wait()).await {
@@ -474,9 +483,14 @@ impl Agent {
         drop(namespace);
         for image in &self.images {
             let deadline = tokio::time::Instant::now() + LOOP_RELEASE_WAIT;
-            // All loop devices are listed once; then only the ones found are looked at again
-            // (one small sysfs read each), however many other guests hold loop devices.
-            let mut held = loop_devices_backed_by(image);
+            // The image's device among those the guest had mounted; when it is not there (the
+            // guest had not mounted it yet, or its mount failed) every loop device is looked
+            // at, once. Then only the devices found are read again (one small sysfs read
+            // each), however many other guests hold loop devices.
+            let mut held = match still_backed_by(mounted.clone(), image) {
+                found if found.is_empty() => loop_devices_backed_by(image),
+                found => found,
+            };
             loop {
                 held = still_backed_by(held, image);
                 if held.is_empty() {
@@ -555,6 +569,29 @@ pub(crate) fn loop_devices_backed_by(image: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The loop devices (`loop3`, ...) mounted in the mount namespace of process `pid`, from its
+/// `mountinfo`; `None` when that cannot be read (the process is gone).
+fn loop_devices_mounted_in(pid: u32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    Some(loop_sources(&text))
+}
+
+/// The loop devices among the mount sources of a `mountinfo` text (`... - <type> <source>
+/// <options>`), each once.
+fn loop_sources(mountinfo: &str) -> Vec<String> {
+    let mut devices: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (_, tail) = line.split_once(" - ")?;
+            let dev = tail.split_whitespace().nth(1)?.strip_prefix("/dev/")?;
+            dev.starts_with("loop").then(|| dev.to_owned())
+        })
+        .collect();
+    devices.sort();
+    devices.dedup();
+    devices
+}
+
 /// Of the loop devices `devices`, those whose backing file is still `image` (a device that was
 /// released, or set up again for another file, is left out).
 pub(crate) fn still_backed_by(devices: Vec<String>, image: &Path) -> Vec<String> {
@@ -604,6 +641,23 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         assert!(is_ext4(&p));
         assert!(!is_ext4(&dir.path().join("missing")));
+    }
+
+    #[test]
+    fn the_loop_devices_of_a_mount_table_are_its_loop_sources() {
+        let table = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+310 300 7:12 / /tmp/g/rootfs rw,relatime - ext4 /dev/loop12 rw
+311 310 7:3 / /tmp/g/rootfs/root rw,relatime - ext4 /dev/loop3 rw
+312 310 7:3 / /tmp/g/again rw,relatime - ext4 /dev/loop3 rw
+313 27 259:0 / /data rw shared:5 - xfs /dev/nvme0n1 rw
+";
+        assert_eq!(loop_sources(table), ["loop12", "loop3"]);
+        assert!(loop_sources("").is_empty());
+        assert!(
+            loop_devices_mounted_in(u32::MAX).is_none(),
+            "no such process"
+        );
     }
 
     #[test]
