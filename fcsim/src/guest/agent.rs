@@ -110,10 +110,13 @@ pub(crate) fn image_has_agent(root: &Path) -> bool {
 /// the agent's arguments.
 const CHROOT_SCRIPT: &str = r#"root="$0"; mnt="$1"; disk="$2"; sockdir="$3"; rootopt="$4"; shift 4
 mount -t ext4 ${rootopt:+-o "$rootopt"} "$root" "$mnt" || exit 97
+# An image has these directories: `mkdir` (a process each) only for one that lacks them.
 if [ -n "$disk" ]; then
-    mkdir -p "$mnt/root" && mount -o loop -t ext4 "$disk" "$mnt/root" || exit 97
+    { [ -d "$mnt/root" ] || mkdir -p "$mnt/root"; } && mount -o loop -t ext4 "$disk" "$mnt/root" || exit 97
 fi
-mkdir -p "$mnt/proc" "$mnt/sys" "$mnt/dev" "$mnt/run"
+for d in proc sys dev run; do
+    [ -d "$mnt/$d" ] || mkdir -p "$mnt/$d"
+done
 mount -t proc proc "$mnt/proc" || exit 97
 mount -t sysfs sysfs "$mnt/sys" || exit 97
 mount --rbind /dev "$mnt/dev" || exit 97
