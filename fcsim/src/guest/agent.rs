@@ -690,7 +690,11 @@ mod tests {
         let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let name = dev.trim_start_matches("/dev/").to_owned();
         let found = loop_devices_backed_by(&image);
-        assert_eq!(found, std::slice::from_ref(&name), "the full scan finds the device");
+        assert_eq!(
+            found,
+            std::slice::from_ref(&name),
+            "the full scan finds the device"
+        );
         let other = d.path().join("other.img");
         fs::write(&other, b"x").unwrap();
         assert!(
