@@ -3,8 +3,8 @@
 //! Three ways, best first:
 //!
 //! 1. **The image's own agent.** With root, when the root drive is an ext4 image holding
-//!    `/usr/local/bin/banger-agent` (as `banger image build` makes them; checked with `debugfs`,
-//!    no mount), the agent runs *from inside the image*: in a private mount namespace the root
+//!    `/usr/local/bin/banger-agent` (as `banger image build` makes them; read from the
+//!    image's ext4 structures, `debugfs` for an unusual layout; no mount), the agent runs *from inside the image*: in a private mount namespace the root
 //!    drive is loop-mounted, the work disk loop-mounted at `<root>/root`, `/proc`, `/sys`,
 //!    `/dev` and a tmpfs `/run` mounted, the simulator's socket directory bound at
 //!    `/run/banger-fcsim`, and the agent exec'd chrooted into the image:
@@ -91,9 +91,16 @@ pub(crate) const IMAGE_AGENT: &str = "/usr/local/bin/banger-agent";
 /// Where the simulator's socket directory appears inside the image.
 const IMAGE_SOCKET_DIR: &str = "/run/banger-fcsim";
 
-/// Whether the ext4 image (file or block device) at `root` holds the banger agent, read with
-/// `debugfs` (no mount).
+/// Whether the ext4 image (file or block device) at `root` holds the banger agent, read from
+/// the image ([`super::ext4probe`]; no mount, no process), or with `debugfs` when the image's
+/// layout is not one that reads.
 pub(crate) fn image_has_agent(root: &Path) -> bool {
+    super::ext4probe::regular_file_at(root, IMAGE_AGENT)
+        .unwrap_or_else(|| image_has_agent_debugfs(root))
+}
+
+/// [`image_has_agent`] answered by `debugfs`.
+pub(crate) fn image_has_agent_debugfs(root: &Path) -> bool {
     std::process::Command::new("debugfs")
         .arg("-R")
         .arg(format!("stat {IMAGE_AGENT}"))

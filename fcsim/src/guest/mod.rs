@@ -16,6 +16,7 @@
 //! - the serial console (stdout) shows boot lines, each marked `[SIMULATED GUEST]`.
 
 pub(crate) mod agent;
+pub(crate) mod ext4probe;
 pub(crate) mod init;
 pub(crate) mod net;
 pub(crate) mod netns;
