@@ -99,7 +99,9 @@ pub(crate) struct Args {
     pub(crate) no_save: bool,
     /// After each latency back-end, print where each command's time goes: every span name
     /// per service in its traces (CLI, vm-controller, stord, netd), with its mean and p50 per
-    /// command, in the order the steps run
+    /// command, in the order the steps run; after each scale step count, the same for each
+    /// one-command step's trace: per span name its count, sum, longest, and when the first
+    /// started and the last ended (the scale stack is then traced, which slows it a little)
     #[arg(long)]
     pub(crate) spans: bool,
 }
@@ -123,7 +125,7 @@ pub(crate) struct Settings {
     pub(crate) groups: Vec<Group>,
     /// Where to write the results, if anywhere.
     pub(crate) out: Option<PathBuf>,
-    /// Whether the latency group prints its span breakdown.
+    /// Whether the latency and scale groups print their span breakdowns.
     pub(crate) spans: bool,
 }
 

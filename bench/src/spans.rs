@@ -166,6 +166,88 @@ pub(crate) fn render_breakdown(title: &str, steps: &[Step]) -> String {
     out
 }
 
+/// One line of a [`timeline`]: every span of one (service, name) in one trace.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Spread {
+    /// The exporting service (`banger` for the CLI).
+    pub(crate) service: String,
+    /// The span name (events grouped by kind, as in [`breakdown`]).
+    pub(crate) name: String,
+    /// How many such spans the trace holds.
+    pub(crate) count: usize,
+    /// Their summed duration (more than the wall time when they overlap).
+    pub(crate) sum: Duration,
+    /// The longest one.
+    pub(crate) max: Duration,
+    /// From the root's start to the first one's start.
+    pub(crate) first_start: Duration,
+    /// From the root's start to the last one's end.
+    pub(crate) last_end: Duration,
+}
+
+/// Where ONE command's time goes when it does many things at once (a batch command naming
+/// 100 VMs): for every (service, span name) in the trace of the latest root span named
+/// `command`, how many, their sum and longest, and when the first started and the last ended,
+/// relative to the command's start. Ordered by first start. Empty when no such root arrived.
+pub(crate) fn timeline(spans: &[Span], command: &str) -> Vec<Spread> {
+    let Some(root) = roots(spans, command)
+        .into_iter()
+        .max_by_key(|r| r.start_unix_nano)
+    else {
+        return Vec::new();
+    };
+    let mut by_key: HashMap<(String, String), Spread> = HashMap::new();
+    for s in spans.iter().filter(|s| s.trace_id == root.trace_id) {
+        let since = |t: u64| Duration::from_nanos(t.saturating_sub(root.start_unix_nano));
+        let e = by_key
+            .entry((s.service.clone(), step_name(&s.name)))
+            .or_insert_with(|| Spread {
+                service: s.service.clone(),
+                name: step_name(&s.name),
+                count: 0,
+                sum: Duration::ZERO,
+                max: Duration::ZERO,
+                first_start: since(s.start_unix_nano),
+                last_end: Duration::ZERO,
+            });
+        e.count += 1;
+        e.sum += s.duration();
+        e.max = e.max.max(s.duration());
+        e.first_start = e.first_start.min(since(s.start_unix_nano));
+        e.last_end = e.last_end.max(since(s.end_unix_nano));
+    }
+    let mut all: Vec<Spread> = by_key.into_values().collect();
+    all.sort_by(|a, b| a.first_start.cmp(&b.first_start).then(a.name.cmp(&b.name)));
+    all
+}
+
+/// A [`timeline`] as text: `service: span  n  sum  max  first start  last end`.
+pub(crate) fn render_timeline(title: &str, steps: &[Spread]) -> String {
+    let width = steps
+        .iter()
+        .map(|s| s.service.len() + s.name.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(20);
+    let mut out = format!("\n{title}\n");
+    out.push_str(&format!(
+        "  {:<width$}  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}\n",
+        "service: span", "n", "sum", "max", "first at", "last end"
+    ));
+    for s in steps {
+        let label = format!("{}: {}", s.service, s.name);
+        out.push_str(&format!(
+            "  {label:<width$}  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}\n",
+            s.count,
+            format_duration(s.sum),
+            format_duration(s.max),
+            format_duration(s.first_start),
+            format_duration(s.last_end),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +330,36 @@ mod tests {
             "send event started"
         );
         assert_eq!(step_name("send x.y"), "send x.y");
+    }
+
+    #[test]
+    fn a_timeline_spreads_the_latest_commands_spans_from_its_start() {
+        let mut spans = vec![
+            span("banger", "banger vm start", "old", "", 3, 10),
+            span("netd", "net.attach", "old", "x", SERVER, 5),
+            span("banger", "banger vm start", "new", "", 3, 100),
+        ];
+        spans.iter_mut().for_each(|s| {
+            if s.trace_id == "new" {
+                s.start_unix_nano += 1_000_000_000;
+                s.end_unix_nano += 1_000_000_000;
+            }
+        });
+        for (start_ms, ms) in [(10, 20), (15, 40)] {
+            let mut s = span("netd", "net.attach", "new", "r", SERVER, ms);
+            s.start_unix_nano = 2_000_000_000 + start_ms * 1_000_000;
+            s.end_unix_nano = s.start_unix_nano + ms * 1_000_000;
+            spans.push(s);
+        }
+        let t = timeline(&spans, "banger vm start");
+        let attach = t.iter().find(|s| s.name == "net.attach").unwrap();
+        assert_eq!(attach.count, 2);
+        assert_eq!(attach.sum, Duration::from_millis(60));
+        assert_eq!(attach.max, Duration::from_millis(40));
+        assert_eq!(attach.first_start, Duration::from_millis(10));
+        assert_eq!(attach.last_end, Duration::from_millis(55));
+        assert_eq!(t[0].name, "banger vm start", "ordered by first start");
+        assert!(timeline(&spans, "banger vm stop").is_empty());
+        assert!(render_timeline("start", &t).contains("net.attach"));
     }
 }

@@ -20,6 +20,7 @@ use crate::kernel::{BridgeSpec, HostNet, IP_FORWARD, Linux};
 use crate::lease;
 use crate::link::{LinkError, Links};
 use crate::nat::{Nat, NatError, VmRules};
+use crate::ops::detach_batch::DetachQueue;
 use crate::peers::PeerTable;
 use crate::route::{RouteError, Routes};
 use crate::store::{LeaseRow, LeaseStore, StoreError};
@@ -109,6 +110,8 @@ pub struct Netd {
     pub locks: VmLocks,
     /// The other hosts' netds, as discovered (lab mode).
     pub peers: PeerTable,
+    /// `net.detach` requests waiting to be torn down together.
+    pub detaches: DetachQueue,
 }
 
 impl Netd {
@@ -152,6 +155,7 @@ impl Netd {
             gate: RwLock::new(()),
             locks: VmLocks::default(),
             peers: PeerTable::default(),
+            detaches: DetachQueue::default(),
         };
         netd.ensure_bridge().await?;
         netd.kernel

@@ -537,6 +537,55 @@ fn concurrent_deletions_are_merged_into_one_kernel_operation() {
 }
 
 #[test]
+fn concurrent_detaches_of_a_batch_each_remove_their_own_vm() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::start("cd", Options::default());
+    let vms: Vec<_> = (1..=20).map(vm_id).collect();
+    let leases: Vec<_> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| {
+            let forwards = if i % 4 == 0 {
+                vec![tcp(9000 + u16::try_from(i).unwrap(), 80)]
+            } else {
+                vec![]
+            };
+            fx.attach(vm, &format!("vm{i}"), forwards)
+        })
+        .collect();
+    assert_eq!(fx.taps_on_bridge().len(), 20);
+    // Twenty at once, every other one a delete (release), and one VM netd never saw.
+    let mut batch: Vec<_> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| (vm.clone(), i % 2 == 1))
+        .collect();
+    batch.push((vm_id(99), false));
+    let replies = fx.detach_at_once(&batch);
+    for (i, reply) in replies.iter().take(20).enumerate() {
+        let reply = reply.as_ref().unwrap();
+        assert!(reply.tap_removed, "vm {i}: {reply:?}");
+        assert_eq!(reply.released, i % 2 == 1, "vm {i}");
+    }
+    assert_eq!(replies[20].as_ref().unwrap_err().code, ErrorCode::NotFound);
+    assert!(fx.taps_on_bridge().is_empty(), "{:?}", fx.taps_on_bridge());
+    for l in &leases {
+        assert!(!fx.has_link(&l.tap), "{} left", l.tap);
+    }
+    let table = fx.table_text().unwrap();
+    assert!(!table.contains("dnat to"), "every VM's rules went: {table}");
+    let left: HashSet<_> = fx.leases().into_iter().map(|l| l.vm_id).collect();
+    let kept: HashSet<_> = vms.iter().step_by(2).cloned().collect();
+    assert_eq!(
+        left, kept,
+        "stopped VMs keep their lease, deleted ones lose it"
+    );
+    fx.assert_nothing_leaked();
+}
+
+#[test]
 fn a_stopped_event_overtaken_by_the_restarts_attach_leaves_the_new_tap_alone() {
     if !require_root() {
         return;

@@ -60,13 +60,20 @@ fn run(group: Group, settings: &Settings, stack_ready: &Result<(), String>) -> V
                 })
             })
             .collect(),
-        Group::Scale => with_stack("scale", StackOptions::plain("bs"), |bench| {
-            settings
-                .scale
-                .iter()
-                .flat_map(|&k| scale::measure(bench, k, k <= settings.serial_max))
-                .collect()
-        }),
+        Group::Scale => with_stack(
+            "scale",
+            StackOptions {
+                trace: settings.spans,
+                ..StackOptions::plain("bs")
+            },
+            |bench| {
+                settings
+                    .scale
+                    .iter()
+                    .flat_map(|&k| scale::measure(bench, k, k <= settings.serial_max))
+                    .collect()
+            },
+        ),
         Group::List => with_stack(
             "vm list",
             StackOptions {

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fixture::{Bench, run_concurrently, run_serially};
+use crate::spans;
 use crate::stats::{format_duration, per_item};
 use crate::table::Row;
 
@@ -44,6 +45,9 @@ pub(crate) fn measure(bench: &Bench, k: usize, serial: bool) -> Vec<Row> {
     let serial = serial.then(|| lifecycle(bench, k, "s", Way::Serial));
     let processes = lifecycle(bench, k, "c", Way::Processes);
     let batch = lifecycle(bench, k, "b", Way::OneCommand);
+    if let Some(receiver) = &bench.receiver {
+        print_timelines(receiver, k);
+    }
     let mut rows = Vec::new();
     for (way, runs) in [(Way::OneCommand, &batch), (Way::Processes, &processes)] {
         for (n, (step, _)) in STEPS.iter().enumerate() {
@@ -167,6 +171,43 @@ fn lifecycle(bench: &Bench, k: usize, prefix: &str, way: Way) -> Vec<Batch> {
             Batch { wall, errors }
         })
         .collect()
+}
+
+/// CLI root span of each step's command.
+const ROOTS: [&str; 4] = [
+    "banger vm create",
+    "banger vm start",
+    "banger vm stop",
+    "banger vm delete",
+];
+
+/// How long the span timelines wait for the services' exports.
+const SPAN_WAIT: Duration = Duration::from_secs(15);
+
+/// Prints where each one-command step of `k` VMs spent its time (`--spans`): waits until the
+/// latest trace of each step holds a controller server span per VM (or [`SPAN_WAIT`]).
+fn print_timelines(receiver: &banger_testkit::otlp::OtlpReceiver, k: usize) {
+    let controller_spans = |spans: &[banger_testkit::otlp::Span], root: &str| {
+        spans::timeline(spans, root)
+            .iter()
+            .filter(|s| s.service == "vm-controller" && s.name.starts_with("process "))
+            .map(|s| s.count)
+            .max()
+            .unwrap_or(0)
+    };
+    let end = Instant::now() + SPAN_WAIT;
+    let mut all = receiver.spans();
+    while Instant::now() < end && ROOTS.iter().any(|r| controller_spans(&all, r) < k) {
+        std::thread::sleep(Duration::from_millis(200));
+        all = receiver.spans();
+    }
+    for (root, (step, _)) in ROOTS.iter().zip(STEPS) {
+        let title = format!("scale {k}: {step}, one command for all (spans of its trace)");
+        print!(
+            "{}",
+            spans::render_timeline(&title, &spans::timeline(&all, root))
+        );
+    }
 }
 
 /// The four one-command steps added up (against the 2 s goal at 100 VMs); skipped when a step

@@ -3,8 +3,8 @@
 //! Three ways, best first:
 //!
 //! 1. **The image's own agent.** With root, when the root drive is an ext4 image holding
-//!    `/usr/local/bin/banger-agent` (as `banger image build` makes them; checked with `debugfs`,
-//!    no mount), the agent runs *from inside the image*: in a private mount namespace the root
+//!    `/usr/local/bin/banger-agent` (as `banger image build` makes them; read from the
+//!    image's ext4 structures, `debugfs` for an unusual layout; no mount), the agent runs *from inside the image*: in a private mount namespace the root
 //!    drive is loop-mounted, the work disk loop-mounted at `<root>/root`, `/proc`, `/sys`,
 //!    `/dev` and a tmpfs `/run` mounted, the simulator's socket directory bound at
 //!    `/run/banger-fcsim`, and the agent exec'd chrooted into the image:
@@ -94,9 +94,16 @@ pub(crate) const IMAGE_AGENT: &str = "/usr/local/bin/banger-agent";
 /// Where the simulator's socket directory appears inside the image.
 const IMAGE_SOCKET_DIR: &str = "/run/banger-fcsim";
 
-/// Whether the ext4 image (file or block device) at `root` holds the banger agent, read with
-/// `debugfs` (no mount).
+/// Whether the ext4 image (file or block device) at `root` holds the banger agent, read from
+/// the image ([`super::ext4probe`]; no mount, no process), or with `debugfs` when the image's
+/// layout is not one that reads.
 pub(crate) fn image_has_agent(root: &Path) -> bool {
+    super::ext4probe::regular_file_at(root, IMAGE_AGENT)
+        .unwrap_or_else(|| image_has_agent_debugfs(root))
+}
+
+/// [`image_has_agent`] answered by `debugfs`.
+pub(crate) fn image_has_agent_debugfs(root: &Path) -> bool {
     std::process::Command::new("debugfs")
         .arg("-R")
         .arg(format!("stat {IMAGE_AGENT}"))
@@ -113,10 +120,13 @@ pub(crate) fn image_has_agent(root: &Path) -> bool {
 /// the agent's arguments.
 const CHROOT_SCRIPT: &str = r#"root="$0"; mnt="$1"; disk="$2"; sockdir="$3"; rootopt="$4"; shift 4
 mount -t ext4 ${rootopt:+-o "$rootopt"} "$root" "$mnt" || exit 97
+# An image has these directories: `mkdir` (a process each) only for one that lacks them.
 if [ -n "$disk" ]; then
-    mkdir -p "$mnt/root" && mount -o loop -t ext4 "$disk" "$mnt/root" || exit 97
+    { [ -d "$mnt/root" ] || mkdir -p "$mnt/root"; } && mount -o loop -t ext4 "$disk" "$mnt/root" || exit 97
 fi
-mkdir -p "$mnt/proc" "$mnt/sys" "$mnt/dev" "$mnt/run"
+for d in proc sys dev run; do
+    [ -d "$mnt/$d" ] || mkdir -p "$mnt/$d"
+done
 mount -t proc proc "$mnt/proc" || exit 97
 mount -t sysfs sysfs "$mnt/sys" || exit 97
 mount --rbind /dev "$mnt/dev" || exit 97
@@ -446,6 +456,15 @@ impl Agent {
                 let id = ns.metadata().ok().map(|m| (m.dev(), m.ino()));
                 id.is_some() && id != own
             });
+        // The loop devices mounted in the guest, read while it still runs: a few lines, where
+        // a scan of every loop device of the host costs one sysfs read per device.
+        let mounted = if self.images.is_empty() {
+            Vec::new()
+        } else {
+            self.pid()
+                .and_then(loop_devices_mounted_in)
+                .unwrap_or_default()
+        };
         self.signal(Signal::SIGCONT);
         // A SIGTERM that reaches a guest still starting is lost: `unshare` may not have forked
         // the init yet, the init ignores signals it has no trap for (it is PID 1 of its
@@ -471,8 +490,13 @@ impl Agent {
             }
         }
         // Daemons a command started keep the namespace (and its loop devices) alive: in a real
-        // guest they die with the kernel, so here they die with the agent.
-        if !self.images.is_empty()
+        // guest they die with the kernel, so here they die with the agent. Under the guest's
+        // init they are gone already: `unshare` (the child just waited for) returns only after
+        // its init exited, and the kernel ends the init's exit only once every other process of
+        // its PID namespace is gone. The scan is for a guest without one; it reads every
+        // process of the host, so 100 VMs stopping at once would make 100 x that many checks.
+        if !self.with_init
+            && !self.images.is_empty()
             && let Some(ns) = &namespace
         {
             let left = kill_namespace_members(ns);
@@ -486,8 +510,16 @@ impl Agent {
         drop(namespace);
         for image in &self.images {
             let deadline = tokio::time::Instant::now() + LOOP_RELEASE_WAIT;
+            // The image's device among those the guest had mounted; when it is not there (the
+            // guest had not mounted it yet, or its mount failed) every loop device is looked
+            // at, once. Then only the devices found are read again (one small sysfs read
+            // each), however many other guests hold loop devices.
+            let mut held = match still_backed_by(mounted.clone(), image) {
+                found if found.is_empty() => loop_devices_backed_by(image),
+                found => found,
+            };
             loop {
-                let held = loop_devices_backed_by(image);
+                held = still_backed_by(held, image);
                 if held.is_empty() {
                     log::info(&format!(
                         "{} unmounted, loop device released",
@@ -564,6 +596,47 @@ pub(crate) fn loop_devices_backed_by(image: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The loop devices (`loop3`, ...) mounted in the mount namespace of process `pid`, from its
+/// `mountinfo`; `None` when that cannot be read (the process is gone).
+fn loop_devices_mounted_in(pid: u32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    Some(loop_sources(&text))
+}
+
+/// The loop devices among the mount sources of a `mountinfo` text (`... - <type> <source>
+/// <options>`), each once.
+fn loop_sources(mountinfo: &str) -> Vec<String> {
+    let mut devices: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (_, tail) = line.split_once(" - ")?;
+            let dev = tail.split_whitespace().nth(1)?.strip_prefix("/dev/")?;
+            dev.starts_with("loop").then(|| dev.to_owned())
+        })
+        .collect();
+    devices.sort();
+    devices.dedup();
+    devices
+}
+
+/// Of the loop devices `devices`, those whose backing file is still `image` (a device that was
+/// released, or set up again for another file, is left out).
+pub(crate) fn still_backed_by(devices: Vec<String>, image: &Path) -> Vec<String> {
+    if devices.is_empty() {
+        return devices;
+    }
+    let Ok(image) = fs::canonicalize(image) else {
+        return Vec::new();
+    };
+    devices
+        .into_iter()
+        .filter(|dev| {
+            fs::read_to_string(Path::new("/sys/block").join(dev).join("loop/backing_file"))
+                .is_ok_and(|backing| Path::new(backing.trim()) == image)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,5 +668,75 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         assert!(is_ext4(&p));
         assert!(!is_ext4(&dir.path().join("missing")));
+    }
+
+    #[test]
+    fn the_loop_devices_of_a_mount_table_are_its_loop_sources() {
+        let table = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+310 300 7:12 / /tmp/g/rootfs rw,relatime - ext4 /dev/loop12 rw
+311 310 7:3 / /tmp/g/rootfs/root rw,relatime - ext4 /dev/loop3 rw
+312 310 7:3 / /tmp/g/again rw,relatime - ext4 /dev/loop3 rw
+313 27 259:0 / /data rw shared:5 - xfs /dev/nvme0n1 rw
+";
+        assert_eq!(loop_sources(table), ["loop12", "loop3"]);
+        assert!(loop_sources("").is_empty());
+        assert!(
+            loop_devices_mounted_in(u32::MAX).is_none(),
+            "no such process"
+        );
+    }
+
+    #[test]
+    fn a_released_loop_device_is_no_longer_counted_as_holding_the_image() {
+        if !banger_testkit::require_root() {
+            return;
+        }
+        if !banger_testkit::have_program("losetup") {
+            banger_testkit::skip("losetup is not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let image = d.path().join("disk.img");
+        fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            banger_testkit::skip(&format!(
+                "no loop device can be set up here: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return;
+        }
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let name = dev.trim_start_matches("/dev/").to_owned();
+        let found = loop_devices_backed_by(&image);
+        assert_eq!(
+            found,
+            std::slice::from_ref(&name),
+            "the full scan finds the device"
+        );
+        let other = d.path().join("other.img");
+        fs::write(&other, b"x").unwrap();
+        assert!(
+            still_backed_by(found.clone(), &other).is_empty(),
+            "a device backed by another file does not hold this one"
+        );
+        assert_eq!(still_backed_by(found.clone(), &image), [name]);
+        let detached = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&dev)
+            .status()
+            .unwrap();
+        assert!(detached.success());
+        banger_testkit::wait_until_blocking(
+            "the loop device released",
+            Duration::from_secs(5),
+            || still_backed_by(found.clone(), &image).is_empty(),
+        );
+        assert!(loop_devices_backed_by(&image).is_empty());
     }
 }

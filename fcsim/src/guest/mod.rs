@@ -16,6 +16,8 @@
 //! - the serial console (stdout) shows boot lines, each marked `[SIMULATED GUEST]`.
 
 pub(crate) mod agent;
+pub(crate) mod dirwatch;
+pub(crate) mod ext4probe;
 pub(crate) mod init;
 pub(crate) mod net;
 pub(crate) mod netns;
@@ -287,6 +289,17 @@ async fn start_agent(
         return;
     }
     let socket = dir.join(format!("agent-{AGENT_PORT}.sock"));
+    // Set before the agent runs, so its socket's creation cannot be missed.
+    let created = match dirwatch::DirWatch::new(&dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::debug(&format!(
+                "no inotify watch on {} ({e}): looking for the agent's socket every millisecond",
+                dir.display()
+            ));
+            None
+        }
+    };
     log::serial(&format!(
         "Welcome to {hostname} (simulated). Starting banger-agent..."
     ));
@@ -335,15 +348,18 @@ async fn start_agent(
             log::error("the agent did not create its socket in time");
             return;
         }
-        // Until the agent listens, look every millisecond: a `connect` to a path that is not
-        // bound costs microseconds, and the port opens (and `vm create --wait` ends) that much
-        // sooner after the agent binds.
-        let poll = if listening {
-            INIT_WATCH
-        } else {
-            Duration::from_millis(1)
-        };
-        tokio::time::sleep(poll).await;
+        // Until the agent listens: while its socket does not exist, wait for the directory
+        // watch to say an entry was created (looking again at least every INIT_WATCH, for the
+        // agent's exit and the deadline); once the socket exists (bound, maybe not listening
+        // yet), or without a watch, look every millisecond: a `connect` costs microseconds,
+        // and the port opens (and `vm create --wait` ends) that much sooner.
+        match (&created, listening) {
+            (_, true) => tokio::time::sleep(INIT_WATCH).await,
+            (Some(watch), false) if std::fs::symlink_metadata(&socket).is_err() => {
+                let _ = tokio::time::timeout(INIT_WATCH, watch.changed()).await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
     };
     ports.clear();
     init::report_exit(status, status.code() == Some(agent::MOUNT_FAILED_EXIT));

@@ -17,6 +17,7 @@ use crate::config::{NetConfig, NetdFile};
 use crate::exit::{ExitOutcome, on_exit};
 use crate::ops::attach::attach;
 use crate::ops::detach::{Teardown, detach, teardown};
+use crate::ops::detach_batch::detach_batched;
 use crate::reconcile::reconcile_with;
 use crate::state::Netd;
 use crate::store::LeaseStore;
@@ -665,4 +666,112 @@ async fn exit_while_a_vm_holds_its_tap_keeps_everything() {
         }
     );
     assert_eq!(f.kernel.take_calls(), []);
+}
+
+/// Runs `net.detach` of `vms` at once while a turn is held up (the gate taken for writing), so
+/// the first request forms a batch alone and every later one queues; releases the gate once
+/// they all queued, and returns each reply in order.
+async fn detach_all_at_once(
+    f: &Fx,
+    vms: &[(u8, bool)],
+) -> Vec<Result<banger_proto::net::DetachReply, ApiError>> {
+    let gate = f.netd.gate.write().await;
+    let detaches = futures::future::join_all(
+        vms.iter()
+            .map(|&(n, rel)| detach_batched(&f.netd, stop(n, rel))),
+    );
+    let release = async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while f.netd.detaches.len() < vms.len() - 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the requests never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(gate);
+    };
+    futures::future::join(detaches, release).await.0
+}
+
+#[tokio::test]
+async fn concurrent_detaches_are_torn_down_together() {
+    let f = fx().await;
+    for n in 1..=6 {
+        attach(&f.netd, req(n, vec![pf(8000 + u16::from(n))]))
+            .await
+            .unwrap();
+    }
+    let ops = f.kernel.delete_ops_now();
+    let vms: Vec<(u8, bool)> = (1..=6).map(|n| (n, n == 6)).collect();
+    let replies = detach_all_at_once(&f, &vms).await;
+    for (reply, (n, release)) in replies.iter().zip(&vms) {
+        let reply = reply.as_ref().unwrap();
+        assert!(reply.tap_removed, "vm {n}");
+        assert_eq!(reply.released, *release, "vm {n}");
+    }
+    assert_eq!(
+        f.kernel.delete_ops_now() - ops,
+        2,
+        "the first request alone, then the five that queued meanwhile in one delete"
+    );
+    assert!(f.kernel.world(|w| w.taps().is_empty()));
+    assert!(f.kernel.world(|w| w.rule_vms().is_empty()));
+    for n in 1..=5 {
+        assert_eq!(
+            f.active(n).await,
+            Some(false),
+            "vm {n} keeps an inactive lease"
+        );
+    }
+    assert_eq!(f.active(6).await, None, "released");
+    assert!(f.netd.detaches.is_empty());
+}
+
+#[tokio::test]
+async fn one_vm_failing_in_a_batch_fails_alone_and_an_unknown_vm_is_not_found() {
+    let f = fx().await;
+    for n in 1..=5 {
+        attach(&f.netd, req(n, vec![])).await.unwrap();
+    }
+    f.kernel.fail_deleting(&tap(3));
+    let vms = [
+        (1, false),
+        (2, false),
+        (3, false),
+        (9, false),
+        (4, false),
+        (5, true),
+    ];
+    let replies = detach_all_at_once(&f, &vms).await;
+    for (reply, (n, _)) in replies.iter().zip(&vms) {
+        match n {
+            3 => assert_eq!(
+                reply.as_ref().unwrap_err().code,
+                ErrorCode::Internal,
+                "vm 3's tap cannot be deleted"
+            ),
+            9 => assert_eq!(reply.as_ref().unwrap_err().code, ErrorCode::NotFound),
+            _ => assert!(reply.as_ref().unwrap().tap_removed, "vm {n}: {reply:?}"),
+        }
+    }
+    assert_eq!(
+        f.kernel.world(|w| w.taps()),
+        [tap(3)],
+        "only the failed VM's tap is left"
+    );
+    assert_eq!(
+        f.active(3).await,
+        Some(true),
+        "its lease stays, for a retry"
+    );
+    for n in [1, 2, 4] {
+        assert_eq!(f.active(n).await, Some(false), "vm {n}");
+    }
+    assert_eq!(f.active(5).await, None, "released");
+    assert_eq!(
+        f.netd.store.get(id(9)).await.unwrap(),
+        None,
+        "nothing made for vm 9"
+    );
 }

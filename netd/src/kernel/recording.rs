@@ -123,6 +123,8 @@ pub struct Recording {
     world: Mutex<World>,
     calls: Mutex<Vec<Call>>,
     failing: Mutex<HashSet<Op>>,
+    /// Devices whose deletion fails (with every other device of the same call).
+    undeletable: Mutex<HashSet<String>>,
 }
 
 fn injected() -> std::io::Error {
@@ -148,6 +150,12 @@ impl Recording {
     /// Makes `op` fail from now on.
     pub fn fail(&self, op: Op) {
         self.failing.lock().unwrap().insert(op);
+    }
+
+    /// Makes every deletion that includes device `name` fail, as a kernel refusing one device
+    /// fails the whole group delete.
+    pub fn fail_deleting(&self, name: &str) {
+        self.undeletable.lock().unwrap().insert(name.to_owned());
     }
 
     /// Makes `op` succeed again.
@@ -259,7 +267,11 @@ impl HostNet for Recording {
             return ready(Ok(HashSet::new()));
         }
         self.record(Call::DeleteLinks(names.to_vec()));
-        if self.fails(Op::DeleteLinks) {
+        let undeletable = {
+            let refused = self.undeletable.lock().unwrap();
+            names.iter().any(|n| refused.contains(n))
+        };
+        if self.fails(Op::DeleteLinks) || undeletable {
             return ready(Err(LinkError::Connect(injected())));
         }
         ready(Ok(self.world(|w| {

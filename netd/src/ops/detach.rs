@@ -79,13 +79,13 @@ pub struct TornDown {
     pub released: bool,
 }
 
-/// The endpoint.
+/// The endpoint: the VM is torn down together with the other requests that arrive at the same
+/// time (see [`super::detach_batch`]).
 pub async fn handle(netd: Arc<Netd>, req: DetachRequest) -> Result<DetachReply, ApiError> {
     let span = tracing::info_span!("net.detach", vm.id = %req.vm_id, host = %netd.host);
-    detach(&netd, req)
+    super::detach_batch::detach_batched(&netd, req)
         .instrument(span)
         .await
-        .map_err(Into::into)
 }
 
 /// Detaches one VM; an unknown VM is `not_found` and changes nothing.

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod detach;
+pub mod detach_batch;
 pub mod list;
 pub mod status;
 

@@ -261,6 +261,38 @@ impl Fixture {
         .unwrap_or_else(|e| panic!("detach {vm}: {e}"))
     }
 
+    /// Sends `net.detach` for every (VM, release) at once, as a batch `vm stop` or `vm delete`
+    /// does; each answer in order.
+    pub(crate) fn detach_at_once(
+        &self,
+        vms: &[(VmId, bool)],
+    ) -> Vec<Result<DetachReply, ApiError>> {
+        let url = self.nats.url();
+        let reqs: Vec<DetachRequest> = vms
+            .iter()
+            .map(|(vm, release)| DetachRequest {
+                vm_id: vm.clone(),
+                release: *release,
+            })
+            .collect();
+        self.ns.block_on(move || async move {
+            let bus = connect(&url).await;
+            let me = host();
+            let calls = reqs
+                .iter()
+                .map(|r| bus.call::<net::Detach>(&me, r, Duration::from_secs(30)));
+            futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .map(|r| match r {
+                    Ok(reply) => Ok(reply),
+                    Err(RequestError::Remote(e)) => Err(e),
+                    Err(e) => panic!("net.detach failed on the transport: {e}"),
+                })
+                .collect()
+        })
+    }
+
     /// Whether a link named `name` exists in the namespace.
     pub(crate) fn has_link(&self, name: &str) -> bool {
         self.links().iter().any(|(n, _)| n == name)
