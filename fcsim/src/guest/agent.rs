@@ -10,9 +10,11 @@
 //!    `/run/banger-fcsim`, and the agent exec'd chrooted into the image:
 //!
 //!    ```text
-//!    sh -c '<mounts>; exec chroot <mnt> \
+//!    sh -c 'mount -a -T <guest dir>/fstab; exec chroot <mnt> \
 //!        /usr/local/bin/banger-agent --listen unix:/run/banger-fcsim/agent-52.sock --allow-exec'
 //!    ```
+//!
+//!    (one `mount -a` over an fstab of the mounts, in order: see [`guest_fstab`])
 //!
 //!    (run by the guest's init, in the guest's own mount namespace: see below)
 //!
@@ -50,6 +52,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsFd as _;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -115,26 +118,74 @@ pub(crate) fn image_has_agent_debugfs(root: &Path) -> bool {
 }
 
 /// The shell script that mounts the image and execs its agent chrooted (see the module doc).
-/// Arguments: `$0` the root drive, `$1` the mount point, `$2` the work disk (or empty), `$3` the
-/// socket directory on the host, `$4` `-o loop` options for the root (`loop` or empty), then
-/// the agent's arguments.
-const CHROOT_SCRIPT: &str = r#"root="$0"; mnt="$1"; disk="$2"; sockdir="$3"; rootopt="$4"; shift 4
-mount -t ext4 ${rootopt:+-o "$rootopt"} "$root" "$mnt" || exit 97
-# An image has these directories: `mkdir` (a process each) only for one that lacks them.
-if [ -n "$disk" ]; then
-    { [ -d "$mnt/root" ] || mkdir -p "$mnt/root"; } && mount -o loop -t ext4 "$disk" "$mnt/root" || exit 97
-fi
-for d in proc sys dev run; do
-    [ -d "$mnt/$d" ] || mkdir -p "$mnt/$d"
-done
-mount -t proc proc "$mnt/proc" || exit 97
-mount -t sysfs sysfs "$mnt/sys" || exit 97
-mount --rbind /dev "$mnt/dev" || exit 97
-mount -t tmpfs -o mode=0755 tmpfs "$mnt/run" || exit 97
-mkdir -p "$mnt/run/banger-fcsim" && mount --bind "$sockdir" "$mnt/run/banger-fcsim" || exit 97
+/// Arguments: `$0` the fstab of the image's mounts ([`guest_fstab`]), `$1` the mount point,
+/// then the agent's arguments. One `mount -a` makes every mount, in the fstab's order: a
+/// process instead of seven (and of a `mkdir` each for the directories `X-mount.mkdir` makes),
+/// which 100 guests booting at once on a small host paid for in CPU.
+const CHROOT_SCRIPT: &str = r#"fstab="$0"; mnt="$1"; shift
+mount -a -T "$fstab" || exit 97
 # A guest's init runs its services with umask 022 (the simulator inherits Firecracker's 000).
 umask 022
 exec chroot "$mnt" "$@""#;
+
+/// The image's mounts as an fstab, in order: the root drive at `mnt` (`loop` for an image file),
+/// the work disk at `<mnt>/root`, `/proc`, `/sys`, `/dev` (recursive bind) and a tmpfs `/run`,
+/// then the simulator's socket directory bound at [`IMAGE_SOCKET_DIR`]. Missing mount points
+/// are made (`X-mount.mkdir`, on the image when it lacks them, as `mkdir -p` did).
+fn guest_fstab(
+    root: &Path,
+    root_loop: bool,
+    mnt: &Path,
+    disk: Option<&Path>,
+    sockdir: &Path,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut line = |source: &[u8], target: &Path, fstype: &str, options: &str| {
+        out.extend_from_slice(&fstab_field(source));
+        out.push(b' ');
+        out.extend_from_slice(&fstab_field(target.as_os_str().as_bytes()));
+        out.extend_from_slice(format!(" {fstype} {options} 0 0\n").as_bytes());
+    };
+    let at = |dir: &str| mnt.join(dir);
+    line(
+        root.as_os_str().as_bytes(),
+        mnt,
+        "ext4",
+        if root_loop { "loop" } else { "defaults" },
+    );
+    if let Some(d) = disk {
+        line(
+            d.as_os_str().as_bytes(),
+            &at("root"),
+            "ext4",
+            "loop,X-mount.mkdir",
+        );
+    }
+    line(b"proc", &at("proc"), "proc", "X-mount.mkdir");
+    line(b"sysfs", &at("sys"), "sysfs", "X-mount.mkdir");
+    line(b"/dev", &at("dev"), "none", "rbind,X-mount.mkdir");
+    line(b"tmpfs", &at("run"), "tmpfs", "mode=0755,X-mount.mkdir");
+    line(
+        sockdir.as_os_str().as_bytes(),
+        &mnt.join(IMAGE_SOCKET_DIR.trim_start_matches('/')),
+        "none",
+        "bind,X-mount.mkdir",
+    );
+    out
+}
+
+/// One fstab field: the bytes that would end or split it written as octal escapes, as
+/// util-linux reads them back (space, tab, newline, backslash).
+fn fstab_field(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => out.extend_from_slice(format!("\\{b:03o}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+    out
+}
 
 /// The guest's init, pid 1 of its PID namespace (see the module doc). Arguments: `$0` the
 /// simulator's guest directory, `$1` the image's mount point (or empty), then the command that
@@ -245,19 +296,19 @@ pub(crate) fn spawn(
             "unix:{IMAGE_SOCKET_DIR}/{}",
             file_name.unwrap_or_else(|| "agent.sock".into())
         );
-        let loop_opt = if fs::metadata(root).is_ok_and(|m| m.is_file()) {
+        let root_loop = fs::metadata(root).is_ok_and(|m| m.is_file());
+        if root_loop {
             images.push(root.clone());
-            "loop"
-        } else {
-            ""
-        };
+        }
+        let fstab = sockdir.join("fstab");
+        fs::write(
+            &fstab,
+            guest_fstab(root, root_loop, &mnt, disk.as_deref(), sockdir),
+        )?;
         let mut c = Command::new("sh");
         c.args(["-c", CHROOT_SCRIPT])
-            .arg(root)
+            .arg(&fstab)
             .arg(&mnt)
-            .arg(disk.as_deref().unwrap_or(Path::new("")))
-            .arg(sockdir)
-            .arg(loop_opt)
             .arg(IMAGE_AGENT)
             .arg("--listen")
             .arg(inner_listen)
@@ -640,6 +691,45 @@ pub(crate) fn still_backed_by(devices: Vec<String>, image: &Path) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_fstab_lists_the_mounts_in_order_with_awkward_paths_escaped() {
+        let fstab = guest_fstab(
+            Path::new("/var/lib/banger/my vm/root.ext4"),
+            true,
+            Path::new("/tmp/g/rootfs"),
+            Some(Path::new("/w\\d\tisk")),
+            Path::new("/tmp/g"),
+        );
+        let text = String::from_utf8(fstab).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "/var/lib/banger/my\\040vm/root.ext4 /tmp/g/rootfs ext4 loop 0 0",
+                "/w\\134d\\011isk /tmp/g/rootfs/root ext4 loop,X-mount.mkdir 0 0",
+                "proc /tmp/g/rootfs/proc proc X-mount.mkdir 0 0",
+                "sysfs /tmp/g/rootfs/sys sysfs X-mount.mkdir 0 0",
+                "/dev /tmp/g/rootfs/dev none rbind,X-mount.mkdir 0 0",
+                "tmpfs /tmp/g/rootfs/run tmpfs mode=0755,X-mount.mkdir 0 0",
+                "/tmp/g /tmp/g/rootfs/run/banger-fcsim none bind,X-mount.mkdir 0 0",
+            ]
+        );
+        // A block device needs no loop, and a guest without a work disk has no /root mount.
+        let text = String::from_utf8(guest_fstab(
+            Path::new("/dev/vdb"),
+            false,
+            Path::new("/m"),
+            None,
+            Path::new("/s"),
+        ))
+        .unwrap();
+        assert!(
+            text.starts_with("/dev/vdb /m ext4 defaults 0 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("/m/root "), "{text}");
+    }
 
     #[test]
     fn the_inits_128_plus_n_is_the_agents_death_by_signal_n() {
