@@ -14,7 +14,6 @@ pub mod backend;
 pub mod config;
 pub mod db;
 pub mod events;
-pub mod ext4dir;
 pub mod flatten;
 pub mod image;
 pub mod ops;

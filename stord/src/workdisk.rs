@@ -8,7 +8,7 @@
 //! - **resize**: grow only: `e2fsck -f -p`, extend the file, `resize2fs`. A failure after the
 //!   file grew shrinks it back, leaving the old, intact file system.
 //! - **repair**: see [`crate::flatten`]. Detection is read-only: the root directory is read
-//!   straight from the image ([`crate::ext4dir`]), with `debugfs ls` for a layout that module
+//!   straight from the image ([`banger_ext4probe`]), with `debugfs ls` for a layout that module
 //!   does not read; only a disk that has the stale layout is mounted, briefly, in a private
 //!   mount namespace ([`crate::sys::mount`]).
 //!
@@ -248,7 +248,7 @@ pub fn repair_nested_home(
     tag: &str,
 ) -> Result<FlattenReport, WorkDiskError> {
     // Read natively when the layout allows (every start asks), else with debugfs.
-    let top = match crate::ext4dir::top_level_dirs(path) {
+    let top = match banger_ext4probe::top_level_dirs(path) {
         Some(dirs) => dirs,
         None => top_level_dirs(path, Path::new("/"))?,
     };
@@ -261,7 +261,89 @@ pub fn repair_nested_home(
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
+
+    /// An ext4 image made by `mkfs.ext4 -d tree` with `options`, or `None` (with the reason
+    /// printed) when mkfs.ext4 is missing.
+    fn image(dir: &Path, name: &str, tree: &Path, options: &[&str]) -> Option<std::path::PathBuf> {
+        let path = dir.join(name);
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(tree)
+            .args(options)
+            .arg(&path)
+            .arg("64M")
+            .status();
+        match made {
+            Ok(s) if s.success() => Some(path),
+            Ok(s) => panic!("mkfs.ext4 {options:?} failed: {s}"),
+            Err(e) => {
+                eprintln!("skipped: mkfs.ext4 cannot run here: {e}");
+                None
+            }
+        }
+    }
+
+    /// What `debugfs` lists, the reference the native read must agree with.
+    fn debugfs_dirs(image: &Path) -> Vec<String> {
+        top_level_dirs(image, Path::new("/")).unwrap()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_native_listing_agrees_with_debugfs_on_every_layout_mkfs_makes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = tmp.path().join("small");
+        for d in ["root", "etc", ".ssh"] {
+            std::fs::create_dir_all(small.join(d).join("inner")).unwrap();
+        }
+        std::fs::write(small.join("file"), "x").unwrap();
+        std::fs::write(small.join("root2"), "a file, not a directory").unwrap();
+        // Enough entries for a multi-block, hash-indexed root directory.
+        let big = tmp.path().join("big");
+        for i in 0..600 {
+            std::fs::create_dir_all(big.join(format!("directory-with-a-long-name-{i:04}")))
+                .unwrap();
+            std::fs::write(big.join(format!("file-with-a-long-name-{i:04}")), "").unwrap();
+        }
+        let layouts: [(&str, &[&str]); 4] = [
+            ("default", &[]),
+            ("1k-blocks", &["-b", "1024"]),
+            ("no-64bit", &["-O", "^64bit"]),
+            (
+                "ext2-style",
+                &["-O", "^extent,^64bit,^flex_bg,^metadata_csum"],
+            ),
+        ];
+        for (tree, tag) in [(&small, "small"), (&big, "big")] {
+            for (layout, options) in layouts {
+                let name = format!("{tag}-{layout}.ext4");
+                let Some(img) = image(tmp.path(), &name, tree, options) else {
+                    return;
+                };
+                let native = banger_ext4probe::top_level_dirs(&img);
+                let reference = sorted(debugfs_dirs(&img));
+                if tag == "big" && layout == "ext2-style" && native.is_none() {
+                    // A root directory beyond the direct pointers: left to debugfs.
+                    continue;
+                }
+                let native = native.unwrap_or_else(|| panic!("{name}: not read natively"));
+                assert_eq!(sorted(native), reference, "{name}");
+                if tag == "small" {
+                    assert!(reference.contains(&"root".to_owned()), "{reference:?}");
+                    assert!(!reference.contains(&"root2".to_owned()), "{reference:?}");
+                } else {
+                    assert_eq!(reference.len(), 601, "{name}: 600 + lost+found");
+                }
+            }
+        }
+    }
 
     #[test]
     fn debugfs_listings_parse_into_directories() {

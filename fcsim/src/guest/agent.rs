@@ -98,10 +98,10 @@ pub(crate) const IMAGE_AGENT: &str = "/usr/local/bin/banger-agent";
 const IMAGE_SOCKET_DIR: &str = "/run/banger-fcsim";
 
 /// Whether the ext4 image (file or block device) at `root` holds the banger agent, read from
-/// the image ([`super::ext4probe`]; no mount, no process), or with `debugfs` when the image's
+/// the image ([`banger_ext4probe`]; no mount, no process), or with `debugfs` when the image's
 /// layout is not one that reads.
 pub(crate) fn image_has_agent(root: &Path) -> bool {
-    super::ext4probe::regular_file_at(root, IMAGE_AGENT)
+    banger_ext4probe::regular_file_at(root, IMAGE_AGENT)
         .unwrap_or_else(|| image_has_agent_debugfs(root))
 }
 
@@ -690,7 +690,95 @@ pub(crate) fn still_backed_by(devices: Vec<String>, image: &Path) -> Vec<String>
 
 #[cfg(test)]
 mod tests {
+    use std::process::Command;
+
     use super::*;
+
+    /// An ext4 image made by `mkfs.ext4 -d` from the tree `build` makes; `None` (announced as
+    /// a skip) when mkfs.ext4 cannot run here.
+    fn image(dir: &Path, build: impl FnOnce(&Path)) -> Option<std::path::PathBuf> {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        build(&tree);
+        let img = dir.join("root.ext4");
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("16M")
+            .status();
+        match made {
+            Ok(s) if s.success() => Some(img),
+            Ok(s) => panic!("mkfs.ext4 failed: {s}"),
+            Err(e) => {
+                banger_testkit::skip(&format!("mkfs.ext4 cannot run here: {e}"));
+                None
+            }
+        }
+    }
+
+    const AGENT: &str = "/usr/local/bin/banger-agent";
+
+    /// Builds a tree to make an image of.
+    type Layout = fn(&Path);
+
+    #[test]
+    fn the_agent_is_found_where_debugfs_finds_it_and_nowhere_else() {
+        if !banger_testkit::have_program("debugfs") {
+            banger_testkit::skip("debugfs is not installed");
+            return;
+        }
+        let layouts: [(&str, Layout); 5] = [
+            ("with the agent", |t| {
+                std::fs::create_dir_all(t.join("usr/local/bin")).unwrap();
+                // Many neighbours, so the directory spans blocks.
+                for i in 0..300 {
+                    std::fs::write(t.join(format!("usr/local/bin/tool-{i:03}")), b"x").unwrap();
+                }
+                std::fs::write(t.join("usr/local/bin/banger-agent"), b"elf").unwrap();
+            }),
+            ("without it", |t| {
+                std::fs::create_dir_all(t.join("usr/local/bin")).unwrap();
+                std::fs::write(t.join("usr/local/bin/other"), b"x").unwrap();
+            }),
+            ("with a directory in its place", |t| {
+                std::fs::create_dir_all(t.join("usr/local/bin/banger-agent")).unwrap();
+            }),
+            ("with a file where a directory should be", |t| {
+                std::fs::create_dir_all(t.join("usr")).unwrap();
+                std::fs::write(t.join("usr/local"), b"x").unwrap();
+            }),
+            ("empty", |_| {}),
+        ];
+        for (what, build) in layouts {
+            let d = tempfile::tempdir().unwrap();
+            let Some(img) = image(d.path(), build) else {
+                return;
+            };
+            let native = banger_ext4probe::regular_file_at(&img, AGENT);
+            assert_eq!(native, Some(image_has_agent_debugfs(&img)), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_link_on_the_path_and_a_file_that_is_not_ext4_are_left_to_debugfs() {
+        let d = tempfile::tempdir().unwrap();
+        let Some(img) = image(d.path(), |t| {
+            std::fs::create_dir_all(t.join("opt/bin")).unwrap();
+            std::fs::create_dir_all(t.join("usr/local")).unwrap();
+            std::os::unix::fs::symlink("../../opt/bin", t.join("usr/local/bin")).unwrap();
+        }) else {
+            return;
+        };
+        assert_eq!(banger_ext4probe::regular_file_at(&img, AGENT), None);
+        let not_ext4 = d.path().join("zeros");
+        std::fs::write(&not_ext4, vec![0u8; 4096]).unwrap();
+        assert_eq!(banger_ext4probe::regular_file_at(&not_ext4, AGENT), None);
+        assert_eq!(
+            banger_ext4probe::regular_file_at(&d.path().join("missing"), AGENT),
+            None
+        );
+    }
 
     #[test]
     fn the_guest_fstab_lists_the_mounts_in_order_with_awkward_paths_escaped() {

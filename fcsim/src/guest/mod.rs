@@ -17,7 +17,6 @@
 
 pub(crate) mod agent;
 pub(crate) mod dirwatch;
-pub(crate) mod ext4probe;
 pub(crate) mod init;
 pub(crate) mod net;
 pub(crate) mod netns;

@@ -1,16 +1,19 @@
-//! Whether an ext4 image holds a regular file at a path, read straight from the image.
+//! Small questions about an ext4 image, answered from its on-disk structures: whether it holds
+//! a regular file at a path (fcsim: does the root drive hold the agent?) and which directories
+//! are at its top (stord: does a work disk hold a stale nested `/root/root`?).
 //!
-//! Every boot asks whether the root drive holds the banger agent. Asking `debugfs` costs a
-//! process (and its opening of the whole file system) per boot, which 100 guests booting at
-//! once pay 100 times; this reads the same answer in a few small reads: the superblock, the
-//! group descriptor and inode of each directory on the path, and that directory's blocks.
+//! Both were asked of `debugfs`, a process (and its opening of the whole file system) per
+//! question, which every boot paid and 100 guests booting at once paid 100 times; this reads
+//! the same answers in a few small reads: the superblock, the group descriptor and inode of
+//! each directory on the path, and that directory's blocks.
 //!
 //! Only the common layout is read: a revision-1 superblock with the `filetype` feature,
 //! directories held in an extent tree or in the twelve direct block pointers of an ext2/3-style
-//! inode. Anything else (inline data, encryption, case folding, `meta_bg`,
-//! a symbolic link on the path, a malformed entry) is `None`: the caller
-//! then asks `debugfs`, so an unusual image is still answered correctly, only more slowly.
-//! Like `debugfs`, it reads the image as it is on disk (no journal replay).
+//! inode. Anything else (inline data, encryption, case folding, `meta_bg`, a symbolic link on
+//! the path, a malformed entry) is `None`: the caller then asks `debugfs`, so an unusual image
+//! is still answered correctly, only more slowly. Like `debugfs`, it reads the image as it is on
+//! disk (no journal replay). The callers' tests check the answers against `debugfs` on the
+//! layouts `mkfs.ext4` makes.
 
 use std::fs::File;
 use std::io;
@@ -52,7 +55,7 @@ const MAX_EXTENT_DEPTH: u16 = 5;
 /// Whether the ext4 file system in `image` has a regular file at the absolute `path`; `None`
 /// when the image or the path goes through a layout this module does not read (see the module
 /// doc), or it cannot be read.
-pub(crate) fn regular_file_at(image: &Path, path: &str) -> Option<bool> {
+pub fn regular_file_at(image: &Path, path: &str) -> Option<bool> {
     let file = File::open(image).ok()?;
     let fs = Fs::open(&file).ok()??;
     let mut dir = ROOT_INODE;
@@ -72,6 +75,23 @@ pub(crate) fn regular_file_at(image: &Path, path: &str) -> Option<bool> {
         }
     }
     Some(false)
+}
+
+/// The names of the directories at the top of the ext4 file system in `image` (without `.`
+/// and `..`, in on-disk order); `None` when its layout is not one this crate reads, or it
+/// cannot be read.
+pub fn top_level_dirs(image: &Path) -> Option<Vec<String>> {
+    let file = File::open(image).ok()?;
+    let fs = Fs::open(&file).ok()??;
+    let mut dirs = Vec::new();
+    for block in fs.dir_blocks(ROOT_INODE).ok()?? {
+        for (_, file_type, name) in entries(&block)? {
+            if file_type == FT_DIR && name != b"." && name != b".." {
+                dirs.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+    }
+    Some(dirs)
 }
 
 /// The geometry of an open file system.
@@ -139,6 +159,22 @@ impl<'a> Fs<'a> {
     /// The entry `name` of directory inode `dir`: its inode and file type; `Ok(None)` (inside)
     /// when absent, `None` (outside) for a layout not read here.
     fn lookup(&self, dir: u32, name: &[u8]) -> io::Result<Option<Option<(u32, u8)>>> {
+        let Some(blocks) = self.dir_blocks(dir)? else {
+            return Ok(None);
+        };
+        for block in blocks {
+            let Some(found) = entries(&block) else {
+                return Ok(None);
+            };
+            if let Some((inode, file_type, _)) = found.into_iter().find(|e| e.2 == name) {
+                return Ok(Some(Some((inode, file_type))));
+            }
+        }
+        Ok(Some(None))
+    }
+
+    /// The data blocks of directory inode `dir`, read; `None` for a layout not read here.
+    fn dir_blocks(&self, dir: u32) -> io::Result<Option<Vec<Vec<u8>>>> {
         let inode = self.inode(dir)?;
         let flags = le32(&inode, 0x20);
         if le16(&inode, 0x00) & S_IFMT != S_IFDIR || flags & INLINE_DATA_FL != 0 {
@@ -152,15 +188,11 @@ impl<'a> Fs<'a> {
         let Some(blocks) = self.blocks(&inode[0x28..0x28 + 60], flags, count) else {
             return Ok(None);
         };
-        for block in blocks {
-            let data = read_at(self.f, block * self.block_size, self.block_size)?;
-            match find_entry(&data, name) {
-                None => return Ok(None),
-                Some(Some(found)) => return Ok(Some(Some(found))),
-                Some(None) => {}
-            }
-        }
-        Ok(Some(None))
+        blocks
+            .into_iter()
+            .map(|b| read_at(self.f, b * self.block_size, self.block_size))
+            .collect::<io::Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// The physical blocks of the first `count` logical blocks of an inode with `i_block` and
@@ -234,9 +266,10 @@ impl<'a> Fs<'a> {
     }
 }
 
-/// Looks for `name` in one directory block: `Some(Some((inode, type)))` found, `Some(None)`
-/// not in this block, `None` malformed.
-fn find_entry(block: &[u8], name: &[u8]) -> Option<Option<(u32, u8)>> {
+/// The live entries of one directory block: inode, file type, name; `None` when an entry is
+/// malformed.
+fn entries(block: &[u8]) -> Option<Vec<(u32, u8, &[u8])>> {
+    let mut out = Vec::new();
     let mut at = 0;
     while at + 8 <= block.len() {
         let inode = le32(block, at);
@@ -245,12 +278,12 @@ fn find_entry(block: &[u8], name: &[u8]) -> Option<Option<(u32, u8)>> {
         if rec_len < 8 || at + rec_len > block.len() || 8 + name_len > rec_len {
             return None;
         }
-        if inode != 0 && &block[at + 8..at + 8 + name_len] == name {
-            return Some(Some((inode, block[at + 7])));
+        if inode != 0 {
+            out.push((inode, block[at + 7], &block[at + 8..at + 8 + name_len]));
         }
         at += rec_len;
     }
-    Some(None)
+    Some(out)
 }
 
 fn read_at(f: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
@@ -269,94 +302,35 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
 
-    /// An ext4 image made by `mkfs.ext4 -d` from the tree `build` makes; `None` (announced as
-    /// a skip) when mkfs.ext4 cannot run here.
-    fn image(dir: &Path, build: impl FnOnce(&Path)) -> Option<std::path::PathBuf> {
-        let tree = dir.join("tree");
-        std::fs::create_dir_all(&tree).unwrap();
-        build(&tree);
-        let img = dir.join("root.ext4");
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&tree)
-            .arg(&img)
-            .arg("16M")
-            .status();
-        match made {
-            Ok(s) if s.success() => Some(img),
-            Ok(s) => panic!("mkfs.ext4 failed: {s}"),
-            Err(e) => {
-                banger_testkit::skip(&format!("mkfs.ext4 cannot run here: {e}"));
-                None
-            }
-        }
-    }
-
-    const AGENT: &str = "/usr/local/bin/banger-agent";
-
-    /// Builds a tree to make an image of.
-    type Layout = fn(&Path);
-
     #[test]
-    fn the_agent_is_found_where_debugfs_finds_it_and_nowhere_else() {
-        if !banger_testkit::have_program("debugfs") {
-            banger_testkit::skip("debugfs is not installed");
-            return;
-        }
-        let layouts: [(&str, Layout); 5] = [
-            ("with the agent", |t| {
-                std::fs::create_dir_all(t.join("usr/local/bin")).unwrap();
-                // Many neighbours, so the directory spans blocks.
-                for i in 0..300 {
-                    std::fs::write(t.join(format!("usr/local/bin/tool-{i:03}")), b"x").unwrap();
-                }
-                std::fs::write(t.join("usr/local/bin/banger-agent"), b"elf").unwrap();
-            }),
-            ("without it", |t| {
-                std::fs::create_dir_all(t.join("usr/local/bin")).unwrap();
-                std::fs::write(t.join("usr/local/bin/other"), b"x").unwrap();
-            }),
-            ("with a directory in its place", |t| {
-                std::fs::create_dir_all(t.join("usr/local/bin/banger-agent")).unwrap();
-            }),
-            ("with a file where a directory should be", |t| {
-                std::fs::create_dir_all(t.join("usr")).unwrap();
-                std::fs::write(t.join("usr/local"), b"x").unwrap();
-            }),
-            ("empty", |_| {}),
-        ];
-        for (what, build) in layouts {
-            let d = tempfile::tempdir().unwrap();
-            let Some(img) = image(d.path(), build) else {
-                return;
-            };
-            let native = regular_file_at(&img, AGENT);
-            assert_eq!(
-                native,
-                Some(super::super::agent::image_has_agent_debugfs(&img)),
-                "{what}"
-            );
-        }
+    fn what_is_not_ext4_is_not_answered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let junk = tmp.path().join("junk");
+        std::fs::write(&junk, vec![0u8; 8192]).unwrap();
+        assert_eq!(top_level_dirs(&junk), None);
+        assert_eq!(regular_file_at(&junk, "/bin/sh"), None);
+        assert_eq!(top_level_dirs(&tmp.path().join("missing")), None);
+        std::fs::write(&junk, b"short").unwrap();
+        assert_eq!(top_level_dirs(&junk), None);
+        assert_eq!(regular_file_at(&junk, "/bin/sh"), None);
     }
 
     #[test]
-    fn a_link_on_the_path_and_a_file_that_is_not_ext4_are_left_to_debugfs() {
-        let d = tempfile::tempdir().unwrap();
-        let Some(img) = image(d.path(), |t| {
-            std::fs::create_dir_all(t.join("opt/bin")).unwrap();
-            std::fs::create_dir_all(t.join("usr/local")).unwrap();
-            std::os::unix::fs::symlink("../../opt/bin", t.join("usr/local/bin")).unwrap();
-        }) else {
-            return;
-        };
-        assert_eq!(regular_file_at(&img, AGENT), None);
-        let not_ext4 = d.path().join("zeros");
-        std::fs::write(&not_ext4, vec![0u8; 4096]).unwrap();
-        assert_eq!(regular_file_at(&not_ext4, AGENT), None);
-        assert_eq!(regular_file_at(&d.path().join("missing"), AGENT), None);
+    fn a_block_with_a_malformed_entry_is_not_read() {
+        // rec_len 4: shorter than an entry's header.
+        let mut block = vec![0u8; 16];
+        block[0] = 12;
+        block[4] = 4;
+        assert!(entries(&block).is_none());
+        // One live entry "ab" (inode 12, a directory) filling the block, then nothing.
+        let mut block = vec![0u8; 16];
+        block[0] = 12;
+        block[4] = 16;
+        block[6] = 2;
+        block[7] = FT_DIR;
+        block[8..10].copy_from_slice(b"ab");
+        assert_eq!(entries(&block), Some(vec![(12, FT_DIR, &b"ab"[..])]));
     }
 }
