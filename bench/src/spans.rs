@@ -142,12 +142,7 @@ fn step_name(name: &str) -> String {
 
 /// A [`breakdown`] as text: one line per step, `service  span  n  mean  p50`.
 pub(crate) fn render_breakdown(title: &str, steps: &[Step]) -> String {
-    let width = steps
-        .iter()
-        .map(|s| s.service.len() + s.name.len() + 2)
-        .max()
-        .unwrap_or(0)
-        .max(20);
+    let width = label_width(steps.iter().map(|s| (&s.service, &s.name)));
     let mut out = format!("\n{title}\n");
     out.push_str(&format!(
         "  {:<width$}  {:>5}  {:>5}  {:>10}  {:>10}\n",
@@ -221,14 +216,18 @@ pub(crate) fn timeline(spans: &[Span], command: &str) -> Vec<Spread> {
     all
 }
 
-/// A [`timeline`] as text: `service: span  n  sum  max  first start  last end`.
-pub(crate) fn render_timeline(title: &str, steps: &[Spread]) -> String {
-    let width = steps
-        .iter()
-        .map(|s| s.service.len() + s.name.len() + 2)
+/// The width of the `service: span` column for these (service, name) pairs.
+fn label_width<'a>(labels: impl Iterator<Item = (&'a String, &'a String)>) -> usize {
+    labels
+        .map(|(service, name)| service.len() + name.len() + 2)
         .max()
         .unwrap_or(0)
-        .max(20);
+        .max(20)
+}
+
+/// A [`timeline`] as text: `service: span  n  sum  max  first start  last end`.
+pub(crate) fn render_timeline(title: &str, steps: &[Spread]) -> String {
+    let width = label_width(steps.iter().map(|s| (&s.service, &s.name)));
     let mut out = format!("\n{title}\n");
     out.push_str(&format!(
         "  {:<width$}  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}\n",

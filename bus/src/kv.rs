@@ -83,11 +83,9 @@ pub enum LabReplicas {
 /// read (it may not exist yet) or changed.
 pub async fn follow_lab_replicas(bus: &Bus, bucket: &str) -> Result<LabReplicas, String> {
     let js = jetstream::new(bus.client().clone());
-    let subnets = banger_proto::net::subnet_bucket(bus.subjects().prefix());
-    let Ok(lab) = js.get_stream(format!("KV_{subnets}")).await else {
+    let Some(want) = subnet_replicas(&js, bus.subjects().prefix()).await else {
         return Ok(LabReplicas::NoLab);
     };
-    let want = lab.cached_info().config.num_replicas.max(1);
     let stream = js
         .get_stream(format!("KV_{bucket}"))
         .await
@@ -109,13 +107,13 @@ pub async fn follow_lab_replicas(bus: &Bus, bucket: &str) -> Result<LabReplicas,
 
 /// The replicas of the lab's subnet bucket, or 1 when there is none (yet).
 async fn lab_replicas(js: &jetstream::Context, prefix: &str) -> usize {
+    subnet_replicas(js, prefix).await.unwrap_or(1)
+}
+
+/// The replicas of the lab's subnet bucket; `None` when there is none (yet) or it cannot be
+/// read.
+async fn subnet_replicas(js: &jetstream::Context, prefix: &str) -> Option<usize> {
     let subnets = banger_proto::net::subnet_bucket(prefix);
-    match js.get_stream(format!("KV_{subnets}")).await {
-        Ok(mut s) => s
-            .info()
-            .await
-            .map(|i| i.config.num_replicas.max(1))
-            .unwrap_or(1),
-        Err(_) => 1,
-    }
+    let stream = js.get_stream(format!("KV_{subnets}")).await.ok()?;
+    Some(stream.cached_info().config.num_replicas.max(1))
 }

@@ -238,11 +238,15 @@ impl ListVmsRequest {
     /// Whether `vm` passes the filter (every VM does when there is none). The caller still
     /// resolves: a ref that is a name of one VM and an id prefix of another returns both.
     pub fn wants(&self, vm: &VmInfo) -> bool {
-        self.refs.is_empty()
-            || self.refs.iter().any(|r| {
-                vm.name.as_str() == r || (!r.is_empty() && vm.id.as_str().starts_with(r.as_str()))
-            })
+        self.refs.is_empty() || self.refs.iter().any(|r| could_name(r, vm))
     }
+}
+
+/// Whether `reference` could name `vm`: its name, its id, or a prefix of its id (what the CLI
+/// then resolves; see [`ListVmsRequest::wants`]).
+pub fn could_name(reference: &str, vm: &VmInfo) -> bool {
+    vm.name.as_str() == reference
+        || (!reference.is_empty() && vm.id.as_str().starts_with(reference))
 }
 
 /// One controller's answer to `vm.list`.

@@ -158,8 +158,9 @@ async fn follow_lab_replicas(bus: &Bus, settled: &mut Vec<String>) {
                 settled.push(bucket);
             }
             Ok(LabReplicas::Enough) => settled.push(bucket),
-            // There may be a lab later (its first netd is starting).
-            Ok(LabReplicas::NoLab) => {}
+            // There may be a lab later (its first netd is starting); nothing to follow for the
+            // other bucket either this beat.
+            Ok(LabReplicas::NoLab) => break,
             // Not made yet (the name directory opens its bucket on first use), or unreachable.
             Err(e) => tracing::debug!(bucket, error = %e, "checking the bucket's replicas"),
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use banger_bus::client::Enough;
 use banger_proto::op::{self, Lab};
 use banger_proto::service;
-use banger_proto::vm::{ListVmsReply, ListVmsRequest, VmInfo};
+use banger_proto::vm::{self, ListVmsReply, ListVmsRequest, VmInfo};
 use banger_proto::{ApiError, ErrorCode};
 
 use super::resolve::{self, Target};
@@ -116,7 +116,10 @@ pub(crate) async fn fetch(app: &App, refs: &[String]) -> anyhow::Result<Snapshot
         .cloned()
         .collect();
     collect(&mut snap, replies, expected);
-    if refs.iter().any(|r| !snap.vms.iter().any(|v| names(r, v))) {
+    if refs
+        .iter()
+        .any(|r| !snap.vms.iter().any(|v| vm::could_name(r, v)))
+    {
         // A ref that names nothing may name a VM of a host that no answer knew of: one whose
         // heartbeat was not renewed yet (back from a network cut) and that is not a known lab
         // member either. Before anything is called missing, look the slow way, discovering who
@@ -124,13 +127,6 @@ pub(crate) async fn fetch(app: &App, refs: &[String]) -> anyhow::Result<Snapshot
         return fetch_discovering(app, &req).await;
     }
     Ok(snap)
-}
-
-/// Whether `reference` could name `vm` (as the controllers filter: see
-/// [`ListVmsRequest::wants`]).
-fn names(reference: &str, vm: &VmInfo) -> bool {
-    vm.name.as_str() == reference
-        || (!reference.is_empty() && vm.id.as_str().starts_with(reference))
 }
 
 /// What the answers so far say about who is there; `None` when one of them does not know
