@@ -78,19 +78,21 @@ pub(crate) struct Args {
 /// The agent binary: `--agent-bin`, else `banger-agent` beside this executable, else the name
 /// looked up on PATH at spawn time.
 pub(crate) fn agent_bin(flag: Option<&PathBuf>) -> PathBuf {
-    const NAME: &str = "banger-agent";
-    if let Some(p) = flag {
-        return p.clone();
-    }
+    flag.cloned()
+        .unwrap_or_else(|| beside_this_executable("banger-agent"))
+}
+
+/// Program `name` beside this executable, else `name` (looked up on PATH at spawn time).
+pub(crate) fn beside_this_executable(name: &str) -> PathBuf {
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {
-        let beside = dir.join(NAME);
+        let beside = dir.join(name);
         if beside.is_file() {
             return beside;
         }
     }
-    PathBuf::from(NAME)
+    PathBuf::from(name)
 }
 
 #[cfg(test)]

@@ -7,16 +7,8 @@
 //!    image's ext4 structures, `debugfs` for an unusual layout; no mount), the agent runs *from inside the image*: in a private mount namespace the root
 //!    drive is loop-mounted, the work disk loop-mounted at `<root>/root`, `/proc`, `/sys`,
 //!    `/dev` and a tmpfs `/run` mounted, the simulator's socket directory bound at
-//!    `/run/banger-fcsim`, and the agent exec'd chrooted into the image:
-//!
-//!    ```text
-//!    sh -c 'mount -a -T <guest dir>/fstab; exec chroot <mnt> \
-//!        /usr/local/bin/banger-agent --listen unix:/run/banger-fcsim/agent-52.sock --allow-exec'
-//!    ```
-//!
-//!    (one `mount -a` over an fstab of the mounts, in order: see [`guest_fstab`])
-//!
-//!    (run by the guest's init, in the guest's own mount namespace: see below)
+//!    `/run/banger-fcsim` (the mounts, in order: see [`guest_mounts`]), and the agent exec'd
+//!    chrooted into the image, with umask 022, by the guest's init (see below).
 //!
 //!    So `vm exec` runs the image's binaries and sees the image's `/etc/os-release`.
 //! 2. **The host's agent with the work disk.** With root and an ext4 work disk (and a root drive
@@ -26,20 +18,20 @@
 //!
 //! **A guest dies with its VMM.** Under Firecracker every process of a guest ends when the VMM
 //! process does, however it ends. Here, with root, the guest's processes live in a PID
-//! namespace of their own, made by `unshare --fork --pid --kill-child=HUP --mount` (so also in
-//! a private mount namespace). Its pid 1 is [`INIT_SCRIPT`], a small shell init that starts the
-//! agent (one of the three ways above) and waits for it:
+//! namespace of their own (and a private mount namespace), under the guest's init,
+//! `banger-fcsim-init` ([`banger_fcsim_init`]: one small process makes the namespaces, the
+//! mounts and starts the agent, as `unshare`, two shells, `mount -a` and `chroot` did):
 //!
-//! - the simulator's guest thread spawns `unshare` with `PR_SET_PDEATHSIG(SIGKILL)` (checked
-//!   against a parent that died before the flag was set), so `unshare` dies with the
+//! - the simulator's guest thread spawns the init with `PR_SET_PDEATHSIG(SIGKILL)` (checked
+//!   against a parent that died before the flag was set), so its first process dies with the
 //!   simulator, even on SIGKILL;
-//! - `unshare`'s death sends the init SIGHUP (`--kill-child`): it SIGKILLs every process of the
-//!   guest, unmounts the image and removes the simulator's guest directory (the agent's socket,
-//!   the image's mount point), then exits;
-//! - when the init (pid 1) exits, however it exits, the kernel SIGKILLs whatever is left in the
+//! - that death sends pid 1 SIGHUP: it SIGKILLs every process of the guest, detaches the
+//!   guest's mounts and removes the simulator's guest directory (the agent's socket, the
+//!   image's mount point), never crossing into a mount, then exits;
+//! - when pid 1 exits, however it exits, the kernel SIGKILLs whatever is left in the
 //!   namespace: the agent and every daemon a guest command started. The last process gone, the
-//!   mount namespace goes with its mounts, util-linux's `-o loop` (LO_FLAGS_AUTOCLEAR) releases
-//!   the loop devices, and nothing holds the guest's network namespace any more.
+//!   mount namespace goes with its mounts, the autoclear loop devices are released, and
+//!   nothing holds the guest's network namespace any more.
 //!
 //! What only SIGKILL of the init itself (not of the simulator) would leave is the guest
 //! directory under the temp dir; the next simulator to start sweeps directories of simulators
@@ -47,25 +39,27 @@
 //! child with `PR_SET_PDEATHSIG(SIGKILL)`, and a daemon a command started can outlive it.
 //!
 //! A graceful stop goes through the init too: SIGTERM is passed on to the agent, SIGUSR1 and
-//! SIGUSR2 stop and continue every process of the guest (pause and resume).
+//! SIGUSR2 stop and continue every process of the guest (pause and resume). The init takes
+//! them from the moment it starts (they are blocked, never lost); until the first process has
+//! forked pid 1 there is nobody to send them to, hence [`Agent::stop`] repeats SIGTERM.
 
 use std::fs;
 use std::io;
 use std::os::fd::AsFd as _;
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use banger_fcsim_init::{Mount, Plan};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::log;
 
-/// Exit code of the wrapper when the root drive or the work disk cannot be mounted.
-pub(crate) const MOUNT_FAILED_EXIT: i32 = 97;
+/// Exit code of the init when the root drive or the work disk cannot be mounted.
+pub(crate) const MOUNT_FAILED_EXIT: i32 = banger_fcsim_init::MOUNT_FAILED_EXIT;
 
 /// How long the agent may take to exit after SIGTERM (it lets in-flight replies finish for up
 /// to 5 s itself).
@@ -117,103 +111,44 @@ pub(crate) fn image_has_agent_debugfs(root: &Path) -> bool {
         })
 }
 
-/// The shell script that mounts the image and execs its agent chrooted (see the module doc).
-/// Arguments: `$0` the fstab of the image's mounts ([`guest_fstab`]), `$1` the mount point,
-/// then the agent's arguments. One `mount -a` makes every mount, in the fstab's order: a
-/// process instead of seven (and of a `mkdir` each for the directories `X-mount.mkdir` makes),
-/// which 100 guests booting at once on a small host paid for in CPU.
-const CHROOT_SCRIPT: &str = r#"fstab="$0"; mnt="$1"; shift
-mount -a -T "$fstab" || exit 97
-# A guest's init runs its services with umask 022 (the simulator inherits Firecracker's 000).
-umask 022
-exec chroot "$mnt" "$@""#;
-
-/// The image's mounts as an fstab, in order: the root drive at `mnt` (`loop` for an image file),
-/// the work disk at `<mnt>/root`, `/proc`, `/sys`, `/dev` (recursive bind) and a tmpfs `/run`,
-/// then the simulator's socket directory bound at [`IMAGE_SOCKET_DIR`]. Missing mount points
-/// are made (`X-mount.mkdir`, on the image when it lacks them, as `mkdir -p` did).
-fn guest_fstab(
+/// The image's mounts, in order: the root drive at `mnt` (`loop` for an image file), the work
+/// disk at `<mnt>/root`, `/proc`, `/sys`, `/dev` (recursive bind) and a tmpfs `/run`, then the
+/// simulator's socket directory bound at [`IMAGE_SOCKET_DIR`]. Missing mount points are made
+/// (`mkdir`, on the image when it lacks them, as `mkdir -p` did).
+fn guest_mounts(
     root: &Path,
     root_loop: bool,
     mnt: &Path,
     disk: Option<&Path>,
     sockdir: &Path,
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut line = |source: &[u8], target: &Path, fstype: &str, options: &str| {
-        out.extend_from_slice(&fstab_field(source));
-        out.push(b' ');
-        out.extend_from_slice(&fstab_field(target.as_os_str().as_bytes()));
-        out.extend_from_slice(format!(" {fstype} {options} 0 0\n").as_bytes());
-    };
+) -> Vec<Mount> {
     let at = |dir: &str| mnt.join(dir);
-    line(
-        root.as_os_str().as_bytes(),
+    let mut out = vec![Mount::new(
+        root,
         mnt,
         "ext4",
         if root_loop { "loop" } else { "defaults" },
-    );
+    )];
     if let Some(d) = disk {
-        line(
-            d.as_os_str().as_bytes(),
-            &at("root"),
-            "ext4",
-            "loop,X-mount.mkdir",
-        );
+        out.push(Mount::new(d, at("root"), "ext4", "loop,mkdir"));
     }
-    line(b"proc", &at("proc"), "proc", "X-mount.mkdir");
-    line(b"sysfs", &at("sys"), "sysfs", "X-mount.mkdir");
-    line(b"/dev", &at("dev"), "none", "rbind,X-mount.mkdir");
-    line(b"tmpfs", &at("run"), "tmpfs", "mode=0755,X-mount.mkdir");
-    line(
-        sockdir.as_os_str().as_bytes(),
-        &mnt.join(IMAGE_SOCKET_DIR.trim_start_matches('/')),
-        "none",
-        "bind,X-mount.mkdir",
-    );
+    out.extend([
+        Mount::new("proc", at("proc"), "proc", "mkdir"),
+        Mount::new("sysfs", at("sys"), "sysfs", "mkdir"),
+        Mount::new("/dev", at("dev"), "none", "rbind,mkdir"),
+        Mount::new("tmpfs", at("run"), "tmpfs", "mode=0755,mkdir"),
+        Mount::new(
+            sockdir,
+            mnt.join(IMAGE_SOCKET_DIR.trim_start_matches('/')),
+            "none",
+            "bind,mkdir",
+        ),
+    ]);
     out
 }
 
-/// One fstab field: the bytes that would end or split it written as octal escapes, as
-/// util-linux reads them back (space, tab, newline, backslash).
-fn fstab_field(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => out.extend_from_slice(format!("\\{b:03o}").as_bytes()),
-            _ => out.push(b),
-        }
-    }
-    out
-}
-
-/// The guest's init, pid 1 of its PID namespace (see the module doc). Arguments: `$0` the
-/// simulator's guest directory, `$1` the image's mount point (or empty), then the command that
-/// starts the agent. Exits with the agent's status.
-const INIT_SCRIPT: &str = r#"guestdir="$0"; mnt="$1"; shift
-vmm_gone() {
-    kill -KILL -1 2>/dev/null
-    n=0
-    while kill -0 -1 2>/dev/null && [ "$n" -lt 100000 ]; do n=$((n + 1)); done
-    if [ -n "$mnt" ]; then umount -R -l "$mnt" 2>/dev/null; fi
-    rm -rf --one-file-system "$guestdir"
-    exit 137
-}
-trap vmm_gone HUP
-trap 'kill -TERM "$agent" 2>/dev/null' TERM
-trap 'kill -STOP -1' USR1
-trap 'kill -CONT -1' USR2
-"$@" &
-agent=$!
-while :; do
-    wait "$agent"
-    status=$?
-    kill -0 "$agent" 2>/dev/null || break
-done
-exit "$status""#;
-
-/// The agent's own status from the init's: the init's shell reports an agent killed by signal
-/// N as exit status 128 + N, which is turned back into "killed by signal N", as a guest kernel
+/// The agent's own status from the init's: the init reports an agent killed by signal N as
+/// exit status 128 + N, as a shell does, which is turned back into "killed by signal N", as a guest kernel
 /// would see its init die.
 fn agent_status(init: std::process::ExitStatus) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt as _;
@@ -227,9 +162,10 @@ fn agent_status(init: std::process::ExitStatus) -> std::process::ExitStatus {
 /// A running agent.
 #[derive(Debug)]
 pub(crate) struct Agent {
-    /// `unshare`, whose child is the guest's init; or, without root, the agent itself.
+    /// The init's first process, whose child is the guest's pid 1; or, without root, the agent
+    /// itself.
     child: Child,
-    /// Whether the guest runs under [`INIT_SCRIPT`] in a PID namespace of its own.
+    /// Whether the guest runs under `banger-fcsim-init` in a PID namespace of its own.
     with_init: bool,
     /// The images loop-mounted in its namespace (their loop devices are waited for at stop).
     images: Vec<PathBuf>,
@@ -286,10 +222,15 @@ pub(crate) fn spawn(
         None => None,
     };
     let listen = format!("unix:{}", socket.display());
+    let guest_dir = socket.parent().unwrap_or(Path::new("/"));
     let mut images = Vec::new();
-    let cmd = if let Some(root) = &image {
-        let sockdir = socket.parent().unwrap_or(Path::new("/"));
-        let mnt = sockdir.join("rootfs");
+    let mut plan = Plan {
+        guest_dir: Some(guest_dir.to_owned()),
+        ..Plan::default()
+    };
+    let agent_args = |listen: String| ["--listen".into(), listen.into(), "--allow-exec".into()];
+    if let Some(root) = &image {
+        let mnt = guest_dir.join("rootfs");
         fs::create_dir_all(&mnt)?;
         let file_name = socket.file_name().map(|n| n.to_string_lossy().into_owned());
         let inner_listen = format!(
@@ -300,59 +241,48 @@ pub(crate) fn spawn(
         if root_loop {
             images.push(root.clone());
         }
-        let fstab = sockdir.join("fstab");
-        fs::write(
-            &fstab,
-            guest_fstab(root, root_loop, &mnt, disk.as_deref(), sockdir),
-        )?;
-        let mut c = Command::new("sh");
-        c.args(["-c", CHROOT_SCRIPT])
-            .arg(&fstab)
-            .arg(&mnt)
-            .arg(IMAGE_AGENT)
-            .arg("--listen")
-            .arg(inner_listen)
-            .arg("--allow-exec");
-        // The guest's environment, not the simulator's.
-        c.env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("HOME", "/root")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        c
-    } else if let Some(disk) = &disk {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                r#"mount -o loop -t ext4 "$0" /root || exit {MOUNT_FAILED_EXIT}; exec "$@""#
-            ))
-            .arg(disk)
-            .arg(agent_bin)
-            .arg("--listen")
-            .arg(&listen)
-            .arg("--allow-exec");
-        c
+        plan.mounts = guest_mounts(root, root_loop, &mnt, disk.as_deref(), guest_dir);
+        plan.chroot = Some(mnt);
+        // A guest's init runs its services with umask 022 (the simulator inherits
+        // Firecracker's 000).
+        plan.umask = Some(0o022);
+        plan.command = vec![IMAGE_AGENT.into()];
+        plan.command.extend(agent_args(inner_listen));
     } else {
-        let mut c = Command::new(agent_bin);
-        c.arg("--listen").arg(&listen).arg("--allow-exec");
-        c
-    };
+        if let Some(d) = &disk {
+            plan.mounts.push(Mount::new(d, "/root", "ext4", "loop"));
+        }
+        plan.command = vec![agent_bin.into()];
+        plan.command.extend(agent_args(listen.clone()));
+    }
     if let Some(d) = &disk {
         images.push(d.clone());
     }
+    // Without root there are no namespaces and no mounts (no image, no work disk above): the
+    // agent runs as the simulator's child.
     let with_init = is_root;
+    let init_bin = crate::cli::beside_this_executable(banger_fcsim_init::NAME);
     let mut cmd = if with_init {
-        let guest_dir = socket.parent().unwrap_or(Path::new("/"));
-        let mnt = image.as_ref().map(|_| guest_dir.join("rootfs"));
-        // The image's agent gets the guest's environment, not the simulator's.
-        under_init(&cmd, guest_dir, mnt.as_deref(), image.is_some())
+        let mut c = Command::new(&init_bin);
+        c.args(plan.to_args());
+        if image.is_some() {
+            // The guest's environment, not the simulator's.
+            c.env_clear()
+                .env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                )
+                .env("HOME", "/root")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                );
+        }
+        c
     } else {
-        cmd
+        let mut c = Command::new(agent_bin);
+        c.args(agent_args(listen));
+        c
     };
     // The guest's console is the serial port: the agent's log goes there.
     let console = io::stdout().as_fd().try_clone_to_owned()?;
@@ -382,7 +312,20 @@ pub(crate) fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
+    let child = cmd.spawn().map_err(|e| {
+        let program = if with_init {
+            init_bin.as_path()
+        } else {
+            agent_bin
+        };
+        io::Error::new(
+            e.kind(),
+            format!(
+                "running {}: {e} (it is built with the simulator: cargo build --workspace --bins)",
+                program.display()
+            ),
+        )
+    })?;
     let pid = child.id().unwrap_or(0);
     match (&image, &disk) {
         (Some(root), _) => {
@@ -408,41 +351,6 @@ pub(crate) fn spawn(
         with_init,
         images,
     })
-}
-
-/// `cmd` run under the guest's init in a PID and mount namespace of its own (see the module
-/// doc): `unshare --fork --pid --kill-child=HUP --mount --propagation private -- sh -c INIT
-/// <guest dir> <mount point> <cmd...>`, with the variables `cmd` sets (and only those, with
-/// `clear_env`).
-fn under_init(cmd: &Command, guest_dir: &Path, mnt: Option<&Path>, clear_env: bool) -> Command {
-    let inner = cmd.as_std();
-    let mut c = Command::new("unshare");
-    c.args([
-        "--fork",
-        "--pid",
-        "--kill-child=HUP",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        INIT_SCRIPT,
-    ])
-    .arg(guest_dir)
-    .arg(mnt.unwrap_or(Path::new("")))
-    .arg(inner.get_program())
-    .args(inner.get_args());
-    if clear_env {
-        c.env_clear();
-    }
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
 }
 
 impl Agent {
@@ -781,42 +689,54 @@ mod tests {
     }
 
     #[test]
-    fn the_guest_fstab_lists_the_mounts_in_order_with_awkward_paths_escaped() {
-        let fstab = guest_fstab(
+    fn the_guest_mounts_come_in_order_and_survive_the_inits_command_line() {
+        let mounts = guest_mounts(
             Path::new("/var/lib/banger/my vm/root.ext4"),
             true,
             Path::new("/tmp/g/rootfs"),
             Some(Path::new("/w\\d\tisk")),
             Path::new("/tmp/g"),
         );
-        let text = String::from_utf8(fstab).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
+        let line = |m: &Mount| {
+            format!(
+                "{} {} {} {}",
+                m.source.to_string_lossy(),
+                m.target.display(),
+                m.fstype,
+                m.options.join(",")
+            )
+        };
         assert_eq!(
-            lines,
+            mounts.iter().map(line).collect::<Vec<_>>(),
             [
-                "/var/lib/banger/my\\040vm/root.ext4 /tmp/g/rootfs ext4 loop 0 0",
-                "/w\\134d\\011isk /tmp/g/rootfs/root ext4 loop,X-mount.mkdir 0 0",
-                "proc /tmp/g/rootfs/proc proc X-mount.mkdir 0 0",
-                "sysfs /tmp/g/rootfs/sys sysfs X-mount.mkdir 0 0",
-                "/dev /tmp/g/rootfs/dev none rbind,X-mount.mkdir 0 0",
-                "tmpfs /tmp/g/rootfs/run tmpfs mode=0755,X-mount.mkdir 0 0",
-                "/tmp/g /tmp/g/rootfs/run/banger-fcsim none bind,X-mount.mkdir 0 0",
+                "/var/lib/banger/my vm/root.ext4 /tmp/g/rootfs ext4 loop",
+                "/w\\d\tisk /tmp/g/rootfs/root ext4 loop,mkdir",
+                "proc /tmp/g/rootfs/proc proc mkdir",
+                "sysfs /tmp/g/rootfs/sys sysfs mkdir",
+                "/dev /tmp/g/rootfs/dev none rbind,mkdir",
+                "tmpfs /tmp/g/rootfs/run tmpfs mode=0755,mkdir",
+                "/tmp/g /tmp/g/rootfs/run/banger-fcsim none bind,mkdir",
             ]
         );
+        let plan = Plan {
+            mounts: mounts.clone(),
+            command: vec![IMAGE_AGENT.into()],
+            ..Plan::default()
+        };
+        assert_eq!(
+            Plan::from_args(plan.to_args()).map(|p| p.mounts),
+            Ok(mounts)
+        );
         // A block device needs no loop, and a guest without a work disk has no /root mount.
-        let text = String::from_utf8(guest_fstab(
+        let mounts = guest_mounts(
             Path::new("/dev/vdb"),
             false,
             Path::new("/m"),
             None,
             Path::new("/s"),
-        ))
-        .unwrap();
-        assert!(
-            text.starts_with("/dev/vdb /m ext4 defaults 0 0\n"),
-            "{text}"
         );
-        assert!(!text.contains("/m/root "), "{text}");
+        assert!(mounts[0].options.is_empty(), "{:?}", mounts[0]);
+        assert!(!mounts.iter().any(|m| m.target == Path::new("/m/root")));
     }
 
     #[test]

@@ -2,6 +2,6 @@
 
 pub mod devmapper;
 pub mod files;
-pub mod loopdev;
+pub use banger_loopdev as loopdev;
 pub mod mount;
 pub mod tool;

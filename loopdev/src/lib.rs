@@ -4,15 +4,16 @@
 //! name in one call) after `LOOP_CTL_GET_FREE` picked a free number; another process can take
 //! the same number in between, so a busy answer picks again (bounded).
 //!
-//! Every device stord attaches carries a *tag* in the kernel's `lo_file_name` field (64 bytes,
-//! returned by `LOOP_GET_STATUS64`): `banger-<state tag>-<vm id>-<role>`. Reconciliation finds
-//! stord's devices by that tag, never by guessing from backing paths, so it cannot touch a loop
-//! device that someone else made.
+//! Every device attached here carries a *tag* in the kernel's `lo_file_name` field (64 bytes,
+//! returned by `LOOP_GET_STATUS64`). stord's are `banger-<state tag>-<vm id>-<role>`: its
+//! reconciliation finds its devices by that tag, never by guessing from backing paths, so it
+//! cannot touch a loop device that someone else made. The simulator's guest init
+//! (`banger-fcsim-init`) tags the images it mounts `banger-fcsim-<role>`.
 //!
 //! Devices are attached with `LO_FLAGS_AUTOCLEAR`: the kernel detaches one when its last user
 //! closes it. The caller keeps the returned [`Attached`] (an open handle) until the real user (a
-//! dm table, a mount) holds the device, then drops it; if stord dies in between, the kernel
-//! still cleans up. A device is never leaked.
+//! dm table, a mount) holds the device, then drops it; if the caller dies in between, the
+//! kernel still cleans up. A device is never leaked.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -113,7 +114,7 @@ impl Attached {
 pub struct LoopEntry {
     /// Device number.
     pub number: u32,
-    /// The tag it was attached with (empty for devices not made by stord).
+    /// The tag it was attached with (empty for devices attached without one).
     pub tag: String,
     /// Its backing file, as sysfs reports it.
     pub backing_file: PathBuf,
