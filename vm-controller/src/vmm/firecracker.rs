@@ -1,9 +1,10 @@
 //! The real hypervisor: Firecracker, or the simulator (`banger-fcsim`), which takes the same
 //! flags and serves the same API.
 //!
-//! Launch runs `<bin> --api-sock ... --id <name> ...` directly, with the umask set to 000 in
-//! the child between fork and exec (a `pre_exec` hook: `umask(2)` is async-signal-safe), so
-//! the API and vsock sockets the hypervisor creates are usable by the controller and the tools of any user (the earlier Go version regressed
+//! Launch runs `<bin> --api-sock ... --id <name> ...` directly, with umask 000 (spawned from a
+//! thread that has a umask of its own, without forking the controller: see [`super::spawner`];
+//! where that thread cannot be had, set in the child between fork and exec), so the API and
+//! vsock sockets the hypervisor creates are usable by the controller and the tools of any user (the earlier Go version regressed
 //! here and timed out on a socket that existed but could not be used). Who may use them is
 //! decided by the directory they are in instead: the VM's run directory (and every parent
 //! banger creates) is mode 0700, root only, the way Firecracker's jailer confines its chroot;
@@ -35,6 +36,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::spawner::Spawner;
 use super::{LaunchSpec, ProcUsage, Vmm, VmmError, process};
 use crate::config::{VmPaths, VmmKind};
 
@@ -81,6 +83,9 @@ pub struct ProcessVmm {
     socket_timeout: Duration,
     api_timeout: Duration,
     spawned: Arc<Mutex<HashMap<PathBuf, Spawned>>>,
+    /// Spawns with umask 000 without a fork; `None` when it could not start (then the launch
+    /// forks and sets the umask in the child).
+    spawner: Option<Spawner>,
 }
 
 impl ProcessVmm {
@@ -99,6 +104,11 @@ impl ProcessVmm {
             socket_timeout,
             api_timeout,
             spawned: Arc::default(),
+            spawner: Spawner::start()
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "no umask-000 spawner thread: hypervisors are forked with a pre-exec umask")
+                })
+                .ok(),
         }
     }
 
@@ -223,16 +233,26 @@ impl Vmm for ProcessVmm {
                 .stderr(vmm_log)
                 .process_group(0)
                 .kill_on_drop(false);
-            // SAFETY: the hook runs in the forked child before exec, where only
-            // async-signal-safe calls are allowed: umask(2) is one, and the closure allocates
-            // nothing, takes no lock and touches no state of the parent.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-                    Ok(())
-                });
-            }
-            let spawned = tracing::debug_span!("vmm.spawn").in_scope(|| cmd.spawn());
+            let spawned = match &self.spawner {
+                Some(spawner) => {
+                    spawner
+                        .spawn(cmd)
+                        .instrument(tracing::debug_span!("vmm.spawn"))
+                        .await
+                }
+                None => {
+                    // SAFETY: the hook runs in the forked child before exec, where only
+                    // async-signal-safe calls are allowed: umask(2) is one, and the closure
+                    // allocates nothing, takes no lock and touches no state of the parent.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+                            Ok(())
+                        });
+                    }
+                    tracing::debug_span!("vmm.spawn").in_scope(|| cmd.spawn())
+                }
+            };
             let mut child = spawned.map_err(|source| VmmError::Spawn {
                 bin: self.bin.clone(),
                 source,

@@ -11,6 +11,7 @@
 
 pub mod firecracker;
 pub mod process;
+pub mod spawner;
 
 use std::path::PathBuf;
 use std::time::Duration;
