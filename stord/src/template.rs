@@ -2,7 +2,9 @@
 //!
 //! A template is an ext4 made exactly as [`workdisk::create`] makes a work disk (label, no
 //! reserved blocks, seeded with the image's `/root`), kept in `<state>/stord/templates/` as
-//! `<image key>-<MiB>.ext4` (0600, stord's umask). The image key hashes the rootfs path, size
+//! `<image key>-<MiB>.f2.ext4` (0600, stord's umask). `f2` is the format: since the second one
+//! the journal is not written out (a hole, not 64 MiB of zeros per 8 GiB to copy); templates of
+//! an earlier format are never cloned, and are removed when a template is next made. The image key hashes the rootfs path, size
 //! and modification time, so an image registered again with other content gets new templates.
 //!
 //! A disk of `N` MiB is cloned from the template of exactly `N` MiB when there is one, else from
@@ -117,10 +119,32 @@ impl Templates {
         }
         let name = file_name(key, mib);
         let path = self.dir.join(&name);
+        self.remove_old_formats();
         workdisk::create(&path, mib, seed, &self.scratch)?;
         tracing::info!(template = %path.display(), mib, "made a work-disk template");
         checked.insert(name);
         Ok((path, mib))
+    }
+
+    /// Removes the templates of earlier formats, which are never cloned again. Called with the
+    /// lock held, so no clone of one of them can be starting.
+    fn remove_old_formats(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name();
+            if name.to_str().is_some_and(is_old_format) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(template = %e.path().display(), "removed a work-disk template of an earlier format")
+                    }
+                    Err(err) => {
+                        tracing::warn!(template = %e.path().display(), error = %err, "removing a work-disk template of an earlier format")
+                    }
+                }
+            }
+        }
     }
 
     /// The sizes of the templates of `key` on disk.
@@ -133,7 +157,7 @@ impl Templates {
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
                 name.strip_prefix(&prefix)?
-                    .strip_suffix(".ext4")?
+                    .strip_suffix(FORMAT_SUFFIX)?
                     .parse::<u64>()
                     .ok()
             })
@@ -141,9 +165,22 @@ impl Templates {
     }
 }
 
-/// `<key>-<mib>.ext4`.
+/// The suffix of templates of the current format (see the module doc).
+const FORMAT_SUFFIX: &str = ".f2.ext4";
+
+/// `<key>-<mib>.f2.ext4`.
 fn file_name(key: &str, mib: u64) -> String {
-    format!("{key}-{mib}.ext4")
+    format!("{key}-{mib}{FORMAT_SUFFIX}")
+}
+
+/// Whether `name` is a template of an earlier format (`<key>-<mib>.ext4`).
+fn is_old_format(name: &str) -> bool {
+    name.strip_suffix(".ext4").is_some_and(|stem| {
+        !name.ends_with(FORMAT_SUFFIX)
+            && stem
+                .rsplit_once('-')
+                .is_some_and(|(_, mib)| mib.parse::<u64>().is_ok())
+    })
 }
 
 /// A key naming an image's content as registered: its path, size and modification time.
@@ -241,8 +278,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn template_names_carry_key_and_size() {
-        assert_eq!(file_name("abc", 64), "abc-64.ext4");
+    fn template_names_carry_key_size_and_format() {
+        assert_eq!(file_name("abc", 64), "abc-64.f2.ext4");
+        assert!(is_old_format("abc-64.ext4"));
+        assert!(!is_old_format("abc-64.f2.ext4"));
+        assert!(!is_old_format("abc-64.ext4.staging"));
+        assert!(!is_old_format("notes.ext4"));
         assert_ne!(fnv1a64(b"a"), fnv1a64(b"b"));
     }
 }

@@ -27,6 +27,8 @@ use crate::sys::tool::{self, ToolError};
 pub const WORK_FILE: &str = "work.ext4";
 /// The file system label of work disks (`LABEL=banger-work` in a guest's fstab).
 pub const LABEL: &str = "banger-work";
+/// `mkfs.ext4 -E` options of a work disk: see [`create`].
+const LAZY_INIT: &str = "lazy_itable_init=1,lazy_journal_init=1";
 /// Deadline of `mkfs.ext4` (lazy inode tables make it fast even for large disks).
 const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deadline of `e2fsck` and `resize2fs`.
@@ -128,8 +130,12 @@ pub fn create(
             Some(image) => extract_home(image, seed_dir.path())?,
             None => None,
         };
+        // The journal and inode tables are not written out: the file is new and sparse, so
+        // they read back as zeros, exactly what writing them would have left. A written
+        // journal was 64 MiB of zeros in every 8 GiB disk, copied into every VM's disk on a
+        // file system without reflink, and freed again at every delete.
         let mut args: Vec<&std::ffi::OsStr> =
-            tool::args(&[&"-F", &"-q", &"-m", &"0", &"-L", &LABEL]);
+            tool::args(&[&"-F", &"-q", &"-m", &"0", &"-L", &LABEL, &"-E", &LAZY_INIT]);
         if let Some(h) = &home {
             args.push("-d".as_ref());
             args.push(h.as_os_str());

@@ -101,7 +101,15 @@ async fn work_disks_are_independent_clones_of_one_template() {
 
     let t = templates(&s);
     assert_eq!(t.len(), 1, "one template for one image and size: {t:?}");
-    assert!(t[0].to_str().unwrap().ends_with("-32.ext4"), "{t:?}");
+    assert!(t[0].to_str().unwrap().ends_with("-32.f2.ext4"), "{t:?}");
+    // The journal is not written out: a clone holds the file system's metadata, not 1 MiB of
+    // journal zeros per 32 MiB (64 MiB per 8 GiB).
+    use std::os::unix::fs::MetadataExt as _;
+    let allocated = std::fs::metadata(wa).unwrap().blocks() * 512;
+    assert!(
+        allocated < 1 << 20,
+        "{allocated} bytes allocated in a 32 MiB work disk"
+    );
     assert_eq!(
         std::fs::metadata(&t[0]).unwrap().permissions().mode() & 0o777,
         0o600
@@ -165,4 +173,28 @@ async fn a_missing_or_corrupt_template_is_remade() {
     let again = create(&s, &vm_id(), None).await;
     assert_work_disk(Path::new(&again.work_disk_path), 32);
     assert!(t.is_file(), "the template was made again");
+}
+
+#[tokio::test]
+async fn a_template_of_an_earlier_format_is_never_cloned_and_goes_when_one_is_made() {
+    let mut s = stack_with_image().await;
+    create(&s, &vm_id(), None).await;
+    let current = templates(&s).remove(0);
+    // What an earlier stord left: the same image's template under the old name (its journal
+    // written out), and one of an image since re-registered.
+    s.stop_stord();
+    let name = current.file_name().unwrap().to_str().unwrap().to_owned();
+    let old = current.with_file_name(name.replace(".f2.ext4", ".ext4"));
+    let other = current.with_file_name("0123456789abcdef-64.ext4");
+    std::fs::rename(&current, &old).unwrap();
+    std::fs::write(&other, b"an old template").unwrap();
+    s.start_stord().await;
+
+    let vm = create(&s, &vm_id(), None).await;
+    assert_work_disk(Path::new(&vm.work_disk_path), 32);
+    assert_eq!(
+        templates(&s),
+        vec![current],
+        "a template of the current format was made, and the old ones removed"
+    );
 }
