@@ -228,7 +228,9 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
+    // The request's span goes along, so the spans of the work nest under it in a trace.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ApiError::internal(format!("{op} failed unexpectedly: {e}")))?
 }

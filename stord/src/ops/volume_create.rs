@@ -155,7 +155,7 @@ pub fn apply(st: &Stord, req: &VolumeCreateRequest) -> Result<VolumeSet, CreateE
             tracing::error!(vm.id = %vm, error = %e, "removing the volume directory after a failed create");
         }
     };
-    let root = match backend.create(&spec) {
+    let root = match tracing::info_span!("volume.root").in_scope(|| backend.create(&spec)) {
         Ok(r) => r,
         Err(source) => {
             undo(false);
@@ -166,10 +166,10 @@ pub fn apply(st: &Stord, req: &VolumeCreateRequest) -> Result<VolumeSet, CreateE
         }
     };
     let work = dir.join(WORK_FILE);
-    if let Err(source) =
+    if let Err(source) = tracing::info_span!("volume.work_disk").in_scope(|| {
         st.templates
             .create_work_disk(&work, u64::from(disk_mib.get()), Some(rootfs))
-    {
+    }) {
         undo(true);
         return Err(CreateError::WorkDisk {
             vm: vm.clone(),
@@ -185,7 +185,7 @@ pub fn apply(st: &Stord, req: &VolumeCreateRequest) -> Result<VolumeSet, CreateE
         disk_mib,
         created_at_ms: banger_bus::now_ms(),
     };
-    if let Err(e) = st.db.insert_volume(&row) {
+    if let Err(e) = tracing::info_span!("volume.record").in_scope(|| st.db.insert_volume(&row)) {
         undo(true);
         return Err(match e {
             DbError::Constraint(_) => CreateError::ImageRemoved(req.image.clone()),
