@@ -90,8 +90,9 @@ fn a_guest_whose_agent_cannot_run_is_reported_with_its_exit_status_not_waited_ou
         "broken is failed",
         "exit status 127",
         "loader/libraries are missing from the image",
-        // The console's tail: what chroot said, and the panic.
-        "failed to run command '/usr/local/bin/banger-agent'",
+        // The console's tail: what the guest's init said, and the panic.
+        "banger-fcsim-init: cannot run /usr/local/bin/banger-agent: No such file or directory",
+        "its loader or a library it needs is missing",
         "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00007f00",
     ] {
         assert!(out.contains(needed), "the create lacks {needed:?}:\n{out}");

@@ -139,8 +139,13 @@ fn pid1(plan: &Plan, alive: &OwnedFd) -> ! {
         Ok(pid) => pid,
         Err(e) => {
             say(&format!(
-                "starting {}: {e}",
-                plan.program().to_string_lossy()
+                "cannot run {}: {e}{}",
+                plan.program().to_string_lossy(),
+                if e.kind() == std::io::ErrorKind::NotFound && program_exists(plan) {
+                    " (the file is there: its loader or a library it needs is missing)"
+                } else {
+                    ""
+                }
             ));
             std::process::exit(NOT_STARTED_EXIT);
         }
@@ -166,6 +171,17 @@ fn pid1(plan: &Plan, alive: &OwnedFd) -> ! {
             Ok(Signal::SIGHUP) => vmm_gone(plan),
             Ok(_) | Err(_) => {}
         }
+    }
+}
+
+/// Whether the command's program is a file (inside the chroot, when there is one).
+fn program_exists(plan: &Plan) -> bool {
+    let program = std::path::Path::new(plan.program());
+    match &plan.chroot {
+        Some(root) => root
+            .join(program.strip_prefix("/").unwrap_or(program))
+            .is_file(),
+        None => program.is_file(),
     }
 }
 

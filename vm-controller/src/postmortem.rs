@@ -274,7 +274,7 @@ mod tests {
     fn an_init_that_exited_127_is_a_dead_guest_with_a_hint_and_the_console_tail() {
         let (_d, path) = console(
             "[SIMULATED GUEST] Welcome to demo (simulated). Starting banger-agent...\n\
-             chroot: failed to run command '/usr/local/bin/banger-agent': No such file or directory\n\
+             banger-fcsim-init: cannot run /usr/local/bin/banger-agent: No such file or directory (os error 2)\n\
              [SIMULATED GUEST] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00007f00\n",
         );
         let ConsoleScan::Dead(death) = scan_console(&path, 0, 0) else {
@@ -286,7 +286,10 @@ mod tests {
             reason.starts_with("the guest's init exited (exit status 127): a binary or its loader"),
             "{reason}"
         );
-        assert!(reason.contains("chroot: failed to run command"), "{reason}");
+        assert!(
+            reason.contains("cannot run /usr/local/bin/banger-agent"),
+            "{reason}"
+        );
         assert!(reason.contains("exitcode=0x00007f00"), "{reason}");
     }
 
