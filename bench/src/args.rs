@@ -59,7 +59,7 @@ impl Group {
              hypervisor SIMULATED), each beside a reference measured in the same run",
     after_help = "Run as root after `cargo build --workspace --bins` (release: add --release to \
                   both), or just `scripts/bench`. Rows that cannot run here say `skipped: why`. \
-                  A full run takes about 15 minutes on 2 CPUs; --serial-max 50 saves ~4 of them."
+                  A full release run takes about 2 minutes on 2 CPUs; --serial-max 50 saves ~10 s of it."
 )]
 pub(crate) struct Args {
     /// Repetitions per latency row [default: 20, or 5 with --quick]
@@ -69,7 +69,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = parse_scale)]
     pub(crate) scale: Option<Vec<usize>>,
     /// Largest scale step that is also run serially as the reference (a serial step costs
-    /// ~0.6 s per VM per step: 100 VMs ≈ 4 minutes); larger steps print no reference
+    /// ~90 ms per VM over the four steps in release: 100 VMs ≈ 10 s); larger steps print no reference
     /// [default: 100, or 10 with --quick]
     #[arg(long, value_name = "N")]
     pub(crate) serial_max: Option<usize>,
