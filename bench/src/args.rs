@@ -68,9 +68,9 @@ pub(crate) struct Args {
     /// VM counts of the scale rows, comma separated [default: 1,10,50,100, or 1,10 with --quick]
     #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = parse_scale)]
     pub(crate) scale: Option<Vec<usize>>,
-    /// Largest scale step that is also run serially as the reference (a serial step costs
-    /// ~90 ms per VM over the four steps in release: 100 VMs ≈ 10 s); larger steps print no reference
-    /// [default: 100, or 10 with --quick]
+    /// Largest scale step that is also run serially as the reference (serially a VM costs
+    /// ~90 ms over the four steps in release: 100 VMs ≈ 10 s); larger steps print no
+    /// reference [default: 100, or 10 with --quick]
     #[arg(long, value_name = "N")]
     pub(crate) serial_max: Option<usize>,
     /// VM counts of the `vm list` rows, comma separated [default: 10,1000, or 10,100 with --quick]
