@@ -4,6 +4,11 @@
 //! from `dnsperf` and a small built-in UDP load generator; Knot DNS (`knotd`) serves the same
 //! zone in the same run as the reference; and the delay from a `started` event to its record
 //! being served. [`measure_size`] does one fleet size; it asserts nothing, it measures.
+//!
+//! Both servers run side by side and are loaded in turn, [`ROUNDS`] times each (dnsd, knotd,
+//! dnsd, ...); each server's result is its median round by queries per second. On a shared
+//! machine one 5-second run of either varied by a fifth from the next, and a single run each,
+//! one after the other, compared two different moments.
 
 #![allow(
     clippy::unwrap_used,
@@ -37,6 +42,8 @@ pub const LOAD_SECS: u64 = 5;
 pub const BUILTIN_CLIENTS: usize = 16;
 /// Events measured per size.
 pub const EVENT_SAMPLES: usize = 50;
+/// How many times each server is loaded, in turns (see the module doc).
+pub const ROUNDS: usize = 3;
 /// dnsperf's flags besides server, port, duration and query file.
 pub const DNSPERF_FLAGS: [&str; 6] = ["-c", "8", "-q", "200", "-t", "2"];
 
@@ -148,10 +155,13 @@ pub struct SizeResult {
     pub vms: usize,
     /// dnsd's start until every record was served (its `vm.list` load).
     pub load_time: Duration,
-    /// dnsd under load.
+    /// dnsd under load: its median round.
     pub dnsd: Load,
-    /// knotd under the same load, when installed.
+    /// knotd under the same load, when installed: its median round.
     pub knot: Option<Load>,
+    /// Queries per second of every round, in the order they ran (dnsperf's, else the built-in
+    /// generator's): dnsd's, then knotd's (empty without knotd).
+    pub rounds_qps: (Vec<f64>, Vec<f64>),
     /// `started` event published → record served, sorted.
     pub events: Vec<Duration>,
 }
@@ -369,12 +379,9 @@ pub async fn measure_size(dir: &Path, n: usize) -> SizeResult {
     .await;
     let load_time = t.elapsed();
     let file = query_file(dir, n);
-    let dnsd_load = load(dnsd.addr, n, &file, Server::InProcessDnsd).await;
-    let events = event_to_served(&nats, dnsd.addr, n).await;
-    dnsd.stop().await.unwrap();
-
-    let mut knot = None;
-    if let Some((knot_process, addr)) = start_knot(dir, n) {
+    let knot_server = start_knot(dir, n);
+    if let Some((_, addr)) = &knot_server {
+        let addr = *addr;
         let q = query_packet(1, &format!("{}.vm", vm_name(n - 1)), 1, 1, 0);
         wait_until(
             "knotd to serve the zone",
@@ -386,13 +393,64 @@ pub async fn measure_size(dir: &Path, n: usize) -> SizeResult {
             },
         )
         .await;
-        knot = Some(load(addr, n, &file, Server::Knot(knot_process.pid())).await);
     }
+    let mut dnsd_rounds = Vec::new();
+    let mut knot_rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        dnsd_rounds.push(load(dnsd.addr, n, &file, Server::InProcessDnsd).await);
+        if let Some((process, addr)) = &knot_server {
+            knot_rounds.push(load(*addr, n, &file, Server::Knot(process.pid())).await);
+        }
+    }
+    drop(knot_server);
+    let events = event_to_served(&nats, dnsd.addr, n).await;
+    dnsd.stop().await.unwrap();
+    let rounds_qps = (
+        dnsd_rounds.iter().map(Load::qps).collect(),
+        knot_rounds.iter().map(Load::qps).collect(),
+    );
+    let dnsd_load = median_round(dnsd_rounds).unwrap();
+    let knot = median_round(knot_rounds);
     SizeResult {
         vms: n,
         load_time,
         dnsd: dnsd_load,
         knot,
+        rounds_qps,
         events,
+    }
+}
+
+impl Load {
+    /// Queries per second: dnsperf's, else the built-in generator's.
+    pub fn qps(&self) -> f64 {
+        self.dnsperf.as_ref().map_or(self.builtin_qps, |d| d.qps)
+    }
+}
+
+/// The round whose queries per second are the median (`None` when there was none).
+fn median_round(mut rounds: Vec<Load>) -> Option<Load> {
+    rounds.sort_by(|a, b| a.qps().total_cmp(&b.qps()));
+    let middle = rounds.len() / 2;
+    rounds.into_iter().nth(middle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(qps: f64) -> Load {
+        Load {
+            dnsperf: None,
+            builtin_qps: qps,
+            latencies: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_the_middle_one_by_queries_per_second() {
+        let median = median_round(vec![round(300.0), round(100.0), round(200.0)]);
+        assert_eq!(median.map(|l| l.qps()), Some(200.0));
+        assert!(median_round(Vec::new()).is_none());
     }
 }

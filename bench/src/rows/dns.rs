@@ -2,7 +2,8 @@
 //! DNS (`knotd`) serving the same zone under the same load in the same run, and the delay from
 //! a `started` event to the record being served; with the measuring code of
 //! `cargo bench -p banger-dnsd --bench dns_serve` (`banger_testkit::dns_load`: dnsd runs
-//! in-process, fed by a stand-in controller answering `vm.list`).
+//! in-process, fed by a stand-in controller answering `vm.list`). Each server is loaded three
+//! times, in turns with the other, and its median round is shown (every round in the note).
 
 use std::time::Duration;
 
@@ -56,6 +57,26 @@ fn micros(d: Duration) -> String {
     format!("{:.2} us", d.as_secs_f64() * 1e6)
 }
 
+/// Every round's queries per second, dnsd's then knotd's (the rows show each one's median).
+fn rounds_note((dnsd, knot): &(Vec<f64>, Vec<f64>)) -> String {
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|q| format!("{q:.0}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut note = format!(
+        "median of {} rounds taken in turns: dnsd {}",
+        dnsd.len(),
+        list(dnsd)
+    );
+    if !knot.is_empty() {
+        note.push_str(&format!(", knotd {}", list(knot)));
+    }
+    note.push_str(" q/s");
+    note
+}
+
 fn rows(r: &load::SizeResult) -> Vec<Row> {
     let n = r.vms;
     let knot = r.knot.as_ref();
@@ -90,6 +111,7 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
                 )),
                 load::servers_setup(),
             ))
+            .add_note(&rounds_note(&r.rounds_qps))
         }
     });
     if let Some(ours) = &r.dnsd.dnsperf {
@@ -160,4 +182,20 @@ fn rows(r: &load::SizeResult) -> Vec<Row> {
         None,
     ));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_note_lists_every_round_of_both_servers() {
+        let note = rounds_note(&(vec![190_000.4, 210_000.0, 200_000.0], vec![180_000.0]));
+        assert_eq!(
+            note,
+            "median of 3 rounds taken in turns: dnsd 190000/210000/200000, knotd 180000 q/s"
+        );
+        let note = rounds_note(&(vec![1.0], vec![]));
+        assert!(!note.contains("knotd"), "{note}");
+    }
 }
