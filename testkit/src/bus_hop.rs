@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub const WARMUP: usize = 200;
 /// Timed sequential requests per path.
 pub const ROUNDS: usize = 3_000;
+/// How many turns the two paths take (each measures `ROUNDS / BLOCKS` requests per turn).
+pub const BLOCKS: usize = 3;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,43 +133,64 @@ pub async fn measure_hops(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ours = measure(warmup, rounds, |n| {
-        let bus = &bus;
-        async move {
-            let req = Echo {
-                name: "web".into(),
-                n,
-            };
-            let _: Echo = bus
-                .call::<EchoOp>(&Lab, &req, TIMEOUT)
-                .await
-                .map_err(|e| format!("service-runtime request: {e}"))?;
-            Ok(())
+    // The two paths take turns, BLOCKS blocks each, so both are measured across the same
+    // stretch of a shared machine's time rather than one after the other.
+    let per_block = rounds.div_ceil(BLOCKS);
+    let (mut ours_all, mut bare_all) = (Vec::new(), Vec::new());
+    let mut failed = None;
+    for block in 0..BLOCKS {
+        let warm = if block == 0 { warmup } else { 0 };
+        let ours = measure(warm, per_block, |n| {
+            let bus = &bus;
+            async move {
+                let req = Echo {
+                    name: "web".into(),
+                    n,
+                };
+                let _: Echo = bus
+                    .call::<EchoOp>(&Lab, &req, TIMEOUT)
+                    .await
+                    .map_err(|e| format!("service-runtime request: {e}"))?;
+                Ok(())
+            }
+        })
+        .await;
+        let bare = measure(warm, per_block, |n| {
+            let client = &client;
+            async move {
+                let body = serde_json::to_vec(&Echo {
+                    name: "web".into(),
+                    n,
+                })
+                .map_err(|e| e.to_string())?;
+                let reply = client
+                    .request("bench.bare", body.into())
+                    .await
+                    .map_err(|e| format!("bare request: {e}"))?;
+                let _: Echo = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        })
+        .await;
+        match (ours, bare) {
+            (Ok(o), Ok(b)) => {
+                ours_all.extend(o);
+                bare_all.extend(b);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                failed = Some(e);
+                break;
+            }
         }
-    })
-    .await;
-    let bare = measure(warmup, rounds, |n| {
-        let client = &client;
-        async move {
-            let body = serde_json::to_vec(&Echo {
-                name: "web".into(),
-                n,
-            })
-            .map_err(|e| e.to_string())?;
-            let reply = client
-                .request("bench.bare", body.into())
-                .await
-                .map_err(|e| format!("bare request: {e}"))?;
-            let _: Echo = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-            Ok(())
-        }
-    })
-    .await;
+    }
     shutdown.cancel();
     let _ = running.await;
     bare_task.abort();
-    Ok(HopSamples {
-        ours: ours?,
-        bare: bare?,
-    })
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(HopSamples {
+            ours: ours_all,
+            bare: bare_all,
+        }),
+    }
 }

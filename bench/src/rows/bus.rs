@@ -30,9 +30,11 @@ pub(crate) fn measure() -> Vec<Row> {
                 .map(|s| crate::stats::format_duration(s.p99))
                 .unwrap_or_default();
             vec![super::compare(what, &ours, &bare).add_note(&format!(
-                "{} sequential requests after {} warm-up; bare p99 {bare_p99}",
+                "{} sequential requests after {} warm-up, in {} turns with the bare path; bare p99 \
+                 {bare_p99}",
                 hop::ROUNDS,
-                hop::WARMUP
+                hop::WARMUP,
+                hop::BLOCKS
             ))]
         }
         Err(e) => vec![Row::skipped(what, e)],
