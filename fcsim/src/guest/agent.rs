@@ -148,8 +148,8 @@ fn guest_mounts(
 }
 
 /// The agent's own status from the init's: the init reports an agent killed by signal N as
-/// exit status 128 + N, as a shell does, which is turned back into "killed by signal N", as a guest kernel
-/// would see its init die.
+/// exit status 128 + N, as a shell does, which is turned back into "killed by signal N", as a
+/// guest kernel would see its init die.
 fn agent_status(init: std::process::ExitStatus) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt as _;
     match init.code() {
@@ -379,8 +379,9 @@ impl Agent {
         }
     }
 
-    /// A pidfd on the guest's init: the only child of `unshare` (our unreaped child, so its
-    /// pid is stable), checked to still be that child after the pidfd is open.
+    /// A pidfd on the guest's init (pid 1): the only child of the init's first process (our
+    /// unreaped child, so its pid is stable), checked to still be that child after the pidfd
+    /// is open.
     fn init(&self) -> Option<banger_procid::PidFd> {
         let outer = i32::try_from(self.pid()?).ok()?;
         let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).ok()?;
@@ -425,10 +426,10 @@ impl Agent {
                 .unwrap_or_default()
         };
         self.signal(Signal::SIGCONT);
-        // A SIGTERM that reaches a guest still starting is lost: `unshare` may not have forked
-        // the init yet, the init ignores signals it has no trap for (it is PID 1 of its
-        // namespace) and forwards them only once it knows the agent. So it is repeated until
-        // the guest exits; to a guest already shutting down a repeat is harmless.
+        // A SIGTERM sent before the init's first process has forked pid 1 has nobody to reach
+        // (pid 1 itself keeps every SIGTERM from its first instruction on, and passes it on
+        // once the agent runs). So it is repeated until the guest exits; to a guest already
+        // shutting down a repeat is harmless.
         let deadline = tokio::time::Instant::now() + AGENT_STOP_GRACE;
         let exited = loop {
             self.signal(Signal::SIGTERM);
@@ -450,10 +451,11 @@ impl Agent {
         }
         // Daemons a command started keep the namespace (and its loop devices) alive: in a real
         // guest they die with the kernel, so here they die with the agent. Under the guest's
-        // init they are gone already: `unshare` (the child just waited for) returns only after
-        // its init exited, and the kernel ends the init's exit only once every other process of
-        // its PID namespace is gone. The scan is for a guest without one; it reads every
-        // process of the host, so 100 VMs stopping at once would make 100 x that many checks.
+        // init they are gone already: the init's first process (the child just waited for)
+        // exits only after pid 1 exited, and the kernel ends pid 1's exit only once every other
+        // process of its PID namespace is gone. The scan is for a guest without one; it reads
+        // every process of the host, so 100 VMs stopping at once would make 100 x that many
+        // checks.
         if !self.with_init
             && !self.images.is_empty()
             && let Some(ns) = &namespace
