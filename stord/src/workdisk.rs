@@ -267,29 +267,12 @@ pub fn repair_nested_home(
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
 
-    /// An ext4 image made by `mkfs.ext4 -d tree` with `options`, or `None` (with the reason
-    /// printed) when mkfs.ext4 is missing.
+    /// An ext4 image made by `mkfs.ext4 -d tree` with `options`, or `None` (announced as a
+    /// skip) when mkfs.ext4 cannot run here.
     fn image(dir: &Path, name: &str, tree: &Path, options: &[&str]) -> Option<std::path::PathBuf> {
-        let path = dir.join(name);
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(tree)
-            .args(options)
-            .arg(&path)
-            .arg("64M")
-            .status();
-        match made {
-            Ok(s) if s.success() => Some(path),
-            Ok(s) => panic!("mkfs.ext4 {options:?} failed: {s}"),
-            Err(e) => {
-                eprintln!("skipped: mkfs.ext4 cannot run here: {e}");
-                None
-            }
-        }
+        banger_testkit::ext4_image_of(tree, &dir.join(name), "64M", options)
     }
 
     /// What `debugfs` lists, the reference the native read must agree with.

@@ -36,7 +36,7 @@ pub mod stand_in_controller;
 pub use skip::{SKIP_LOG_ENV, current_test, have_program, is_root, require_root, skip};
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,30 @@ pub fn wait_until_blocking(what: &str, timeout: Duration, mut cond: impl FnMut()
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An ext4 image of `size` (as `mkfs.ext4` reads it: `16M`) at `image`, made by
+/// `mkfs.ext4 -q -F -d tree` with `options`; `None`, announced as a skip (see [`skip`]), when
+/// `mkfs.ext4` cannot run here. Call it on the test's own thread.
+///
+/// # Panics
+/// When `mkfs.ext4` runs and fails.
+pub fn ext4_image_of(tree: &Path, image: &Path, size: &str, options: &[&str]) -> Option<PathBuf> {
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(tree)
+        .args(options)
+        .arg(image)
+        .arg(size)
+        .status();
+    match made {
+        Ok(s) if s.success() => Some(image.to_owned()),
+        Ok(s) => panic!("mkfs.ext4 {options:?} failed: {s}"),
+        Err(e) => {
+            skip(&format!("mkfs.ext4 cannot run here: {e}"));
+            None
+        }
     }
 }
 

@@ -600,8 +600,6 @@ pub(crate) fn still_backed_by(devices: Vec<String>, image: &Path) -> Vec<String>
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use super::*;
 
     /// An ext4 image made by `mkfs.ext4 -d` from the tree `build` makes; `None` (announced as
@@ -610,21 +608,7 @@ mod tests {
         let tree = dir.join("tree");
         std::fs::create_dir_all(&tree).unwrap();
         build(&tree);
-        let img = dir.join("root.ext4");
-        let made = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&tree)
-            .arg(&img)
-            .arg("16M")
-            .status();
-        match made {
-            Ok(s) if s.success() => Some(img),
-            Ok(s) => panic!("mkfs.ext4 failed: {s}"),
-            Err(e) => {
-                banger_testkit::skip(&format!("mkfs.ext4 cannot run here: {e}"));
-                None
-            }
-        }
+        banger_testkit::ext4_image_of(&tree, &dir.join("root.ext4"), "16M", &[])
     }
 
     const AGENT: &str = "/usr/local/bin/banger-agent";
