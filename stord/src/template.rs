@@ -2,10 +2,13 @@
 //!
 //! A template is an ext4 made exactly as [`workdisk::create`] makes a work disk (label, no
 //! reserved blocks, seeded with the image's `/root`), kept in `<state>/stord/templates/` as
-//! `<image key>-<MiB>.f2.ext4` (0600, stord's umask). `f2` is the format: since the second one
-//! the journal is not written out (a hole, not 64 MiB of zeros per 8 GiB to copy); templates of
-//! an earlier format are never cloned, and are removed when a template is next made. The image key hashes the rootfs path, size
-//! and modification time, so an image registered again with other content gets new templates.
+//! `<image key>-<MiB>.f3.ext4` (0600, stord's umask). `f3` is the format: since the second one
+//! the journal is not written out (a hole, not 64 MiB of zeros per 8 GiB to copy), and since the
+//! third the zero blocks mkfs writes (those reserved for growing the file system online, 4 MiB
+//! per 8 GiB) are holes too. Templates of an earlier format (`<key>-<MiB>.ext4`,
+//! `<key>-<MiB>.f<N>.ext4`) are never cloned, and are removed when a template is next made. The
+//! image key hashes the rootfs path, size and modification time, so an image registered again
+//! with other content gets new templates.
 //!
 //! A disk of `N` MiB is cloned from the template of exactly `N` MiB when there is one, else from
 //! the largest smaller one of the same image, then grown (`resize2fs`); when there is none, the
@@ -166,21 +169,28 @@ impl Templates {
 }
 
 /// The suffix of templates of the current format (see the module doc).
-const FORMAT_SUFFIX: &str = ".f2.ext4";
+const FORMAT_SUFFIX: &str = ".f3.ext4";
 
-/// `<key>-<mib>.f2.ext4`.
+/// `<key>-<mib>.f3.ext4`.
 fn file_name(key: &str, mib: u64) -> String {
     format!("{key}-{mib}{FORMAT_SUFFIX}")
 }
 
-/// Whether `name` is a template of an earlier format (`<key>-<mib>.ext4`).
+/// Whether `name` is a template of an earlier format: `<key>-<mib>.ext4` (the first) or
+/// `<key>-<mib>.f<N>.ext4` with another `N`.
 fn is_old_format(name: &str) -> bool {
-    name.strip_suffix(".ext4").is_some_and(|stem| {
-        !name.ends_with(FORMAT_SUFFIX)
-            && stem
-                .rsplit_once('-')
-                .is_some_and(|(_, mib)| mib.parse::<u64>().is_ok())
-    })
+    if name.ends_with(FORMAT_SUFFIX) {
+        return false;
+    }
+    let Some(stem) = name.strip_suffix(".ext4") else {
+        return false;
+    };
+    let stem = match stem.rsplit_once(".f") {
+        Some((before, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => before,
+        _ => stem,
+    };
+    stem.rsplit_once('-')
+        .is_some_and(|(_, mib)| !mib.is_empty() && mib.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A key naming an image's content as registered: its path, size and modification time.
@@ -279,9 +289,11 @@ mod tests {
 
     #[test]
     fn template_names_carry_key_size_and_format() {
-        assert_eq!(file_name("abc", 64), "abc-64.f2.ext4");
+        assert_eq!(file_name("abc", 64), "abc-64.f3.ext4");
         assert!(is_old_format("abc-64.ext4"));
-        assert!(!is_old_format("abc-64.f2.ext4"));
+        assert!(is_old_format("abc-64.f2.ext4"));
+        assert!(!is_old_format("abc-64.f3.ext4"));
+        assert!(!is_old_format("abc-64.fx.ext4"));
         assert!(!is_old_format("abc-64.ext4.staging"));
         assert!(!is_old_format("notes.ext4"));
         assert_ne!(fnv1a64(b"a"), fnv1a64(b"b"));

@@ -27,8 +27,13 @@ use crate::sys::tool::{self, ToolError};
 pub const WORK_FILE: &str = "work.ext4";
 /// The file system label of work disks (`LABEL=banger-work` in a guest's fstab).
 pub const LABEL: &str = "banger-work";
-/// `mkfs.ext4 -E` options of a work disk: see [`create`].
+/// `mkfs.ext4 -E` options of every work disk: see [`create`].
 const LAZY_INIT: &str = "lazy_itable_init=1,lazy_journal_init=1";
+/// How far a work disk can grow online (mounted, inside a guest) before the kernel has to
+/// convert it to `meta_bg`: this many times its size. See [`mkfs_layout`].
+const ONLINE_GROWTH: u64 = 64;
+/// The smallest disk mke2fs formats with 4 KiB blocks by default (smaller ones get 1 KiB).
+const FOUR_K_FROM_MIB: u64 = 512;
 /// Deadline of `mkfs.ext4` (lazy inode tables make it fast even for large disks).
 const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deadline of `e2fsck` and `resize2fs`.
@@ -134,8 +139,16 @@ pub fn create(
         // they read back as zeros, exactly what writing them would have left. A written
         // journal was 64 MiB of zeros in every 8 GiB disk, copied into every VM's disk on a
         // file system without reflink, and freed again at every delete.
-        let mut args: Vec<&std::ffi::OsStr> =
-            tool::args(&[&"-F", &"-q", &"-m", &"0", &"-L", &LABEL, &"-E", &LAZY_INIT]);
+        let (block, extended) = mkfs_layout(mib);
+        let mut args: Vec<&std::ffi::OsStr> = ["-F", "-q", "-m", "0", "-L", LABEL, "-E"]
+            .iter()
+            .map(std::convert::AsRef::as_ref)
+            .collect();
+        args.push(extended.as_ref());
+        if let Some(b) = &block {
+            args.push("-b".as_ref());
+            args.push(b.as_ref());
+        }
         if let Some(h) = &home {
             args.push("-d".as_ref());
             args.push(h.as_os_str());
@@ -154,6 +167,33 @@ pub fn create(
         let _ = std::fs::remove_file(&staging);
     }
     result
+}
+
+/// The block size (`-b`) and extended options (`-E`) of a work disk of `mib` MiB.
+///
+/// mke2fs reserves room for the group descriptors of a file system grown online to 1,024 times
+/// its size (`resize_inode`), and writes out those reserved blocks: 4 MiB of every 8 GiB disk,
+/// which every VM's sparse copy of a template copied and synced again, and 25 times more than
+/// the rest of the empty file system. A disk of 512 MiB or more reserves for [`ONLINE_GROWTH`]
+/// times its size instead (an 8 GiB disk then holds 0.4 MiB, and grows online to 512 GiB). Past
+/// that, the kernel's online resize converts the file system to `meta_bg` and goes on; offline
+/// growth (`banger vm set --disk`, [`grow`] at the next start) needs no reservation. The block size is said
+/// explicitly, because the reservation is counted in blocks.
+fn mkfs_layout(mib: u64) -> (Option<String>, String) {
+    if mib < FOUR_K_FROM_MIB {
+        return (None, LAZY_INIT.to_owned());
+    }
+    let blocks = mib.saturating_mul(MIB / 4096);
+    let resize = blocks
+        .saturating_mul(ONLINE_GROWTH)
+        .min(u64::from(u32::MAX));
+    if resize <= blocks {
+        return (Some("4096".to_owned()), LAZY_INIT.to_owned());
+    }
+    (
+        Some("4096".to_owned()),
+        format!("{LAZY_INIT},resize={resize}"),
+    )
 }
 
 /// Copies `/root` out of the ext4 image `image` into `into/root`; `None` when the image has no
@@ -267,6 +307,29 @@ pub fn repair_nested_home(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn large_disks_reserve_for_64_times_their_size_and_small_ones_keep_mkfs_defaults() {
+        use super::mkfs_layout;
+        assert_eq!(
+            mkfs_layout(8192),
+            (
+                Some("4096".to_owned()),
+                format!("{},resize={}", super::LAZY_INIT, 8192u64 * 256 * 64)
+            )
+        );
+        assert_eq!(mkfs_layout(64), (None, super::LAZY_INIT.to_owned()));
+        // 16 TiB is already the most a resize inode can describe: mkfs's own choice stays.
+        assert_eq!(
+            mkfs_layout(16 << 20),
+            (Some("4096".to_owned()), super::LAZY_INIT.to_owned())
+        );
+        // In between, the reservation is capped at what mkfs accepts.
+        assert_eq!(
+            mkfs_layout(1 << 20).1,
+            format!("{},resize={}", super::LAZY_INIT, u32::MAX)
+        );
+    }
+
     use super::*;
 
     /// An ext4 image made by `mkfs.ext4 -d tree` with `options`, or `None` (announced as a

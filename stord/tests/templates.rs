@@ -101,7 +101,7 @@ async fn work_disks_are_independent_clones_of_one_template() {
 
     let t = templates(&s);
     assert_eq!(t.len(), 1, "one template for one image and size: {t:?}");
-    assert!(t[0].to_str().unwrap().ends_with("-32.f2.ext4"), "{t:?}");
+    assert!(t[0].to_str().unwrap().ends_with("-32.f3.ext4"), "{t:?}");
     // The journal is not written out: a clone holds the file system's metadata, not 1 MiB of
     // journal zeros per 32 MiB (64 MiB per 8 GiB).
     use std::os::unix::fs::MetadataExt as _;
@@ -153,6 +153,28 @@ async fn a_larger_disk_grows_a_clone_of_a_smaller_template() {
 }
 
 #[tokio::test]
+async fn an_8_gib_disk_holds_its_file_system_not_mkfs_reserved_zeros() {
+    use std::os::unix::fs::MetadataExt as _;
+    let s = stack_with_image().await;
+    let vm = create(&s, &vm_id(), Some(8192)).await;
+    let work = Path::new(&vm.work_disk_path);
+    assert_work_disk(work, 8192);
+    // mkfs's default reservation for growing online to 1,024 times the size was 4 MiB of
+    // written blocks here; reserving for 64 times leaves the file system's own metadata.
+    let allocated = std::fs::metadata(work).unwrap().blocks() * 512;
+    assert!(
+        allocated < 1 << 20,
+        "{allocated} bytes allocated in an 8 GiB work disk"
+    );
+    let (stats, _) = debugfs(work, "stats", false);
+    assert!(stats.contains("resize_inode"), "{stats}");
+    assert!(
+        stats.contains("Reserved GDT blocks:      63"),
+        "room for the group descriptors of 512 GiB: {stats}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_or_corrupt_template_is_remade() {
     let mut s = stack_with_image().await;
     create(&s, &vm_id(), None).await;
@@ -184,9 +206,11 @@ async fn a_template_of_an_earlier_format_is_never_cloned_and_goes_when_one_is_ma
     // written out), and one of an image since re-registered.
     s.stop_stord();
     let name = current.file_name().unwrap().to_str().unwrap().to_owned();
-    let old = current.with_file_name(name.replace(".f2.ext4", ".ext4"));
+    let old = current.with_file_name(name.replace(".f3.ext4", ".ext4"));
+    let second = current.with_file_name(name.replace(".f3.ext4", ".f2.ext4"));
     let other = current.with_file_name("0123456789abcdef-64.ext4");
     std::fs::rename(&current, &old).unwrap();
+    std::fs::copy(&old, &second).unwrap();
     std::fs::write(&other, b"an old template").unwrap();
     s.start_stord().await;
 
