@@ -93,6 +93,7 @@ pub async fn connect_observed(
         .retain_servers_order()
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
+        .reconnect_to_server_callback(|servers, _info| async move { no_pause_for(&servers) })
         .event_callback(move |event| {
             if let Some(tx) = &events {
                 let _ = tx.send(event.clone());
@@ -164,9 +165,53 @@ fn reconnect_delay(attempts: usize) -> Duration {
     Duration::from_millis(ms).min(MAX_RECONNECT_DELAY)
 }
 
+/// The one server to connect to with no pause at all, when there is exactly one and it has not
+/// failed yet (a local stack's first connection, or its first reconnect after a restart).
+///
+/// async-nats sleeps before every attempt even when [`reconnect_delay`] says zero, and a zero
+/// sleep still waits for the timer's next millisecond tick: 0.5–1 ms at the start of every
+/// CLI command (strace shows a 1 ms `epoll_wait` before the `connect`). A server chosen here
+/// with a delay of zero is connected to at once. With several URLs (a lab) this returns
+/// `None` and async-nats' own selection runs, trying each URL in order within one attempt; after
+/// a failure it returns `None` too, so the back-off of [`reconnect_delay`] applies.
+fn no_pause_for(servers: &[async_nats::Server]) -> Option<async_nats::ReconnectToServer> {
+    match servers {
+        [only] if only.failed_attempts == 0 => Some(async_nats::ReconnectToServer {
+            addr: only.addr.clone(),
+            delay: Some(Duration::ZERO),
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod delay_tests {
     use super::*;
+
+    fn server(url: &str, failed_attempts: usize) -> async_nats::Server {
+        async_nats::Server {
+            addr: url.parse().unwrap(),
+            failed_attempts,
+            did_connect: false,
+            is_discovered: false,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn only_a_lone_server_that_has_not_failed_is_connected_to_without_a_pause() {
+        let chosen = no_pause_for(&[server("nats://127.0.0.1:4222", 0)]).unwrap();
+        assert_eq!(chosen.addr.as_url_str(), "nats://127.0.0.1:4222");
+        assert_eq!(chosen.delay, Some(Duration::ZERO));
+        assert!(no_pause_for(&[server("nats://127.0.0.1:4222", 1)]).is_none());
+        assert!(
+            no_pause_for(&[
+                server("nats://127.0.0.1:4222", 0),
+                server("nats://127.0.0.2:4222", 0)
+            ])
+            .is_none()
+        );
+    }
 
     #[test]
     fn the_first_attempt_is_immediate_and_later_ones_back_off_to_the_cap() {
