@@ -63,14 +63,44 @@ pub(crate) struct StackOptions {
     pub(crate) trace: bool,
     /// A /16 VM subnet instead of the fixture's /24, for more than 250 VMs.
     pub(crate) wide_subnet: bool,
+    /// Where the stack's directory (state, runtime files, image) lives.
+    pub(crate) fs: StackFs,
+}
+
+/// The file system under a stack's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StackFs {
+    /// A file system made for this stack alone, loop-mounted over its directory: ext4 with a
+    /// journal (`mkfs.ext4`'s defaults, Debian's root file system) for sparse copy, xfs with
+    /// reflink for reflink. Every group starts on a clean file system, so what one group
+    /// created and deleted cannot slow the next, and the host's own file system (whatever it
+    /// is) is not what is measured.
+    Own,
+    /// The host's `$TMPDIR`, as it is. On an ext4 without a journal (this machine kind's root)
+    /// every new inode is checked against the inodes deleted in the last minutes
+    /// (`recently_deleted` in the kernel's `ialloc.c`), so the cost of creating a file grows with
+    /// what the previous minutes deleted.
+    HostTmp,
+}
+
+impl StackFs {
+    /// Says where the stack's directory lives, for a row's note.
+    pub(crate) fn describe(self, backend: Backend) -> &'static str {
+        match (self, backend) {
+            (Self::Own, Backend::Sparse) => "on an ext4 made for the stack",
+            (Self::Own, Backend::Reflink) => "on an xfs made for the stack",
+            (Self::HostTmp, _) => "on $TMPDIR's file system",
+        }
+    }
 }
 
 /// The stord back-ends the harness measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
-    /// `sparse`: a hole-preserving copy of the image, in the stack's directory under `$TMPDIR`.
+    /// `sparse`: a hole-preserving copy of the image.
     Sparse,
-    /// `reflink`: a FICLONE clone; the stack's directory is a loop-mounted xfs made for it.
+    /// `reflink`: a FICLONE clone; the stack's directory must be on a file system that has it
+    /// (so always [`StackFs::Own`], an xfs).
     Reflink,
 }
 
@@ -93,13 +123,15 @@ impl Backend {
 }
 
 impl StackOptions {
-    /// A plain stack on the sparse-copy back-end, no tracing, /24 subnet.
+    /// A plain stack on the sparse-copy back-end, on a file system of its own, no tracing, /24
+    /// subnet.
     pub(crate) fn plain(tag: &'static str) -> Self {
         Self {
             tag,
             backend: Backend::Sparse,
             trace: false,
             wide_subnet: false,
+            fs: StackFs::Own,
         }
     }
 }
@@ -118,8 +150,9 @@ pub(crate) struct Bench {
     pub(crate) rootfs: PathBuf,
     /// Where references write their files (under the stack's directory, so removed with it).
     pub(crate) scratch: PathBuf,
-    /// The loop-mounted xfs under the stack's directory (reflink), unmounted last.
-    _fs: Option<LoopXfs>,
+    /// The loop-mounted file system under the stack's directory ([`StackFs::Own`]), unmounted
+    /// last.
+    _fs: Option<LoopFs>,
 }
 
 impl Bench {
@@ -129,9 +162,10 @@ impl Bench {
     /// When the stack cannot be built (the e2e fixture asserts; its message says what failed).
     pub(crate) fn start(opts: StackOptions) -> Result<Self, String> {
         let mut stack = Stack::new(opts.tag);
-        let fs = match opts.backend {
-            Backend::Reflink => Some(LoopXfs::mount_over(&stack.dir)?),
-            Backend::Sparse => None,
+        let fs = match (opts.fs, opts.backend) {
+            (StackFs::Own, Backend::Sparse) => Some(LoopFs::mount_over(&stack.dir, FsKind::Ext4)?),
+            (_, Backend::Reflink) => Some(LoopFs::mount_over(&stack.dir, FsKind::Xfs)?),
+            (StackFs::HostTmp, Backend::Sparse) => None,
         };
         let bridge = bridge_of(&stack.dir)?;
         edit_config(&stack.dir, opts)?;
@@ -220,34 +254,70 @@ fn with_settings(config: &str, opts: StackOptions) -> String {
     out.join("\n")
 }
 
-/// A sparse image file formatted as xfs with reflink, loop-mounted over a directory (whose
-/// files are carried over); unmounted, detached and removed when dropped.
-struct LoopXfs {
+/// A file system a loop-mounted image holds.
+#[derive(Debug, Clone, Copy)]
+enum FsKind {
+    /// `mkfs.ext4` with its defaults (a journal), its inode tables written at once rather than
+    /// by the kernel's lazy-init thread in the middle of a run.
+    Ext4,
+    /// `mkfs.xfs -m reflink=1`.
+    Xfs,
+}
+
+impl FsKind {
+    /// The `mkfs` program and its arguments before the image's path.
+    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            // One inode per 256 KiB is 98,304 inodes: far more than the 1,000-VM list needs.
+            Self::Ext4 => (
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-i",
+                    "262144",
+                    "-E",
+                    "lazy_itable_init=0,lazy_journal_init=0",
+                ],
+            ),
+            Self::Xfs => ("mkfs.xfs", &["-q", "-m", "reflink=1"]),
+        }
+    }
+}
+
+/// A sparse image file with a file system made for one stack, loop-mounted over its directory
+/// (whose files are carried over); unmounted, detached and removed when dropped.
+struct LoopFs {
     point: PathBuf,
     dev: String,
     image: PathBuf,
 }
 
-/// Size of the xfs: room for the 20 work disks of a latency run (each mostly holes).
-const XFS_BYTES: u64 = 24 << 30;
+/// Size of the file system: room for the 20 work disks of a latency run (each mostly holes).
+const FS_BYTES: u64 = 24 << 30;
 
-impl LoopXfs {
-    fn mount_over(dir: &Path) -> Result<Self, String> {
-        for program in ["mkfs.xfs", "losetup", "mount", "umount"] {
+impl LoopFs {
+    fn mount_over(dir: &Path, kind: FsKind) -> Result<Self, String> {
+        let (mkfs, mkfs_args) = kind.mkfs();
+        for program in [mkfs, "losetup", "mount", "umount"] {
             if !have_program(program) {
-                return Err(format!("`{program}` is not on PATH (reflink needs xfs)"));
+                return Err(format!(
+                    "`{program}` is not on PATH (the stack's own file system needs it)"
+                ));
             }
         }
-        let image = dir.with_extension("xfs.img");
+        let image = dir.with_extension("fs.img");
         std::fs::File::create(&image)
-            .and_then(|f| f.set_len(XFS_BYTES))
+            .and_then(|f| f.set_len(FS_BYTES))
             .map_err(|e| format!("creating {}: {e}", image.display()))?;
         let image_s = image.to_string_lossy().into_owned();
         let cleanup_image = |e: String| {
             let _ = std::fs::remove_file(&image);
             e
         };
-        run_ok("mkfs.xfs", &["-q", "-m", "reflink=1", &image_s]).map_err(cleanup_image)?;
+        let mut args = mkfs_args.to_vec();
+        args.push(&image_s);
+        run_ok(mkfs, &args).map_err(cleanup_image)?;
         let dev = run_ok("losetup", &["--find", "--show", &image_s])
             .map_err(cleanup_image)?
             .trim()
@@ -264,12 +334,12 @@ impl LoopXfs {
         run_ok("mount", &[&fs.dev, &dir.to_string_lossy()])?;
         std::fs::write(dir.join("banger.toml"), saved)
             .and_then(|()| std::fs::create_dir_all(dir.join("state")))
-            .map_err(|e| format!("restoring the stack's files on the xfs: {e}"))?;
+            .map_err(|e| format!("restoring the stack's files on its file system: {e}"))?;
         Ok(fs)
     }
 }
 
-impl Drop for LoopXfs {
+impl Drop for LoopFs {
     fn drop(&mut self) {
         // Normally the stack is down by now; after a failed start it may not be.
         banger_e2e::kill_processes_mentioning(&self.point);

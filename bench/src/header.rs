@@ -33,6 +33,8 @@ pub(crate) struct Machine {
     pub(crate) started: String,
     /// The 1-minute load average at the start.
     pub(crate) load_at_start: String,
+    /// `$TMPDIR`'s file system, `ext4 without a journal (/dev/vda)`.
+    pub(crate) tmp_fs: String,
 }
 
 impl Machine {
@@ -52,6 +54,7 @@ impl Machine {
             memory: mem_total(&meminfo).unwrap_or(0),
             started: command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             load_at_start: load_average(),
+            tmp_fs: tmp_file_system(),
         }
     }
 
@@ -82,6 +85,7 @@ impl Machine {
             "memory_bytes": self.memory,
             "started": self.started,
             "load_at_start": self.load_at_start,
+            "tmp_fs": self.tmp_fs,
         })
     }
 }
@@ -96,6 +100,44 @@ fn mem_total(meminfo: &str) -> Option<u64> {
         .parse()
         .ok()?;
     kib.checked_mul(1024)
+}
+
+/// `$TMPDIR`'s file system type and device, and for ext4 whether it has a journal (a jbd2
+/// journal of a device shows as `/proc/fs/jbd2/<device>-<inode>`).
+fn tmp_file_system() -> String {
+    let tmp = std::env::temp_dir();
+    let found = command_line(
+        "findmnt",
+        &["-n", "-o", "FSTYPE,SOURCE", "-T", &tmp.to_string_lossy()],
+    );
+    let mut words = found.split_whitespace();
+    let (Some(kind), Some(source)) = (words.next(), words.next()) else {
+        return "?".to_owned();
+    };
+    let journal = std::fs::read_dir("/proc/fs/jbd2")
+        .map(|entries| {
+            entries.filter_map(Result::ok).any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}-", device_name(source)))
+            })
+        })
+        .unwrap_or(false);
+    describe_fs(kind, source, journal)
+}
+
+/// `/dev/vda` → `vda`.
+fn device_name(source: &str) -> &str {
+    source.rsplit('/').next().unwrap_or(source)
+}
+
+/// `ext4 without a journal (/dev/vda)`; only ext4 is said to have a journal or not.
+fn describe_fs(kind: &str, source: &str, journal: bool) -> String {
+    match (kind, journal) {
+        ("ext4", true) => format!("ext4 with a journal ({source})"),
+        ("ext4", false) => format!("ext4 without a journal ({source})"),
+        _ => format!("{kind} ({source})"),
+    }
 }
 
 /// `/proc/loadavg`'s three averages, `1.52 1.87 1.90`.
@@ -120,7 +162,10 @@ pub(crate) fn text(settings: &Settings, machine: &Machine) -> String {
          - groups: {}; repetitions: {}; scale: {} (serial reference up to {}); vm list: {}; \
            footprint at {} VMs\n\
          - every CLI command and reference runs through `ip netns exec` into its stack's \
-           namespace; the latency stacks export spans over OTLP (the shares in the notes)\n",
+           namespace; the latency stacks export spans over OTLP (the shares in the notes)\n\
+         - every stack's directory (state, runtime files, image) is a file system made for it, \
+           loop-mounted: ext4 with a journal for sparse copy, xfs for reflink; one scale row \
+           repeats the largest K on $TMPDIR's, {}\n",
         profile(),
         machine.kernel,
         machine.cpu,
@@ -135,6 +180,7 @@ pub(crate) fn text(settings: &Settings, machine: &Machine) -> String {
         settings.serial_max,
         list.join(","),
         settings.footprint_vms,
+        machine.tmp_fs,
     )
 }
 
@@ -168,6 +214,7 @@ mod tests {
             memory: 24 << 30,
             started: "2026-11-26 03:10 UTC".to_owned(),
             load_at_start: "1.0 1.0 1.0".to_owned(),
+            tmp_fs: "ext4 without a journal (/dev/vda)".to_owned(),
         };
         assert_eq!(m.file_stem(), "2026-11-26-0310-lab-example");
         assert_eq!(m.json()["memory_bytes"], 24u64 << 30);
@@ -175,5 +222,19 @@ mod tests {
             mem_total("MemTotal:       24567890 kB\nMemFree: 1 kB\n"),
             Some(24_567_890 * 1024)
         );
+    }
+
+    #[test]
+    fn only_ext4_is_said_to_have_a_journal_or_not() {
+        assert_eq!(device_name("/dev/vda"), "vda");
+        assert_eq!(
+            describe_fs("ext4", "/dev/vda", false),
+            "ext4 without a journal (/dev/vda)"
+        );
+        assert_eq!(
+            describe_fs("ext4", "/dev/sda2", true),
+            "ext4 with a journal (/dev/sda2)"
+        );
+        assert_eq!(describe_fs("tmpfs", "tmpfs", false), "tmpfs (tmpfs)");
     }
 }

@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use crate::args::{Group, Settings};
-use crate::fixture::{Backend, Bench, StackOptions, binaries_built, preflight};
+use crate::fixture::{Backend, Bench, StackFs, StackOptions, binaries_built, preflight};
 use crate::stats::Summary;
 use crate::table::Row;
 
@@ -51,6 +51,7 @@ fn run(group: Group, settings: &Settings, stack_ready: &Result<(), String>) -> V
                             backend,
                             trace: true,
                             wide_subnet: false,
+                            fs: StackFs::Own,
                         },
                         |bench| {
                             latency::measure(bench, backend, settings.reps)
@@ -60,20 +61,35 @@ fn run(group: Group, settings: &Settings, stack_ready: &Result<(), String>) -> V
                 })
             })
             .collect(),
-        Group::Scale => with_stack(
-            "scale",
-            StackOptions {
-                trace: settings.spans,
-                ..StackOptions::plain("bs")
-            },
-            |bench| {
-                settings
-                    .scale
-                    .iter()
-                    .flat_map(|&k| scale::measure(bench, k, k <= settings.serial_max))
-                    .collect()
-            },
-        ),
+        Group::Scale => {
+            let mut rows = with_stack(
+                "scale",
+                StackOptions {
+                    trace: settings.spans,
+                    ..StackOptions::plain("bs")
+                },
+                |bench| {
+                    settings
+                        .scale
+                        .iter()
+                        .flat_map(|&k| scale::measure(bench, k, k <= settings.serial_max))
+                        .collect()
+                },
+            );
+            // The largest K once more, on the host's own file system, for comparison.
+            if let Some(&k) = settings.scale.iter().max() {
+                let fs = StackFs::HostTmp;
+                rows.extend(with_stack(
+                    "scale, host file system",
+                    StackOptions {
+                        fs,
+                        ..StackOptions::plain("bh")
+                    },
+                    |bench| vec![scale::measure_total(bench, k, fs)],
+                ));
+            }
+            rows
+        }
         Group::List => with_stack(
             "vm list",
             StackOptions {
