@@ -173,12 +173,13 @@ pub fn create(
 ///
 /// mke2fs reserves room for the group descriptors of a file system grown online to 1,024 times
 /// its size (`resize_inode`), and writes out those reserved blocks: 4 MiB of every 8 GiB disk,
-/// which every VM's sparse copy of a template copied and synced again, and 25 times more than
-/// the rest of the empty file system. A disk of 512 MiB or more reserves for [`ONLINE_GROWTH`]
-/// times its size instead (an 8 GiB disk then holds 0.4 MiB, and grows online to 512 GiB). Past
-/// that, the kernel's online resize converts the file system to `meta_bg` and goes on; offline
-/// growth (`banger vm set --disk`, [`grow`] at the next start) needs no reservation. The block size is said
-/// explicitly, because the reservation is counted in blocks.
+/// which every VM's sparse copy of a template copied and synced again, and some 20 times more
+/// than the rest of the empty file system. A disk of 512 MiB or more reserves for
+/// [`ONLINE_GROWTH`] times its size instead (an 8 GiB disk then holds 0.44 MiB, and grows online
+/// to 512 GiB). Past that, the kernel's online resize converts the file system to `meta_bg` and
+/// goes on; offline growth (`banger vm set --disk`, [`grow`] at the next start) needs no
+/// reservation. The block size is said explicitly, because the reservation is counted in
+/// blocks.
 fn mkfs_layout(mib: u64) -> (Option<String>, String) {
     if mib < FOUR_K_FROM_MIB {
         return (None, LAZY_INIT.to_owned());
