@@ -320,8 +320,17 @@ fn the_documented_lab_works_and_a_lost_host_never_breaks_the_healthy_ones() {
         "{}",
         l.stderr
     );
-    // `status` on lab-a names lab-c's services as silent, and only those.
-    let out = lab.banger(0, &["status"]);
+    // `status` on lab-a names lab-c's services as silent, and only those. It finds the members
+    // in netd's subnet bucket; when the cut node led that bucket's stream, JetStream first
+    // elects a new leader (seconds), and until then status says the membership is unknown.
+    let mut status = None;
+    wait_until_blocking("status on lab-a to name lab-c's services", CONVERGE, || {
+        let out = lab.banger(0, &["status"]);
+        let done = out.status.code() == Some(3);
+        status = Some(out);
+        done
+    });
+    let out = status.unwrap();
     let report = text(&out);
     assert_eq!(out.status.code(), Some(3), "{report}");
     for svc in ["vm-controller", "netd", "stord"] {
