@@ -148,12 +148,13 @@ impl ApiSchema {
         Ok(schema)
     }
 
-    /// This definition as a digest, the text [`ApiSchema::from_digest`] loads.
+    /// This definition as a digest, the text [`ApiSchema::from_digest`] loads: indented, so an
+    /// update of the definition shows in review as the lines that changed.
     ///
     /// # Errors
     /// Never in practice: every part serialises.
     pub fn digest(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(self)
+        serde_json::to_string_pretty(self)
     }
 
     /// Parses a Swagger 2.0 document.
