@@ -378,6 +378,20 @@ impl DocumentedLab {
                 });
             }
         }
+        let hosts = HOSTS.len() as u64;
+        for bucket in crate::LAB_SETTLED_BUCKETS {
+            wait_until_blocking(
+                &format!("{bucket} to hold a key per host"),
+                START_WAIT,
+                || {
+                    self.hosts[0]
+                        .ns
+                        .run(|| http_get(MONITOR, "/jsz?accounts=true&streams=true"))
+                        .and_then(|jsz| crate::kv_keys_in_jsz(&jsz, bucket))
+                        .is_some_and(|keys| keys >= hosts)
+                },
+            );
+        }
     }
 
     /// Takes host `i`'s link to the lab down, as a pulled cable would.

@@ -310,3 +310,38 @@ pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
+
+/// How many keys the JetStream key-value bucket `bucket` holds (`KV_<bucket>`'s subjects with a
+/// message), from a `/jsz?accounts=true&streams=true` body; `None` when the stream is not
+/// listed.
+pub fn kv_keys_in_jsz(jsz: &str, bucket: &str) -> Option<u64> {
+    let jsz: serde_json::Value = serde_json::from_str(jsz).ok()?;
+    let stream = format!("KV_{bucket}");
+    jsz["account_details"]
+        .as_array()?
+        .iter()
+        .filter_map(|a| a["stream_detail"].as_array())
+        .flatten()
+        .find(|s| s["name"] == stream.as_str())
+        .map(|s| s["state"]["num_subjects"].as_u64().unwrap_or(0))
+}
+
+/// The buckets a lab is settled in: every live controller's heartbeat, and every netd's subnet
+/// claim. Until each holds a key per host (the first seconds after the cluster elects its
+/// JetStream leader), a `vm list` can end its gather on views that do not name a host yet: the
+/// labs wait for this before their tests begin.
+pub const LAB_SETTLED_BUCKETS: [&str; 2] = ["BANGER_VM_CONTROLLERS", "BANGER_NETD_SUBNETS"];
+
+#[cfg(test)]
+mod jsz_tests {
+    #[test]
+    fn a_buckets_keys_are_its_streams_subjects() {
+        let jsz = r#"{"account_details":[{"stream_detail":[
+            {"name":"KV_BANGER_VM_CONTROLLERS","state":{"messages":5,"num_subjects":3}},
+            {"name":"KV_BANGER_NETD_SUBNETS","state":{"messages":0}}]}]}"#;
+        assert_eq!(super::kv_keys_in_jsz(jsz, "BANGER_VM_CONTROLLERS"), Some(3));
+        assert_eq!(super::kv_keys_in_jsz(jsz, "BANGER_NETD_SUBNETS"), Some(0));
+        assert_eq!(super::kv_keys_in_jsz(jsz, "BANGER_VM_NAMES"), None);
+        assert_eq!(super::kv_keys_in_jsz("not json", "BANGER_VM_NAMES"), None);
+    }
+}
