@@ -84,12 +84,11 @@ pub(crate) enum StackFs {
 }
 
 impl StackFs {
-    /// Says where the stack's directory lives, for a row's note.
-    pub(crate) fn describe(self, backend: Backend) -> &'static str {
-        match (self, backend) {
-            (Self::Own, Backend::Sparse) => "on an ext4 made for the stack",
-            (Self::Own, Backend::Reflink) => "on an xfs made for the stack",
-            (Self::HostTmp, _) => "on $TMPDIR's file system",
+    /// Says where the stack's directory lives, for a row's name.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::Own => "on a file system made for the stack",
+            Self::HostTmp => "on $TMPDIR's file system",
         }
     }
 }

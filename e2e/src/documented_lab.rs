@@ -235,14 +235,7 @@ impl DocumentedLab {
                 let body = self.hosts[i]
                     .ns
                     .run(|| http_get(MONITOR, "/jsz?accounts=true&streams=true&config=true"))?;
-                let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
-                jsz["account_details"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|a| a["stream_detail"].as_array())
-                    .flatten()
-                    .find(|s| s["name"] == stream)
-                    .and_then(|s| s["config"]["num_replicas"].as_u64())
+                crate::jsz_stream(&body, stream)?["config"]["num_replicas"].as_u64()
             })
             .max()
     }
@@ -378,20 +371,11 @@ impl DocumentedLab {
                 });
             }
         }
-        let hosts = HOSTS.len() as u64;
-        for bucket in crate::LAB_SETTLED_BUCKETS {
-            wait_until_blocking(
-                &format!("{bucket} to hold a key per host"),
-                START_WAIT,
-                || {
-                    self.hosts[0]
-                        .ns
-                        .run(|| http_get(MONITOR, "/jsz?accounts=true&streams=true"))
-                        .and_then(|jsz| crate::kv_keys_in_jsz(&jsz, bucket))
-                        .is_some_and(|keys| keys >= hosts)
-                },
-            );
-        }
+        crate::wait_until_lab_settled(HOSTS.len(), START_WAIT, || {
+            self.hosts[0]
+                .ns
+                .run(|| http_get(MONITOR, "/jsz?accounts=true&streams=true"))
+        });
     }
 
     /// Takes host `i`'s link to the lab down, as a pulled cable would.

@@ -153,18 +153,9 @@ impl Lab {
                 });
             }
         }
-        let hosts = lab.hosts.len() as u64;
-        for bucket in crate::LAB_SETTLED_BUCKETS {
-            wait_until_blocking(
-                &format!("{bucket} to hold a key per host"),
-                START_WAIT,
-                || {
-                    lab.monitor(0, "/jsz?accounts=true&streams=true")
-                        .and_then(|jsz| crate::kv_keys_in_jsz(&jsz, bucket))
-                        .is_some_and(|keys| keys >= hosts)
-                },
-            );
-        }
+        crate::wait_until_lab_settled(lab.hosts.len(), START_WAIT, || {
+            lab.monitor(0, "/jsz?accounts=true&streams=true")
+        });
         lab
     }
 

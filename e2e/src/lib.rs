@@ -311,26 +311,55 @@ pub fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// How many keys the JetStream key-value bucket `bucket` holds (`KV_<bucket>`'s subjects with a
-/// message), from a `/jsz?accounts=true&streams=true` body; `None` when the stream is not
-/// listed.
-pub fn kv_keys_in_jsz(jsz: &str, bucket: &str) -> Option<u64> {
+/// Stream `stream`'s detail in a `/jsz?accounts=true&streams=true` body (its `config` and
+/// `state`, when the body asked for them); `None` when the stream is not listed.
+pub fn jsz_stream(jsz: &str, stream: &str) -> Option<serde_json::Value> {
     let jsz: serde_json::Value = serde_json::from_str(jsz).ok()?;
-    let stream = format!("KV_{bucket}");
     jsz["account_details"]
         .as_array()?
         .iter()
         .filter_map(|a| a["stream_detail"].as_array())
         .flatten()
-        .find(|s| s["name"] == stream.as_str())
+        .find(|s| s["name"] == stream)
+        .cloned()
+}
+
+/// How many keys the JetStream key-value bucket `bucket` holds (`KV_<bucket>`'s subjects with a
+/// message), from a `/jsz?accounts=true&streams=true` body; `None` when the stream is not
+/// listed.
+pub fn kv_keys_in_jsz(jsz: &str, bucket: &str) -> Option<u64> {
+    jsz_stream(jsz, &format!("KV_{bucket}"))
         .map(|s| s["state"]["num_subjects"].as_u64().unwrap_or(0))
 }
 
 /// The buckets a lab is settled in: every live controller's heartbeat, and every netd's subnet
 /// claim. Until each holds a key per host (the first seconds after the cluster elects its
-/// JetStream leader), a `vm list` can end its gather on views that do not name a host yet: the
-/// labs wait for this before their tests begin.
+/// JetStream leader), a `vm list` can end its gather on views that do not name a host yet.
 pub const LAB_SETTLED_BUCKETS: [&str; 2] = ["BANGER_VM_CONTROLLERS", "BANGER_NETD_SUBNETS"];
+
+/// Waits until every bucket of [`LAB_SETTLED_BUCKETS`] holds a key per host (`hosts`), reading
+/// a node's `/jsz?accounts=true&streams=true` with `jsz`: the labs' tests begin after this.
+///
+/// # Panics
+/// When a bucket is not settled within `wait`.
+pub fn wait_until_lab_settled(
+    hosts: usize,
+    wait: std::time::Duration,
+    jsz: impl Fn() -> Option<String>,
+) {
+    let hosts = u64::try_from(hosts).unwrap_or(u64::MAX);
+    for bucket in LAB_SETTLED_BUCKETS {
+        banger_testkit::wait_until_blocking(
+            &format!("{bucket} to hold a key per host"),
+            wait,
+            || {
+                jsz()
+                    .and_then(|body| kv_keys_in_jsz(&body, bucket))
+                    .is_some_and(|keys| keys >= hosts)
+            },
+        );
+    }
+}
 
 #[cfg(test)]
 mod jsz_tests {

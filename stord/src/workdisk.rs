@@ -145,7 +145,7 @@ pub fn create(
             .map(std::convert::AsRef::as_ref)
             .collect();
         args.push(extended.as_ref());
-        if let Some(b) = &block {
+        if let Some(b) = block {
             args.push("-b".as_ref());
             args.push(b.as_ref());
         }
@@ -180,7 +180,7 @@ pub fn create(
 /// goes on; offline growth (`banger vm set --disk`, [`grow`] at the next start) needs no
 /// reservation. The block size is said explicitly, because the reservation is counted in
 /// blocks.
-fn mkfs_layout(mib: u64) -> (Option<String>, String) {
+fn mkfs_layout(mib: u64) -> (Option<&'static str>, String) {
     if mib < FOUR_K_FROM_MIB {
         return (None, LAZY_INIT.to_owned());
     }
@@ -189,12 +189,9 @@ fn mkfs_layout(mib: u64) -> (Option<String>, String) {
         .saturating_mul(ONLINE_GROWTH)
         .min(u64::from(u32::MAX));
     if resize <= blocks {
-        return (Some("4096".to_owned()), LAZY_INIT.to_owned());
+        return (Some("4096"), LAZY_INIT.to_owned());
     }
-    (
-        Some("4096".to_owned()),
-        format!("{LAZY_INIT},resize={resize}"),
-    )
+    (Some("4096"), format!("{LAZY_INIT},resize={resize}"))
 }
 
 /// Copies `/root` out of the ext4 image `image` into `into/root`; `None` when the image has no
@@ -314,7 +311,7 @@ mod tests {
         assert_eq!(
             mkfs_layout(8192),
             (
-                Some("4096".to_owned()),
+                Some("4096"),
                 format!("{},resize={}", super::LAZY_INIT, 8192u64 * 256 * 64)
             )
         );
@@ -322,7 +319,7 @@ mod tests {
         // 16 TiB is already the most a resize inode can describe: mkfs's own choice stays.
         assert_eq!(
             mkfs_layout(16 << 20),
-            (Some("4096".to_owned()), super::LAZY_INIT.to_owned())
+            (Some("4096"), super::LAZY_INIT.to_owned())
         );
         // In between, the reservation is capped at what mkfs accepts.
         assert_eq!(

@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fixture::{Backend, Bench, StackFs, run_concurrently, run_serially};
+use crate::fixture::{Bench, StackFs, run_concurrently, run_serially};
 use crate::spans;
 use crate::stats::{format_duration, per_item};
 use crate::table::Row;
@@ -79,7 +79,7 @@ pub(crate) fn measure_total(bench: &Bench, k: usize, fs: StackFs) -> Row {
         .map(|r| lifecycle(bench, k, &format!("h{r}x"), Way::OneCommand))
         .collect();
     let (batch, totals) = median_run(runs);
-    total_row(k, &batch, &totals, Some(fs.describe(Backend::Sparse)))
+    total_row(k, &batch, &totals, Some(fs.describe()))
 }
 
 /// The run whose total (the four steps added up) is the median, and every run's total in the
